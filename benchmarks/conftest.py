@@ -1,0 +1,42 @@
+"""Benchmark configuration: every benchmark runs its named peers on the same inputs in this one
+process, records (time, peak memory) through the ``compare`` fixture, and the session ends with a
+table of ratios against spiral_fast (also written to benchmarks/.results/ as JSON)."""
+import pytest
+import torch
+
+import harness  # benchmarks/ is on sys.path through this conftest
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def compare(benchmark):
+    """``compare(group, peer, fn, device=..., rounds=..., **extra)``: time ``fn`` with
+    pytest-benchmark, measure its peak memory once, and record both for the final table."""
+
+    def run(group: str, peer: str, fn, *, device="cpu", rounds: int = 3, warmup: int = 1, **extra):
+        peak = harness.peak_memory(fn, device)  # also serves as a warm-up call
+        benchmark.group = group
+        benchmark.extra_info.update(peer=peer, peak_mib=None if peak is None else peak / 2**20, **extra)
+        benchmark.pedantic(
+            lambda: (fn(), harness.sync()), rounds=rounds, warmup_rounds=max(0, warmup - 1), iterations=1
+        )
+        stats = getattr(benchmark, "stats", None)
+        seconds = stats.stats.min if stats is not None else harness.best_time(fn, rounds=1, warmup=0)
+        return harness.record(group, peer, seconds, peak, **extra)
+
+    return run
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not harness.RECORDS:
+        return
+    terminalreporter.section("spiral_fast: ratios against spiral_fast (x sf = peer / spiral_fast)")
+    terminalreporter.write_line(harness.format_table(harness.RECORDS))
+    path = harness.dump(harness.RECORDS)
+    terminalreporter.write_line(f"(records written to {path})")

@@ -1,0 +1,40 @@
+"""Named shape presets: benchmarks refer to these names, never to numbers spread through scripts."""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LMHeadShape:
+    name: str
+    tokens: int   # N trained tokens
+    hidden: int   # H
+    vocab: int    # V
+
+
+LM_HEAD = {
+    # small enough that every CPU peer (naive included) runs in seconds
+    "cpu-small": LMHeadShape("cpu-small", tokens=1024, hidden=256, vocab=8192),
+    # the CPU target of the foundation issue
+    "cpu-target": LMHeadShape("cpu-target", tokens=4096, hidden=1024, vocab=65536),
+    # Qwen2.5-7B LM head at 16k trained tokens (GPU only)
+    "qwen2.5-7b": LMHeadShape("qwen2.5-7b", tokens=16384, hidden=3584, vocab=152064),
+}
+
+
+@dataclass(frozen=True)
+class SpiralShape:
+    """A SPIRAL-shaped batch: 1 problem, N traces, M sets of K, G aggregations per set."""
+    name: str
+    problems: int
+    prompt_tokens: int
+    traces: int
+    trace_tokens: int
+    sets: int
+    set_size: int
+    aggregations: int
+    agg_tokens: int
+
+
+SPIRAL = {
+    "packing-issue": SpiralShape("packing-issue", problems=1, prompt_tokens=64, traces=8, trace_tokens=256,
+                                 sets=4, set_size=4, aggregations=4, agg_tokens=128),
+}

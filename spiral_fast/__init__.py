@@ -1,0 +1,68 @@
+"""spiral_fast: fast, memory-lean training steps for SPIRAL (Sequential-Parallel-Aggregative RL).
+
+Public names are resolved lazily so that ``import spiral_fast`` has no side effects and needs
+neither Triton, transformers nor a GPU; each name imports its module on first use.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    # fused per-token log-probs (issue: foundation)
+    "token_logprobs": "spiral_fast.ops.logprobs.op",
+    "logprobs_from_logits": "spiral_fast.ops.logprobs.op",
+    # the SPIRAL algorithm: advantages and the fused policy loss
+    "spiral_advantages": "spiral_fast.algorithm.advantages",
+    "SpiralAdvantages": "spiral_fast.algorithm.advantages",
+    "policy_loss": "spiral_fast.algorithm.policy_loss",
+    "PolicyLossStats": "spiral_fast.algorithm.policy_loss",
+    # prefix-shared packing and tree attention
+    "pack_sequences": "spiral_fast.packing",
+    "PackedBatch": "spiral_fast.packing",
+    "PredictionRows": "spiral_fast.packing",
+    "tree_attention": "spiral_fast.ops.tree_attention.op",
+    "packed_hidden_states": "spiral_fast.models",
+    # the training step
+    "ProblemRollout": "spiral_fast.training.batch",
+    "SpiralBatch": "spiral_fast.training.batch",
+    "SpiralConfig": "spiral_fast.training.config",
+    "StepOutput": "spiral_fast.training.step",
+    "step": "spiral_fast.training.step",
+    "step_reference": "spiral_fast.training.reference_step",
+}
+
+# Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
+_SUBMODULES = {"algorithm", "cli", "kernels", "models", "ops", "packing", "rollout", "training"}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # cache: later lookups skip __getattr__
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'spiral_fast' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+
+
+if TYPE_CHECKING:  # static analysers see the real names
+    from spiral_fast.algorithm.advantages import SpiralAdvantages, spiral_advantages
+    from spiral_fast.algorithm.policy_loss import PolicyLossStats, policy_loss
+    from spiral_fast.models import packed_hidden_states
+    from spiral_fast.ops.logprobs.op import logprobs_from_logits, token_logprobs
+    from spiral_fast.ops.tree_attention.op import tree_attention
+    from spiral_fast.packing import PackedBatch, PredictionRows, pack_sequences
+    from spiral_fast.training.batch import ProblemRollout, SpiralBatch
+    from spiral_fast.training.config import SpiralConfig
+    from spiral_fast.training.reference_step import step_reference
+    from spiral_fast.training.step import StepOutput, step
