@@ -1,0 +1,70 @@
+"""`pack_sequences`: validate token sequences and pack them as a prefix-shared forest (or plain varlen)."""
+from __future__ import annotations
+
+import torch
+
+from spiral_fast.packing import native
+from spiral_fast.packing.batch import PackedBatch, assemble
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _as_tokens(i: int, seq) -> torch.Tensor:
+    """Sequence i as a 1-D int64 CPU tensor, or ValueError naming i."""
+    if isinstance(seq, torch.Tensor):
+        t = seq.detach()
+    elif isinstance(seq, (list, tuple)):
+        try:
+            t = torch.tensor(seq) if len(seq) else torch.empty(0, dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError) as exc:  # strings, ragged nesting, int64 overflow
+            raise ValueError(f"sequences[{i}] must hold integer token ids: {exc}") from None
+    else:
+        raise ValueError(f"sequences[{i}] must be a list or a 1-D integer tensor, got {type(seq).__name__}")
+    if t.dim() != 1:
+        raise ValueError(f"sequences[{i}] must be 1-D, got shape {tuple(t.shape)}")
+    if t.dtype not in _INT_DTYPES:
+        raise ValueError(f"sequences[{i}] must hold integer token ids, got dtype {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError(f"sequences[{i}] is empty")
+    return t.to(device="cpu", dtype=torch.int64)
+
+
+def pack_sequences(sequences, *, share: str = "trie", max_positions: int | None = None,
+                   builder: str = "auto") -> PackedBatch:
+    """Pack S token sequences into one `PackedBatch` of T unique tokens.
+
+    sequences: list of 1-D integer tensors or lists of token ids (each non-empty, ids >= 0).
+    share: "trie" encodes every shared prefix once (a radix tree over token ids: two sequences
+        share exactly their longest common prefix); "none" is plain varlen packing (one root
+        segment per sequence).
+    max_positions: if given, a sequence longer than this raises (e.g. the model's
+        max_position_embeddings).
+    builder: "auto" (C++ when built, else Python), "cpp" or "python"; all give identical batches.
+    Bad input raises ValueError naming the sequence index.
+    """
+    if share not in ("trie", "none"):
+        raise ValueError(f"share must be 'trie' or 'none', got {share!r}")
+    if not isinstance(sequences, (list, tuple)):
+        raise ValueError(f"sequences must be a list of token sequences, got {type(sequences).__name__}")
+    if len(sequences) == 0:
+        raise ValueError("sequences is empty: nothing to pack")
+    if max_positions is not None and (isinstance(max_positions, bool) or not isinstance(max_positions, int)
+                                      or max_positions < 1):
+        raise ValueError(f"max_positions must be a positive int or None, got {max_positions!r}")
+    seqs = [_as_tokens(i, s) for i, s in enumerate(sequences)]
+    lengths = torch.tensor([s.numel() for s in seqs], dtype=torch.int64)
+    if max_positions is not None and int(lengths.max()) > max_positions:
+        i = int(torch.nonzero(lengths > max_positions)[0])
+        raise ValueError(f"sequences[{i}] has {int(lengths[i])} tokens, more than max_positions={max_positions}")
+    flat = torch.cat(seqs)
+    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
+    if int(flat.min()) < 0:
+        bad = int(torch.nonzero(flat < 0)[0])
+        i = int(torch.searchsorted(offsets, bad, right=True)) - 1
+        raise ValueError(f"sequences[{i}] has a negative token id {int(flat[bad])} at position {bad - int(offsets[i])}")
+    if share == "none":
+        n = flat.numel()
+        layout = (torch.arange(n), offsets, torch.full((len(seqs),), -1), torch.arange(len(seqs)))
+    else:
+        layout = native.trie_layout(flat, offsets, backend=builder)
+    return assemble(flat, offsets, *layout, share=share)
