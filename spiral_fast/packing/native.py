@@ -23,18 +23,18 @@ def native_available() -> bool:
     return _native() is not None
 
 
-def trie_layout(flat_tokens: torch.Tensor, offsets: torch.Tensor, *, backend: str = "auto"):
+def trie_layout(flat_tokens: torch.Tensor, offsets: torch.Tensor, *, builder: str = "auto"):
     """Layout of S sequences (`flat_tokens [N] int64`, `offsets [S+1] int64`) as in
     `reference.trie_layout`: (token_index [N], cu_seqlens [G+1], segment_parent [G], seq_segment [S]).
 
-    backend: "auto" (C++ when built, else Python), "cpp" or "python".
+    builder: "auto" (C++ when built, else Python), "cpp" or "python".
     """
-    if backend not in ("auto", "cpp", "python"):
-        raise ValueError(f"backend must be 'auto', 'cpp' or 'python', got {backend!r}")
-    mod = None if backend == "python" else _native()
+    if builder not in ("auto", "cpp", "python"):
+        raise ValueError(f"builder must be 'auto', 'cpp' or 'python', got {builder!r}")
+    mod = None if builder == "python" else _native()
     if mod is None:
-        if backend == "cpp":
-            raise ValueError("backend='cpp' but spiral_fast._native is not built (pip install -e . rebuilds it)")
+        if builder == "cpp":
+            raise ValueError("builder='cpp' but spiral_fast._native is not built (pip install -e . rebuilds it)")
         return reference.trie_layout(flat_tokens, offsets)
     arrays = mod.trie_layout(flat_tokens.contiguous().numpy(), offsets.contiguous().numpy())
     return tuple(torch.from_numpy(a) for a in arrays)

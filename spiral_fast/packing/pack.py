@@ -66,5 +66,5 @@ def pack_sequences(sequences, *, share: str = "trie", max_positions: int | None 
         n = flat.numel()
         layout = (torch.arange(n), offsets, torch.full((len(seqs),), -1), torch.arange(len(seqs)))
     else:
-        layout = native.trie_layout(flat, offsets, backend=builder)
+        layout = native.trie_layout(flat, offsets, builder=builder)
     return assemble(flat, offsets, *layout, share=share)
