@@ -1,0 +1,170 @@
+"""packed_hidden_states: a trie-packed forward of tiny random HF models gives every sequence's
+log-probs and parameter gradients of running each sequence alone."""
+import importlib
+import sys
+import types
+
+import pytest
+import torch
+
+import spiral_fast as sf
+from packing_cases import random_forest
+
+transformers = pytest.importorskip("transformers")
+VOCAB = 97
+
+
+def dense_tree_attention(q, k, v, packed, *, scale=None, backend="auto"):
+    """Test-only stand-in until spiral_fast.ops.tree_attention lands: SDPA with the dense tree mask."""
+    host = packed.host
+    seg = torch.repeat_interleave(torch.arange(host.num_segments), (host.cu_seqlens[1:] - host.cu_seqlens[:-1]).long())
+    anc = torch.eye(host.num_segments, dtype=torch.bool)
+    for g, p in enumerate(host.segment_parent.tolist()):
+        if p >= 0:
+            anc[g] |= anc[p]  # parents precede children (DFS pre-order)
+    pos = torch.arange(host.num_tokens)
+    mask = anc[seg[:, None], seg[None, :]] & (pos[None, :] <= pos[:, None])
+    rep = q.shape[1] // k.shape[1]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(0, 1), k.repeat_interleave(rep, 1).transpose(0, 1), v.repeat_interleave(rep, 1).transpose(0, 1),
+        attn_mask=mask.to(q.device), scale=scale)
+    return out.transpose(0, 1)
+
+
+@pytest.fixture(autouse=True)
+def tree_attention_available(monkeypatch):
+    try:
+        importlib.import_module("spiral_fast.ops.tree_attention.op")
+    except ImportError:
+        pkg = types.ModuleType("spiral_fast.ops.tree_attention")
+        op = types.ModuleType("spiral_fast.ops.tree_attention.op")
+        op.tree_attention = dense_tree_attention
+        pkg.op = op
+        monkeypatch.setitem(sys.modules, "spiral_fast.ops.tree_attention", pkg)
+        monkeypatch.setitem(sys.modules, "spiral_fast.ops.tree_attention.op", op)
+
+
+def tiny_model(arch: str, **overrides):
+    torch.manual_seed(0)
+    kw = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=128, attn_implementation="eager")
+    kw.update(overrides)
+    if arch == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kw))
+    return model.float()
+
+
+def target_logprobs(hidden, weight, target):
+    """[R] float32 log-prob of each target; the fused op when it has landed, else the plain math."""
+    try:
+        from spiral_fast.ops.logprobs.op import token_logprobs
+    except ImportError:
+        return torch.log_softmax(hidden @ weight.T, -1).gather(-1, target[:, None])[:, 0]
+    return token_logprobs(hidden, weight, target)
+
+
+def per_sequence_logprobs(model, seqs):
+    out = []
+    for seq in seqs:
+        ids = torch.tensor(seq)[None]
+        logits = model(input_ids=ids).logits[0, :-1]
+        out.append(torch.log_softmax(logits.float(), -1).gather(-1, ids[0, 1:, None])[:, 0])
+    return torch.cat(out)
+
+
+def packed_logprobs(model, packed):
+    hidden = sf.packed_hidden_states(model, packed)
+    rows = packed.prediction_rows
+    return target_logprobs(hidden[rows.hidden_index], model.lm_head.weight, rows.target)
+
+
+FORESTS = {
+    "shared": dict(num_seqs=10, vocab=4, max_len=18),
+    "unshared-and-one-token": dict(num_seqs=6, vocab=VOCAB, max_len=12, share_prob=0.0),
+}
+
+
+@pytest.mark.parametrize("forest", list(FORESTS), ids=list(FORESTS))
+@pytest.mark.parametrize("share", ["trie", "none"])
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_packed_logprobs_and_grads_match_per_sequence(arch, share, forest):
+    model = tiny_model(arch)
+    seqs = random_forest(7, **FORESTS[forest]) + [[5]]
+    packed = sf.pack_sequences(seqs, share=share)
+    if share == "trie" and forest == "shared":
+        assert packed.dedup_ratio > 1.3
+    weights = torch.randn(packed.prediction_rows.target.numel())  # random per-token upstream gradient
+
+    got = packed_logprobs(model, packed)
+    (got * weights).sum().backward()
+    got_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = per_sequence_logprobs(model, seqs)
+    (ref * weights).sum().backward()
+
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    assert (got - ref).abs().max().item() <= 1e-4
+    for name, p in model.named_parameters():
+        assert (got_grads[name] - p.grad).abs().max().item() <= 1e-4, name
+    assert model.config._attn_implementation == "eager"
+
+
+def test_hidden_states_shape_and_positions():
+    model = tiny_model("qwen2")
+    packed = sf.pack_sequences([[1, 2, 3], [1, 2, 4, 5]])
+    hidden = sf.packed_hidden_states(model, packed)
+    assert hidden.shape == (packed.num_tokens, 64)
+    # the base model alone (no logits) over the same tokens, one sequence
+    alone = model.model(input_ids=torch.tensor([[1, 2, 4, 5]])).last_hidden_state[0]
+    assert torch.allclose(hidden[packed.token_index(1)], alone, atol=1e-5)
+
+
+def test_registered_without_mask_function():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    import spiral_fast.models  # noqa: F401 - registers
+
+    assert "spiral_fast" in AttentionInterface._global_mapping
+    assert "spiral_fast" not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping  # so no mask is built
+
+
+def test_attn_implementation_restored_on_error(monkeypatch):
+    import spiral_fast.ops.tree_attention.op as op
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(op, "tree_attention", boom)
+    model = tiny_model("llama")
+    with pytest.raises(RuntimeError, match="boom"):
+        sf.packed_hidden_states(model, sf.pack_sequences([[1, 2]]))
+    assert model.config._attn_implementation == "eager"
+
+
+def test_max_positions_checked():
+    model = tiny_model("qwen2", max_position_embeddings=8)
+    with pytest.raises(ValueError, match="sequences\\[1\\] has 9 tokens.*max_position_embeddings=8"):
+        sf.packed_hidden_states(model, sf.pack_sequences([[1] * 8, [2] * 9]))
+
+
+def test_token_outside_vocab():
+    model = tiny_model("qwen2")
+    with pytest.raises(ValueError, match="sequences\\[1\\].*vocab_size=97"):
+        sf.packed_hidden_states(model, sf.pack_sequences([[1, 2], [3, 97]]))
+
+
+def test_unsupported_models():
+    with pytest.raises(ValueError, match="PreTrainedModel"):
+        sf.packed_hidden_states(torch.nn.Linear(2, 2), sf.pack_sequences([[1]]))
+    sliding = tiny_model("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    with pytest.raises(ValueError, match="sliding_attention"):
+        sf.packed_hidden_states(sliding, sf.pack_sequences([[1]]))
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
+    with pytest.raises(ValueError, match="encoder-decoder"):
+        sf.packed_hidden_states(t5, sf.pack_sequences([[1]]))
+    with pytest.raises(ValueError, match="PackedBatch"):
+        sf.packed_hidden_states(tiny_model("llama"), [[1, 2]])
