@@ -1,0 +1,193 @@
+"""Host-side layouts of the packed tree for tree attention, built once per batch and cached.
+
+Vocabulary: T packed tokens, G segments, L_g tokens of segment g, A_g tokens of its ancestors,
+C_g = A_g + L_g context tokens of segment g. Everything is computed from `packed.host` (CPU tensors,
+`.tolist()`), then moved to the batch's device once, and kept with `packed.cached(key, builder)`:
+a model calls tree attention once per layer on the same batch, the layout is built once.
+
+A token i of segment g attends to token j iff j's segment h is g or an ancestor of g, and j <= i.
+Segments are in DFS pre-order, so the subtree of h is the contiguous segment range
+[h, subtree_end[h]); in token terms, j may be seen by exactly the tokens i with
+j <= i < token_subtree_end[j]: one gather per token decides the mask (used by FlexAttention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SegmentContexts:
+    """Per-segment gathered keys: segment g's queries are its own tokens, its keys are the tokens of
+    its ancestors (root first) then its own, so causal attention aligned bottom-right is exact.
+
+    ctx_index [sum C_g] int64: packed token index of every context key, segment by segment.
+    cu_ctx [G+1] int32: offsets into ctx_index. max_ctx: max C_g (a Python int).
+    seg_slices: per segment (q_start, q_end, ctx_start, ctx_end) as Python ints.
+    """
+
+    ctx_index: torch.Tensor
+    cu_ctx: torch.Tensor
+    max_ctx: int
+    seg_slices: tuple
+
+
+@dataclass(frozen=True)
+class BlockTables:
+    """Block tables of the Triton kernels (no gathered K/V: each program walks blocks in place).
+
+    Query blocks: each segment cut into chunks of BLOCK_M tokens (a block never crosses segments).
+    Key blocks: each segment cut into chunks of BLOCK_N tokens.
+    q_start/q_end [NQ] int32: token range of query block b. q_ptr [NQ+1] int32: its key blocks are
+    kv_list[q_ptr[b]:q_ptr[b+1]] (indices into k_start/k_end), ancestors' blocks then its own
+    segment's blocks up to the causal diagonal.
+    k_start/k_end [NK] int32: token range of key block c. k_ptr [NK+1] int32: the query blocks that see
+    it are q_list[k_ptr[c]:k_ptr[c+1]]: its own segment's blocks from the diagonal on, then every
+    block of every descendant segment (the reverse table of the dK/dV pass).
+    """
+
+    q_start: torch.Tensor
+    q_end: torch.Tensor
+    q_ptr: torch.Tensor
+    kv_list: torch.Tensor
+    k_start: torch.Tensor
+    k_end: torch.Tensor
+    k_ptr: torch.Tensor
+    q_list: torch.Tensor
+    num_pairs: int  # total (query block, key block) visits: the work of one pass
+
+
+def _host_lists(packed):
+    host = packed.host
+    return host.cu_seqlens.tolist(), host.segment_parent.tolist()
+
+
+def ancestor_chains(packed) -> list[list[int]]:
+    """For each segment g, its ancestors root first (not g itself); from the parent pointers."""
+    _, parent = _host_lists(packed)
+    chains: list[list[int]] = []
+    for g, p in enumerate(parent):
+        chains.append([] if p < 0 else chains[p] + [p])
+    return chains
+
+
+def token_segments(packed) -> torch.Tensor:
+    """[T] int64 segment of every packed token (host tensor)."""
+    host = packed.host
+    lengths = (host.cu_seqlens[1:] - host.cu_seqlens[:-1]).to(torch.int64)
+    return torch.repeat_interleave(torch.arange(host.num_segments, dtype=torch.int64), lengths)
+
+
+def _build_subtree_end(packed) -> torch.Tensor:
+    cu, parent = _host_lists(packed)
+    end = [g + 1 for g in range(len(parent))]
+    for g in range(len(parent) - 1, -1, -1):  # children after parents: one reverse sweep suffices
+        if parent[g] >= 0:
+            end[parent[g]] = max(end[parent[g]], end[g])
+    token_end = torch.tensor([cu[e] for e in end], dtype=torch.int64)
+    seg = token_segments(packed)
+    return token_end[seg].to(torch.int32).to(packed.device)
+
+
+def token_subtree_end(packed) -> torch.Tensor:
+    """[T] int32 on packed's device: token j is seen by the tokens i with j <= i < end[j]."""
+    return packed.cached(("tree_attention", "subtree_end"), _build_subtree_end)
+
+
+def _build_contexts(packed) -> SegmentContexts:
+    cu, _ = _host_lists(packed)
+    chains = ancestor_chains(packed)
+    pieces, slices, cu_ctx, max_ctx = [], [], [0], 0
+    for g, chain in enumerate(chains):
+        for h in chain + [g]:
+            pieces.append(torch.arange(cu[h], cu[h + 1], dtype=torch.int64))
+        size = sum(cu[h + 1] - cu[h] for h in chain) + cu[g + 1] - cu[g]
+        slices.append((cu[g], cu[g + 1], cu_ctx[-1], cu_ctx[-1] + size))
+        cu_ctx.append(cu_ctx[-1] + size)
+        max_ctx = max(max_ctx, size)
+    device = packed.device
+    return SegmentContexts(
+        ctx_index=torch.cat(pieces).to(device),
+        cu_ctx=torch.tensor(cu_ctx, dtype=torch.int32).to(device),
+        max_ctx=max_ctx,
+        seg_slices=tuple(slices),
+    )
+
+
+def segment_contexts(packed) -> SegmentContexts:
+    """`SegmentContexts` of the batch on its device (built on the host once, cached)."""
+    return packed.cached(("tree_attention", "contexts"), _build_contexts)
+
+
+def _chunks(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + size, hi)) for s in range(lo, hi, size)]
+
+
+def build_block_tables(packed, block_m: int, block_n: int) -> BlockTables:
+    """Forward (query block -> key blocks) and reverse (key block -> query blocks) tables, on the host."""
+    cu, parent = _host_lists(packed)
+    chains = ancestor_chains(packed)
+    num_seg = len(parent)
+    q_blocks = [_chunks(cu[g], cu[g + 1], block_m) for g in range(num_seg)]
+    k_blocks = [_chunks(cu[g], cu[g + 1], block_n) for g in range(num_seg)]
+    k_first = [0] * (num_seg + 1)  # global index of segment g's first key block
+    q_first = [0] * (num_seg + 1)
+    for g in range(num_seg):
+        k_first[g + 1] = k_first[g] + len(k_blocks[g])
+        q_first[g + 1] = q_first[g] + len(q_blocks[g])
+
+    q_ptr, kv_list = [0], []
+    for g in range(num_seg):
+        ancestors = [c for h in chains[g] for c in range(k_first[h], k_first[h + 1])]
+        for qs, qe in q_blocks[g]:
+            own = [k_first[g] + i for i, (ks, _) in enumerate(k_blocks[g]) if ks <= qe - 1]
+            kv_list += ancestors + own
+            q_ptr.append(len(kv_list))
+
+    descendants: list[list[int]] = [[] for _ in range(num_seg)]  # query blocks of strict descendants
+    for g in range(num_seg - 1, -1, -1):
+        if parent[g] >= 0:
+            # a child's subtree precedes nothing of its parent's own blocks, so order stays ascending
+            descendants[parent[g]] = list(range(q_first[g], q_first[g + 1])) + descendants[g] + descendants[parent[g]]
+    k_ptr, q_list = [0], []
+    for g in range(num_seg):
+        for ks, ke in k_blocks[g]:
+            own = [q_first[g] + i for i, (_, qe) in enumerate(q_blocks[g]) if qe - 1 >= ks]
+            q_list += own + descendants[g]
+            k_ptr.append(len(q_list))
+
+    def i32(x):
+        return torch.tensor(x, dtype=torch.int32)
+
+    flat_q = [b for blocks in q_blocks for b in blocks]
+    flat_k = [b for blocks in k_blocks for b in blocks]
+    return BlockTables(
+        q_start=i32([s for s, _ in flat_q]), q_end=i32([e for _, e in flat_q]), q_ptr=i32(q_ptr),
+        kv_list=i32(kv_list),
+        k_start=i32([s for s, _ in flat_k]), k_end=i32([e for _, e in flat_k]), k_ptr=i32(k_ptr),
+        q_list=i32(q_list),
+        num_pairs=len(kv_list),
+    )
+
+
+def block_tables(packed, block_m: int, block_n: int) -> BlockTables:
+    """`BlockTables` for (block_m, block_n) on the batch's device (built on the host once, cached)."""
+
+    def build(batch):
+        tables = build_block_tables(batch, block_m, block_n)
+        return BlockTables(**{k: (v.to(batch.device) if isinstance(v, torch.Tensor) else v)
+                              for k, v in tables.__dict__.items()})
+
+    return packed.cached(("tree_attention", "blocks", block_m, block_n), build)
+
+
+def allowed_pairs(packed) -> int:
+    """Number of (query, key) token pairs the tree mask allows: sum over segments of
+    L_g * A_g + L_g (L_g + 1) / 2 (the work of an exact attention; used for TFLOP/s)."""
+    contexts = segment_contexts(packed.host)
+    total = 0
+    for qs, qe, cs, ce in contexts.seg_slices:
+        n = qe - qs
+        total += n * (ce - cs - n) + n * (n + 1) // 2
+    return total

@@ -1,0 +1,71 @@
+"""Tree attention in plain PyTorch: the spec (dense tree mask), and the per-segment form used as the
+`torch` backend (the same math, at the cost of the allowed query-key pairs only).
+
+Shapes: T packed tokens, Hq query heads, Hkv key/value heads (Hq a multiple of Hkv), D head dim.
+A token of segment g attends to every token of every ancestor segment of g and, causally, to the
+tokens of g up to and including itself:
+    out[i, h] = sum_j softmax_j(scale * q[i, h] . k[j, h // (Hq/Hkv)] over allowed j) v[j, h // (Hq/Hkv)]
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from spiral_fast.ops.tree_attention.layout import ancestor_chains, segment_contexts, token_segments
+
+
+def _build_dense_mask(packed) -> torch.Tensor:
+    host = packed.host
+    num_seg = host.num_segments
+    chains = ancestor_chains(host)
+    visible = torch.eye(num_seg, dtype=torch.bool)  # visible[g, h]: g's tokens may see h's tokens
+    for g, chain in enumerate(chains):
+        visible[g, chain] = True
+    seg = token_segments(host)
+    idx = torch.arange(host.num_tokens)
+    causal = idx[None, :] <= idx[:, None]
+    same = seg[:, None] == seg[None, :]
+    mask = visible[seg[:, None], seg[None, :]] & (~same | causal)
+    return mask.to(packed.device)
+
+
+def tree_mask(packed) -> torch.Tensor:
+    """[T, T] bool on packed's device: mask[i, j] is True iff query token i may attend to key token j.
+
+    Built from the parent pointers alone (not from the DFS-order shortcuts the kernels use), cached.
+    """
+    return packed.cached(("tree_attention", "dense_mask"), _build_dense_mask)
+
+
+def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed, scale: float) -> torch.Tensor:
+    """The spec: SDPA over all T tokens with the dense [T, T] tree mask (memory O(T^2)).
+
+    q [T, Hq, D], k/v [T, Hkv, D] -> out [T, Hq, D] in q's dtype; differentiable via autograd.
+    """
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+        attn_mask=tree_mask(packed), scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out.transpose(0, 1)
+
+
+def tree_attention_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed, scale: float) -> torch.Tensor:
+    """Per segment g: queries = its L_g tokens, keys = the C_g tokens of its ancestors and itself
+    (a gathered copy), causal attention aligned bottom-right. Cost and memory follow the allowed pairs.
+
+    q [T, Hq, D], k/v [T, Hkv, D] -> out [T, Hq, D] in q's dtype; differentiable via autograd.
+    """
+    ctx = segment_contexts(packed)
+    gqa = q.shape[1] != k.shape[1]
+    kc = k.index_select(0, ctx.ctx_index).transpose(0, 1)  # [Hkv, sum C_g, D]
+    vc = v.index_select(0, ctx.ctx_index).transpose(0, 1)
+    qt = q.transpose(0, 1)
+    outs = []
+    for qs, qe, cs, ce in ctx.seg_slices:
+        n, c = qe - qs, ce - cs
+        # bottom-right causal: query p of the segment sees context keys 0 .. (c - n) + p
+        mask = torch.ones(n, c, dtype=torch.bool, device=q.device).tril(c - n)
+        outs.append(F.scaled_dot_product_attention(
+            qt[:, qs:qe], kc[:, cs:ce], vc[:, cs:ce], attn_mask=mask, scale=scale, enable_gqa=gqa,
+        ))
+    return torch.cat(outs, dim=1).transpose(0, 1)
