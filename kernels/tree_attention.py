@@ -1,0 +1,226 @@
+"""Tree attention kernels: block-table flash attention over a prefix-shared packed batch.
+
+Each query block (BLOCK_M tokens of one segment) walks the key blocks it may see through a host-built
+index table (its ancestors' blocks, then its own segment's blocks up to the diagonal), reading shared
+prefix K/V in place: no gathered copies. The backward recomputes probabilities from the saved
+log-sum-exp; dQ walks the same table, dK/dV walk the reverse table (query blocks that see a key block)
+so every dK/dV tile has one owner and needs no atomics.
+
+Layouts: q/o [T, Hq, D], k/v [T, Hkv, D] (last dim contiguous), lse/delta [Hq, T] float32 in the
+log2 domain. Tables (int32): q_start/q_end/q_ptr [NQ(+1)], kv_list, k_start/k_end/k_ptr [NK(+1)], q_list.
+"""
+from __future__ import annotations
+
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    # fp32 inputs would otherwise run as tf32 on GPUs: ~1e-3 relative error, far from torch's fp32
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _tree_attention_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
+    q_start_ptr, q_end_ptr, q_blk_ptr, kv_list_ptr, k_start_ptr, k_end_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
+    qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    blk = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    kv_head = head // GROUP
+    qs = tl.load(q_start_ptr + blk).to(tl.int64)
+    qe = tl.load(q_end_ptr + blk).to(tl.int64)
+    offs_m = qs + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < qe
+    d_valid = offs_d < HEAD_DIM
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+                mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    # running max from -inf: a row's first visible key sets it, whatever the sign of the scores
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    e_lo = tl.load(q_blk_ptr + blk)
+    e_hi = tl.load(q_blk_ptr + blk + 1)
+    for e in range(e_lo, e_hi):
+        c = tl.load(kv_list_ptr + e).to(tl.int64)
+        ks = tl.load(k_start_ptr + c).to(tl.int64)
+        ke = tl.load(k_end_ptr + c).to(tl.int64)
+        offs_n = ks + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < ke
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(k_ptr + offs_n[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = _dot(q, tl.trans(k), IEEE) * qk_scale
+        # ancestors' keys all precede the query block, so one test covers both the tree and causality
+        allowed = n_valid[None, :] & (offs_n[None, :] <= offs_m[:, None])
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # rows with nothing visible yet keep m = -inf; shift by 0 there instead of producing NaN
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+        m_i = m_new
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(o_ptr + offs_m[:, None] * stride_ot + head * stride_oh + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=m_valid[:, None] & d_valid[None, :])
+    tl.store(lse_ptr + head * stride_lh + offs_m, m_i + tl.math.log2(l_safe), mask=m_valid)
+
+
+@triton.jit
+def _tree_attention_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr,
+    q_start_ptr, q_end_ptr, q_blk_ptr, kv_list_ptr, k_start_ptr, k_end_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dqt, stride_dqh, stride_lh,
+    qk_scale, sm_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    blk = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    kv_head = head // GROUP
+    qs = tl.load(q_start_ptr + blk).to(tl.int64)
+    qe = tl.load(q_end_ptr + blk).to(tl.int64)
+    offs_m = qs + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_valid = offs_m < qe
+    d_valid = offs_d < HEAD_DIM
+    md_mask = m_valid[:, None] & d_valid[None, :]
+    q = tl.load(q_ptr + offs_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=md_mask, other=0.0)
+    do = tl.load(do_ptr + offs_m[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=md_mask, other=0.0)
+    lse = tl.load(lse_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+    delta = tl.load(delta_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    e_lo = tl.load(q_blk_ptr + blk)
+    e_hi = tl.load(q_blk_ptr + blk + 1)
+    for e in range(e_lo, e_hi):
+        c = tl.load(kv_list_ptr + e).to(tl.int64)
+        ks = tl.load(k_start_ptr + c).to(tl.int64)
+        ke = tl.load(k_end_ptr + c).to(tl.int64)
+        offs_n = ks + tl.arange(0, BLOCK_N)
+        n_valid = offs_n < ke
+        kv_mask = n_valid[:, None] & d_valid[None, :]
+        k = tl.load(k_ptr + offs_n[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + offs_n[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = _dot(q, tl.trans(k), IEEE) * qk_scale
+        allowed = m_valid[:, None] & n_valid[None, :] & (offs_n[None, :] <= offs_m[:, None])
+        p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)
+        dp = _dot(do, tl.trans(v), IEEE)
+        ds = p * (dp - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, IEEE)
+    tl.store(dq_ptr + offs_m[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
+             (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=md_mask)
+
+
+@triton.jit
+def _tree_attention_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr,
+    q_start_ptr, q_end_ptr, k_start_ptr, k_end_ptr, k_blk_ptr, q_list_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
+    qk_scale, sm_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+):
+    blk = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1).to(tl.int64)
+    ks = tl.load(k_start_ptr + blk).to(tl.int64)
+    ke = tl.load(k_end_ptr + blk).to(tl.int64)
+    offs_n = ks + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    n_valid = offs_n < ke
+    d_valid = offs_d < HEAD_DIM
+    nd_mask = n_valid[:, None] & d_valid[None, :]
+    k = tl.load(k_ptr + offs_n[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=nd_mask, other=0.0)
+    v = tl.load(v_ptr + offs_n[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=nd_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    e_lo = tl.load(k_blk_ptr + blk)
+    e_hi = tl.load(k_blk_ptr + blk + 1)
+    # this program owns dK/dV of its key block for all GROUP query heads: no atomics needed
+    for g in range(GROUP):
+        head = kv_head * GROUP + g
+        for e in range(e_lo, e_hi):
+            b = tl.load(q_list_ptr + e).to(tl.int64)
+            qs = tl.load(q_start_ptr + b).to(tl.int64)
+            qe = tl.load(q_end_ptr + b).to(tl.int64)
+            offs_m = qs + tl.arange(0, BLOCK_M)
+            m_valid = offs_m < qe
+            md_mask = m_valid[:, None] & d_valid[None, :]
+            q = tl.load(q_ptr + offs_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=md_mask, other=0.0)
+            do = tl.load(do_ptr + offs_m[:, None] * stride_dot + head * stride_doh + offs_d[None, :],
+                         mask=md_mask, other=0.0)
+            lse = tl.load(lse_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+            delta = tl.load(delta_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+            s_t = _dot(k, tl.trans(q), IEEE) * qk_scale  # [BLOCK_N, BLOCK_M]: keys as rows
+            allowed = n_valid[:, None] & m_valid[None, :] & (offs_n[:, None] <= offs_m[None, :])
+            p_t = tl.where(allowed, tl.math.exp2(s_t - lse[None, :]), 0.0)
+            dv += _dot(p_t.to(do.dtype), do, IEEE)
+            dp_t = _dot(v, tl.trans(do), IEEE)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk += _dot(ds_t.to(q.dtype), q, IEEE)
+    tl.store(dk_ptr + offs_n[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
+             (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=nd_mask)
+    tl.store(dv_ptr + offs_n[:, None] * stride_dvt + kv_head * stride_dvh + offs_d[None, :],
+             dv.to(dv_ptr.dtype.element_ty), mask=nd_mask)
+
+
+def _head_dim_block(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, kv_list, k_start, k_end, scale: float, *,
+                       block_m: int, block_n: int, num_warps: int = 4, num_stages: int = 2):
+    """Forward over the forward block table. q [T, Hq, D], k/v [T, Hkv, D] -> (o [T, Hq, D] in q's
+    dtype, lse [Hq, T] float32, log2 domain). The table must be built for (block_m, block_n)."""
+    t, hq, d = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty((hq, t), dtype=torch.float32, device=q.device)
+    grid = (q_start.numel(), hq)
+    _tree_attention_fwd_kernel[grid](
+        q, k, v, o, lse, q_start, q_end, q_blk, kv_list, k_start, k_end,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
+        lse.stride(0), scale * _LOG2E,
+        GROUP=hq // k.shape[1], HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
+        IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+    )
+    return o, lse
+
+
+def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, kv_list, k_start, k_end, k_blk, q_list,
+                       scale: float, *, block_m: int, block_n: int, num_warps: int = 4, num_stages: int = 2):
+    """Backward: (dq, dk, dv) in the inputs' dtypes. Tables (both directions) built for (block_m, block_n)."""
+    t, hq, d = q.shape
+    hkv = k.shape[1]
+    do = do if do.stride(-1) == 1 else do.contiguous()
+    # delta = rowsum(dO * O) in float32: the softmax-Jacobian term shared by dQ and dK
+    delta = (do.float() * o.float()).sum(-1).transpose(0, 1).contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    common = dict(GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
+                  IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
+    _tree_attention_bwd_dq_kernel[(q_start.numel(), hq)](
+        q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, kv_list, k_start, k_end,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+        dq.stride(0), dq.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
+    )
+    _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hkv)](
+        q, k, v, do, dk, dv, lse, delta, q_start, q_end, k_start, k_end, k_blk, q_list,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+        dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
+    )
+    return dq, dk, dv

@@ -1,0 +1,57 @@
+"""`triton` backend: autograd Function over the block-table kernels in `kernels/tree_attention.py`."""
+from __future__ import annotations
+
+import torch
+
+from spiral_fast._utils import triton_interpreting
+from spiral_fast.ops.tree_attention.layout import block_tables
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _configs(head_dim: int, device: torch.device) -> tuple[dict, dict]:
+    """(forward, backward) launch configs: fixed defaults, small blocks under the CPU interpreter."""
+    if device.type != "cuda" or triton_interpreting():
+        small = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
+        return small, small
+    # the forward keeps one q tile and one accumulator per program: a tall query block amortises the
+    # K/V loads; the backward holds two fp32 accumulators per program, so smaller tiles
+    fwd = dict(block_m=128 if head_dim <= 128 else 64, block_n=64, num_warps=8, num_stages=2 if head_dim > 64 else 3)
+    bwd = dict(block_m=64, block_n=64, num_warps=8 if head_dim > 64 else 4, num_stages=1)
+    return fwd, bwd
+
+
+def _table_args(tables, reverse: bool):
+    args = [tables.q_start, tables.q_end, tables.q_ptr, tables.kv_list, tables.k_start, tables.k_end]
+    return args + [tables.k_ptr, tables.q_list] if reverse else args
+
+
+class _TreeAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, packed, scale):
+        from kernels.tree_attention import tree_attention_fwd
+
+        fwd, bwd = _configs(q.shape[-1], q.device)
+        tables = block_tables(packed, fwd["block_m"], fwd["block_n"])
+        o, lse = tree_attention_fwd(q, k, v, *_table_args(tables, False), scale, **fwd)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.packed, ctx.scale, ctx.bwd = packed, scale, bwd
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        from kernels.tree_attention import tree_attention_bwd
+
+        q, k, v, o, lse = ctx.saved_tensors
+        tables = block_tables(ctx.packed, ctx.bwd["block_m"], ctx.bwd["block_n"])
+        dq, dk, dv = tree_attention_bwd(do, q, k, v, o, lse, *_table_args(tables, True), ctx.scale, **ctx.bwd)
+        return dq, dk, dv, None, None
+
+
+def tree_attention_triton(q, k, v, packed, scale: float) -> torch.Tensor:
+    """q [T, Hq, D], k/v [T, Hkv, D] (float32/float16/bfloat16) -> out [T, Hq, D]; forward and backward
+    in Triton, walking host-built block tables (cached in `packed`)."""
+    if q.dtype not in _DTYPES:
+        raise ValueError(f"backend='triton' supports q dtypes {[str(d) for d in _DTYPES]}, got {q.dtype}")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    return _TreeAttention.apply(q, k, v, packed, scale)
