@@ -1,0 +1,213 @@
+"""Public per-token log-prob ops: validation, one autograd Function per op, backend dispatch.
+
+Shapes: ``...`` leading dims (N tokens once flattened), H hidden, V vocab.
+Backends: ``"torch"`` (``chunked``: bounded token x vocabulary chunks, the CPU path) and
+``"triton"`` (``spiral_fast.kernels.logprobs``: blockwise kernels, CUDA or TRITON_INTERPRET=1).
+Both backends return, per token, lse, entropy, E_p[z] and the target's scaled logit z_t; the
+Functions here turn those into outputs and zero ignored rows, so ignore handling lives in one place.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from spiral_fast._utils import check_index_range, check_same_device, check_tensor, resolve_backend
+from spiral_fast.ops.logprobs import chunked
+
+BACKENDS = ("torch", "triton")
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_TRITON_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class LogprobOptions:
+    """Hyper-parameters that travel together through the autograd Functions."""
+    temperature: float
+    ignore_index: int
+    return_entropy: bool
+    backend: str
+
+
+def _kernels():
+    from spiral_fast.kernels import logprobs as kernels  # Triton is imported only when asked for
+    return kernels
+
+
+def _outputs(ctx, lse, ent, ez, zt, valid, opts, out_dtype):
+    """Turn backend results into (logp[, entropy]) and save what backward needs."""
+    zero = torch.zeros((), device=lse.device, dtype=lse.dtype)
+    logp = torch.where(valid, zt - lse, zero).to(out_dtype)
+    ctx.mark_non_differentiable(valid)
+    if not opts.return_entropy:
+        return logp, (lse, None)
+    return (logp, torch.where(valid, ent, zero).to(out_dtype)), (lse, ez)
+
+
+def _upstream(valid, dlogp, dent, dtype):
+    """Per-token upstream gradients in ``dtype``, zero on ignored rows (no gradient flows there)."""
+    zero = torch.zeros((), device=valid.device, dtype=dtype)
+    dl = torch.zeros(valid.shape, device=valid.device, dtype=dtype) if dlogp is None else dlogp.to(dtype)
+    dl = torch.where(valid, dl, zero).contiguous()
+    de = None if dent is None else torch.where(valid, dent.to(dtype), zero).contiguous()
+    return dl, de
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, opts: LogprobOptions):
+        valid = targets != opts.ignore_index
+        safe = torch.where(valid, targets, torch.zeros_like(targets))
+        if opts.backend == "triton":
+            lse, ent, ez, zt = _kernels().token_logprobs_fwd(hidden, weight, bias, safe, opts.temperature,
+                                                             opts.return_entropy)
+        else:
+            lse, ent, ez, zt = chunked.linear_fwd(hidden, weight, bias, safe, opts.temperature, opts.return_entropy)
+        out_dtype = chunked._math_dtype(hidden.dtype)
+        out, (lse, ez) = _outputs(ctx, lse, ent, ez, zt, valid, opts, out_dtype)
+        ctx.save_for_backward(hidden, weight, bias, safe, valid, lse, ez)
+        ctx.opts = opts
+        ctx.set_materialize_grads(False)
+        return out
+
+    @staticmethod
+    def backward(ctx, dlogp, dent=None):
+        hidden, weight, bias, safe, valid, lse, ez = ctx.saved_tensors
+        opts = ctx.opts
+        need_dh, need_dw, need_db = ctx.needs_input_grad[:3]
+        if dlogp is None and dent is None:
+            return None, None, None, None, None
+        dl, de = _upstream(valid, dlogp, dent, lse.dtype)
+        if opts.backend == "triton":
+            dh, dw, db = _kernels().token_logprobs_bwd(hidden, weight, bias, safe, lse, ez, dl, de,
+                                                       opts.temperature, need_dh, need_dw, need_db)
+        else:
+            dh, dw, db = chunked.linear_bwd(hidden, weight, bias, safe, lse, ez, dl, de, opts.temperature,
+                                            need_dh, need_dw, need_db)
+        dh = None if dh is None else dh.to(hidden.dtype)
+        dw = None if dw is None else dw.to(weight.dtype)
+        db = None if db is None else db.to(bias.dtype)
+        return dh, dw, db, None, None
+
+
+class _LogitsLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, opts: LogprobOptions):
+        valid = targets != opts.ignore_index
+        safe = torch.where(valid, targets, torch.zeros_like(targets))
+        if opts.backend == "triton":
+            lse, ent, ez, zt = _kernels().logits_logprobs_fwd(logits, safe, opts.temperature, opts.return_entropy)
+        else:
+            lse, ent, ez, zt = chunked.logits_fwd(logits, safe, opts.temperature, opts.return_entropy)
+        out_dtype = chunked._math_dtype(logits.dtype)
+        out, (lse, ez) = _outputs(ctx, lse, ent, ez, zt, valid, opts, out_dtype)
+        ctx.save_for_backward(logits, safe, valid, lse, ez)
+        ctx.opts = opts
+        ctx.set_materialize_grads(False)
+        return out
+
+    @staticmethod
+    def backward(ctx, dlogp, dent=None):
+        logits, safe, valid, lse, ez = ctx.saved_tensors
+        opts = ctx.opts
+        if dlogp is None and dent is None:
+            return None, None, None
+        dl, de = _upstream(valid, dlogp, dent, lse.dtype)
+        if opts.backend == "triton":
+            dz = _kernels().logits_logprobs_bwd(logits, safe, lse, ez, dl, de, opts.temperature)
+        else:
+            dz = chunked.logits_bwd(logits, safe, lse, ez, dl, de, opts.temperature)
+        return dz, None, None
+
+
+# --------------------------------------------------------------------------- validation
+def _check_options(temperature, ignore_index, return_entropy):
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be positive and finite, got {temperature!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    if not isinstance(return_entropy, bool):
+        raise ValueError(f"return_entropy must be a bool, got {return_entropy!r}")
+
+
+def _check_targets(targets, lead_shape, vocab, ignore_index):
+    check_tensor("targets", targets, dtypes=(torch.int64,))
+    if tuple(targets.shape) != tuple(lead_shape):
+        raise ValueError(f"targets must have shape {tuple(lead_shape)}, got {tuple(targets.shape)}")
+    # one host sync: out-of-vocabulary ids must fail loudly rather than read out of bounds
+    check_index_range("targets", targets, vocab, ignore_value=ignore_index)
+
+
+def _resolve(backend, device, dtype, name):
+    if not isinstance(backend, str):
+        raise ValueError(f"backend must be 'auto' or one of {list(BACKENDS)}, got {backend!r}")
+    backend = resolve_backend(backend, device, BACKENDS)
+    if backend == "triton" and dtype not in _TRITON_FLOATS:
+        raise ValueError(f"{name} must be float32, bfloat16 or float16 for backend='triton', got {dtype}")
+    return backend
+
+
+def _finish(out, lead_shape):
+    if isinstance(out, tuple):
+        return tuple(o.reshape(lead_shape) for o in out)
+    return out.reshape(lead_shape)
+
+
+# --------------------------------------------------------------------------- public API
+def token_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-100,
+                   return_entropy=False, bias=None, backend="auto"):
+    """Log-probability of each target token, without materialising [N, V] logits.
+
+    Computes log_softmax((hidden @ weight.T + bias) / temperature)[targets] in float32.
+    hidden [..., H], weight [V, H], bias [V] or None, targets [...] int64 -> logp [...] float32,
+    0 where ``targets == ignore_index``. With ``return_entropy=True`` returns ``(logp, entropy)``,
+    entropy [...] float32 of the tempered distribution (0 where ignored). Both are differentiable
+    for hidden, weight and bias under any per-token upstream gradient; ignored rows get none.
+
+    backend: ``"auto"`` (Triton on CUDA, torch on CPU), ``"torch"`` (chunked, float32 math) or
+    ``"triton"`` (CUDA, or CPU under TRITON_INTERPRET=1). Raises ``ValueError`` naming the argument
+    on a shape/dtype/device mismatch, a target outside [0, V) other than ``ignore_index``, a
+    non-positive temperature or an unknown backend.
+    """
+    check_tensor("hidden", hidden, dtypes=_FLOATS)
+    if hidden.dim() < 1:
+        raise ValueError(f"hidden must have shape [..., H], got {tuple(hidden.shape)}")
+    h = hidden.shape[-1]
+    check_tensor("weight", weight, ndim=2, dtypes=(hidden.dtype,), shape=(None, h))
+    vocab = weight.shape[0]
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=(weight.dtype,), shape=(vocab,))
+    check_same_device(hidden=hidden, weight=weight, targets=targets, bias=bias)
+    _check_options(temperature, ignore_index, return_entropy)
+    _check_targets(targets, hidden.shape[:-1], vocab, ignore_index)
+    backend = _resolve(backend, hidden.device, hidden.dtype, "hidden")
+    opts = LogprobOptions(float(temperature), int(ignore_index), return_entropy, backend)
+    out = _TokenLogprobs.apply(hidden.reshape(-1, h), weight, bias, targets.reshape(-1), opts)
+    return _finish(out, targets.shape)
+
+
+def logprobs_from_logits(logits, targets, *, temperature=1.0, ignore_index=-100,
+                         return_entropy=False, backend="auto"):
+    """Log-probability of each target token from logits that already exist.
+
+    Computes log_softmax(logits / temperature)[targets] in float32, blockwise over V (no float32
+    copy of the logits). logits [..., V], targets [...] int64 -> logp [...] float32 (0 where
+    ignored); with ``return_entropy=True`` ``(logp, entropy)``. Differentiable for logits under
+    any per-token upstream gradient. Backends and errors as for ``token_logprobs``.
+    """
+    check_tensor("logits", logits, dtypes=_FLOATS)
+    if logits.dim() < 1:
+        raise ValueError(f"logits must have shape [..., V], got {tuple(logits.shape)}")
+    vocab = logits.shape[-1]
+    if vocab == 0:
+        raise ValueError(f"logits must have a non-empty vocabulary dim, got shape {tuple(logits.shape)}")
+    check_same_device(logits=logits, targets=targets)
+    _check_options(temperature, ignore_index, return_entropy)
+    _check_targets(targets, logits.shape[:-1], vocab, ignore_index)
+    backend = _resolve(backend, logits.device, logits.dtype, "logits")
+    opts = LogprobOptions(float(temperature), int(ignore_index), return_entropy, backend)
+    out = _LogitsLogprobs.apply(logits.reshape(-1, vocab), targets.reshape(-1), opts)
+    return _finish(out, targets.shape)
