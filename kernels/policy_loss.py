@@ -1,0 +1,78 @@
+"""Triton kernel of the fused SPIRAL policy loss: one pass over packed token rows.
+
+Each program reads BLOCK rows of logp / old_logp (/ ref_logp) and token_seq, gathers the row's
+sequence advantage and coefficient (weight x normaliser) through token_seq, and writes
+d loss / d logp per row plus one row of block partial sums (loss, clipped-low count, clipped-high
+count, ratio sum, k3 sum). The partials are summed by a small torch reduction afterwards: fixed
+order, no float atomics, so results are deterministic run to run. Math: see
+``spiral_fast.algorithm.reference.token_loss_terms`` / ``token_loss_grad``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+NUM_PARTIALS = 5  # loss, clip_low, clip_high, ratio, kl
+DEFAULT_BLOCK = 1024
+
+
+@triton.heuristics({"HAS_REF": lambda args: args["ref_ptr"] is not None})
+@triton.jit
+def _policy_loss_fwd_kernel(logp_ptr, old_ptr, ref_ptr, seq_ptr, adv_ptr, coef_ptr, grad_ptr, part_ptr, R,
+                            lo, hi, kl_coef, HAS_REF: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < R
+    logp = tl.load(logp_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    old = tl.load(old_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    seq = tl.load(seq_ptr + offs, mask=mask, other=0).to(tl.int64)
+    # Q is small: these gathers hit cache, and no [R] advantage tensor ever exists in memory
+    adv = tl.load(adv_ptr + seq, mask=mask, other=0.0)
+    coef = tl.load(coef_ptr + seq, mask=mask, other=0.0)
+
+    ratio = tl.exp(logp - old)
+    unclipped = ratio * adv
+    clipped = tl.minimum(tl.maximum(ratio, lo), hi) * adv
+    term = -tl.minimum(unclipped, clipped)
+    # the clamp has zero slope exactly where the clipped branch is the strict minimum
+    dterm = tl.where(unclipped <= clipped, -unclipped, 0.0)
+    if HAS_REF:
+        delta = tl.load(ref_ptr + offs, mask=mask, other=0.0).to(tl.float32) - logp
+        e = tl.exp(delta)
+        kl = e - delta - 1.0
+        term = term + kl_coef * kl
+        dterm = dterm + kl_coef * (1.0 - e)
+    else:
+        kl = tl.zeros([BLOCK], dtype=tl.float32)
+    tl.store(grad_ptr + offs, coef * dterm, mask=mask)
+
+    low = mask & (ratio < lo) & (adv < 0.0)
+    high = mask & (ratio > hi) & (adv > 0.0)
+    base = part_ptr + pid * 5
+    tl.store(base + 0, tl.sum(tl.where(mask, coef * term, 0.0), axis=0))
+    tl.store(base + 1, tl.sum(low.to(tl.float32), axis=0))
+    tl.store(base + 2, tl.sum(high.to(tl.float32), axis=0))
+    tl.store(base + 3, tl.sum(tl.where(mask, ratio, 0.0), axis=0))
+    tl.store(base + 4, tl.sum(tl.where(mask, kl, 0.0), axis=0))
+
+
+def policy_loss_fwd(logp, old_logp, ref_logp, token_seq, seq_adv, seq_coef, *, clip_low: float, clip_high: float,
+                    kl_coef: float, block: int = DEFAULT_BLOCK):
+    """Launch the fused forward.
+
+    logp, old_logp, ref_logp (or None) [R] float, token_seq [R] int, seq_adv [Q] float32,
+    seq_coef [Q] float32 (weight / normaliser) -> (grad [R] float32 = d loss / d logp,
+    partials [ceil(R / block), 5] float32: loss, clip_low count, clip_high count, ratio sum, kl sum).
+    """
+    rows = logp.shape[0]
+    grad = torch.empty(rows, dtype=torch.float32, device=logp.device)
+    num_blocks = triton.cdiv(rows, block)
+    partials = torch.zeros(max(num_blocks, 1), NUM_PARTIALS, dtype=torch.float32, device=logp.device)
+    if rows == 0:
+        return grad, partials
+    _policy_loss_fwd_kernel[(num_blocks,)](
+        logp.contiguous(), old_logp.contiguous(), None if ref_logp is None else ref_logp.contiguous(),
+        token_seq.contiguous(), seq_adv.contiguous(), seq_coef.contiguous(), grad, partials, rows,
+        1.0 - clip_low, 1.0 + clip_high, kl_coef, BLOCK=block, num_warps=4)
+    return grad, partials

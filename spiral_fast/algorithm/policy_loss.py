@@ -1,0 +1,151 @@
+"""``policy_loss``: the SPIRAL clipped policy loss fused over packed token rows.
+
+The forward computes the loss, its stats and d loss / d logp in one pass (Triton kernel on CUDA,
+the same closed form in torch on the CPU); the autograd backward only scales the saved gradient
+by grad_output. The per-sequence advantage is read through ``token_seq`` inside the op.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from spiral_fast._utils import (FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device, check_tensor,
+                                resolve_backend)
+from spiral_fast.algorithm.reference import NORMALIZERS, seq_coefficients, token_loss_grad, token_loss_terms
+
+BACKENDS = ("torch", "triton")
+
+
+@dataclass(frozen=True)
+class PolicyLossStats:
+    """Token means over this call's rows, 0-dim float32 tensors (no host sync).
+
+    clip_frac_low / clip_frac_high: fraction of rows where the clipped branch is taken
+    (ratio < 1 - clip[0] with A < 0 / ratio > 1 + clip[1] with A > 0); ratio_mean: mean
+    exp(logp - old_logp); kl_mean: mean k3 against ref_logp (0 without it).
+    """
+    clip_frac_low: torch.Tensor
+    clip_frac_high: torch.Tensor
+    ratio_mean: torch.Tensor
+    kl_mean: torch.Tensor
+
+
+def _positive(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _validate(logp, old_logp, token_seq, seq_adv, seq_weight, ref_logp, clip, kl_coef, normalizer, seq_tokens):
+    check_tensor("logp", logp, ndim=1, dtypes=(torch.float32,))
+    rows = logp.shape[0]
+    check_tensor("old_logp", old_logp, dtypes=FLOAT_DTYPES, shape=(rows,))
+    check_tensor("token_seq", token_seq, dtypes=INDEX_DTYPES, shape=(rows,))
+    check_tensor("seq_adv", seq_adv, ndim=1, dtypes=FLOAT_DTYPES)
+    num_seqs = seq_adv.shape[0]
+    check_tensor("seq_weight", seq_weight, dtypes=FLOAT_DTYPES, shape=(num_seqs,))
+    if ref_logp is not None:
+        check_tensor("ref_logp", ref_logp, dtypes=FLOAT_DTYPES, shape=(rows,))
+    if seq_tokens is not None:
+        check_tensor("seq_tokens", seq_tokens, dtypes=INDEX_DTYPES, shape=(num_seqs,))
+    check_same_device(logp=logp, old_logp=old_logp, token_seq=token_seq, seq_adv=seq_adv, seq_weight=seq_weight,
+                      ref_logp=ref_logp, seq_tokens=seq_tokens)
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"normalizer must be one of {list(NORMALIZERS)}, got {normalizer!r}")
+    if (not isinstance(clip, (tuple, list)) or len(clip) != 2
+            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
+            or not (0 <= clip[0] < 1) or not (0 <= clip[1] < math.inf)):
+        raise ValueError(f"clip must be a pair (eps_low in [0, 1), eps_high >= 0), got {clip!r}")
+    if isinstance(kl_coef, bool) or not isinstance(kl_coef, (int, float)) or not (0 <= kl_coef < math.inf):
+        raise ValueError(f"kl_coef must be a finite number >= 0, got {kl_coef!r}")
+    check_index_range("token_seq", token_seq, num_seqs)
+    if seq_tokens is not None and normalizer == "seq-mean-token-mean":
+        # a sequence's global count can never be below the rows of it seen here
+        short = seq_tokens < torch.bincount(token_seq.long(), minlength=num_seqs)
+        if bool(short.any()):
+            q = int(short.nonzero()[0])
+            raise ValueError(f"seq_tokens[{q}] = {seq_tokens[q].item()} is smaller than the number of rows of "
+                             f"sequence {q} in token_seq")
+
+
+def _fused_torch(logp, old_logp, ref_logp, token_seq, seq_adv, coef, clip, kl_coef):
+    """Torch twin of ``kernels.policy_loss.policy_loss_fwd``: (grad [R], sums [5])."""
+    kw = dict(ref_logp=ref_logp, clip=clip, kl_coef=kl_coef)
+    term, ratio, kl, low, high = token_loss_terms(logp, old_logp, token_seq, seq_adv, **kw)
+    row_coef = coef[token_seq]
+    grad = row_coef * token_loss_grad(logp, old_logp, token_seq, seq_adv, **kw)
+    sums = torch.stack([(row_coef * term).sum(), low.sum().float(), high.sum().float(), ratio.sum(), kl.sum()])
+    return grad, sums
+
+
+class _PolicyLoss(torch.autograd.Function):
+    """loss = sum_t coef[seq_t] * term_t; the forward saves d loss / d logp, the backward scales it."""
+
+    @staticmethod
+    def forward(ctx, logp, old_logp, ref_logp, token_seq, seq_adv, coef, clip, kl_coef, backend):
+        if backend == "triton":
+            from spiral_fast.kernels.policy_loss import policy_loss_fwd
+
+            grad, partials = policy_loss_fwd(logp, old_logp, ref_logp, token_seq, seq_adv, coef,
+                                             clip_low=float(clip[0]), clip_high=float(clip[1]),
+                                             kl_coef=float(kl_coef))
+            sums = partials.sum(0)
+        else:
+            grad, sums = _fused_torch(logp, old_logp, ref_logp, token_seq, seq_adv, coef, clip, kl_coef)
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(sums)
+        return sums[0].clone(), sums
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_sums):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss, None, None, None, None, None, None, None, None
+
+
+def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None, clip=(0.2, 0.28), kl_coef=0.0,
+                normalizer="token-mean", total_tokens=None, total_sequences=None, seq_tokens=None, constant=None,
+                backend="auto"):
+    """Clipped policy loss with optional k3 KL, fused over packed token rows (R rows, Q sequences).
+
+    logp [R] float32 (current policy, the only input that gets a gradient), old_logp [R] and
+    ref_logp [R] (behaviour / reference policy, data), token_seq [R] int (sequence of each row, in
+    [0, Q)), seq_adv [Q] (advantage of each trained sequence), seq_weight [Q] (its role's coefficient).
+
+    Per row t of sequence q: ratio = exp(logp - old_logp);
+    term = -min(ratio * A_q, clamp(ratio, 1 - clip[0], 1 + clip[1]) * A_q)
+           + kl_coef * (exp(ref - logp) - (ref - logp) - 1)   (KL only with ref_logp);
+    loss = sum_t seq_weight[q] * term_t / norm, with the normaliser
+    - "token-mean": norm = total_tokens (default R, this call's rows);
+    - "seq-mean-token-mean": norm = seq_tokens[q] * total_sequences (mean per sequence, then the
+      sum over sequences divided by their number); seq_tokens [Q] int defaults to this call's rows
+      per sequence, total_sequences to the number of sequences with seq_tokens > 0;
+    - "constant": norm = constant (Dr.GRPO), default total_tokens, default R.
+    Extra keyword-only arguments (beyond the issue): total_sequences, seq_tokens, constant. Pass
+    global values so that the losses of micro-batches or ranks sum to the whole-batch loss (a
+    sequence split across micro-batches needs its global seq_tokens). Arguments that a normaliser
+    does not use are ignored. backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton".
+
+    Returns (loss 0-dim float32, PolicyLossStats). Raises ``ValueError`` naming the argument for
+    bad shapes / dtypes / devices, token_seq outside [0, Q), unknown normalizer, bad clip or kl_coef,
+    non-positive total_tokens / total_sequences / constant, seq_tokens below this call's counts.
+    """
+    _validate(logp, old_logp, token_seq, seq_adv, seq_weight, ref_logp, clip, kl_coef, normalizer, seq_tokens)
+    total_tokens = _positive("total_tokens", total_tokens)
+    total_sequences = _positive("total_sequences", total_sequences)
+    constant = _positive("constant", constant)
+    backend = resolve_backend(backend, logp.device, BACKENDS)
+    token_seq = token_seq.long()
+    coef = seq_coefficients(seq_weight, token_seq, normalizer=normalizer, total_tokens=total_tokens,
+                            total_sequences=total_sequences, seq_tokens=seq_tokens, constant=constant)
+    old_logp = old_logp.float()
+    ref_logp = None if ref_logp is None else ref_logp.float()
+    loss, sums = _PolicyLoss.apply(logp, old_logp, ref_logp, token_seq, seq_adv.float(), coef, tuple(clip),
+                                   float(kl_coef), backend)
+    rows = max(logp.shape[0], 1)
+    stats = PolicyLossStats(clip_frac_low=sums[1] / rows, clip_frac_high=sums[2] / rows,
+                            ratio_mean=sums[3] / rows, kl_mean=sums[4] / rows)
+    return loss, stats
