@@ -29,7 +29,7 @@ def _table_args(tables, reverse: bool):
 class _TreeAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, packed, scale):
-        from kernels.tree_attention import tree_attention_fwd
+        from spiral_fast.kernels.tree_attention import tree_attention_fwd
 
         fwd, bwd = _configs(q.shape[-1], q.device)
         tables = block_tables(packed, fwd["block_m"], fwd["block_n"])
@@ -40,7 +40,7 @@ class _TreeAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        from kernels.tree_attention import tree_attention_bwd
+        from spiral_fast.kernels.tree_attention import tree_attention_bwd
 
         q, k, v, o, lse = ctx.saved_tensors
         tables = block_tables(ctx.packed, ctx.bwd["block_m"], ctx.bwd["block_n"])
