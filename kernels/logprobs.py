@@ -1,0 +1,303 @@
+"""Triton kernels for per-token log-probs and entropies (device code + launchers, no autograd).
+
+Shapes: N tokens, H hidden, V vocab; z = (h @ W.T + b) / T the scaled logits of one token.
+Every launcher returns, per token, float32 lse = logsumexp(z), entropy = lse - E_p[z],
+E_p[z] and the target's z_t; ``spiral_fast.ops.logprobs.op`` turns them into outputs.
+
+- ``token_logprobs_fwd``: one program per BLOCK_N tokens, looping over vocabulary blocks with an
+  online log-sum-exp; the [BLOCK_N, BLOCK_V] logit tile is the only place logits exist.
+- ``token_logprobs_bwd``: one program per (token block, vocab block) tile; it recomputes the tile,
+  forms G = dL/dlogits and adds G @ W into dH and G^T @ h into dW with float32 atomics, so no
+  program needs a whole row of either gradient.
+- ``logits_logprobs_fwd`` / ``_bwd``: the same math on logits that already exist (no matmul),
+  one program per row, blockwise over V.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from spiral_fast._utils import triton_interpreting
+
+# Fixed configs (no autotuning: cold start and CI stay fast and deterministic). Under the
+# interpreter blocks are small so that the tiny test shapes still cross block boundaries.
+_GPU_FWD = dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)
+_GPU_BWD = dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)
+_INTERPRET = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32)
+_ROW_BLOCK_V = 1024
+_ROW_BLOCK_V_INTERPRET = 64
+
+
+def _linear_config(kind: str) -> dict:
+    if triton_interpreting():
+        return dict(_INTERPRET)
+    return dict(_GPU_FWD if kind == "fwd" else _GPU_BWD)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs follow torch's own TF32 switch, so the op is as exact as torch's matmul
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+@triton.jit
+def _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_hn, stride_hh,
+                stride_wv, stride_wh, temperature, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Scaled logits z [BLOCK_N, BLOCK_V] in float32; columns past V are -inf (they weigh 0)."""
+    acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        a = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
+                    mask=mask_n[:, None] & mask_h[None, :], other=0.0)
+        b = tl.load(w_ptr + offs_v[None, :] * stride_wv + offs_h[:, None] * stride_wh,
+                    mask=mask_v[None, :] & mask_h[:, None], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_v, mask=mask_v, other=0.0).to(tl.float32)[None, :]
+    z = acc / temperature
+    return tl.where(mask_v[None, :], z, float("-inf"))
+
+
+@triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None})
+@triton.jit
+def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, ez_ptr, zt_ptr,
+                               N, V, H, stride_hn, stride_hh, stride_wv, stride_wh, temperature,
+                               HAS_BIAS: tl.constexpr, WANT_ENTROPY: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=0)
+    # running max starts at -inf: all-negative rows would otherwise underflow to log(0)
+    m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK_N,), dtype=tl.float32)   # sum e^{z-m}
+    t = tl.zeros((BLOCK_N,), dtype=tl.float32)   # sum e^{z-m} (z-m): entropy without lse - E[z] cancellation
+    zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        mask_v = offs_v < V
+        z = _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_hn, stride_hh,
+                        stride_wv, stride_wh, temperature, HAS_BIAS, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        zt += tl.sum(tl.where(offs_v[None, :] == tgt[:, None], z, 0.0), axis=1)
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        # rows that are all -inf so far (masked vocabulary) must not compute -inf - -inf = nan
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        shift = tl.where(m == float("-inf"), 0.0, m - m_safe)
+        alpha = tl.exp(shift)
+        zs = z - m_safe[:, None]
+        e = tl.exp(zs)
+        if WANT_ENTROPY:
+            t = alpha * (t + shift * s) + tl.sum(tl.where(e > 0, e * zs, 0.0), axis=1)
+        s = alpha * s + tl.sum(e, axis=1)
+        m = m_new
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    log_s = tl.log(s)
+    tl.store(lse_ptr + offs_n, m_safe + log_s, mask=mask_n)
+    tl.store(zt_ptr + offs_n, zt, mask=mask_n)
+    if WANT_ENTROPY:
+        mean_shifted = t / s
+        tl.store(ent_ptr + offs_n, log_s - mean_shifted, mask=mask_n)
+        tl.store(ez_ptr + offs_n, m_safe + mean_shifted, mask=mask_n)
+
+
+@triton.jit
+def _grad_tile(z, lse, ez, dl, de, is_target, temperature, HAS_DENT: tl.constexpr):
+    """G = dL/dlogits: dlogp/dz = onehot - p, dentropy/dz = -p (z - E_p[z]), dz/dlogits = 1/T."""
+    p = tl.exp(z - lse[:, None])
+    if HAS_DENT:
+        g = -p * (dl[:, None] + de[:, None] * (z - ez[:, None]))
+        # p (z - E[z]) is 0 * inf = nan at masked (-inf) logits, whose gradient is 0
+        g = tl.where(p != 0.0, g, 0.0)
+    else:
+        g = -p * dl[:, None]
+    g += tl.where(is_target, dl[:, None], 0.0)
+    return g / temperature
+
+
+@triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None})
+@triton.jit
+def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ez_ptr, dl_ptr, de_ptr,
+                               dh_ptr, dw_ptr, db_ptr, N, V, H, stride_hn, stride_hh, stride_wv, stride_wh,
+                               temperature, HAS_BIAS: tl.constexpr, HAS_DENT: tl.constexpr,
+                               NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+                               DOT_PRECISION: tl.constexpr,
+                               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_v = tl.program_id(1).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_v = offs_v < V
+    z = _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_hn, stride_hh,
+                    stride_wv, stride_wh, temperature, HAS_BIAS, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+    tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=0)
+    lse = tl.load(lse_ptr + offs_n, mask=mask_n, other=0.0)
+    # rows past N (and ignored rows, zeroed by the caller) carry dl = de = 0, hence G = 0
+    dl = tl.load(dl_ptr + offs_n, mask=mask_n, other=0.0)
+    de = dl
+    ez = lse
+    if HAS_DENT:
+        de = tl.load(de_ptr + offs_n, mask=mask_n, other=0.0)
+        ez = tl.load(ez_ptr + offs_n, mask=mask_n, other=0.0)
+    g = _grad_tile(z, lse, ez, dl, de, offs_v[None, :] == tgt[:, None], temperature, HAS_DENT)
+    if NEED_DB:
+        tl.atomic_add(db_ptr + offs_v, tl.sum(g, axis=0), mask=mask_v)
+    # G meets W and h in their own dtype (tensor cores); the products accumulate in float32
+    g_lp = g.to(h_ptr.dtype.element_ty)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        mask_h = offs_h < H
+        if NEED_DH:
+            w = tl.load(w_ptr + offs_v[:, None] * stride_wv + offs_h[None, :] * stride_wh,
+                        mask=mask_v[:, None] & mask_h[None, :], other=0.0)
+            dh = tl.dot(g_lp, w, input_precision=DOT_PRECISION)
+            tl.atomic_add(dh_ptr + offs_n[:, None] * H + offs_h[None, :], dh,
+                          mask=mask_n[:, None] & mask_h[None, :])
+        if NEED_DW:
+            h = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
+                        mask=mask_n[:, None] & mask_h[None, :], other=0.0)
+            dw = tl.dot(tl.trans(g_lp), h, input_precision=DOT_PRECISION)
+            tl.atomic_add(dw_ptr + offs_v[:, None] * H + offs_h[None, :], dw,
+                          mask=mask_v[:, None] & mask_h[None, :])
+
+
+@triton.jit
+def _logits_logprobs_fwd_kernel(z_ptr, tgt_ptr, lse_ptr, ent_ptr, ez_ptr, zt_ptr, V, stride_zn, stride_zv,
+                                temperature, WANT_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = z_ptr + row * stride_zn
+    # per-lane online state (max, sum, shifted z-sum), merged once at the end: no cross-lane
+    # reduction inside the loop
+    m = tl.full((BLOCK_V,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    t = tl.zeros((BLOCK_V,), dtype=tl.float32)
+    for v0 in range(0, V, BLOCK_V):
+        offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        z = tl.load(base + offs_v * stride_zv, mask=offs_v < V, other=float("-inf")).to(tl.float32) / temperature
+        m_new = tl.maximum(m, z)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        shift = tl.where(m == float("-inf"), 0.0, m - m_safe)
+        alpha = tl.exp(shift)
+        zs = z - m_safe
+        e = tl.exp(zs)
+        if WANT_ENTROPY:
+            t = alpha * (t + shift * s) + tl.where(e > 0, e * zs, 0.0)
+        s = alpha * s + e
+        m = m_new
+    big = tl.max(m, axis=0)
+    big_safe = tl.where(big == float("-inf"), 0.0, big)
+    shift = tl.where(m == float("-inf"), 0.0, m - big_safe)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(shift))
+    s_all = tl.sum(w * s, axis=0)
+    log_s = tl.log(s_all)
+    tl.store(lse_ptr + row, big_safe + log_s)
+    tgt = tl.load(tgt_ptr + row)
+    tl.store(zt_ptr + row, tl.load(base + tgt * stride_zv).to(tl.float32) / temperature)
+    if WANT_ENTROPY:
+        mean_shifted = tl.sum(w * (t + shift * s), axis=0) / s_all
+        tl.store(ent_ptr + row, log_s - mean_shifted)
+        tl.store(ez_ptr + row, big_safe + mean_shifted)
+
+
+@triton.jit
+def _logits_logprobs_bwd_kernel(z_ptr, dz_ptr, tgt_ptr, lse_ptr, ez_ptr, dl_ptr, de_ptr, V, stride_zn, stride_zv,
+                                stride_dzn, temperature, HAS_DENT: tl.constexpr, BLOCK_V: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    rows = row + tl.arange(0, 1)   # [1]-shaped, so the tile helper sees a [1, BLOCK_V] block
+    tgt = tl.load(tgt_ptr + rows)
+    lse = tl.load(lse_ptr + rows)
+    dl = tl.load(dl_ptr + rows)
+    de = dl
+    ez = lse
+    if HAS_DENT:
+        de = tl.load(de_ptr + rows)
+        ez = tl.load(ez_ptr + rows)
+    for v0 in range(0, V, BLOCK_V):
+        offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
+        mask_v = offs_v < V
+        z = tl.load(z_ptr + row * stride_zn + offs_v[None, :] * stride_zv, mask=mask_v[None, :],
+                    other=float("-inf")).to(tl.float32) / temperature
+        g = _grad_tile(z, lse, ez, dl, de, offs_v[None, :] == tgt[:, None], temperature, HAS_DENT)
+        tl.store(dz_ptr + row * stride_dzn + offs_v[None, :], g.to(dz_ptr.dtype.element_ty), mask=mask_v[None, :])
+
+
+# --------------------------------------------------------------------------- launchers
+def _per_token(n, device, want):
+    return torch.empty(n, device=device, dtype=torch.float32) if want else None
+
+
+def token_logprobs_fwd(hidden, weight, bias, targets, temperature, want_entropy):
+    """hidden [N, H], weight [V, H], bias [V]|None, targets [N] in [0, V) ->
+    (lse, entropy|None, E_p[z]|None, z_t), each [N] float32."""
+    n, h = hidden.shape
+    v = weight.shape[0]
+    lse, zt = _per_token(n, hidden.device, True), _per_token(n, hidden.device, True)
+    ent, ez = _per_token(n, hidden.device, want_entropy), _per_token(n, hidden.device, want_entropy)
+    if n == 0:
+        return lse, ent, ez, zt
+    cfg = _linear_config("fwd")
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
+    _token_logprobs_fwd_kernel[grid](
+        hidden, weight, bias, targets, lse, ent if want_entropy else lse, ez if want_entropy else lse, zt,
+        n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), float(temperature),
+        WANT_ENTROPY=want_entropy, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
+    return lse, ent, ez, zt
+
+
+def token_logprobs_bwd(hidden, weight, bias, targets, lse, ez, dlogp, dent, temperature, need_dh, need_dw, need_db):
+    """dlogp/dent [N] float32 (zero on ignored rows; dent may be None) ->
+    (dh [N, H], dw [V, H], db [V]) float32, each None when not needed."""
+    n, h = hidden.shape
+    v = weight.shape[0]
+    dev = hidden.device
+    # float32 accumulators: many tiles add into each element, low precision would lose the sum
+    dh = torch.zeros(n, h, device=dev, dtype=torch.float32) if need_dh else None
+    dw = torch.zeros(v, h, device=dev, dtype=torch.float32) if need_dw else None
+    db = torch.zeros(v, device=dev, dtype=torch.float32) if need_db else None
+    if n == 0 or not (need_dh or need_dw or need_db):
+        return dh, dw, db
+    cfg = _linear_config("bwd")
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"]))
+    _token_logprobs_bwd_kernel[grid](
+        hidden, weight, bias, targets, lse, ez if dent is not None else lse, dlogp,
+        dent if dent is not None else dlogp, dh if need_dh else lse, dw if need_dw else lse,
+        db if need_db else lse, n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+        float(temperature), HAS_DENT=dent is not None, NEED_DH=need_dh, NEED_DW=need_dw,
+        NEED_DB=need_db and bias is not None, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
+    return dh, dw, db
+
+
+def _row_block_v(v: int) -> int:
+    cap = _ROW_BLOCK_V_INTERPRET if triton_interpreting() else _ROW_BLOCK_V
+    return min(cap, triton.next_power_of_2(max(v, 16)))
+
+
+def logits_logprobs_fwd(logits, targets, temperature, want_entropy):
+    """logits [N, V], targets [N] in [0, V) -> (lse, entropy|None, E_p[z]|None, z_t), each [N] float32."""
+    n, v = logits.shape
+    lse, zt = _per_token(n, logits.device, True), _per_token(n, logits.device, True)
+    ent, ez = _per_token(n, logits.device, want_entropy), _per_token(n, logits.device, want_entropy)
+    if n == 0:
+        return lse, ent, ez, zt
+    _logits_logprobs_fwd_kernel[(n,)](
+        logits, targets, lse, ent if want_entropy else lse, ez if want_entropy else lse, zt, v,
+        logits.stride(0), logits.stride(1), float(temperature), WANT_ENTROPY=want_entropy,
+        BLOCK_V=_row_block_v(v), num_warps=4)
+    return lse, ent, ez, zt
+
+
+def logits_logprobs_bwd(logits, targets, lse, ez, dlogp, dent, temperature):
+    """-> dlogits [N, V] in the logits' dtype (contiguous)."""
+    n, v = logits.shape
+    dz = torch.empty(n, v, device=logits.device, dtype=logits.dtype)
+    if n == 0:
+        return dz
+    _logits_logprobs_bwd_kernel[(n,)](
+        logits, dz, targets, lse, ez if dent is not None else lse, dlogp, dent if dent is not None else dlogp,
+        v, logits.stride(0), logits.stride(1), dz.stride(0), float(temperature), HAS_DENT=dent is not None,
+        BLOCK_V=_row_block_v(v), num_warps=4)
+    return dz
