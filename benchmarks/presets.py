@@ -38,3 +38,38 @@ SPIRAL = {
     "packing-issue": SpiralShape("packing-issue", problems=1, prompt_tokens=64, traces=8, trace_tokens=256,
                                  sets=4, set_size=4, aggregations=4, agg_tokens=128),
 }
+
+# prefix-shared packing (issue 4): layout build at the issue's scale, and a scaled-down copy on which
+# the pure-Python builder finishes in seconds (aggregation prompts: template + prompt + K traces)
+SPIRAL["layout-issue"] = SpiralShape("layout-issue", problems=64, prompt_tokens=256, traces=16, trace_tokens=4096,
+                                     sets=4, set_size=4, aggregations=4, agg_tokens=512)
+SPIRAL["layout-small"] = SpiralShape("layout-small", problems=4, prompt_tokens=256, traces=16, trace_tokens=512,
+                                     sets=4, set_size=4, aggregations=4, agg_tokens=128)
+
+
+# the SPIRAL algorithm (issue 3): advantages of a batch of problems, and the fused loss over packed rows
+@dataclass(frozen=True)
+class AdvantageShape:
+    name: str
+    problems: int
+    traces: int         # N per problem
+    sets: int           # M per problem
+    set_size: int       # K traces per set
+    aggregations: int   # G responses per set
+
+
+@dataclass(frozen=True)
+class LossShape:
+    name: str
+    tokens: int         # R packed rows
+    sequences: int      # Q trained sequences
+
+
+ALGORITHM_ADV = {
+    "issue": AdvantageShape("issue", problems=1024, traces=16, sets=64, set_size=4, aggregations=4),
+}
+ALGORITHM_LOSS = {
+    "1M": LossShape("1M", tokens=1 << 20, sequences=4096),
+    # large enough on an H200 that launch overhead does not hide the bandwidth
+    "16M": LossShape("16M", tokens=1 << 24, sequences=65536),
+}

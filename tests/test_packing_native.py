@@ -51,6 +51,18 @@ def test_cpp_equals_python_spiral_shape():
     assert a == b and a.dedup_ratio > 2
 
 
+@needs_native
+def test_cpp_equals_python_multithreaded_fill():
+    # above the C++ builder's threading threshold (2^16 tokens + rows); 1-token sequences at the end
+    # have no prediction rows and must still get their seq_segment from the last worker
+    g = torch.Generator().manual_seed(1)
+    base = [torch.randint(0, 3, (n,), generator=g) for n in torch.randint(1, 3000, (40,), generator=g).tolist()]
+    seqs = base + [torch.cat([s, torch.randint(0, 3, (50,), generator=g)]) for s in base[:20]] + [[1], [2], [0]]
+    a, b = sf.pack_sequences(seqs, builder="cpp"), sf.pack_sequences(seqs, builder="python")
+    assert a.num_tokens + a.prediction_rows.seq.numel() > 2**16
+    assert a == b
+
+
 def test_fallback_without_extension(monkeypatch):
     seqs = random_forest(0, **CASES["shared-small-vocab"])
     expected = sf.pack_sequences(seqs, builder="python")

@@ -125,54 +125,25 @@ def _row_offsets(batch: PackedBatch) -> torch.Tensor:
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
-def assemble(
-    flat_tokens: torch.Tensor,
-    offsets: torch.Tensor,
-    token_index: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    segment_parent: torch.Tensor,
-    seq_segment: torch.Tensor,
-    share: str,
-) -> PackedBatch:
-    """Build a `PackedBatch` from a layout (the part a builder computes; the rest is vectorised here).
-
-    flat_tokens [N] int64   all sequences concatenated (N = sum(len_i)); offsets [S+1] int64
-    token_index [N] int64   packed index of every input token
-    cu_seqlens [G+1], segment_parent [G], seq_segment [S]: as in `PackedBatch`.
-    """
-    num_seqs = offsets.numel() - 1
-    lengths = offsets[1:] - offsets[:-1]
-    seq_of_token = torch.repeat_interleave(torch.arange(num_seqs, dtype=torch.int64), lengths)
-    pos_of_token = torch.arange(flat_tokens.numel(), dtype=torch.int64) - offsets[:-1][seq_of_token]
-    num_tokens = int(cu_seqlens[-1])
-    input_ids = torch.empty(num_tokens, dtype=torch.int64)
-    position_ids = torch.empty(num_tokens, dtype=torch.int64)
-    # duplicates (shared prefixes) write identical values, so scatter order does not matter
-    input_ids[token_index] = flat_tokens
-    position_ids[token_index] = pos_of_token
-    predicts = pos_of_token >= 1  # every token but each sequence's first is a target
-    last = torch.ones_like(predicts)
-    last[offsets[1:] - 1] = False  # every token but each sequence's last predicts the next one
-    rows = PredictionRows(
-        hidden_index=token_index[last],
-        target=flat_tokens[predicts],
-        seq=seq_of_token[predicts],
-        pos=pos_of_token[predicts],
-    )
+def assemble(fields, seq_lengths: torch.Tensor, share: str) -> PackedBatch:
+    """`PackedBatch` from a builder's fields (input_ids, position_ids, cu_seqlens, segment_parent,
+    seq_segment, hidden_index, target, seq, pos) and `seq_lengths [S] int64`."""
+    input_ids, position_ids, cu_seqlens, segment_parent, seq_segment, *rows = fields
+    num_tokens = input_ids.numel()
     seg_lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     return PackedBatch(
         input_ids=input_ids,
         position_ids=position_ids,
-        cu_seqlens=cu_seqlens.to(torch.int32),
-        segment_parent=segment_parent.to(torch.int64),
-        seq_segment=seq_segment.to(torch.int64),
-        seq_lengths=lengths.to(torch.int64),
-        prediction_rows=rows,
+        cu_seqlens=cu_seqlens,
+        segment_parent=segment_parent,
+        seq_segment=seq_segment,
+        seq_lengths=seq_lengths,
+        prediction_rows=PredictionRows(*rows),
         num_tokens=num_tokens,
         num_segments=seg_lengths.numel(),
-        num_sequences=num_seqs,
+        num_sequences=seq_lengths.numel(),
         max_seqlen=int(seg_lengths.max()),
-        max_context=int(lengths.max()),
-        dedup_ratio=float(flat_tokens.numel()) / num_tokens,
+        max_context=int(seq_lengths.max()),
+        dedup_ratio=float(seq_lengths.sum()) / num_tokens,
         share=share,
     )

@@ -1,5 +1,5 @@
 """The C++ layout builder (`spiral_fast._native`, built from csrc/packing.cpp) with a fallback to
-the pure-Python reference when the extension was not compiled. Both return the same layout."""
+the pure-Python reference when the extension was not compiled. Both return the same fields."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +15,8 @@ def _native():
         from spiral_fast import _native
     except ImportError:  # no compiler at install time: same results, slower
         return None
-    return _native
+    # an extension left over from an older build (before `pip install -e .` rebuilt it) is not used
+    return _native if hasattr(_native, "pack_layout") else None
 
 
 def native_available() -> bool:
@@ -23,18 +24,15 @@ def native_available() -> bool:
     return _native() is not None
 
 
-def trie_layout(flat_tokens: torch.Tensor, offsets: torch.Tensor, *, builder: str = "auto"):
-    """Layout of S sequences (`flat_tokens [N] int64`, `offsets [S+1] int64`) as in
-    `reference.trie_layout`: (token_index [N], cu_seqlens [G+1], segment_parent [G], seq_segment [S]).
-
-    builder: "auto" (C++ when built, else Python), "cpp" or "python".
-    """
+def pack_layout(sequences: list[torch.Tensor], share: bool, *, builder: str = "auto"):
+    """PackedBatch fields for validated sequences (1-D int64 CPU tensors), as in
+    `reference.pack_layout`. builder: "auto" (C++ when built, else Python), "cpp" or "python"."""
     if builder not in ("auto", "cpp", "python"):
         raise ValueError(f"builder must be 'auto', 'cpp' or 'python', got {builder!r}")
     mod = None if builder == "python" else _native()
     if mod is None:
         if builder == "cpp":
             raise ValueError("builder='cpp' but spiral_fast._native is not built (pip install -e . rebuilds it)")
-        return reference.trie_layout(flat_tokens, offsets)
-    arrays = mod.trie_layout(flat_tokens.contiguous().numpy(), offsets.contiguous().numpy())
+        return reference.pack_layout(sequences, share)
+    arrays = mod.pack_layout([s.numpy() for s in sequences], share)  # zero-copy views of the tensors
     return tuple(torch.from_numpy(a) for a in arrays)

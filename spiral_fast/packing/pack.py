@@ -26,7 +26,11 @@ def _as_tokens(i: int, seq) -> torch.Tensor:
         raise ValueError(f"sequences[{i}] must hold integer token ids, got dtype {t.dtype}")
     if t.numel() == 0:
         raise ValueError(f"sequences[{i}] is empty")
-    return t.to(device="cpu", dtype=torch.int64)
+    t = t.to(device="cpu", dtype=torch.int64).contiguous()
+    if int(t.min()) < 0:
+        p = int(torch.nonzero(t < 0)[0])
+        raise ValueError(f"sequences[{i}] has a negative token id {int(t[p])} at position {p}")
+    return t
 
 
 def pack_sequences(sequences, *, share: str = "trie", max_positions: int | None = None,
@@ -56,15 +60,5 @@ def pack_sequences(sequences, *, share: str = "trie", max_positions: int | None 
     if max_positions is not None and int(lengths.max()) > max_positions:
         i = int(torch.nonzero(lengths > max_positions)[0])
         raise ValueError(f"sequences[{i}] has {int(lengths[i])} tokens, more than max_positions={max_positions}")
-    flat = torch.cat(seqs)
-    offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-    if int(flat.min()) < 0:
-        bad = int(torch.nonzero(flat < 0)[0])
-        i = int(torch.searchsorted(offsets, bad, right=True)) - 1
-        raise ValueError(f"sequences[{i}] has a negative token id {int(flat[bad])} at position {bad - int(offsets[i])}")
-    if share == "none":
-        n = flat.numel()
-        layout = (torch.arange(n), offsets, torch.full((len(seqs),), -1), torch.arange(len(seqs)))
-    else:
-        layout = native.trie_layout(flat, offsets, builder=builder)
-    return assemble(flat, offsets, *layout, share=share)
+    fields = native.pack_layout(seqs, share == "trie", builder=builder)
+    return assemble(fields, lengths, share)

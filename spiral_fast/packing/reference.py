@@ -3,26 +3,22 @@
 A per-token trie (one node per unique prefix, children in first-insertion order), compressed into
 segments: a segment is a maximal chain of trie nodes that neither branches nor ends a sequence
 before its last node. Segments are numbered in DFS pre-order, children in first-insertion order.
+Without sharing, every sequence is one root segment, in input order.
 """
 from __future__ import annotations
 
 import torch
 
 
-def trie_layout(flat_tokens: torch.Tensor, offsets: torch.Tensor):
-    """Layout of S sequences (concatenated in `flat_tokens [N]`, bounds `offsets [S+1]`).
-
-    Returns (token_index [N], cu_seqlens [G+1], segment_parent [G], seq_segment [S]), all int64.
-    """
-    tokens = flat_tokens.tolist()
-    bounds = offsets.tolist()
+def _segments(seqs: list[list[int]]):
+    """Radix-tree segments of `seqs`: (cu_seqlens, segment_parent, seq_segment, token_index per seq)."""
     # trie node 0 is the virtual root (no token); dicts keep insertion order = child order
     children: list[dict[int, int]] = [{}]
     ends = [False]
-    end_node = []
-    for s in range(len(bounds) - 1):
-        node = 0
-        for tok in tokens[bounds[s]:bounds[s + 1]]:
+    paths = []  # trie node of every token of every sequence
+    for seq in seqs:
+        node, path = 0, []
+        for tok in seq:
             nxt = children[node].get(tok)
             if nxt is None:
                 nxt = len(children)
@@ -30,8 +26,9 @@ def trie_layout(flat_tokens: torch.Tensor, offsets: torch.Tensor):
                 children.append({})
                 ends.append(False)
             node = nxt
+            path.append(node)
         ends[node] = True
-        end_node.append(node)
+        paths.append(path)
 
     packed_of_node = [-1] * len(children)
     segment_of_node = [-1] * len(children)
@@ -53,13 +50,33 @@ def trie_layout(flat_tokens: torch.Tensor, offsets: torch.Tensor):
             (node,) = children[node].values()
         cu_seqlens.append(end)
         stack.extend((child, seg) for child in reversed(children[node].values()))
+    seq_segment = [segment_of_node[path[-1]] for path in paths]
+    token_index = [[packed_of_node[n] for n in path] for path in paths]
+    return cu_seqlens, segment_parent, seq_segment, token_index
 
-    token_index = []
-    for s in range(len(bounds) - 1):
-        node = 0
-        for tok in tokens[bounds[s]:bounds[s + 1]]:
-            node = children[node][tok]
-            token_index.append(packed_of_node[node])
-    seq_segment = [segment_of_node[n] for n in end_node]
-    as_tensor = lambda xs: torch.tensor(xs, dtype=torch.int64)  # noqa: E731
-    return as_tensor(token_index), as_tensor(cu_seqlens), as_tensor(segment_parent), as_tensor(seq_segment)
+
+def pack_layout(sequences: list[torch.Tensor], share: bool):
+    """Fields of a PackedBatch for S non-empty sequences of token ids (validated by the caller):
+    (input_ids [T], position_ids [T], cu_seqlens [G+1] int32, segment_parent [G], seq_segment [S],
+    hidden_index [R], target [R], seq [R], pos [R]), int64 unless noted."""
+    seqs = [s.tolist() for s in sequences]
+    if share:
+        cu_seqlens, segment_parent, seq_segment, token_index = _segments(seqs)
+    else:
+        cu_seqlens, token_index = [0], []
+        for seq in seqs:
+            token_index.append(list(range(cu_seqlens[-1], cu_seqlens[-1] + len(seq))))
+            cu_seqlens.append(cu_seqlens[-1] + len(seq))
+        segment_parent, seq_segment = [-1] * len(seqs), list(range(len(seqs)))
+    input_ids = [0] * cu_seqlens[-1]
+    position_ids = [0] * cu_seqlens[-1]
+    rows = ([], [], [], [])
+    for i, (seq, idx) in enumerate(zip(seqs, token_index)):
+        for p, (tok, t) in enumerate(zip(seq, idx)):
+            input_ids[t], position_ids[t] = tok, p
+            if p >= 1:  # the token at p - 1 predicts this one
+                for col, value in zip(rows, (idx[p - 1], tok, i, p)):
+                    col.append(value)
+    as_tensor = lambda xs, dtype=torch.int64: torch.tensor(xs, dtype=dtype)  # noqa: E731
+    return (as_tensor(input_ids), as_tensor(position_ids), as_tensor(cu_seqlens, torch.int32),
+            as_tensor(segment_parent), as_tensor(seq_segment), *map(as_tensor, rows))
