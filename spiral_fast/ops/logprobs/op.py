@@ -3,8 +3,9 @@
 Shapes: ``...`` leading dims (N tokens once flattened), H hidden, V vocab.
 Backends: ``"torch"`` (``chunked``: bounded token x vocabulary chunks, the CPU path) and
 ``"triton"`` (``spiral_fast.kernels.logprobs``: blockwise kernels, CUDA or TRITON_INTERPRET=1).
-Both backends return, per token, lse, entropy, E_p[z] and the target's scaled logit z_t; the
-Functions here turn those into outputs and zero ignored rows, so ignore handling lives in one place.
+Both backends return, per token, (m, log_s, entropy, E_p[z] - m, z_t) with lse = m + log_s and z_t
+the target's scaled logit (m kept apart so z - lse stays exact for large |z|); the Functions here
+turn those into outputs and zero ignored rows, so ignore handling lives in one place.
 """
 from __future__ import annotations
 
@@ -35,14 +36,15 @@ def _kernels():
     return kernels
 
 
-def _outputs(ctx, lse, ent, ez, zt, valid, opts, out_dtype):
-    """Turn backend results into (logp[, entropy]) and save what backward needs."""
-    zero = torch.zeros((), device=lse.device, dtype=lse.dtype)
-    logp = torch.where(valid, zt - lse, zero).to(out_dtype)
-    ctx.mark_non_differentiable(valid)
+def _outputs(results, valid, opts, out_dtype):
+    """Backend results (m, log_s, entropy, E_p[z] - m, z_t) -> (logp[, entropy]) and the per-token
+    stats (m, log_s, E_p[z] - m) that backward needs."""
+    m, log_s, ent, mean_shifted, zt = results
+    zero = torch.zeros((), device=m.device, dtype=m.dtype)
+    logp = torch.where(valid, (zt - m) - log_s, zero).to(out_dtype)
     if not opts.return_entropy:
-        return logp, (lse, None)
-    return (logp, torch.where(valid, ent, zero).to(out_dtype)), (lse, ez)
+        return logp, (m, log_s, None)
+    return (logp, torch.where(valid, ent, zero).to(out_dtype)), (m, log_s, mean_shifted)
 
 
 def _upstream(valid, dlogp, dent, dtype):
@@ -59,32 +61,24 @@ class _TokenLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, opts: LogprobOptions):
         valid = targets != opts.ignore_index
         safe = torch.where(valid, targets, torch.zeros_like(targets))
-        if opts.backend == "triton":
-            lse, ent, ez, zt = _kernels().token_logprobs_fwd(hidden, weight, bias, safe, opts.temperature,
-                                                             opts.return_entropy)
-        else:
-            lse, ent, ez, zt = chunked.linear_fwd(hidden, weight, bias, safe, opts.temperature, opts.return_entropy)
-        out_dtype = chunked._math_dtype(hidden.dtype)
-        out, (lse, ez) = _outputs(ctx, lse, ent, ez, zt, valid, opts, out_dtype)
-        ctx.save_for_backward(hidden, weight, bias, safe, valid, lse, ez)
+        impl = _kernels().token_logprobs_fwd if opts.backend == "triton" else chunked.linear_fwd
+        results = impl(hidden, weight, bias, safe, opts.temperature, opts.return_entropy)
+        out, stats = _outputs(results, valid, opts, chunked._math_dtype(hidden.dtype))
+        ctx.save_for_backward(hidden, weight, bias, safe, valid, *stats)
         ctx.opts = opts
         ctx.set_materialize_grads(False)
         return out
 
     @staticmethod
     def backward(ctx, dlogp, dent=None):
-        hidden, weight, bias, safe, valid, lse, ez = ctx.saved_tensors
+        hidden, weight, bias, safe, valid, *stats = ctx.saved_tensors
         opts = ctx.opts
         need_dh, need_dw, need_db = ctx.needs_input_grad[:3]
         if dlogp is None and dent is None:
             return None, None, None, None, None
-        dl, de = _upstream(valid, dlogp, dent, lse.dtype)
-        if opts.backend == "triton":
-            dh, dw, db = _kernels().token_logprobs_bwd(hidden, weight, bias, safe, lse, ez, dl, de,
-                                                       opts.temperature, need_dh, need_dw, need_db)
-        else:
-            dh, dw, db = chunked.linear_bwd(hidden, weight, bias, safe, lse, ez, dl, de, opts.temperature,
-                                            need_dh, need_dw, need_db)
+        dl, de = _upstream(valid, dlogp, dent, stats[0].dtype)
+        impl = _kernels().token_logprobs_bwd if opts.backend == "triton" else chunked.linear_bwd
+        dh, dw, db = impl(hidden, weight, bias, safe, stats, dl, de, opts.temperature, need_dh, need_dw, need_db)
         dh = None if dh is None else dh.to(hidden.dtype)
         dw = None if dw is None else dw.to(weight.dtype)
         db = None if db is None else db.to(bias.dtype)
@@ -96,28 +90,23 @@ class _LogitsLogprobs(torch.autograd.Function):
     def forward(ctx, logits, targets, opts: LogprobOptions):
         valid = targets != opts.ignore_index
         safe = torch.where(valid, targets, torch.zeros_like(targets))
-        if opts.backend == "triton":
-            lse, ent, ez, zt = _kernels().logits_logprobs_fwd(logits, safe, opts.temperature, opts.return_entropy)
-        else:
-            lse, ent, ez, zt = chunked.logits_fwd(logits, safe, opts.temperature, opts.return_entropy)
-        out_dtype = chunked._math_dtype(logits.dtype)
-        out, (lse, ez) = _outputs(ctx, lse, ent, ez, zt, valid, opts, out_dtype)
-        ctx.save_for_backward(logits, safe, valid, lse, ez)
+        impl = _kernels().logits_logprobs_fwd if opts.backend == "triton" else chunked.logits_fwd
+        results = impl(logits, safe, opts.temperature, opts.return_entropy)
+        out, stats = _outputs(results, valid, opts, chunked._math_dtype(logits.dtype))
+        ctx.save_for_backward(logits, safe, valid, *stats)
         ctx.opts = opts
         ctx.set_materialize_grads(False)
         return out
 
     @staticmethod
     def backward(ctx, dlogp, dent=None):
-        logits, safe, valid, lse, ez = ctx.saved_tensors
+        logits, safe, valid, *stats = ctx.saved_tensors
         opts = ctx.opts
         if dlogp is None and dent is None:
             return None, None, None
-        dl, de = _upstream(valid, dlogp, dent, lse.dtype)
-        if opts.backend == "triton":
-            dz = _kernels().logits_logprobs_bwd(logits, safe, lse, ez, dl, de, opts.temperature)
-        else:
-            dz = chunked.logits_bwd(logits, safe, lse, ez, dl, de, opts.temperature)
+        dl, de = _upstream(valid, dlogp, dent, stats[0].dtype)
+        impl = _kernels().logits_logprobs_bwd if opts.backend == "triton" else chunked.logits_bwd
+        dz = impl(logits, safe, stats, dl, de, opts.temperature)
         return dz, None, None
 
 

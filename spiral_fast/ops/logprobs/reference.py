@@ -25,8 +25,9 @@ def _from_scaled_logits(z: torch.Tensor, targets: torch.Tensor, ignore_index: in
     if not return_entropy:
         return logp
     p = logsm.exp()
-    # p * log p is 0 * -inf = nan where a logit is -inf (a masked vocabulary entry); its limit is 0
-    plogp = torch.where(p > 0, p * logsm, torch.zeros_like(p))
+    # p * log p is 0 * -inf = nan where a logit is -inf (a masked vocabulary entry); its limit is 0.
+    # Masking log p itself (not the product) keeps the backward free of 0 * inf too.
+    plogp = p * torch.where(p > 0, logsm, torch.zeros_like(logsm))
     entropy = -plogp.sum(-1)
     entropy = torch.where(valid, entropy, torch.zeros_like(entropy)).to(out_dtype)
     return logp, entropy
