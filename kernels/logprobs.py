@@ -1,8 +1,9 @@
 """Triton kernels for per-token log-probs and entropies (device code + launchers, no autograd).
 
 Shapes: N tokens, H hidden, V vocab; z = (h @ W.T + b) / T the scaled logits of one token.
-Every launcher returns, per token, float32 lse = logsumexp(z), entropy = lse - E_p[z],
-E_p[z] and the target's z_t; ``spiral_fast.ops.logprobs.op`` turns them into outputs.
+Every forward launcher returns, per token, float32 (m, log_s, entropy, E_p[z] - m, z_t): the max,
+log sum e^{z-m} (lse = m + log_s, kept apart so z - lse stays exact for large |z|), the entropy
+lse - E_p[z], and the target's z_t; ``spiral_fast.ops.logprobs.op`` turns them into outputs.
 
 - ``token_logprobs_fwd``: one program per BLOCK_N tokens, looping over vocabulary blocks with an
   online log-sum-exp; the [BLOCK_N, BLOCK_V] logit tile is the only place logits exist.
@@ -64,7 +65,7 @@ def _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_h
 
 @triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None})
 @triton.jit
-def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, ez_ptr, zt_ptr,
+def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, ent_ptr, ms_ptr, zt_ptr,
                                N, V, H, stride_hn, stride_hh, stride_wv, stride_wh, temperature,
                                HAS_BIAS: tl.constexpr, WANT_ENTROPY: tl.constexpr, DOT_PRECISION: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
@@ -91,27 +92,29 @@ def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, e
         zs = z - m_safe[:, None]
         e = tl.exp(zs)
         if WANT_ENTROPY:
-            t = alpha * (t + shift * s) + tl.sum(tl.where(e > 0, e * zs, 0.0), axis=1)
+            # e * zs is 0 * -inf = nan at masked logits; below -1e4 e is exactly 0 anyway
+            t = alpha * (t + shift * s) + tl.sum(e * tl.maximum(zs, -1e4), axis=1)
         s = alpha * s + tl.sum(e, axis=1)
         m = m_new
-    m_safe = tl.where(m == float("-inf"), 0.0, m)
     log_s = tl.log(s)
-    tl.store(lse_ptr + offs_n, m_safe + log_s, mask=mask_n)
+    tl.store(m_ptr + offs_n, tl.where(m == float("-inf"), 0.0, m), mask=mask_n)
+    tl.store(logs_ptr + offs_n, log_s, mask=mask_n)
     tl.store(zt_ptr + offs_n, zt, mask=mask_n)
     if WANT_ENTROPY:
         mean_shifted = t / s
         tl.store(ent_ptr + offs_n, log_s - mean_shifted, mask=mask_n)
-        tl.store(ez_ptr + offs_n, m_safe + mean_shifted, mask=mask_n)
+        tl.store(ms_ptr + offs_n, mean_shifted, mask=mask_n)
 
 
 @triton.jit
-def _grad_tile(z, lse, ez, dl, de, is_target, temperature, HAS_DENT: tl.constexpr):
+def _grad_tile(z, m, log_s, mean_shifted, dl, de, is_target, temperature, HAS_DENT: tl.constexpr):
     """G = dL/dlogits: dlogp/dz = onehot - p, dentropy/dz = -p (z - E_p[z]), dz/dlogits = 1/T."""
-    p = tl.exp(z - lse[:, None])
+    zm = z - m[:, None]
+    p = tl.exp(zm - log_s[:, None])
     if HAS_DENT:
-        g = -p * (dl[:, None] + de[:, None] * (z - ez[:, None]))
-        # p (z - E[z]) is 0 * inf = nan at masked (-inf) logits, whose gradient is 0
-        g = tl.where(p != 0.0, g, 0.0)
+        # masked (-inf) logits would give 0 * inf = nan; below -1e4 p is exactly 0, so the clamp
+        # changes nothing else
+        g = -p * (dl[:, None] + de[:, None] * (tl.maximum(zm, -1e4) - mean_shifted[:, None]))
     else:
         g = -p * dl[:, None]
     g += tl.where(is_target, dl[:, None], 0.0)
@@ -120,7 +123,7 @@ def _grad_tile(z, lse, ez, dl, de, is_target, temperature, HAS_DENT: tl.constexp
 
 @triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None})
 @triton.jit
-def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ez_ptr, dl_ptr, de_ptr,
+def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, ms_ptr, dl_ptr, de_ptr,
                                dh_ptr, dw_ptr, db_ptr, N, V, H, stride_hn, stride_hh, stride_wv, stride_wh,
                                temperature, HAS_BIAS: tl.constexpr, HAS_DENT: tl.constexpr,
                                NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
@@ -135,15 +138,16 @@ def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ez_ptr, dl
     z = _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_hn, stride_hh,
                     stride_wv, stride_wh, temperature, HAS_BIAS, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
     tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=0)
-    lse = tl.load(lse_ptr + offs_n, mask=mask_n, other=0.0)
+    m = tl.load(m_ptr + offs_n, mask=mask_n, other=0.0)
+    log_s = tl.load(logs_ptr + offs_n, mask=mask_n, other=0.0)
     # rows past N (and ignored rows, zeroed by the caller) carry dl = de = 0, hence G = 0
     dl = tl.load(dl_ptr + offs_n, mask=mask_n, other=0.0)
     de = dl
-    ez = lse
+    mean_shifted = m
     if HAS_DENT:
         de = tl.load(de_ptr + offs_n, mask=mask_n, other=0.0)
-        ez = tl.load(ez_ptr + offs_n, mask=mask_n, other=0.0)
-    g = _grad_tile(z, lse, ez, dl, de, offs_v[None, :] == tgt[:, None], temperature, HAS_DENT)
+        mean_shifted = tl.load(ms_ptr + offs_n, mask=mask_n, other=0.0)
+    g = _grad_tile(z, m, log_s, mean_shifted, dl, de, offs_v[None, :] == tgt[:, None], temperature, HAS_DENT)
     if NEED_DB:
         tl.atomic_add(db_ptr + offs_v, tl.sum(g, axis=0), mask=mask_v)
     # G meets W and h in their own dtype (tensor cores); the products accumulate in float32
@@ -166,7 +170,7 @@ def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ez_ptr, dl
 
 
 @triton.jit
-def _logits_logprobs_fwd_kernel(z_ptr, tgt_ptr, lse_ptr, ent_ptr, ez_ptr, zt_ptr, V, stride_zn, stride_zv,
+def _logits_logprobs_fwd_kernel(z_ptr, tgt_ptr, m_ptr, logs_ptr, ent_ptr, ms_ptr, zt_ptr, V, stride_zn, stride_zv,
                                 temperature, WANT_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     base = z_ptr + row * stride_zn
@@ -185,7 +189,7 @@ def _logits_logprobs_fwd_kernel(z_ptr, tgt_ptr, lse_ptr, ent_ptr, ez_ptr, zt_ptr
         zs = z - m_safe
         e = tl.exp(zs)
         if WANT_ENTROPY:
-            t = alpha * (t + shift * s) + tl.where(e > 0, e * zs, 0.0)
+            t = alpha * (t + shift * s) + e * tl.maximum(zs, -1e4)
         s = alpha * s + e
         m = m_new
     big = tl.max(m, axis=0)
@@ -194,66 +198,76 @@ def _logits_logprobs_fwd_kernel(z_ptr, tgt_ptr, lse_ptr, ent_ptr, ez_ptr, zt_ptr
     w = tl.where(m == float("-inf"), 0.0, tl.exp(shift))
     s_all = tl.sum(w * s, axis=0)
     log_s = tl.log(s_all)
-    tl.store(lse_ptr + row, big_safe + log_s)
+    tl.store(m_ptr + row, big_safe)
+    tl.store(logs_ptr + row, log_s)
     tgt = tl.load(tgt_ptr + row)
     tl.store(zt_ptr + row, tl.load(base + tgt * stride_zv).to(tl.float32) / temperature)
     if WANT_ENTROPY:
         mean_shifted = tl.sum(w * (t + shift * s), axis=0) / s_all
         tl.store(ent_ptr + row, log_s - mean_shifted)
-        tl.store(ez_ptr + row, big_safe + mean_shifted)
+        tl.store(ms_ptr + row, mean_shifted)
 
 
 @triton.jit
-def _logits_logprobs_bwd_kernel(z_ptr, dz_ptr, tgt_ptr, lse_ptr, ez_ptr, dl_ptr, de_ptr, V, stride_zn, stride_zv,
+def _logits_logprobs_bwd_kernel(z_ptr, dz_ptr, tgt_ptr, m_ptr, logs_ptr, ms_ptr, dl_ptr, de_ptr, V, stride_zn, stride_zv,
                                 stride_dzn, temperature, HAS_DENT: tl.constexpr, BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     rows = row + tl.arange(0, 1)   # [1]-shaped, so the tile helper sees a [1, BLOCK_V] block
     tgt = tl.load(tgt_ptr + rows)
-    lse = tl.load(lse_ptr + rows)
+    m = tl.load(m_ptr + rows)
+    log_s = tl.load(logs_ptr + rows)
     dl = tl.load(dl_ptr + rows)
     de = dl
-    ez = lse
+    mean_shifted = m
     if HAS_DENT:
         de = tl.load(de_ptr + rows)
-        ez = tl.load(ez_ptr + rows)
+        mean_shifted = tl.load(ms_ptr + rows)
     for v0 in range(0, V, BLOCK_V):
         offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         mask_v = offs_v < V
         z = tl.load(z_ptr + row * stride_zn + offs_v[None, :] * stride_zv, mask=mask_v[None, :],
                     other=float("-inf")).to(tl.float32) / temperature
-        g = _grad_tile(z, lse, ez, dl, de, offs_v[None, :] == tgt[:, None], temperature, HAS_DENT)
+        g = _grad_tile(z, m, log_s, mean_shifted, dl, de, offs_v[None, :] == tgt[:, None], temperature, HAS_DENT)
         tl.store(dz_ptr + row * stride_dzn + offs_v[None, :], g.to(dz_ptr.dtype.element_ty), mask=mask_v[None, :])
 
 
 # --------------------------------------------------------------------------- launchers
-def _per_token(n, device, want):
-    return torch.empty(n, device=device, dtype=torch.float32) if want else None
+def _per_token_stats(n, device, want_entropy):
+    """Empty float32 (m, log_s, entropy, E_p[z] - m, z_t) buffers; entropy ones only if wanted."""
+    return [torch.empty(n, device=device, dtype=torch.float32) if i in (0, 1, 4) or want_entropy else None
+            for i in range(5)]
+
+
+def _or(t, fallback):
+    """Pointer argument for a buffer the kernel will not touch (its flag is off)."""
+    return fallback if t is None else t
 
 
 def token_logprobs_fwd(hidden, weight, bias, targets, temperature, want_entropy):
     """hidden [N, H], weight [V, H], bias [V]|None, targets [N] in [0, V) ->
-    (lse, entropy|None, E_p[z]|None, z_t), each [N] float32."""
+    (m, log_s, entropy|None, E_p[z] - m|None, z_t), each [N] float32."""
     n, h = hidden.shape
     v = weight.shape[0]
-    lse, zt = _per_token(n, hidden.device, True), _per_token(n, hidden.device, True)
-    ent, ez = _per_token(n, hidden.device, want_entropy), _per_token(n, hidden.device, want_entropy)
+    out = _per_token_stats(n, hidden.device, want_entropy)
     if n == 0:
-        return lse, ent, ez, zt
+        return out
+    m, log_s, ent, ms, zt = out
     cfg = _linear_config("fwd")
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
     _token_logprobs_fwd_kernel[grid](
-        hidden, weight, bias, targets, lse, ent if want_entropy else lse, ez if want_entropy else lse, zt,
+        hidden, weight, bias, targets, m, log_s, _or(ent, m), _or(ms, m), zt,
         n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), float(temperature),
         WANT_ENTROPY=want_entropy, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
-    return lse, ent, ez, zt
+    return out
 
 
-def token_logprobs_bwd(hidden, weight, bias, targets, lse, ez, dlogp, dent, temperature, need_dh, need_dw, need_db):
-    """dlogp/dent [N] float32 (zero on ignored rows; dent may be None) ->
+def token_logprobs_bwd(hidden, weight, bias, targets, stats, dlogp, dent, temperature, need_dh, need_dw, need_db):
+    """stats = (m, log_s, E_p[z] - m|None) from the forward; dlogp/dent [N] float32 (zero on ignored rows; dent may be None) ->
     (dh [N, H], dw [V, H], db [V]) float32, each None when not needed."""
     n, h = hidden.shape
     v = weight.shape[0]
     dev = hidden.device
+    m, log_s, ms = stats
     # float32 accumulators: many tiles add into each element, low precision would lose the sum
     dh = torch.zeros(n, h, device=dev, dtype=torch.float32) if need_dh else None
     dw = torch.zeros(v, h, device=dev, dtype=torch.float32) if need_dw else None
@@ -263,9 +277,8 @@ def token_logprobs_bwd(hidden, weight, bias, targets, lse, ez, dlogp, dent, temp
     cfg = _linear_config("bwd")
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"]))
     _token_logprobs_bwd_kernel[grid](
-        hidden, weight, bias, targets, lse, ez if dent is not None else lse, dlogp,
-        dent if dent is not None else dlogp, dh if need_dh else lse, dw if need_dw else lse,
-        db if need_db else lse, n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+        hidden, weight, bias, targets, m, log_s, _or(ms, m), dlogp, _or(dent, dlogp), _or(dh, m), _or(dw, m),
+        _or(db, m), n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
         float(temperature), HAS_DENT=dent is not None, NEED_DH=need_dh, NEED_DW=need_dw,
         NEED_DB=need_db and bias is not None, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
     return dh, dw, db
@@ -277,27 +290,28 @@ def _row_block_v(v: int) -> int:
 
 
 def logits_logprobs_fwd(logits, targets, temperature, want_entropy):
-    """logits [N, V], targets [N] in [0, V) -> (lse, entropy|None, E_p[z]|None, z_t), each [N] float32."""
+    """logits [N, V], targets [N] in [0, V) -> (m, log_s, entropy|None, E_p[z] - m|None, z_t), [N] float32."""
     n, v = logits.shape
-    lse, zt = _per_token(n, logits.device, True), _per_token(n, logits.device, True)
-    ent, ez = _per_token(n, logits.device, want_entropy), _per_token(n, logits.device, want_entropy)
+    out = _per_token_stats(n, logits.device, want_entropy)
     if n == 0:
-        return lse, ent, ez, zt
+        return out
+    m, log_s, ent, ms, zt = out
     _logits_logprobs_fwd_kernel[(n,)](
-        logits, targets, lse, ent if want_entropy else lse, ez if want_entropy else lse, zt, v,
+        logits, targets, m, log_s, _or(ent, m), _or(ms, m), zt, v,
         logits.stride(0), logits.stride(1), float(temperature), WANT_ENTROPY=want_entropy,
         BLOCK_V=_row_block_v(v), num_warps=4)
-    return lse, ent, ez, zt
+    return out
 
 
-def logits_logprobs_bwd(logits, targets, lse, ez, dlogp, dent, temperature):
+def logits_logprobs_bwd(logits, targets, stats, dlogp, dent, temperature):
     """-> dlogits [N, V] in the logits' dtype (contiguous)."""
     n, v = logits.shape
     dz = torch.empty(n, v, device=logits.device, dtype=logits.dtype)
     if n == 0:
         return dz
+    m, log_s, ms = stats
     _logits_logprobs_bwd_kernel[(n,)](
-        logits, dz, targets, lse, ez if dent is not None else lse, dlogp, dent if dent is not None else dlogp,
+        logits, dz, targets, m, log_s, _or(ms, m), dlogp, _or(dent, dlogp),
         v, logits.stride(0), logits.stride(1), dz.stride(0), float(temperature), HAS_DENT=dent is not None,
         BLOCK_V=_row_block_v(v), num_warps=4)
     return dz

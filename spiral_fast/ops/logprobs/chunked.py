@@ -60,8 +60,8 @@ class OnlineLSE:
         zs = z.sub_(m_safe[:, None])
         e = zs.exp()
         if self.t is not None:
-            # e * zs is 0 * -inf = nan at masked entries, whose true contribution is 0
-            ez = torch.where(e > 0, e * zs, torch.zeros_like(e))
+            # e * zs is 0 * -inf = nan at masked entries; below -1e4 e is exactly 0 anyway
+            ez = e * zs.clamp_(min=-1e4)
             self.t = alpha * (self.t + shift * self.s) + ez.sum(dim=1)
         self.s = alpha * self.s + e.sum(dim=1)
         self.m = m_new
