@@ -73,3 +73,20 @@ ALGORITHM_LOSS = {
     # large enough on an H200 that launch overhead does not hide the bandwidth
     "16M": LossShape("16M", tokens=1 << 24, sequences=65536),
 }
+
+
+# tree attention (issue 4): head shapes, and a SPIRAL-shaped tree small enough for the CPU peers
+@dataclass(frozen=True)
+class AttentionHeads:
+    name: str
+    q_heads: int    # Hq
+    kv_heads: int   # Hkv (GQA)
+    head_dim: int   # D
+
+
+ATTENTION_HEADS = {
+    "gpu-16x128-gqa2": AttentionHeads("gpu-16x128-gqa2", q_heads=16, kv_heads=2, head_dim=128),
+    "cpu-4x32-gqa2": AttentionHeads("cpu-4x32-gqa2", q_heads=4, kv_heads=2, head_dim=32),
+}
+SPIRAL["attention-cpu"] = SpiralShape("attention-cpu", problems=1, prompt_tokens=64, traces=8, trace_tokens=128,
+                                      sets=4, set_size=2, aggregations=4, agg_tokens=64)
