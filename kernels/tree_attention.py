@@ -4,7 +4,7 @@ Each query block (BLOCK_M tokens of one segment) walks the key blocks it may see
 index table (its ancestors' blocks, then its own segment's blocks up to the diagonal), reading shared
 prefix K/V in place: no gathered copies. The backward recomputes probabilities from the saved
 log-sum-exp; dQ walks the same table, dK/dV walk the reverse table (query blocks that see a key block)
-so every dK/dV tile has one owner and needs no atomics.
+so every dK/dV tile has one owner and needs no atomics (GQA: per query head, then summed per group).
 
 Layouts: q/o [T, Hq, D], k/v [T, Hkv, D] (last dim contiguous), lse/delta [Hq, T] float32 in the
 log2 domain. Tables (int32): q_start/q_end/q_ptr [NQ(+1)], kv_list, k_start/k_end/k_ptr [NK(+1)], q_list.
@@ -137,8 +137,12 @@ def _tree_attention_bwd_dkdv_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
+    # one program per (key block, query head): it owns that head's dK/dV tile, so no atomics; with GQA
+    # the launcher sums the GROUP per-head tiles afterwards (more programs than a serial group loop,
+    # which matters because a shared prompt's few key blocks are seen by many query blocks)
     blk = tl.program_id(0).to(tl.int64)
-    kv_head = tl.program_id(1).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    kv_head = head // GROUP
     ks = tl.load(k_start_ptr + blk).to(tl.int64)
     ke = tl.load(k_end_ptr + blk).to(tl.int64)
     offs_n = ks + tl.arange(0, BLOCK_N)
@@ -152,31 +156,28 @@ def _tree_attention_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     e_lo = tl.load(k_blk_ptr + blk)
     e_hi = tl.load(k_blk_ptr + blk + 1)
-    # this program owns dK/dV of its key block for all GROUP query heads: no atomics needed
-    for g in range(GROUP):
-        head = kv_head * GROUP + g
-        for e in range(e_lo, e_hi):
-            b = tl.load(q_list_ptr + e).to(tl.int64)
-            qs = tl.load(q_start_ptr + b).to(tl.int64)
-            qe = tl.load(q_end_ptr + b).to(tl.int64)
-            offs_m = qs + tl.arange(0, BLOCK_M)
-            m_valid = offs_m < qe
-            md_mask = m_valid[:, None] & d_valid[None, :]
-            q = tl.load(q_ptr + offs_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=md_mask, other=0.0)
-            do = tl.load(do_ptr + offs_m[:, None] * stride_dot + head * stride_doh + offs_d[None, :],
-                         mask=md_mask, other=0.0)
-            lse = tl.load(lse_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
-            delta = tl.load(delta_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
-            s_t = _dot(k, tl.trans(q), IEEE) * qk_scale  # [BLOCK_N, BLOCK_M]: keys as rows
-            allowed = n_valid[:, None] & m_valid[None, :] & (offs_n[:, None] <= offs_m[None, :])
-            p_t = tl.where(allowed, tl.math.exp2(s_t - lse[None, :]), 0.0)
-            dv += _dot(p_t.to(do.dtype), do, IEEE)
-            dp_t = _dot(v, tl.trans(do), IEEE)
-            ds_t = p_t * (dp_t - delta[None, :])
-            dk += _dot(ds_t.to(q.dtype), q, IEEE)
-    tl.store(dk_ptr + offs_n[:, None] * stride_dkt + kv_head * stride_dkh + offs_d[None, :],
+    for e in range(e_lo, e_hi):
+        b = tl.load(q_list_ptr + e).to(tl.int64)
+        qs = tl.load(q_start_ptr + b).to(tl.int64)
+        qe = tl.load(q_end_ptr + b).to(tl.int64)
+        offs_m = qs + tl.arange(0, BLOCK_M)
+        m_valid = offs_m < qe
+        md_mask = m_valid[:, None] & d_valid[None, :]
+        q = tl.load(q_ptr + offs_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=md_mask, other=0.0)
+        do = tl.load(do_ptr + offs_m[:, None] * stride_dot + head * stride_doh + offs_d[None, :],
+                     mask=md_mask, other=0.0)
+        lse = tl.load(lse_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+        delta = tl.load(delta_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+        s_t = _dot(k, tl.trans(q), IEEE) * qk_scale  # [BLOCK_N, BLOCK_M]: keys as rows
+        allowed = n_valid[:, None] & m_valid[None, :] & (offs_n[:, None] <= offs_m[None, :])
+        p_t = tl.where(allowed, tl.math.exp2(s_t - lse[None, :]), 0.0)
+        dv += _dot(p_t.to(do.dtype), do, IEEE)
+        dp_t = _dot(v, tl.trans(do), IEEE)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += _dot(ds_t.to(q.dtype), q, IEEE)
+    tl.store(dk_ptr + offs_n[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
              (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=nd_mask)
-    tl.store(dv_ptr + offs_n[:, None] * stride_dvt + kv_head * stride_dvh + offs_d[None, :],
+    tl.store(dv_ptr + offs_n[:, None] * stride_dvt + head * stride_dvh + offs_d[None, :],
              dv.to(dv_ptr.dtype.element_ty), mask=nd_mask)
 
 
@@ -210,17 +211,24 @@ def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, kv_list, k_st
     do = do if do.stride(-1) == 1 else do.contiguous()
     # delta = rowsum(dO * O) in float32: the softmax-Jacobian term shared by dQ and dK
     delta = (do.float() * o.float()).sum(-1).transpose(0, 1).contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    common = dict(GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
+    dq = torch.empty_like(q)
+    group = hq // hkv
+    # with GQA, per-query-head dK/dV in float32, summed over each group below (no rounding before the sum)
+    dk, dv = (torch.empty_like(k), torch.empty_like(v)) if group == 1 else (
+        torch.empty((t, hq, d), dtype=torch.float32, device=q.device) for _ in range(2))
+    common = dict(GROUP=group, HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
                   IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
     _tree_attention_bwd_dq_kernel[(q_start.numel(), hq)](
         q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, kv_list, k_start, k_end,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dq.stride(0), dq.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
     )
-    _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hkv)](
+    _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hq)](
         q, k, v, do, dk, dv, lse, delta, q_start, q_end, k_start, k_end, k_blk, q_list,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
     )
+    if group > 1:
+        dk = dk.view(t, hkv, group, d).sum(2).to(k.dtype)
+        dv = dv.view(t, hkv, group, d).sum(2).to(v.dtype)
     return dq, dk, dv
