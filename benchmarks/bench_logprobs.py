@@ -1,0 +1,126 @@
+"""Fused per-token log-probs: forward+backward of logp = log_softmax(h @ W.T)[target] with a random
+per-token upstream gradient, spiral_fast against its peers on the same inputs.
+
+Peers: naive ``log_softmax(h @ W.T).gather``; ``F.linear_cross_entropy(reduction="none")``
+(logp = -loss); a TRL-style chunked selective log-softmax (logits materialised, log_softmax per
+chunk of rows); on CUDA also Liger Kernel's fused linear cross-entropy and Cut Cross-Entropy when
+importable. Rate: 8 N H V flops per forward+backward (forward 2NHV, backward dH + dW 4NHV, plus the
+2NHV recompute that fused ops pay and the naive path does not — all peers are credited the same).
+
+    pytest benchmarks/bench_logprobs.py            cpu-small (every peer) + GPU groups on CUDA
+    pytest benchmarks/bench_logprobs.py -m slow    the CPU target (N=4096, H=1024, V=65536; minutes)
+
+CPU peak memory is the process's peak-RSS delta (see harness.py); spiral_fast runs first in each
+group so that memory freed by other peers cannot be reused by it and under-count its peak.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import spiral_fast
+from presets import LM_HEAD
+
+TRL_ROW_CHUNK = 1024   # TRL loops over sequences; a 1k-token row chunk plays that role here
+
+
+def naive(h, w, t):
+    return torch.log_softmax(h @ w.T, dim=-1).gather(-1, t[:, None]).squeeze(-1)
+
+
+def linear_cross_entropy(h, w, t):
+    return -F.linear_cross_entropy(h, w, t, reduction="none")
+
+
+def trl_chunked(h, w, t):
+    """TRL's selective_log_softmax idea: the logits exist in full; log_softmax runs per row chunk
+    in float32 so only one chunk's float32 log-softmax is alive at a time."""
+    logits = h @ w.T
+    return torch.cat([torch.log_softmax(chunk.float(), dim=-1).gather(-1, tc[:, None]).squeeze(-1)
+                      for chunk, tc in zip(logits.split(TRL_ROW_CHUNK), t.split(TRL_ROW_CHUNK))])
+
+
+def spiral_fast_op(h, w, t):
+    return spiral_fast.token_logprobs(h, w, t)
+
+
+def liger(h, w, t):
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+    out = liger_fused_linear_cross_entropy(h, w, t, reduction="none")
+    return -(out[0] if isinstance(out, tuple) else out)
+
+
+def cut_cross_entropy(h, w, t):
+    from cut_cross_entropy import linear_cross_entropy as cce
+    return -cce(h, w, t, reduction="none")
+
+
+CPU_PEERS = {"spiral_fast": spiral_fast_op, "naive": naive, "linear_cross_entropy": linear_cross_entropy,
+             "trl_chunked": trl_chunked}
+GPU_PEERS = {**CPU_PEERS, "liger": liger, "cut_cross_entropy": cut_cross_entropy}
+NOTES = {"liger": "grads computed in forward, scaled by grad_output",
+         "cut_cross_entropy": "default gradient filtering (filter_eps='auto')"}
+
+
+def make_step(peer_fn, shape, device, dtype):
+    """Inputs for one preset and a closure running forward + backward with a per-token gradient."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    n, h, v = shape.tokens, shape.hidden, shape.vocab
+    hidden = torch.randn(n, h, generator=g).to(device=device, dtype=dtype).requires_grad_()
+    weight = (torch.randn(v, h, generator=g) * h ** -0.5).to(device=device, dtype=dtype).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=g).to(device)
+    upstream = torch.randn(n, generator=g).to(device)
+
+    def step():
+        hidden.grad = weight.grad = None
+        logp = peer_fn(hidden, weight, targets)
+        logp.backward(upstream.to(logp.dtype))
+
+    return step
+
+
+def _run(compare, group, peer, fn, shape, device, dtype, rounds, warmup):
+    step = make_step(fn, shape, device, dtype)
+    if peer not in CPU_PEERS:
+        try:    # optional peers: skip cleanly when missing or when they reject the call
+            step()
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional peer means "skip"
+            pytest.skip(f"{peer} unavailable: {type(exc).__name__}: {exc}"[:200])
+    extra = dict(flops=8 * shape.tokens * shape.hidden * shape.vocab, preset=shape.name)
+    if peer in NOTES:
+        extra["note"] = NOTES[peer]
+    compare(group, peer, step, device=device, rounds=rounds, warmup=warmup, **extra)
+
+
+@pytest.mark.parametrize("peer", list(CPU_PEERS))
+def test_logprobs_cpu_small(compare, peer):
+    _run(compare, "logprobs cpu-small fp32", peer, CPU_PEERS[peer], LM_HEAD["cpu-small"], "cpu", torch.float32,
+         rounds=3, warmup=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", list(CPU_PEERS))
+def test_logprobs_cpu_target(compare, peer, request):
+    if "slow" not in (request.config.option.markexpr or ""):
+        pytest.skip("the CPU target takes minutes per peer: run with -m slow")
+    _run(compare, "logprobs cpu-target fp32", peer, CPU_PEERS[peer], LM_HEAD["cpu-target"], "cpu", torch.float32,
+         rounds=1, warmup=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("peer", list(GPU_PEERS))
+def test_logprobs_qwen_bf16(compare, peer):
+    _run(compare, "logprobs qwen2.5-7b bf16", peer, GPU_PEERS[peer], LM_HEAD["qwen2.5-7b"], "cuda", torch.bfloat16,
+         rounds=3, warmup=1)
+
+
+@pytest.mark.gpu
+def test_bf16_matmul_rate(compare):
+    """The physical floor to read the rates above against: one large bf16 GEMM of LM-head shape."""
+    shape = LM_HEAD["qwen2.5-7b"]
+    n, h, v = 8192, shape.hidden, 16384
+    a = torch.randn(n, h, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(v, h, device="cuda", dtype=torch.bfloat16)
+    compare("bf16 matmul (floor)", "torch.mm", lambda: a @ b.T, device="cuda", rounds=10, warmup=3,
+            flops=2 * n * h * v)
