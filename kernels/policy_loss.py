@@ -4,8 +4,11 @@ Each program reads BLOCK rows of logp / old_logp (/ ref_logp) and token_seq, gat
 sequence advantage and coefficient (weight x normaliser) through token_seq, and writes
 d loss / d logp per row plus one row of block partial sums (loss, clipped-low count, clipped-high
 count, ratio sum, k3 sum). The partials are summed by a small torch reduction afterwards: fixed
-order, no float atomics, so results are deterministic run to run. Math: see
-``spiral_fast.algorithm.reference.token_loss_terms`` / ``token_loss_grad``.
+order, no float atomics, so results are deterministic run to run. Math: the spec is
+``spiral_fast.algorithm.reference.token_loss_terms``; written here as in the torch twin
+``spiral_fast.algorithm.policy_loss._fused_torch``: with b = hi for A > 0 and lo otherwise,
+-min(r A, clamp(r, lo, hi) A) = relu(r A - b A) - r A, clipped iff r A > b A, d/dlogp = -r A
+where not clipped (the clamp has zero slope there).
 """
 from __future__ import annotations
 
@@ -32,11 +35,11 @@ def _policy_loss_fwd_kernel(logp_ptr, old_ptr, ref_ptr, seq_ptr, adv_ptr, coef_p
     coef = tl.load(coef_ptr + seq, mask=mask, other=0.0)
 
     ratio = tl.exp(logp - old)
-    unclipped = ratio * adv
-    clipped = tl.minimum(tl.maximum(ratio, lo), hi) * adv
-    term = -tl.minimum(unclipped, clipped)
-    # the clamp has zero slope exactly where the clipped branch is the strict minimum
-    dterm = tl.where(unclipped <= clipped, -unclipped, 0.0)
+    surrogate = ratio * adv
+    excess = surrogate - adv * tl.where(adv > 0.0, hi, lo)
+    clipped = excess > 0.0
+    term = tl.maximum(excess, 0.0) - surrogate
+    dterm = tl.where(clipped, 0.0, -surrogate)
     if HAS_REF:
         delta = tl.load(ref_ptr + offs, mask=mask, other=0.0).to(tl.float32) - logp
         e = tl.exp(delta)
@@ -47,8 +50,8 @@ def _policy_loss_fwd_kernel(logp_ptr, old_ptr, ref_ptr, seq_ptr, adv_ptr, coef_p
         kl = tl.zeros([BLOCK], dtype=tl.float32)
     tl.store(grad_ptr + offs, coef * dterm, mask=mask)
 
-    low = mask & (ratio < lo) & (adv < 0.0)
-    high = mask & (ratio > hi) & (adv > 0.0)
+    low = mask & clipped & (adv < 0.0)
+    high = mask & clipped & (adv > 0.0)
     base = part_ptr + pid * 5
     tl.store(base + 0, tl.sum(tl.where(mask, coef * term, 0.0), axis=0))
     tl.store(base + 1, tl.sum(low.to(tl.float32), axis=0))

@@ -13,7 +13,7 @@ import torch
 
 from spiral_fast._utils import (FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device, check_tensor,
                                 resolve_backend)
-from spiral_fast.algorithm.reference import NORMALIZERS, seq_coefficients, token_loss_grad, token_loss_terms
+from spiral_fast.algorithm.reference import NORMALIZERS, seq_coefficients
 
 BACKENDS = ("torch", "triton")
 
@@ -72,13 +72,49 @@ def _validate(logp, old_logp, token_seq, seq_adv, seq_weight, ref_logp, clip, kl
                              f"sequence {q} in token_seq")
 
 
+# CPU rows per chunk: the temporaries of a chunk stay in cache and reuse the allocator's blocks instead
+# of a dozen fresh [R] buffers streaming through memory; peak memory is then grad [R] plus a few chunks
+CPU_CHUNK = 1 << 15
+
+
 def _fused_torch(logp, old_logp, ref_logp, token_seq, seq_adv, coef, clip, kl_coef):
-    """Torch twin of ``kernels.policy_loss.policy_loss_fwd``: (grad [R], sums [5])."""
-    kw = dict(ref_logp=ref_logp, clip=clip, kl_coef=kl_coef)
-    term, ratio, kl, low, high = token_loss_terms(logp, old_logp, token_seq, seq_adv, **kw)
-    row_coef = coef[token_seq]
-    grad = row_coef * token_loss_grad(logp, old_logp, token_seq, seq_adv, **kw)
-    sums = torch.stack([(row_coef * term).sum(), low.sum().float(), high.sum().float(), ratio.sum(), kl.sum()])
+    """Torch twin of ``kernels.policy_loss.policy_loss_fwd``: (grad [R], sums [5]).
+
+    Same rewriting of the clipped surrogate as the kernel: with b = 1 + clip[1] for A > 0 and
+    1 - clip[0] otherwise, -min(r A, clamp(r) A) = relu(r A - b A) - r A, the token is clipped
+    iff r A > b A, and its gradient is -r A where it is not clipped. Chunk by chunk on the CPU,
+    with per-chunk partial sums summed in a fixed order.
+    """
+    rows = logp.shape[0]
+    chunk = CPU_CHUNK if logp.device.type == "cpu" else max(rows, 1)
+    adv_bound = seq_adv * torch.where(seq_adv > 0, 1.0 + clip[1], 1.0 - clip[0])  # [Q]: per sequence, once
+    grad = torch.empty_like(logp)
+    partials = []
+    for lo in range(0, rows, chunk):
+        rows_ = slice(lo, lo + chunk)
+        seq = token_seq[rows_]
+        ratio = torch.sub(logp[rows_], old_logp[rows_]).exp_()
+        adv = seq_adv[seq]
+        surrogate = adv * ratio
+        excess = surrogate - adv_bound[seq]
+        clipped = excess > 0
+        term = excess.clamp_min_(0).sub_(surrogate)
+        dterm = surrogate.neg_().masked_fill_(clipped, 0.0)
+        if ref_logp is not None:
+            delta = torch.sub(ref_logp[rows_], logp[rows_])
+            kl = delta.exp()
+            dterm.add_(kl, alpha=-kl_coef).add_(kl_coef)  # kl_coef * (1 - exp(delta))
+            kl.sub_(delta).sub_(1.0)
+            term.add_(kl, alpha=kl_coef)
+            kl_sum = kl.sum()
+        else:
+            kl_sum = logp.new_zeros(())
+        row_coef = coef[seq]
+        torch.mul(dterm, row_coef, out=grad[rows_])
+        high = (clipped & (adv > 0)).sum()
+        partials.append(torch.stack([torch.dot(row_coef, term), (clipped.sum() - high).float(), high.float(),
+                                     ratio.sum(), kl_sum]))
+    sums = torch.stack(partials).sum(0) if partials else logp.new_zeros(5)
     return grad, sums
 
 

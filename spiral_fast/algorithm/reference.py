@@ -26,19 +26,21 @@ def group_advantage(x: torch.Tensor, group: torch.Tensor, num_groups: int, *, es
     scale "std" divides either by (std(group) + eps), std unbiased as ``torch.std``; "none" does not.
     A group of one has advantage 0 (its std and leave-one-out mean are undefined).
     """
+    # per-group statistics first, then one gather each of the group's mean and factor: the M-sized
+    # passes are what costs, the G-sized ones are cheap
     n = torch.bincount(group, minlength=num_groups).to(x.dtype)
     mean = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, x) / n.clamp_min(1)
     diff = x - mean[group]
-    n_i = n[group]
+    factor = (n > 1).to(x.dtype)  # a group of one: 0
     if estimator == "rloo":
-        diff = diff * n_i / (n_i - 1).clamp_min(1)
+        factor = factor * n / (n - 1).clamp_min(1)
     if scale == "std":
-        # two-pass variance: sum of squared deviations from the group mean, stable for large means
-        sq = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, (x - mean[group]) ** 2)
-        denom = (sq / (n - 1).clamp_min(1)).sqrt()[group] + eps
+        # two-pass variance: squared deviations from the group mean, stable for large means
+        sq = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, diff * diff)
+        denom = (sq / (n - 1).clamp_min(1)).sqrt() + eps
         # denom is 0 only for eps=0 and a tied group, where diff is 0 too: 0, not 0/0
-        diff = torch.where(denom > 0, diff / torch.where(denom > 0, denom, 1), torch.zeros_like(diff))
-    return torch.where(n_i > 1, diff, torch.zeros_like(diff))
+        factor = torch.where(denom > 0, factor / torch.where(denom > 0, denom, 1), torch.zeros_like(factor))
+    return diff * factor[group]
 
 
 def spiral_advantages_reference(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem,
@@ -129,22 +131,6 @@ def token_loss_terms(logp, old_logp, token_seq, seq_adv, *, ref_logp=None, clip=
     clip_low = (ratio < 1.0 - clip[0]) & (adv < 0)
     clip_high = (ratio > 1.0 + clip[1]) & (adv > 0)
     return term, ratio, kl, clip_low, clip_high
-
-
-def token_loss_grad(logp, old_logp, token_seq, seq_adv, *, ref_logp=None, clip=(0.2, 0.28), kl_coef=0.0):
-    """d term / d logp [R] for ``token_loss_terms``' term, in closed form (what the fused paths save).
-
-    Policy part: -A * ratio where the unclipped branch is the minimum, else 0 (the clamp is active
-    there). KL part: kl_coef * (1 - exp(ref - logp)).
-    """
-    adv = seq_adv.to(logp.dtype)[token_seq]
-    ratio = torch.exp(logp - old_logp)
-    unclipped = ratio * adv
-    grad = torch.where(unclipped <= torch.clamp(ratio, 1.0 - clip[0], 1.0 + clip[1]) * adv, -unclipped,
-                       torch.zeros_like(unclipped))
-    if ref_logp is not None:
-        grad = grad + kl_coef * (1.0 - torch.exp(ref_logp - logp))
-    return grad
 
 
 def policy_loss_reference(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None, clip=(0.2, 0.28),
