@@ -28,6 +28,39 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(ptr, offs, row_valid, head, stride_t, stride_h, offs_d, d_valid):
+    """[len(offs), BLOCK_D] tile of rows `offs` of one head; zeros outside the rows and head dim."""
+    return tl.load(ptr + offs[:, None] * stride_t + head * stride_h + offs_d[None, :],
+                   mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, x, offs, row_valid, head, stride_t, stride_h, offs_d, d_valid):
+    tl.store(ptr + offs[:, None] * stride_t + head * stride_h + offs_d[None, :], x.to(ptr.dtype.element_ty),
+             mask=row_valid[:, None] & d_valid[None, :])
+
+
+@triton.jit
+def _block_rows(start_ptr, end_ptr, blk, BLOCK: tl.constexpr):
+    """Token indices of block `blk` (BLOCK wide from its start) and which of them lie before its end."""
+    start = tl.load(start_ptr + blk).to(tl.int64)
+    end = tl.load(end_ptr + blk).to(tl.int64)
+    offs = start + tl.arange(0, BLOCK)
+    return offs, offs < end
+
+
+@triton.jit
+def _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt, stride_qh,
+                     stride_dot, stride_doh, stride_lh, offs_d, d_valid):
+    """What the backward needs of a query block: q, dO tiles and the rows' lse and delta."""
+    q = _load_rows(q_ptr, offs_m, m_valid, head, stride_qt, stride_qh, offs_d, d_valid)
+    do = _load_rows(do_ptr, offs_m, m_valid, head, stride_dot, stride_doh, offs_d, d_valid)
+    lse = tl.load(lse_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+    delta = tl.load(delta_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def _tree_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
     q_start_ptr, q_end_ptr, q_blk_ptr, kv_list_ptr, k_start_ptr, k_end_ptr,
@@ -39,14 +72,10 @@ def _tree_attention_fwd_kernel(
     blk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     kv_head = head // GROUP
-    qs = tl.load(q_start_ptr + blk).to(tl.int64)
-    qe = tl.load(q_end_ptr + blk).to(tl.int64)
-    offs_m = qs + tl.arange(0, BLOCK_M)
+    offs_m, m_valid = _block_rows(q_start_ptr, q_end_ptr, blk, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    m_valid = offs_m < qe
     d_valid = offs_d < HEAD_DIM
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    q = _load_rows(q_ptr, offs_m, m_valid, head, stride_qt, stride_qh, offs_d, d_valid)
     # running max from -inf: a row's first visible key sets it, whatever the sign of the scores
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -55,13 +84,9 @@ def _tree_attention_fwd_kernel(
     e_hi = tl.load(q_blk_ptr + blk + 1)
     for e in range(e_lo, e_hi):
         c = tl.load(kv_list_ptr + e).to(tl.int64)
-        ks = tl.load(k_start_ptr + c).to(tl.int64)
-        ke = tl.load(k_end_ptr + c).to(tl.int64)
-        offs_n = ks + tl.arange(0, BLOCK_N)
-        n_valid = offs_n < ke
-        kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_ptr + offs_n[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + offs_n[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+        offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, c, BLOCK_N)
+        k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
+        v = _load_rows(v_ptr, offs_n, n_valid, kv_head, stride_vt, stride_vh, offs_d, d_valid)
         s = _dot(q, tl.trans(k), IEEE) * qk_scale
         # ancestors' keys all precede the query block, so one test covers both the tree and causality
         allowed = n_valid[None, :] & (offs_n[None, :] <= offs_m[:, None])
@@ -76,8 +101,7 @@ def _tree_attention_fwd_kernel(
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    tl.store(o_ptr + offs_m[:, None] * stride_ot + head * stride_oh + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=m_valid[:, None] & d_valid[None, :])
+    _store_rows(o_ptr, out, offs_m, m_valid, head, stride_ot, stride_oh, offs_d, d_valid)
     tl.store(lse_ptr + head * stride_lh + offs_m, m_i + tl.math.log2(l_safe), mask=m_valid)
 
 
@@ -94,37 +118,26 @@ def _tree_attention_bwd_dq_kernel(
     blk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     kv_head = head // GROUP
-    qs = tl.load(q_start_ptr + blk).to(tl.int64)
-    qe = tl.load(q_end_ptr + blk).to(tl.int64)
-    offs_m = qs + tl.arange(0, BLOCK_M)
+    offs_m, m_valid = _block_rows(q_start_ptr, q_end_ptr, blk, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    m_valid = offs_m < qe
     d_valid = offs_d < HEAD_DIM
-    md_mask = m_valid[:, None] & d_valid[None, :]
-    q = tl.load(q_ptr + offs_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=md_mask, other=0.0)
-    do = tl.load(do_ptr + offs_m[:, None] * stride_dot + head * stride_doh + offs_d[None, :], mask=md_mask, other=0.0)
-    lse = tl.load(lse_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
-    delta = tl.load(delta_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+    q, do, lse, delta = _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt,
+                                         stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     e_lo = tl.load(q_blk_ptr + blk)
     e_hi = tl.load(q_blk_ptr + blk + 1)
     for e in range(e_lo, e_hi):
         c = tl.load(kv_list_ptr + e).to(tl.int64)
-        ks = tl.load(k_start_ptr + c).to(tl.int64)
-        ke = tl.load(k_end_ptr + c).to(tl.int64)
-        offs_n = ks + tl.arange(0, BLOCK_N)
-        n_valid = offs_n < ke
-        kv_mask = n_valid[:, None] & d_valid[None, :]
-        k = tl.load(k_ptr + offs_n[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + offs_n[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
+        offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, c, BLOCK_N)
+        k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
+        v = _load_rows(v_ptr, offs_n, n_valid, kv_head, stride_vt, stride_vh, offs_d, d_valid)
         s = _dot(q, tl.trans(k), IEEE) * qk_scale
         allowed = m_valid[:, None] & n_valid[None, :] & (offs_n[None, :] <= offs_m[:, None])
         p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)
         dp = _dot(do, tl.trans(v), IEEE)
         ds = p * (dp - delta[:, None])
         dq += _dot(ds.to(k.dtype), k, IEEE)
-    tl.store(dq_ptr + offs_m[:, None] * stride_dqt + head * stride_dqh + offs_d[None, :],
-             (dq * sm_scale).to(dq_ptr.dtype.element_ty), mask=md_mask)
+    _store_rows(dq_ptr, dq * sm_scale, offs_m, m_valid, head, stride_dqt, stride_dqh, offs_d, d_valid)
 
 
 @triton.jit
@@ -143,31 +156,20 @@ def _tree_attention_bwd_dkdv_kernel(
     blk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     kv_head = head // GROUP
-    ks = tl.load(k_start_ptr + blk).to(tl.int64)
-    ke = tl.load(k_end_ptr + blk).to(tl.int64)
-    offs_n = ks + tl.arange(0, BLOCK_N)
+    offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, blk, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    n_valid = offs_n < ke
     d_valid = offs_d < HEAD_DIM
-    nd_mask = n_valid[:, None] & d_valid[None, :]
-    k = tl.load(k_ptr + offs_n[:, None] * stride_kt + kv_head * stride_kh + offs_d[None, :], mask=nd_mask, other=0.0)
-    v = tl.load(v_ptr + offs_n[:, None] * stride_vt + kv_head * stride_vh + offs_d[None, :], mask=nd_mask, other=0.0)
+    k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
+    v = _load_rows(v_ptr, offs_n, n_valid, kv_head, stride_vt, stride_vh, offs_d, d_valid)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     e_lo = tl.load(k_blk_ptr + blk)
     e_hi = tl.load(k_blk_ptr + blk + 1)
     for e in range(e_lo, e_hi):
         b = tl.load(q_list_ptr + e).to(tl.int64)
-        qs = tl.load(q_start_ptr + b).to(tl.int64)
-        qe = tl.load(q_end_ptr + b).to(tl.int64)
-        offs_m = qs + tl.arange(0, BLOCK_M)
-        m_valid = offs_m < qe
-        md_mask = m_valid[:, None] & d_valid[None, :]
-        q = tl.load(q_ptr + offs_m[:, None] * stride_qt + head * stride_qh + offs_d[None, :], mask=md_mask, other=0.0)
-        do = tl.load(do_ptr + offs_m[:, None] * stride_dot + head * stride_doh + offs_d[None, :],
-                     mask=md_mask, other=0.0)
-        lse = tl.load(lse_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
-        delta = tl.load(delta_ptr + head * stride_lh + offs_m, mask=m_valid, other=0.0)
+        offs_m, m_valid = _block_rows(q_start_ptr, q_end_ptr, b, BLOCK_M)
+        q, do, lse, delta = _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt,
+                                             stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid)
         s_t = _dot(k, tl.trans(q), IEEE) * qk_scale  # [BLOCK_N, BLOCK_M]: keys as rows
         allowed = n_valid[:, None] & m_valid[None, :] & (offs_n[:, None] <= offs_m[None, :])
         p_t = tl.where(allowed, tl.math.exp2(s_t - lse[None, :]), 0.0)
@@ -175,10 +177,8 @@ def _tree_attention_bwd_dkdv_kernel(
         dp_t = _dot(v, tl.trans(do), IEEE)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += _dot(ds_t.to(q.dtype), q, IEEE)
-    tl.store(dk_ptr + offs_n[:, None] * stride_dkt + head * stride_dkh + offs_d[None, :],
-             (dk * sm_scale).to(dk_ptr.dtype.element_ty), mask=nd_mask)
-    tl.store(dv_ptr + offs_n[:, None] * stride_dvt + head * stride_dvh + offs_d[None, :],
-             dv.to(dv_ptr.dtype.element_ty), mask=nd_mask)
+    _store_rows(dk_ptr, dk * sm_scale, offs_n, n_valid, head, stride_dkt, stride_dkh, offs_d, d_valid)
+    _store_rows(dv_ptr, dv, offs_n, n_valid, head, stride_dvt, stride_dvh, offs_d, d_valid)
 
 
 def _head_dim_block(d: int) -> int:
