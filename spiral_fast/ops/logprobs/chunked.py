@@ -111,6 +111,12 @@ def _rows(tensors, n0, n1):
     return [None if t is None else t[n0:n1] for t in tensors]
 
 
+def _store_rows(outs, n0, n1, values):
+    for out, value in zip(outs, values):
+        if out is not None:
+            out[n0:n1] = value
+
+
 def _scaled_logits(h_chunk, w_chunk, b_chunk, temperature):
     z = h_chunk @ w_chunk.T
     if b_chunk is not None:
@@ -143,9 +149,7 @@ def linear_fwd(hidden, weight, bias, targets, temperature, want_entropy):
             z = _scaled_logits(h, weight[v0:v1].to(dt), b, temperature)
             zt[n0:n1] += _target_logit(z, targets[n0:n1] - v0)
             state.update(z)
-        for out, value in zip(stats, state.finish()):
-            if out is not None:
-                out[n0:n1] = value
+        _store_rows(stats, n0, n1, state.finish())
     return (*stats, zt)
 
 
@@ -187,9 +191,7 @@ def logits_fwd(logits, targets, temperature, want_entropy):
         zt[n0:n1] = z.gather(1, targets[n0:n1, None]).squeeze(1)
         state = OnlineLSE(n1 - n0, logits.device, dt, want_entropy)
         state.update(z)
-        for out, value in zip(stats, state.finish()):
-            if out is not None:
-                out[n0:n1] = value
+        _store_rows(stats, n0, n1, state.finish())
     return (*stats, zt)
 
 

@@ -47,6 +47,20 @@ def _outputs(results, valid, opts, out_dtype):
     return (logp, torch.where(valid, ent, zero).to(out_dtype)), (m, log_s, mean_shifted)
 
 
+def _forward(ctx, opts, inputs, targets, torch_impl, triton_name):
+    """Shared forward of both Functions: run the backend on ``inputs`` and the ignore-safe targets,
+    save ``inputs``, targets, the valid mask and the per-token stats for backward."""
+    valid = targets != opts.ignore_index
+    safe = torch.where(valid, targets, torch.zeros_like(targets))
+    impl = getattr(_kernels(), triton_name) if opts.backend == "triton" else torch_impl
+    results = impl(*inputs, safe, opts.temperature, opts.return_entropy)
+    out, stats = _outputs(results, valid, opts, chunked._math_dtype(inputs[0].dtype))
+    ctx.save_for_backward(*inputs, safe, valid, *stats)
+    ctx.opts = opts
+    ctx.set_materialize_grads(False)
+    return out
+
+
 def _upstream(valid, dlogp, dent, dtype):
     """Per-token upstream gradients in ``dtype``, zero on ignored rows (no gradient flows there)."""
     zero = torch.zeros((), device=valid.device, dtype=dtype)
@@ -59,15 +73,7 @@ def _upstream(valid, dlogp, dent, dtype):
 class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, opts: LogprobOptions):
-        valid = targets != opts.ignore_index
-        safe = torch.where(valid, targets, torch.zeros_like(targets))
-        impl = _kernels().token_logprobs_fwd if opts.backend == "triton" else chunked.linear_fwd
-        results = impl(hidden, weight, bias, safe, opts.temperature, opts.return_entropy)
-        out, stats = _outputs(results, valid, opts, chunked._math_dtype(hidden.dtype))
-        ctx.save_for_backward(hidden, weight, bias, safe, valid, *stats)
-        ctx.opts = opts
-        ctx.set_materialize_grads(False)
-        return out
+        return _forward(ctx, opts, (hidden, weight, bias), targets, chunked.linear_fwd, "token_logprobs_fwd")
 
     @staticmethod
     def backward(ctx, dlogp, dent=None):
@@ -88,15 +94,7 @@ class _TokenLogprobs(torch.autograd.Function):
 class _LogitsLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, opts: LogprobOptions):
-        valid = targets != opts.ignore_index
-        safe = torch.where(valid, targets, torch.zeros_like(targets))
-        impl = _kernels().logits_logprobs_fwd if opts.backend == "triton" else chunked.logits_fwd
-        results = impl(logits, safe, opts.temperature, opts.return_entropy)
-        out, stats = _outputs(results, valid, opts, chunked._math_dtype(logits.dtype))
-        ctx.save_for_backward(logits, safe, valid, *stats)
-        ctx.opts = opts
-        ctx.set_materialize_grads(False)
-        return out
+        return _forward(ctx, opts, (logits,), targets, chunked.logits_fwd, "logits_logprobs_fwd")
 
     @staticmethod
     def backward(ctx, dlogp, dent=None):
