@@ -153,6 +153,14 @@ def test_int32_token_seq_and_bf16_old_logp():
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
+def test_global_counts_may_be_tensors():
+    # counts all-reduced across ranks arrive as tensors
+    b = make_batch(100, 4, seed=4)
+    as_int = run(b, backend="torch", total_tokens=250)
+    as_tensor = run(b, backend="torch", total_tokens=torch.tensor(250))
+    assert torch.equal(as_int[0], as_tensor[0]) and torch.equal(as_int[1], as_tensor[1])
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("normalizer", NORMALIZERS)
 def test_gpu_triton_equals_torch(normalizer):

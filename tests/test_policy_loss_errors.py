@@ -32,6 +32,7 @@ BAD = [
     ("total-tokens-zero", {}, dict(total_tokens=0), "total_tokens"),
     ("total-tokens-negative", {}, dict(total_tokens=-5.0), "total_tokens"),
     ("total-tokens-nan", {}, dict(total_tokens=float("nan")), "total_tokens"),
+    ("total-tokens-tensor-zero", {}, dict(total_tokens=torch.tensor(0)), "total_tokens"),
     ("total-sequences-zero", {}, dict(normalizer="seq-mean-token-mean", total_sequences=0), "total_sequences"),
     ("constant-negative", {}, dict(normalizer="constant", constant=-1.0), "constant"),
     ("seq-tokens-too-small", {}, dict(normalizer="seq-mean-token-mean", seq_tokens=torch.tensor([2, 1, 2])),

@@ -35,6 +35,8 @@ class PolicyLossStats:
 def _positive(name: str, value) -> float | None:
     if value is None:
         return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()  # a count all-reduced across ranks arrives as a tensor: one host sync
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
@@ -162,7 +164,8 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     - "constant": norm = constant (Dr.GRPO), default total_tokens, default R.
     Extra keyword-only arguments (beyond the issue): total_sequences, seq_tokens, constant. Pass
     global values so that the losses of micro-batches or ranks sum to the whole-batch loss (a
-    sequence split across micro-batches needs its global seq_tokens). Arguments that a normaliser
+    sequence split across micro-batches needs its global seq_tokens); counts are numbers or one-element
+    tensors (one host sync). Arguments that a normaliser
     does not use are ignored. backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton".
 
     Returns (loss 0-dim float32, PolicyLossStats). Raises ``ValueError`` naming the argument for
