@@ -1,0 +1,38 @@
+"""Balanced split of whole problems into micro-batches under a token budget."""
+from __future__ import annotations
+
+import heapq
+
+
+def split_problems(sizes: list[int], budget: int) -> list[list[int]]:
+    """Partition problem indices into micro-batches of total size <= budget, balanced.
+
+    sizes [P]: unique tokens of each problem; a problem larger than the budget gets a
+    micro-batch of its own (problems are never cut, so their shared prefixes are encoded once).
+    The others go, longest first, to the currently lightest of k micro-batches (LPT), with k the
+    smallest count, from ceil(total / budget) up, for which every micro-batch fits: loads then
+    differ by at most about one problem. Each micro-batch lists its problems in increasing order;
+    micro-batches are ordered by their first problem.
+    """
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    alone = [[p] for p, s in enumerate(sizes) if s > budget]
+    rest = [p for p, s in enumerate(sizes) if s <= budget]
+    bins: list[list[int]] = []
+    if rest:
+        total = sum(sizes[p] for p in rest)
+        order = sorted(rest, key=lambda p: (-sizes[p], p))
+        for k in range(max(1, -(-total // budget)), len(rest) + 1):
+            heap = [(0, b) for b in range(k)]
+            bins = [[] for _ in range(k)]
+            fits = True
+            for p in order:
+                load, b = heapq.heappop(heap)
+                load += sizes[p]
+                fits &= load <= budget
+                bins[b].append(p)
+                heapq.heappush(heap, (load, b))
+            if fits:
+                break
+    out = [sorted(b) for b in bins if b] + alone
+    return sorted(out, key=lambda b: b[0])

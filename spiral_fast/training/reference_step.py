@@ -1,0 +1,46 @@
+"""``step_reference``: the naive twin of ``step`` and its end-to-end oracle.
+
+Every trained sequence runs alone through the model with full logits, log_softmax and gather;
+the loss is ``policy_loss_reference`` (one autograd graph) with the same global normalisers as
+``step``; one backward over the whole batch. No prefix sharing, no fused log-probs, no
+micro-batches: memory grows with the sum of all sequence lengths times the vocabulary.
+"""
+from __future__ import annotations
+
+import torch
+
+from spiral_fast.training.common import (activation_checkpointing, advantages, check_args, finish,
+                                         global_counts, metrics, role_losses, world_size)
+from spiral_fast.training.config import SpiralConfig
+from spiral_fast.training.step import StepOutput
+
+
+def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
+    """Same contract and result as ``spiral_fast.step`` (loss, gradients, metrics up to float
+    rounding), computed the plain way: model(input_ids=sequence[None]).logits per sequence."""
+    from spiral_fast.algorithm.reference import policy_loss_reference
+
+    check_args(model, batch, config, optimizer)
+    adv = advantages(batch, config)
+    counts = global_counts(batch, adv.set_value)
+    seqs = batch.trained_sequences(range(len(batch)), adv.agg, adv.trace)
+    device = next(model.parameters()).device
+    logps, entropies = [], []
+    with activation_checkpointing(model, config.gradient_checkpointing):
+        for tokens, start in zip(seqs.tokens, seqs.prompt_lens.tolist()):
+            ids = tokens.to(device)
+            logits = model(input_ids=ids[None], use_cache=False).logits[0, start - 1:-1].float()
+            lsm = torch.log_softmax(logits / config.temperature, dim=-1)
+            logps.append(lsm.gather(1, ids[start:, None]).squeeze(1))
+            entropies.append(-(lsm.exp() * lsm).sum(-1).detach())
+        logp = torch.cat(logps)
+        old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
+        ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
+        loss, parts, stat_sums = role_losses(policy_loss_reference, logp, seqs, old, ref, counts, config)
+        (loss * world_size()).backward()
+    grad_norm = finish(model, optimizer, config)
+    seq_tokens = float(sum(t.numel() for t in seqs.tokens))
+    sums = torch.cat([torch.stack(parts), stat_sums, torch.cat(entropies).sum()[None],
+                      torch.tensor([seq_tokens, seq_tokens], device=device)])
+    out = metrics(sums, counts, 1, grad_norm, device)
+    return StepOutput(loss=torch.tensor(out["loss"]), metrics=out)

@@ -1,0 +1,90 @@
+"""``step``: one SPIRAL training step with prefix-shared packing, fused log-probs and the fused
+policy loss, micro-batched under a token budget with global normalisers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spiral_fast.training.common import (activation_checkpointing, advantages, check_args, finish, global_counts,
+                                         metrics, role_losses, world_size)
+from spiral_fast.training.config import SpiralConfig
+from spiral_fast.training.microbatch import split_problems
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """loss: 0-dim float32 tensor (detached, CPU), the whole-batch loss (all ranks).
+    metrics: dict of floats (see ``spiral_fast.step``)."""
+    loss: torch.Tensor
+    metrics: dict
+
+
+def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
+    """One SPIRAL training step of a Hugging Face decoder-only causal LM on a ``SpiralBatch``.
+
+    Advantages (``spiral_advantages``), then per micro-batch of whole problems (at most
+    ``config.max_tokens_per_micro_batch`` unique tokens, balanced; a problem over budget alone):
+    ``pack_sequences`` (trie) of its trained sequences (x + y_i for traces in a set, a_j + z_jg),
+    ``packed_hidden_states``, ``token_logprobs`` of the response tokens with the model's LM head
+    (weight and bias of ``model.get_output_embeddings()``; logits are never formed), the two role
+    losses of ``policy_loss`` with global normalisers, backward. Without behaviour log-probs the
+    step is on-policy (old = current, detached).
+
+    optimizer None: gradients accumulate in ``.grad`` like ``loss.backward()``. With an optimizer:
+    clip to ``config.max_grad_norm``, ``optimizer.step()``, ``optimizer.zero_grad()``.
+    torch.distributed: each rank passes its share of the problems; normalisers are all-reduced
+    once, the local loss is scaled by the world size so that averaging gradients over ranks
+    (DDP / FSDP2 convention) gives the whole-batch gradient; with an optimizer and plain
+    (non-FSDP2) parameters the step does that average itself before clipping.
+
+    Returns ``StepOutput(loss, metrics)``; metrics (floats, whole batch over all ranks): loss,
+    agg_loss, trace_loss, agg_reward_mean, set_value_mean, clip_frac_low / clip_frac_high /
+    clip_frac, ratio_mean, kl_mean, entropy_mean, tokens_trained, trace_tokens, agg_tokens,
+    unique_tokens (encoded), dedup_ratio (sequence tokens / unique tokens), micro_batches,
+    grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only).
+    """
+    from spiral_fast.models import packed_hidden_states
+    from spiral_fast.ops.logprobs.op import token_logprobs
+    from spiral_fast.algorithm.policy_loss import policy_loss
+    from spiral_fast.packing import pack_sequences
+
+    check_args(model, batch, config, optimizer)
+    head = model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    device = weight.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    adv = advantages(batch, config)
+    counts = global_counts(batch, adv.set_value)
+    bins = split_problems([pr.unique_tokens_bound() for pr in batch.problems], config.max_tokens_per_micro_batch)
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    scale = float(world_size())
+    parts_sum, stat_sum = torch.zeros(2, device=device), torch.zeros(4, device=device)
+    entropy_sum = torch.zeros((), device=device)
+    unique = seq_tokens = 0
+    with activation_checkpointing(model, config.gradient_checkpointing):
+        for problems in bins:
+            seqs = batch.trained_sequences(problems, adv.agg, adv.trace)
+            packed = pack_sequences(seqs.tokens, share="trie", max_positions=max_pos)
+            rows = packed.prediction_rows
+            # trained rows: the response positions; (seq, pos) order matches the old log-probs
+            keep = rows.pos >= seqs.prompt_lens[rows.seq]
+            hidden_index, target = rows.hidden_index[keep].to(device), rows.target[keep].to(device)
+            hidden = packed_hidden_states(model, packed)
+            logp, entropy = token_logprobs(hidden[hidden_index], weight, target, temperature=config.temperature,
+                                           return_entropy=True, bias=bias, backend=config.logprob_backend)
+            old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
+            ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
+            loss, parts, stats = role_losses(policy_loss, logp, seqs, old, ref, counts, config)
+            (loss * scale).backward()
+            parts_sum += torch.stack(parts)
+            stat_sum += stats
+            entropy_sum += entropy.detach().sum()
+            unique += packed.num_tokens
+            seq_tokens += int(packed.seq_lengths.sum())
+    grad_norm = finish(model, optimizer, config)
+    sums = torch.cat([parts_sum, stat_sum, entropy_sum[None],
+                      torch.tensor([unique, seq_tokens], dtype=torch.float32, device=device)])
+    out = metrics(sums, counts, len(bins), grad_norm, device)
+    return StepOutput(loss=torch.tensor(out["loss"]), metrics=out)
