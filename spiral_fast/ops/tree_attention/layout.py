@@ -25,12 +25,15 @@ class SegmentContexts:
     ctx_index [sum C_g] int64: packed token index of every context key, segment by segment.
     cu_ctx [G+1] int32: offsets into ctx_index. max_ctx: max C_g (a Python int).
     seg_slices: per segment (q_start, q_end, ctx_start, ctx_end) as Python ints.
+    masks: per segment, its [L_g, C_g] bool bottom-right causal mask on the batch's device, or None for
+        a root (plain causal attention); built once here rather than per layer.
     """
 
     ctx_index: torch.Tensor
     cu_ctx: torch.Tensor
     max_ctx: int
     seg_slices: tuple
+    masks: tuple
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,17 @@ def _build_contexts(packed) -> SegmentContexts:
         cu_ctx.append(cu_ctx[-1] + size)
         max_ctx = max(max_ctx, size)
     device = packed.device
+    masks = []
+    for qs, qe, cs, ce in slices:
+        n, c = qe - qs, ce - cs
+        # query p of the segment sees context keys 0 .. (c - n) + p
+        masks.append(None if n == c else torch.ones(n, c, dtype=torch.bool).tril(c - n).to(device))
     return SegmentContexts(
         ctx_index=torch.cat(pieces).to(device),
         cu_ctx=torch.tensor(cu_ctx, dtype=torch.int32).to(device),
         max_ctx=max_ctx,
         seg_slices=tuple(slices),
+        masks=tuple(masks),
     )
 
 

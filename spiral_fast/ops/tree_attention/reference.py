@@ -61,11 +61,10 @@ def tree_attention_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     vc = v.index_select(0, ctx.ctx_index).transpose(0, 1)
     qt = q.transpose(0, 1)
     outs = []
-    for qs, qe, cs, ce in ctx.seg_slices:
-        n, c = qe - qs, ce - cs
-        # bottom-right causal: query p of the segment sees context keys 0 .. (c - n) + p
-        mask = torch.ones(n, c, dtype=torch.bool, device=q.device).tril(c - n)
+    for (qs, qe, cs, ce), mask in zip(ctx.seg_slices, ctx.masks):
+        # causal aligned bottom-right: a root segment is plain causal attention, others need the mask
         outs.append(F.scaled_dot_product_attention(
-            qt[:, qs:qe], kc[:, cs:ce], vc[:, cs:ce], attn_mask=mask, scale=scale, enable_gqa=gqa,
+            qt[:, qs:qe], kc[:, cs:ce], vc[:, cs:ce], attn_mask=mask, is_causal=mask is None, scale=scale,
+            enable_gqa=gqa,
         ))
     return torch.cat(outs, dim=1).transpose(0, 1)
