@@ -2,6 +2,9 @@
 unfused torch expression (materialised per-token advantage, separate ops, autograd backward).
 
     pytest benchmarks/bench_algorithm.py          (GPU groups run only on CUDA)
+
+CPU groups run with one intra-op thread for every peer: on a shared, oversubscribed CPU, OpenMP
+barriers between two threads turn each op into scheduler waits and the timings into noise.
 """
 from __future__ import annotations
 
@@ -12,6 +15,14 @@ import torch
 
 import spiral_fast
 from presets import ALGORITHM_ADV, ALGORITHM_LOSS
+
+
+@pytest.fixture
+def one_cpu_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- advantages
@@ -73,13 +84,13 @@ ADV_PEERS = {"spiral_fast": spiral_fast_advantages, "verl-style-loop": verl_styl
 
 
 @pytest.mark.parametrize("peer", list(ADV_PEERS))
-def test_advantages(compare, peer):
+def test_advantages(compare, peer, one_cpu_thread):
     shape = ALGORITHM_ADV["issue"]
     b = make_adv_batch(shape)
     fn = ADV_PEERS[peer]
     slow = peer != "spiral_fast"
     compare(f"advantages {shape.problems}p x {shape.sets}s x {shape.aggregations}g", peer, lambda: fn(b),
-            rounds=1 if slow else 5, warmup=0 if slow else 1)
+            rounds=1 if slow else 5, warmup=0 if slow else 1, note="1 thread")
 
 
 # --------------------------------------------------------------------------- fused policy loss
@@ -118,7 +129,9 @@ DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("peer", list(LOSS_PEERS))
-def test_policy_loss_fwd_bwd(compare, peer, device):
+def test_policy_loss_fwd_bwd(compare, peer, device, request):
+    if device == "cpu":
+        request.getfixturevalue("one_cpu_thread")
     shape = ALGORITHM_LOSS["1M"]
     b = make_loss_batch(shape, device)
     fn = LOSS_PEERS[peer]
@@ -129,7 +142,8 @@ def test_policy_loss_fwd_bwd(compare, peer, device):
         loss, _ = fn(b, logp)
         loss.backward(grad_out)
 
-    compare(f"policy_loss fwd+bwd {shape.name} tokens {device}", peer, step, device=device, rounds=5)
+    compare(f"policy_loss fwd+bwd {shape.name} tokens {device}", peer, step, device=device, rounds=5,
+            **({"note": "1 thread"} if device == "cpu" else {}))
 
 
 def _rows_bytes(rows: int) -> int:

@@ -74,9 +74,10 @@ def _validate(logp, old_logp, token_seq, seq_adv, seq_weight, ref_logp, clip, kl
                              f"sequence {q} in token_seq")
 
 
-# CPU rows per chunk: the temporaries of a chunk stay in cache and reuse the allocator's blocks instead
-# of a dozen fresh [R] buffers streaming through memory; peak memory is then grad [R] plus a few chunks
-CPU_CHUNK = 1 << 15
+# CPU rows per chunk (512 KiB per fp32 temporary): a chunk's temporaries stay in cache and reuse the
+# allocator's blocks instead of a dozen fresh [R] buffers streaming through memory; few enough chunks
+# that per-op overhead (and OpenMP barriers) stay small
+CPU_CHUNK = 1 << 17
 
 
 def _fused_torch(logp, old_logp, ref_logp, token_seq, seq_adv, coef, clip, kl_coef):

@@ -85,7 +85,8 @@ def spiral_advantages_reference(rewards, agg_set, set_problem, set_members, set_
 def seq_coefficients(seq_weight: torch.Tensor, token_seq: torch.Tensor, *, normalizer: str,
                      total_tokens: float | None = None, total_sequences: float | None = None,
                      seq_tokens: torch.Tensor | None = None, constant: float | None = None) -> torch.Tensor:
-    """Per-sequence factor c [Q] (float32, float64 for float64 weights) so that the loss is sum over tokens of c[seq] * term.
+    """Per-sequence factor c [Q] such that loss = sum over tokens of c[seq] * term (float32; float64
+    for float64 weights).
 
     c folds the role weight and the normaliser, so a micro-batch or a rank given the global counts
     contributes exactly its share of the global loss:
