@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import spiral_fast
-from spiral_fast.algorithm.reference import ESTIMATORS, SCALES, TRACE_CREDITS
+from spiral_fast.algorithm.advantages import SpiralAdvantages
+from spiral_fast.algorithm.reference import ESTIMATORS, SCALES, TRACE_CREDITS, spiral_advantages_reference
 
 
 # --------------------------------------------------------------------------- naive oracle
@@ -105,6 +106,16 @@ def test_matches_naive_loop(seed, estimator, scale, credit):
     batch = random_batch(seed, index_dtype=torch.int32 if seed % 2 else torch.int64)
     out = call(batch, estimator=estimator, scale=scale, trace_credit=credit, eps=1e-6)
     assert_matches_naive(out, naive_spiral_advantages(batch, estimator, scale, credit, 1e-6))
+
+
+@pytest.mark.parametrize("estimator,scale,credit", COMBOS, ids=["-".join(c) for c in COMBOS])
+def test_reference_in_float32_matches_naive_loop(estimator, scale, credit):
+    b = random_batch(11)
+    num_problems = int(max(b["set_problem"].max(), b["trace_problem"].max())) + 1
+    out = spiral_advantages_reference(b["rewards"], b["agg_set"], b["set_problem"], b["set_members"],
+                                      b["set_offsets"], b["trace_problem"], num_problems, estimator=estimator,
+                                      scale=scale, trace_credit=credit, eps=1e-6)
+    assert_matches_naive(SpiralAdvantages(*out), naive_spiral_advantages(b, estimator, scale, credit, 1e-6))
 
 
 def test_hand_computed_values():

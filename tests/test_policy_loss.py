@@ -57,7 +57,13 @@ def naive_loss(b: dict, *, clip, kl_coef, normalizer, constant=None) -> tuple[fl
 
 
 def run(b: dict, *, backend: str, grad_out: float = 1.0, **kw):
+    """backend "reference" runs the plain-torch spec (its stats come as a dict)."""
     logp = b["logp"].clone().requires_grad_()
+    if backend == "reference":
+        loss, stats = policy_loss_reference(logp, b["old_logp"], b["token_seq"], b["seq_adv"], b["seq_weight"],
+                                            ref_logp=b["ref_logp"], **kw)
+        loss.backward(torch.tensor(grad_out))
+        return loss.detach(), logp.grad, type("Stats", (), stats)
     loss, stats = spiral_fast.policy_loss(logp, b["old_logp"], b["token_seq"], b["seq_adv"], b["seq_weight"],
                                           ref_logp=b["ref_logp"], backend=backend, **kw)
     loss.backward(torch.tensor(grad_out))
@@ -81,7 +87,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("normalizer", NORMALIZERS)
 def test_matches_per_token_loop(backend, case, normalizer, triton_device):
