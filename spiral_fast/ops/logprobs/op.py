@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from spiral_fast._utils import check_index_range, check_same_device, check_tensor, resolve_backend
 from spiral_fast.ops.logprobs import chunked
@@ -76,6 +77,7 @@ class _TokenLogprobs(torch.autograd.Function):
         return _forward(ctx, opts, (hidden, weight, bias), targets, chunked.linear_fwd, "token_logprobs_fwd")
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dlogp, dent=None):
         hidden, weight, bias, safe, valid, *stats = ctx.saved_tensors
         opts = ctx.opts
@@ -97,6 +99,7 @@ class _LogitsLogprobs(torch.autograd.Function):
         return _forward(ctx, opts, (logits,), targets, chunked.logits_fwd, "logits_logprobs_fwd")
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dlogp, dent=None):
         logits, safe, valid, *stats = ctx.saved_tensors
         opts = ctx.opts
