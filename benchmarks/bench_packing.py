@@ -74,26 +74,17 @@ def tiny_qwen2(vocab: int):
     return transformers.Qwen2ForCausalLM(cfg).float()
 
 
-def target_logprobs(hidden, weight, target):
-    """[R] log-probs; the fused op when it has landed, else the plain math (same for every peer)."""
-    try:
-        from spiral_fast.ops.logprobs.op import token_logprobs
-    except ImportError:
-        return torch.log_softmax(hidden @ weight.T, -1).gather(-1, target[:, None])[:, 0]
-    return token_logprobs(hidden, weight, target)
-
-
 def padded_step(model, ids, attention_mask, rows_b, rows_p, target, weights):
     """Plain HF baseline: every sequence on its own padded row, the same log-prob loss."""
     hidden = model.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    logp = target_logprobs(hidden[rows_b, rows_p], model.lm_head.weight, target)
+    logp = sf.token_logprobs(hidden[rows_b, rows_p], model.lm_head.weight, target)
     (logp * weights).sum().backward()
 
 
 def packed_step(model, packed, weights):
     hidden = sf.packed_hidden_states(model, packed)
     rows = packed.prediction_rows
-    logp = target_logprobs(hidden[rows.hidden_index], model.lm_head.weight, rows.target)
+    logp = sf.token_logprobs(hidden[rows.hidden_index], model.lm_head.weight, rows.target)
     (logp * weights).sum().backward()
 
 

@@ -1,9 +1,5 @@
 """packed_hidden_states: a trie-packed forward of tiny random HF models gives every sequence's
 log-probs and parameter gradients of running each sequence alone."""
-import importlib
-import sys
-import types
-
 import pytest
 import torch
 
@@ -12,36 +8,6 @@ from packing_cases import random_forest
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 97
-
-
-def dense_tree_attention(q, k, v, packed, *, scale=None, backend="auto"):
-    """Test-only stand-in until spiral_fast.ops.tree_attention lands: SDPA with the dense tree mask."""
-    host = packed.host
-    seg = torch.repeat_interleave(torch.arange(host.num_segments), (host.cu_seqlens[1:] - host.cu_seqlens[:-1]).long())
-    anc = torch.eye(host.num_segments, dtype=torch.bool)
-    for g, p in enumerate(host.segment_parent.tolist()):
-        if p >= 0:
-            anc[g] |= anc[p]  # parents precede children (DFS pre-order)
-    pos = torch.arange(host.num_tokens)
-    mask = anc[seg[:, None], seg[None, :]] & (pos[None, :] <= pos[:, None])
-    rep = q.shape[1] // k.shape[1]
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1), k.repeat_interleave(rep, 1).transpose(0, 1), v.repeat_interleave(rep, 1).transpose(0, 1),
-        attn_mask=mask.to(q.device), scale=scale)
-    return out.transpose(0, 1)
-
-
-@pytest.fixture(autouse=True)
-def tree_attention_available(monkeypatch):
-    try:
-        importlib.import_module("spiral_fast.ops.tree_attention.op")
-    except ImportError:
-        pkg = types.ModuleType("spiral_fast.ops.tree_attention")
-        op = types.ModuleType("spiral_fast.ops.tree_attention.op")
-        op.tree_attention = dense_tree_attention
-        pkg.op = op
-        monkeypatch.setitem(sys.modules, "spiral_fast.ops.tree_attention", pkg)
-        monkeypatch.setitem(sys.modules, "spiral_fast.ops.tree_attention.op", op)
 
 
 def tiny_model(arch: str, **overrides):
@@ -56,15 +22,6 @@ def tiny_model(arch: str, **overrides):
     return model.float()
 
 
-def target_logprobs(hidden, weight, target):
-    """[R] float32 log-prob of each target; the fused op when it has landed, else the plain math."""
-    try:
-        from spiral_fast.ops.logprobs.op import token_logprobs
-    except ImportError:
-        return torch.log_softmax(hidden @ weight.T, -1).gather(-1, target[:, None])[:, 0]
-    return token_logprobs(hidden, weight, target)
-
-
 def per_sequence_logprobs(model, seqs):
     out = []
     for seq in seqs:
@@ -77,7 +34,7 @@ def per_sequence_logprobs(model, seqs):
 def packed_logprobs(model, packed):
     hidden = sf.packed_hidden_states(model, packed)
     rows = packed.prediction_rows
-    return target_logprobs(hidden[rows.hidden_index], model.lm_head.weight, rows.target)
+    return sf.token_logprobs(hidden[rows.hidden_index], model.lm_head.weight, rows.target)
 
 
 FORESTS = {
