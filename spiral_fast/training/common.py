@@ -139,6 +139,23 @@ def activation_checkpointing(model, enabled: bool):
             (model.activation_checkpointing_disable if new_api else model.gradient_checkpointing_disable)()
 
 
+@contextlib.contextmanager
+def attention_implementation(model, name: str | None):
+    """Keep ``model.config._attn_implementation = name`` until the backward is done: layers
+    recomputed by activation checkpointing read it again, and must run the attention of the
+    original forward (``packed_hidden_states`` alone restores it as soon as its forward returns).
+    name None: leave the model as it is."""
+    if name is None:
+        yield
+        return
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = previous
+
+
 def finish(model, optimizer, config: SpiralConfig) -> float | None:
     """With an optimizer: average plain (non-FSDP) gradients over ranks, clip, step, zero_grad;
     returns the gradient norm before clipping (None without an optimizer or without clipping)."""

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from spiral_fast.training.common import (activation_checkpointing, advantages, check_args, finish, global_counts,
-                                         metrics, role_losses, world_size)
+from spiral_fast.training.common import (activation_checkpointing, advantages, attention_implementation, check_args,
+                                         finish, global_counts, metrics, role_losses, world_size)
 from spiral_fast.training.config import SpiralConfig
 from spiral_fast.training.microbatch import split_problems
 
@@ -45,6 +45,7 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only).
     """
     from spiral_fast.models import packed_hidden_states
+    from spiral_fast.models.hf import ATTN_NAME, register as register_attention
     from spiral_fast.ops.logprobs.op import token_logprobs
     from spiral_fast.algorithm.policy_loss import policy_loss
     from spiral_fast.packing import pack_sequences
@@ -63,7 +64,10 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     parts_sum, stat_sum = torch.zeros(2, device=device), torch.zeros(4, device=device)
     entropy_sum = torch.zeros((), device=device)
     unique = seq_tokens = 0
-    with activation_checkpointing(model, config.gradient_checkpointing):
+    if config.gradient_checkpointing:
+        register_attention()
+    attn = ATTN_NAME if config.gradient_checkpointing else None
+    with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn):
         for problems in bins:
             seqs = batch.trained_sequences(problems, adv.agg, adv.trace)
             packed = pack_sequences(seqs.tokens, share="trie", max_positions=max_pos)
