@@ -8,6 +8,8 @@ barriers between two threads turn each op into scheduler waits and the timings i
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from collections import defaultdict
 
 import pytest
@@ -23,6 +25,16 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc) before a CPU peak-RSS measurement: otherwise a peer
+    reuses what the previous peer freed and its peak reads near 0, whatever it allocates."""
+    name = ctypes.util.find_library("c")
+    if name:
+        libc = ctypes.CDLL(name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
 
 
 # --------------------------------------------------------------------------- advantages
@@ -89,6 +101,7 @@ def test_advantages(compare, peer, one_cpu_thread):
     b = make_adv_batch(shape)
     fn = ADV_PEERS[peer]
     slow = peer != "spiral_fast"
+    trim_heap()
     compare(f"advantages {shape.problems}p x {shape.sets}s x {shape.aggregations}g", peer, lambda: fn(b),
             rounds=1 if slow else 5, warmup=0 if slow else 1, note="1 thread")
 
@@ -142,6 +155,7 @@ def test_policy_loss_fwd_bwd(compare, peer, device, request):
         loss, _ = fn(b, logp)
         loss.backward(grad_out)
 
+    trim_heap()
     compare(f"policy_loss fwd+bwd {shape.name} tokens {device}", peer, step, device=device, rounds=5,
             **({"note": "1 thread"} if device == "cpu" else {}))
 
