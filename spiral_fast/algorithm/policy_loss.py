@@ -165,9 +165,9 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     - "constant": norm = constant (Dr.GRPO), default total_tokens, default R.
     Extra keyword-only arguments (beyond the issue): total_sequences, seq_tokens, constant. Pass
     global values so that the losses of micro-batches or ranks sum to the whole-batch loss (a
-    sequence split across micro-batches needs its global seq_tokens); counts are numbers or one-element
-    tensors (one host sync). Arguments that a normaliser
-    does not use are ignored. backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton".
+    sequence split across micro-batches needs its global seq_tokens). Counts are numbers or
+    one-element tensors (one host sync). Arguments that a normaliser does not use are ignored.
+    backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton" (CPU: TRITON_INTERPRET=1).
 
     Returns (loss 0-dim float32, PolicyLossStats). Raises ``ValueError`` naming the argument for
     bad shapes / dtypes / devices, token_seq outside [0, Q), unknown normalizer, bad clip or kl_coef,
