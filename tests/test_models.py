@@ -24,8 +24,9 @@ def tiny_model(arch: str, **overrides):
 
 def per_sequence_logprobs(model, seqs):
     out = []
+    device = model.lm_head.weight.device
     for seq in seqs:
-        ids = torch.tensor(seq)[None]
+        ids = torch.tensor(seq, device=device)[None]
         logits = model(input_ids=ids).logits[0, :-1]
         out.append(torch.log_softmax(logits.float(), -1).gather(-1, ids[0, 1:, None])[:, 0])
     return torch.cat(out)
@@ -125,3 +126,22 @@ def test_unsupported_models():
         sf.packed_hidden_states(t5, sf.pack_sequences([[1]]))
     with pytest.raises(ValueError, match="PackedBatch"):
         sf.packed_hidden_states(tiny_model("llama"), [[1, 2]])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])
+def test_packed_logprobs_match_per_sequence_cuda(arch):
+    # CUDA: tree_attention's auto backend is the Triton kernel; float32 keeps the 1e-4 bound meaningful
+    model = tiny_model(arch, attn_implementation="sdpa").cuda()
+    seqs = random_forest(11, num_seqs=12, vocab=5, max_len=40) + [[3]]
+    packed = sf.pack_sequences(seqs)
+    weights = torch.randn(packed.prediction_rows.target.numel(), device="cuda")
+    got = packed_logprobs(model, packed.to("cuda"))
+    (got * weights).sum().backward()
+    got_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref = per_sequence_logprobs(model, seqs)
+    (ref * weights).sum().backward()
+    assert (got - ref).abs().max().item() <= 1e-4
+    for name, p in model.named_parameters():
+        assert (got_grads[name] - p.grad).abs().max().item() <= 1e-4, name

@@ -115,6 +115,16 @@ def test_cache_and_equality():
     assert a.to("cpu") is a and a.host is a
 
 
+def test_to_device_keeps_host_and_metadata():
+    host = sf.pack_sequences([[1, 2, 3], [1, 2, 4], [7]])
+    moved = host.to("meta")  # a real device copy without a GPU
+    assert moved.host is host and moved.to("cpu") is host
+    assert moved.input_ids.device.type == "meta" and moved.prediction_rows.target.device.type == "meta"
+    assert (moved.num_tokens, moved.max_context, moved.dedup_ratio) == (host.num_tokens, host.max_context,
+                                                                        host.dedup_ratio)
+    assert moved.cached("k", lambda p: p.device.type) == "meta" and "k" not in host._cache
+
+
 BAD = [
     pytest.param([[1, 2], []], "sequences\\[1\\] is empty", id="empty-seq"),
     pytest.param([[1, 2], [3, -1]], "sequences\\[1\\].*negative", id="negative-list"),
