@@ -35,7 +35,7 @@ def run(fn, model, batch, **kw):
     for c in CASES])
 def test_step_matches_reference(kind, lm_bias, batch_kw, config_kw):
     model = tiny_model(kind, lm_bias=lm_bias)
-    batch = random_batch(len(config_kw) + batch_kw["max_g"], problems=3, **batch_kw)
+    batch = random_batch(len(config_kw) + batch_kw["max_g"], problems=2, **batch_kw)
     config = SpiralConfig(**config_kw)
     out, g = run(spiral_fast.step, model, batch, config=config)
     ref, g_ref = run(spiral_fast.step_reference, model, batch, config=config)
