@@ -1,0 +1,103 @@
+"""The toy task of the demo: "pick the trace", with its tokenizer.
+
+Problem x: L digits in base B, then "?". Its answer is (sum of the digits + 1) mod B.
+Trace y (search role): one token, the trace's answer digit.
+Aggregation prompt a_j: x, then each member trace after a "|", then "pick".
+Aggregation z (aggregator role): one token, a digit k naming the k-th member trace (0-based) as the
+answer it stands behind. Reward 1 if trace k exists and its answer is right, else 0.
+
+Why this shape: the aggregator can only score through the traces, so a set's value R_j is the
+chance that the trace it picks is right. Sets holding good traces earn positive set advantages, which
+teach the search role the task; the aggregator in turn learns to pick the trace the others agree
+with. Without good traces the aggregation reward cannot rise, which is SPIRAL's premise in small.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from spiral_fast.rollout import AggregationTemplate
+
+SPECIALS = ("<pad>", "|", "?", "pick")
+
+
+class ToyTokenizer:
+    """Word-level tokenizer: the special tokens, then the digits 0..B-1 (one token each)."""
+
+    def __init__(self, base: int):
+        self.vocab = list(SPECIALS) + [str(d) for d in range(base)]
+        self.ids = {tok: i for i, tok in enumerate(self.vocab)}
+        self.pad_id, self.sep_id, self.ask_id, self.pick_id = (self.ids[t] for t in SPECIALS)
+        self.digit0 = len(SPECIALS)
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        """Space-separated words to ids; an unknown word raises ValueError."""
+        try:
+            return [self.ids[w] for w in text.split()]
+        except KeyError as err:
+            raise ValueError(f"text has a word outside the vocabulary {self.vocab}: {err}") from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(self.vocab[i] if 0 <= i < len(self.vocab) else f"<{i}>" for i in ids)
+
+    def digit(self, token: int) -> int | None:
+        """The digit a token stands for, or None for a special / out-of-range token."""
+        d = token - self.digit0
+        return d if 0 <= d < len(self.vocab) - self.digit0 else None
+
+
+@dataclass(frozen=True)
+class ToyTask:
+    """base B (digits 0..B-1, also the largest usable set size), num_digits L per problem."""
+
+    base: int = 4
+    num_digits: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.base, int) or self.base < 2:
+            raise ValueError(f"base must be an int >= 2, got {self.base!r}")
+        if not isinstance(self.num_digits, int) or self.num_digits < 1:
+            raise ValueError(f"num_digits must be an int >= 1, got {self.num_digits!r}")
+
+    @property
+    def tokenizer(self) -> ToyTokenizer:
+        return ToyTokenizer(self.base)
+
+    @property
+    def template(self) -> AggregationTemplate:
+        tok = self.tokenizer
+        return AggregationTemplate(separator=(tok.sep_id,), tail=(tok.pick_id,))
+
+    def answer(self, problem: Sequence[int]) -> int:
+        return (sum(problem) + 1) % self.base
+
+    def prompt(self, problem: Sequence[int]) -> list[int]:
+        tok = self.tokenizer
+        return [tok.digit0 + d for d in problem] + [tok.ask_id]
+
+    def sample_problems(self, count: int, generator: torch.Generator | None = None) -> list[tuple]:
+        """count problems whose answers are balanced (each answer count // B times or once more):
+        an unbalanced batch pulls the whole policy towards its most frequent answer."""
+        answers = torch.randperm(self.base, generator=generator).repeat(count // self.base + 1)[:count]
+        problems = []
+        for a in answers.tolist():
+            rest = torch.randint(0, self.base, (self.num_digits - 1,), generator=generator).tolist()
+            first = (a - 1 - sum(rest)) % self.base  # so that answer(problem) == a
+            problems.append((first, *rest))
+        return problems
+
+    def trace_correct(self, problem: Sequence[int], trace: Sequence[int]) -> bool:
+        return len(trace) > 0 and self.tokenizer.digit(trace[0]) == self.answer(problem)
+
+    def reward(self, problem: Sequence[int], set_traces: Sequence[Sequence[int]],
+               response: Sequence[int]) -> float:
+        """1.0 if the response's first token names (0-based) a member trace whose answer is right."""
+        k = self.tokenizer.digit(response[0]) if len(response) else None
+        if k is None or k >= len(set_traces):
+            return 0.0
+        return float(self.trace_correct(problem, set_traces[k]))
