@@ -171,3 +171,13 @@ def test_result_is_frozen():
     assert type(out).__name__ == "SpiralAdvantages"
     with pytest.raises(Exception):
         out.agg = out.set
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    batch = random_batch(3)
+    want = call(batch, estimator="rloo")
+    got = call({k: v.cuda() for k, v in batch.items()}, estimator="rloo")
+    for field in ("agg", "set_value", "set", "trace", "trace_in_set"):
+        assert getattr(got, field).is_cuda, field
+        torch.testing.assert_close(getattr(got, field).cpu(), getattr(want, field), msg=field)
