@@ -42,11 +42,12 @@ def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
     q [T, Hq, D], k/v [T, Hkv, D] -> out [T, Hq, D] in q's dtype; differentiable via autograd.
     """
+    # 4-D inputs (batch of 1): PyTorch routes 3-D ones to its unfused math kernel on the CPU
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
         attn_mask=tree_mask(packed), scale=scale, enable_gqa=q.shape[1] != k.shape[1],
     )
-    return out.transpose(0, 1)
+    return out[0].transpose(0, 1)
 
 
 def tree_attention_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed, scale: float) -> torch.Tensor:
@@ -57,14 +58,18 @@ def tree_attention_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     """
     ctx = segment_contexts(packed)
     gqa = q.shape[1] != k.shape[1]
-    kc = k.index_select(0, ctx.ctx_index).transpose(0, 1)  # [Hkv, sum C_g, D]
-    vc = v.index_select(0, ctx.ctx_index).transpose(0, 1)
-    qt = q.transpose(0, 1)
-    outs = []
-    for (qs, qe, cs, ce), mask in zip(ctx.seg_slices, ctx.masks):
+    # [1, H, tokens, D]: 4-D inputs reach SDPA's fused CPU kernel (3-D ones take the math path)
+    kc = k.index_select(0, ctx.ctx_index).transpose(0, 1)[None]
+    vc = v.index_select(0, ctx.ctx_index).transpose(0, 1)[None]
+    qt = q.transpose(0, 1)[None]
+    # split, not slice: the backward of G slices zero-fills G full-size gradients, that of split
+    # concatenates once
+    q_lens = [qe - qs for qs, qe, _, _ in ctx.seg_slices]
+    c_lens = [ce - cs for _, _, cs, ce in ctx.seg_slices]
+    outs = [
         # causal aligned bottom-right: a root segment is plain causal attention, others need the mask
-        outs.append(F.scaled_dot_product_attention(
-            qt[:, qs:qe], kc[:, cs:ce], vc[:, cs:ce], attn_mask=mask, is_causal=mask is None, scale=scale,
-            enable_gqa=gqa,
-        ))
-    return torch.cat(outs, dim=1).transpose(0, 1)
+        F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                       enable_gqa=gqa)
+        for qg, kg, vg, mask in zip(qt.split(q_lens, 2), kc.split(c_lens, 2), vc.split(c_lens, 2), ctx.masks)
+    ]
+    return torch.cat(outs, dim=2)[0].transpose(0, 1)
