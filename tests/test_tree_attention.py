@@ -4,6 +4,8 @@ upstream gradient), and input validation. Triton kernels: test_tree_attention_tr
 CUDA backends: test_tree_attention_gpu.py."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,7 @@ from helpers import assert_within_tolerance
 from packing_cases import deep_chain, random_forest
 
 import spiral_fast
-from spiral_fast.ops.tree_attention.layout import allowed_pairs
+from spiral_fast.ops.tree_attention.layout import allowed_pairs, token_subtree_end
 from spiral_fast.ops.tree_attention.reference import tree_attention_reference, tree_mask
 
 # name -> (sequences, share, Hq, Hkv, D)
@@ -192,3 +194,12 @@ def test_packed_on_another_device_than_q_raises():
     meta = torch.device("meta")
     with pytest.raises(ValueError, match="packed"):
         spiral_fast.tree_attention(q.to(meta), k.to(meta), v.to(meta), packed)
+
+
+def test_segments_out_of_dfs_order_are_rejected_by_the_subtree_shortcut():
+    packed = spiral_fast.pack_sequences([[1, 2, 3], [1, 2, 4], [1, 7], [5, 6]])
+    assert packed.segment_parent.tolist() == [-1, 0, 1, 1, 0, -1]
+    # segment 4 made a root and segment 5 a child of 0: 0's subtree {0, 1, 2, 3, 5} skips 4
+    broken = dataclasses.replace(packed, segment_parent=torch.tensor([-1, 0, 1, 1, -1, 0]), _cache={})
+    with pytest.raises(ValueError, match="DFS pre-order"):
+        token_subtree_end(broken)

@@ -85,9 +85,14 @@ def token_segments(packed) -> torch.Tensor:
 def _build_subtree_end(packed) -> torch.Tensor:
     cu, parent = _host_lists(packed)
     end = [g + 1 for g in range(len(parent))]
+    size = [1] * len(parent)
     for g in range(len(parent) - 1, -1, -1):  # children after parents: one reverse sweep suffices
         if parent[g] >= 0:
             end[parent[g]] = max(end[parent[g]], end[g])
+            size[parent[g]] += size[g]
+    bad = next((g for g in range(len(parent)) if end[g] - g != size[g]), None)
+    if bad is not None:  # the interval shortcut needs the PackedBatch contract's DFS pre-order
+        raise ValueError(f"packed segments are not in DFS pre-order: the subtree of segment {bad} is not contiguous")
     token_end = torch.tensor([cu[e] for e in end], dtype=torch.int64)
     seg = token_segments(packed)
     return token_end[seg].to(torch.int32).to(packed.device)
