@@ -5,12 +5,14 @@ index table (its ancestors' blocks, then its own segment's blocks up to the diag
 prefix K/V in place: no gathered copies. The backward recomputes probabilities from the saved
 log-sum-exp; dQ walks the same table, dK/dV walk the reverse table (query blocks that see a key block)
 so every dK/dV tile has one owner and needs no atomics (GQA: per query head, then summed per group).
+Each list holds its unmasked pairs first (a full key block wholly before the query block's first row:
+no tree or causal test needed), then from `*_mid` on the pairs that need the in-tile mask.
 
 Layouts: q/o [T, Hq, D], k/v [T, Hkv, D] (last dim contiguous), lse/delta [Hq, T] float32 in the
-log2 domain. Tables (int32): q_start/q_end/q_ptr [NQ(+1)], kv_list, k_start/k_end/k_ptr [NK(+1)], q_list.
+log2 domain. Tables (int32): q_start/q_end/q_ptr/q_mid [NQ(+1)], kv_list, k_start/k_end/k_ptr/k_mid
+[NK(+1)], q_list.
 """
 from __future__ import annotations
-
 
 import torch
 import triton
@@ -61,9 +63,31 @@ def _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, s
 
 
 @triton.jit
+def _fwd_step(q, m_i, l_i, acc, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+              stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
+              BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr):
+    """Online-softmax update of one query block with key block c."""
+    offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, c, BLOCK_N)
+    k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
+    v = _load_rows(v_ptr, offs_n, n_valid, kv_head, stride_vt, stride_vh, offs_d, d_valid)
+    s = _dot(q, tl.trans(k), IEEE) * qk_scale
+    if MASK:
+        # ancestors' keys all precede the query block, so one test covers both the tree and causality
+        s = tl.where(n_valid[None, :] & (offs_n[None, :] <= offs_m[:, None]), s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # rows with nothing visible yet keep m = -inf; shift by 0 there instead of producing NaN
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(s - m_shift[:, None])
+    alpha = tl.math.exp2(m_i - m_shift)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _tree_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
-    q_start_ptr, q_end_ptr, q_blk_ptr, kv_list_ptr, k_start_ptr, k_end_ptr,
+    q_start_ptr, q_end_ptr, q_blk_ptr, q_mid_ptr, kv_list_ptr, k_start_ptr, k_end_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
     qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -81,24 +105,18 @@ def _tree_attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     e_lo = tl.load(q_blk_ptr + blk)
+    e_mid = tl.load(q_mid_ptr + blk)
     e_hi = tl.load(q_blk_ptr + blk + 1)
-    for e in range(e_lo, e_hi):
+    for e in range(e_lo, e_mid):
         c = tl.load(kv_list_ptr + e).to(tl.int64)
-        offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, c, BLOCK_N)
-        k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
-        v = _load_rows(v_ptr, offs_n, n_valid, kv_head, stride_vt, stride_vh, offs_d, d_valid)
-        s = _dot(q, tl.trans(k), IEEE) * qk_scale
-        # ancestors' keys all precede the query block, so one test covers both the tree and causality
-        allowed = n_valid[None, :] & (offs_n[None, :] <= offs_m[:, None])
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # rows with nothing visible yet keep m = -inf; shift by 0 there instead of producing NaN
-        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_shift[:, None])
-        alpha = tl.math.exp2(m_i - m_shift)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m_i = m_new
+        m_i, l_i, acc = _fwd_step(q, m_i, l_i, acc, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+                                  stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
+                                  BLOCK_N, IEEE, False)
+    for e in range(e_mid, e_hi):
+        c = tl.load(kv_list_ptr + e).to(tl.int64)
+        m_i, l_i, acc = _fwd_step(q, m_i, l_i, acc, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+                                  stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
+                                  BLOCK_N, IEEE, True)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     _store_rows(o_ptr, out, offs_m, m_valid, head, stride_ot, stride_oh, offs_d, d_valid)
@@ -106,9 +124,24 @@ def _tree_attention_fwd_kernel(
 
 
 @triton.jit
+def _dq_step(dq, q, do, lse, delta, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+             stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
+             BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr):
+    """dQ contribution of key block c to one query block (unscaled)."""
+    offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, c, BLOCK_N)
+    k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
+    v = _load_rows(v_ptr, offs_n, n_valid, kv_head, stride_vt, stride_vh, offs_d, d_valid)
+    p = tl.math.exp2(_dot(q, tl.trans(k), IEEE) * qk_scale - lse[:, None])
+    if MASK:
+        p = tl.where(n_valid[None, :] & (offs_n[None, :] <= offs_m[:, None]), p, 0.0)
+    ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
+    return dq + _dot(ds.to(k.dtype), k, IEEE)
+
+
+@triton.jit
 def _tree_attention_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr,
-    q_start_ptr, q_end_ptr, q_blk_ptr, kv_list_ptr, k_start_ptr, k_end_ptr,
+    q_start_ptr, q_end_ptr, q_blk_ptr, q_mid_ptr, kv_list_ptr, k_start_ptr, k_end_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dqt, stride_dqh, stride_lh,
     qk_scale, sm_scale,
@@ -121,29 +154,46 @@ def _tree_attention_bwd_dq_kernel(
     offs_m, m_valid = _block_rows(q_start_ptr, q_end_ptr, blk, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_valid = offs_d < HEAD_DIM
+    # padded rows (beyond the block's end) load q = dO = 0 and are never stored: no mask needed for them
     q, do, lse, delta = _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt,
                                          stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     e_lo = tl.load(q_blk_ptr + blk)
+    e_mid = tl.load(q_mid_ptr + blk)
     e_hi = tl.load(q_blk_ptr + blk + 1)
-    for e in range(e_lo, e_hi):
+    for e in range(e_lo, e_mid):
         c = tl.load(kv_list_ptr + e).to(tl.int64)
-        offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, c, BLOCK_N)
-        k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
-        v = _load_rows(v_ptr, offs_n, n_valid, kv_head, stride_vt, stride_vh, offs_d, d_valid)
-        s = _dot(q, tl.trans(k), IEEE) * qk_scale
-        allowed = m_valid[:, None] & n_valid[None, :] & (offs_n[None, :] <= offs_m[:, None])
-        p = tl.where(allowed, tl.math.exp2(s - lse[:, None]), 0.0)
-        dp = _dot(do, tl.trans(v), IEEE)
-        ds = p * (dp - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, IEEE)
+        dq = _dq_step(dq, q, do, lse, delta, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+                      stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale, BLOCK_N, IEEE, False)
+    for e in range(e_mid, e_hi):
+        c = tl.load(kv_list_ptr + e).to(tl.int64)
+        dq = _dq_step(dq, q, do, lse, delta, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+                      stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale, BLOCK_N, IEEE, True)
     _store_rows(dq_ptr, dq * sm_scale, offs_m, m_valid, head, stride_dqt, stride_dqh, offs_d, d_valid)
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr, q_end_ptr, head,
+               stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid, qk_scale,
+               BLOCK_M: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr):
+    """dK (unscaled) and dV contributions of query block b to one key block."""
+    offs_m, m_valid = _block_rows(q_start_ptr, q_end_ptr, b, BLOCK_M)
+    # padded query rows load q = dO = lse = delta = 0: p = 1 there but dV += p dO = 0 and dS = 0
+    q, do, lse, delta = _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt,
+                                         stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid)
+    p_t = tl.math.exp2(_dot(k, tl.trans(q), IEEE) * qk_scale - lse[None, :])  # [BLOCK_N, BLOCK_M]
+    if MASK:
+        p_t = tl.where(n_valid[:, None] & m_valid[None, :] & (offs_n[:, None] <= offs_m[None, :]), p_t, 0.0)
+    dv += _dot(p_t.to(do.dtype), do, IEEE)
+    ds_t = p_t * (_dot(v, tl.trans(do), IEEE) - delta[None, :])
+    dk += _dot(ds_t.to(q.dtype), q, IEEE)
+    return dk, dv
 
 
 @triton.jit
 def _tree_attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr,
-    q_start_ptr, q_end_ptr, k_start_ptr, k_end_ptr, k_blk_ptr, q_list_ptr,
+    q_start_ptr, q_end_ptr, k_start_ptr, k_end_ptr, k_blk_ptr, k_mid_ptr, q_list_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
     qk_scale, sm_scale,
@@ -164,19 +214,18 @@ def _tree_attention_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     e_lo = tl.load(k_blk_ptr + blk)
+    e_mid = tl.load(k_mid_ptr + blk)
     e_hi = tl.load(k_blk_ptr + blk + 1)
-    for e in range(e_lo, e_hi):
+    for e in range(e_lo, e_mid):
         b = tl.load(q_list_ptr + e).to(tl.int64)
-        offs_m, m_valid = _block_rows(q_start_ptr, q_end_ptr, b, BLOCK_M)
-        q, do, lse, delta = _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt,
-                                             stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid)
-        s_t = _dot(k, tl.trans(q), IEEE) * qk_scale  # [BLOCK_N, BLOCK_M]: keys as rows
-        allowed = n_valid[:, None] & m_valid[None, :] & (offs_n[:, None] <= offs_m[None, :])
-        p_t = tl.where(allowed, tl.math.exp2(s_t - lse[None, :]), 0.0)
-        dv += _dot(p_t.to(do.dtype), do, IEEE)
-        dp_t = _dot(v, tl.trans(do), IEEE)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += _dot(ds_t.to(q.dtype), q, IEEE)
+        dk, dv = _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr,
+                            q_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
+                            d_valid, qk_scale, BLOCK_M, IEEE, False)
+    for e in range(e_mid, e_hi):
+        b = tl.load(q_list_ptr + e).to(tl.int64)
+        dk, dv = _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr,
+                            q_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
+                            d_valid, qk_scale, BLOCK_M, IEEE, True)
     _store_rows(dk_ptr, dk * sm_scale, offs_n, n_valid, head, stride_dkt, stride_dkh, offs_d, d_valid)
     _store_rows(dv_ptr, dv, offs_n, n_valid, head, stride_dvt, stride_dvh, offs_d, d_valid)
 
@@ -185,7 +234,7 @@ def _head_dim_block(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, kv_list, k_start, k_end, scale: float, *,
+def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end, scale: float, *,
                        block_m: int, block_n: int, num_warps: int = 4, num_stages: int = 2):
     """Forward over the forward block table. q [T, Hq, D], k/v [T, Hkv, D] -> (o [T, Hq, D] in q's
     dtype, lse [Hq, T] float32, log2 domain). The table must be built for (block_m, block_n)."""
@@ -194,7 +243,7 @@ def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, kv_list, k_start, k_end, 
     lse = torch.empty((hq, t), dtype=torch.float32, device=q.device)
     grid = (q_start.numel(), hq)
     _tree_attention_fwd_kernel[grid](
-        q, k, v, o, lse, q_start, q_end, q_blk, kv_list, k_start, k_end,
+        q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
         lse.stride(0), scale * _LOG2E,
         GROUP=hq // k.shape[1], HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
@@ -203,7 +252,8 @@ def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, kv_list, k_start, k_end, 
     return o, lse
 
 
-def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, kv_list, k_start, k_end, k_blk, q_list,
+def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end, k_blk, k_mid,
+                       q_list,
                        scale: float, *, block_m: int, block_n: int, num_warps: int = 4, num_stages: int = 2):
     """Backward: (dq, dk, dv) in the inputs' dtypes. Tables (both directions) built for (block_m, block_n)."""
     t, hq, d = q.shape
@@ -219,12 +269,12 @@ def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, kv_list, k_st
     common = dict(GROUP=group, HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
                   IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
     _tree_attention_bwd_dq_kernel[(q_start.numel(), hq)](
-        q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, kv_list, k_start, k_end,
+        q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dq.stride(0), dq.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
     )
     _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hq)](
-        q, k, v, do, dk, dv, lse, delta, q_start, q_end, k_start, k_end, k_blk, q_list,
+        q, k, v, do, dk, dv, lse, delta, q_start, q_end, k_start, k_end, k_blk, k_mid, q_list,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
         dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
     )

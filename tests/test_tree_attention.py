@@ -25,6 +25,9 @@ FORESTS = {
     "deep-chain-1tok": (deep_chain(9), "trie", 2, 1, 8),
     "one-token-seqs": (random_forest(5, num_seqs=6, vocab=4, max_len=1), "trie", 3, 1, 8),
     "several-roots-dups": (random_forest(6, num_seqs=10, vocab=4, max_len=6, share_prob=0.95), "trie", 4, 4, 8),
+    # segments of 24, 20, 18 tokens: full 16-blocks, so the kernels' unmasked path runs too
+    "long-segments": ([list(range(100, 124)) + list(range(20)), list(range(100, 124)) + list(range(50, 68))],
+                      "trie", 4, 2, 16),
 }
 
 

@@ -10,18 +10,23 @@ from spiral_fast.ops.tree_attention.layout import build_block_tables
 from spiral_fast.ops.tree_attention.reference import tree_mask
 
 
-def visited_pairs(tables, num_tokens: int, reverse: bool) -> torch.Tensor:
-    """[T, T] int: how often each (query, key) pair that the causal tree rule allows is visited."""
-    count = torch.zeros(num_tokens, num_tokens, dtype=torch.int64)
+def visited_pairs(tables, mask: torch.Tensor, block_n: int, reverse: bool) -> torch.Tensor:
+    """[T, T] int: how often each (query, key) pair that the in-tile rule (key <= query) allows is
+    visited. Entries before the `mid` split skip the in-tile mask: check that every pair of such a
+    tile is allowed by the tree `mask` and that its key block is full."""
+    count = torch.zeros_like(mask, dtype=torch.int64)
     q_start, q_end, k_start, k_end = (x.tolist() for x in (tables.q_start, tables.q_end, tables.k_start, tables.k_end))
-    ptr, lst = (tables.k_ptr, tables.q_list) if reverse else (tables.q_ptr, tables.kv_list)
-    ptr, lst = ptr.tolist(), lst.tolist()
+    ptr, mid, lst = (tables.k_ptr, tables.k_mid, tables.q_list) if reverse else (tables.q_ptr, tables.q_mid,
+                                                                                   tables.kv_list)
+    ptr, mid, lst = ptr.tolist(), mid.tolist(), lst.tolist()
     for owner in range(len(ptr) - 1):
+        assert ptr[owner] <= mid[owner] <= ptr[owner + 1]
         for e in range(ptr[owner], ptr[owner + 1]):
             b, c = (lst[e], owner) if reverse else (owner, lst[e])
             rows = torch.arange(q_start[b], q_end[b])
             cols = torch.arange(k_start[c], k_end[c])
-            # the kernels' in-tile mask: key index <= query index
+            if e < mid[owner]:
+                assert len(cols) == block_n and bool(mask[rows[:, None], cols[None, :]].all())
             count[rows[:, None], cols[None, :]] += (cols[None, :] <= rows[:, None]).long()
     return count
 
@@ -31,16 +36,19 @@ def visited_pairs(tables, num_tokens: int, reverse: bool) -> torch.Tensor:
 def test_block_tables_cover_the_tree_mask_exactly_once(name, blocks):
     packed = make_inputs(name)[0]
     tables = build_block_tables(packed, *blocks)
-    mask = tree_mask(packed).long()
-    assert torch.equal(visited_pairs(tables, packed.num_tokens, reverse=False), mask)
-    assert torch.equal(visited_pairs(tables, packed.num_tokens, reverse=True), mask)
+    mask = tree_mask(packed)
+    assert torch.equal(visited_pairs(tables, mask, blocks[1], reverse=False), mask.long())
+    assert torch.equal(visited_pairs(tables, mask, blocks[1], reverse=True), mask.long())
     assert tables.num_pairs == tables.kv_list.numel() == tables.q_list.numel()
+    # the busiest programs are numbered first
+    work = (tables.q_ptr[1:] - tables.q_ptr[:-1]).tolist()
+    assert work == sorted(work, reverse=True)
 
 
 TRITON_CASES = [
     ("shared-gqa", torch.float32), ("shared-gqa", torch.float16), ("shared-mha", torch.float32),
     ("unshared", torch.float32), ("deep-chain-1tok", torch.float32), ("one-token-seqs", torch.float16),
-    ("several-roots-dups", torch.float32),
+    ("several-roots-dups", torch.float32), ("long-segments", torch.float32), ("long-segments", torch.float16),
 ]
 
 

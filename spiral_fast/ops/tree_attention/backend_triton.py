@@ -22,8 +22,8 @@ def _configs(head_dim: int, device: torch.device) -> tuple[dict, dict]:
 
 
 def _table_args(tables, reverse: bool):
-    args = [tables.q_start, tables.q_end, tables.q_ptr, tables.kv_list, tables.k_start, tables.k_end]
-    return args + [tables.k_ptr, tables.q_list] if reverse else args
+    args = [tables.q_start, tables.q_end, tables.q_ptr, tables.q_mid, tables.kv_list, tables.k_start, tables.k_end]
+    return args + [tables.k_ptr, tables.k_mid, tables.q_list] if reverse else args
 
 
 class _TreeAttention(torch.autograd.Function):

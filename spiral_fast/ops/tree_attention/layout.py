@@ -43,20 +43,25 @@ class BlockTables:
     Query blocks: each segment cut into chunks of BLOCK_M tokens (a block never crosses segments).
     Key blocks: each segment cut into chunks of BLOCK_N tokens.
     q_start/q_end [NQ] int32: token range of query block b. q_ptr [NQ+1] int32: its key blocks are
-    kv_list[q_ptr[b]:q_ptr[b+1]] (indices into k_start/k_end), ancestors' blocks then its own
-    segment's blocks up to the causal diagonal.
+    kv_list[q_ptr[b]:q_ptr[b+1]] (indices into k_start/k_end): its ancestors' blocks and its own
+    segment's blocks up to the diagonal; those from q_mid[b] on need the in-tile mask (a partial key
+    block, or one reaching past the block's first row), those before it do not.
     k_start/k_end [NK] int32: token range of key block c. k_ptr [NK+1] int32: the query blocks that see
     it are q_list[k_ptr[c]:k_ptr[c+1]]: its own segment's blocks from the diagonal on, then every
-    block of every descendant segment (the reverse table of the dK/dV pass).
+    block of every descendant segment (the reverse table of the dK/dV pass); masked ones from k_mid[c].
+    Blocks are numbered longest list first, so the programs with most work start first (a shared
+    prompt's key blocks are seen by every query block below them).
     """
 
     q_start: torch.Tensor
     q_end: torch.Tensor
     q_ptr: torch.Tensor
+    q_mid: torch.Tensor
     kv_list: torch.Tensor
     k_start: torch.Tensor
     k_end: torch.Tensor
     k_ptr: torch.Tensor
+    k_mid: torch.Tensor
     q_list: torch.Tensor
     num_pairs: int  # total (query block, key block) visits: the work of one pass
 
@@ -138,6 +143,30 @@ def _chunks(lo: int, hi: int, size: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, hi)) for s in range(lo, hi, size)]
 
 
+def _longest_first(lists: list[list[int]]) -> list[int]:
+    return sorted(range(len(lists)), key=lambda i: -len(lists[i]))  # stable: ties keep token order
+
+
+def _csr(lists: list[list[int]], order: list[int], unmasked, renumber: list[int]):
+    """(ptr, mid, flat): `lists` taken in `order`, each list's unmasked entries first (mid: where its
+    masked ones start), entries renumbered through `renumber`."""
+    ptr, mid, flat = [0], [], []
+    for i in order:
+        free = [j for j in lists[i] if unmasked(i, j)]
+        masked = [j for j in lists[i] if not unmasked(i, j)]
+        mid.append(len(flat) + len(free))
+        flat += [renumber[j] for j in free + masked]
+        ptr.append(len(flat))
+    return ptr, mid, flat
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inv = [0] * len(order)
+    for new, old in enumerate(order):
+        inv[old] = new
+    return inv
+
+
 def build_block_tables(packed, block_m: int, block_n: int) -> BlockTables:
     """Forward (query block -> key blocks) and reverse (key block -> query blocks) tables, on the host."""
     cu, parent = _host_lists(packed)
@@ -145,42 +174,45 @@ def build_block_tables(packed, block_m: int, block_n: int) -> BlockTables:
     num_seg = len(parent)
     q_blocks = [_chunks(cu[g], cu[g + 1], block_m) for g in range(num_seg)]
     k_blocks = [_chunks(cu[g], cu[g + 1], block_n) for g in range(num_seg)]
-    k_first = [0] * (num_seg + 1)  # global index of segment g's first key block
+    k_first = [0] * (num_seg + 1)  # id of segment g's first key block (token order)
     q_first = [0] * (num_seg + 1)
     for g in range(num_seg):
         k_first[g + 1] = k_first[g] + len(k_blocks[g])
         q_first[g + 1] = q_first[g] + len(q_blocks[g])
 
-    q_ptr, kv_list = [0], []
+    fwd: list[list[int]] = []  # per query block: key blocks it sees
     for g in range(num_seg):
         ancestors = [c for h in chains[g] for c in range(k_first[h], k_first[h + 1])]
         for qs, qe in q_blocks[g]:
-            own = [k_first[g] + i for i, (ks, _) in enumerate(k_blocks[g]) if ks <= qe - 1]
-            kv_list += ancestors + own
-            q_ptr.append(len(kv_list))
-
+            fwd.append(ancestors + [k_first[g] + i for i, (ks, _) in enumerate(k_blocks[g]) if ks <= qe - 1])
     descendants: list[list[int]] = [[] for _ in range(num_seg)]  # query blocks of strict descendants
     for g in range(num_seg - 1, -1, -1):
         if parent[g] >= 0:
-            # a child's subtree precedes nothing of its parent's own blocks, so order stays ascending
             descendants[parent[g]] = list(range(q_first[g], q_first[g + 1])) + descendants[g] + descendants[parent[g]]
-    k_ptr, q_list = [0], []
+    rev: list[list[int]] = []  # per key block: query blocks that see it
     for g in range(num_seg):
         for ks, ke in k_blocks[g]:
-            own = [q_first[g] + i for i, (_, qe) in enumerate(q_blocks[g]) if qe - 1 >= ks]
-            q_list += own + descendants[g]
-            k_ptr.append(len(q_list))
+            rev.append([q_first[g] + i for i, (_, qe) in enumerate(q_blocks[g]) if qe - 1 >= ks] + descendants[g])
+
+    flat_q = [b for blocks in q_blocks for b in blocks]
+    flat_k = [b for blocks in k_blocks for b in blocks]
+
+    def unmasked(b: int, c: int) -> bool:  # a full key block wholly at or before the query block's first row
+        (qs, _), (ks, ke) = flat_q[b], flat_k[c]
+        return ke - ks == block_n and ke - 1 <= qs
+
+    q_order, k_order = _longest_first(fwd), _longest_first(rev)
+    q_ptr, q_mid, kv_list = _csr(fwd, q_order, unmasked, _inverse(k_order))
+    k_ptr, k_mid, q_list = _csr(rev, k_order, lambda c, b: unmasked(b, c), _inverse(q_order))
 
     def i32(x):
         return torch.tensor(x, dtype=torch.int32)
 
-    flat_q = [b for blocks in q_blocks for b in blocks]
-    flat_k = [b for blocks in k_blocks for b in blocks]
     return BlockTables(
-        q_start=i32([s for s, _ in flat_q]), q_end=i32([e for _, e in flat_q]), q_ptr=i32(q_ptr),
-        kv_list=i32(kv_list),
-        k_start=i32([s for s, _ in flat_k]), k_end=i32([e for _, e in flat_k]), k_ptr=i32(k_ptr),
-        q_list=i32(q_list),
+        q_start=i32([flat_q[b][0] for b in q_order]), q_end=i32([flat_q[b][1] for b in q_order]),
+        q_ptr=i32(q_ptr), q_mid=i32(q_mid), kv_list=i32(kv_list),
+        k_start=i32([flat_k[c][0] for c in k_order]), k_end=i32([flat_k[c][1] for c in k_order]),
+        k_ptr=i32(k_ptr), k_mid=i32(k_mid), q_list=i32(q_list),
         num_pairs=len(kv_list),
     )
 
