@@ -25,8 +25,10 @@ _LOG2E = 1.4426950408889634
 def _dot(a, b, IEEE: tl.constexpr):
     # fp32 inputs would otherwise run as tf32 on GPUs: ~1e-3 relative error, far from torch's fp32
     if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.dot(a, b)
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
 
 
 @triton.jit

@@ -9,14 +9,18 @@ from spiral_fast.ops.tree_attention.layout import block_tables
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _configs(head_dim: int, device: torch.device) -> tuple[dict, dict]:
+def _configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> tuple[dict, dict]:
     """(forward, backward) launch configs: fixed defaults, small blocks under the CPU interpreter."""
     if device.type != "cuda" or triton_interpreting():
         small = dict(block_m=16, block_n=16, num_warps=1, num_stages=1)
         return small, small
+    if dtype == torch.float32 or head_dim > 128:
+        # 4-byte tiles (or wide heads) would overflow shared memory with the 16-bit tile sizes
+        return (dict(block_m=64, block_n=32, num_warps=4, num_stages=1),
+                dict(block_m=32, block_n=32, num_warps=4, num_stages=1))
     # the forward keeps one q tile and one accumulator per program: a tall query block amortises the
     # K/V loads; the backward holds two fp32 accumulators per program, so smaller tiles
-    fwd = dict(block_m=128 if head_dim <= 128 else 64, block_n=64, num_warps=8, num_stages=2 if head_dim > 64 else 3)
+    fwd = dict(block_m=128, block_n=64, num_warps=8, num_stages=2 if head_dim > 64 else 3)
     bwd = dict(block_m=64, block_n=64, num_warps=8 if head_dim > 64 else 4, num_stages=1)
     return fwd, bwd
 
@@ -31,7 +35,7 @@ class _TreeAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, packed, scale):
         from spiral_fast.kernels.tree_attention import tree_attention_fwd
 
-        fwd, bwd = _configs(q.shape[-1], q.device)
+        fwd, bwd = _configs(q.shape[-1], q.dtype, q.device)
         tables = block_tables(packed, fwd["block_m"], fwd["block_n"])
         o, lse = tree_attention_fwd(q, k, v, *_table_args(tables, False), scale, **fwd)
         ctx.save_for_backward(q, k, v, o, lse)
