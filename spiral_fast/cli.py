@@ -22,6 +22,7 @@ _DEMO_HELP = {
     "hidden_size": "hidden size of the tiny Qwen2 model",
     "layers": "decoder layers of the tiny Qwen2 model",
     "step_impl": "spiral_fast.step ('step') or the naive oracle spiral_fast.step_reference",
+    "threads": "torch intra-op threads (1 is fastest for the tiny model on a shared CPU)",
 }
 
 

@@ -102,15 +102,19 @@ def _maxrss_bytes() -> int:
 
 def run_case(case: Case) -> dict:
     """Measure one case in this process (the parent runs it in a fresh subprocess)."""
+    if case.impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {case.impl!r}")
     import torch
     from transformers import AutoModelForCausalLM
 
     import spiral_fast
 
-    if case.impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {case.impl!r}")
     device = torch.device(case.device)
     cuda = device.type == "cuda"
+    if not cuda:
+        # One intra-op thread: on a shared CPU a thread pool contends for cores and a case takes
+        # minutes instead of seconds; memory does not depend on it beyond per-thread scratch.
+        torch.set_num_threads(1)
     config = load_config(case.model, case.layers)
     torch.manual_seed(0)
     # bf16 on a GPU as in training; float32 on the CPU, where bf16 matmuls are slow.

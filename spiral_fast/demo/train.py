@@ -17,6 +17,9 @@ class DemoConfig:
     Per iteration: `problems` problems, N=`traces` traces each, M=`sets` sets of K=`set_size`
     traces, G=`aggregations` aggregation responses per set; then one step of `step_impl`
     ("step" = spiral_fast.step, "reference" = spiral_fast.step_reference) with AdamW at `lr`.
+    `threads`: torch intra-op threads during the run (restored after). One is fastest here: the
+    model is tiny, and on a shared CPU a thread pool contends for cores (measured: the same step
+    took 3-9 s with 2 threads on a loaded 2-core machine, 0.2 s with 1).
     """
 
     iterations: int = 100
@@ -33,6 +36,7 @@ class DemoConfig:
     hidden_size: int = 64
     layers: int = 2
     step_impl: str = "step"
+    threads: int = 1
 
     def __post_init__(self):
         for f in fields(self):
@@ -58,6 +62,15 @@ def run_demo(config: DemoConfig, *, on_iteration: Callable[[dict], None] | None 
     agg_reward since every set has G responses) and set_value_std (spread of R_j across sets: how
     much the traces in a set matter); trace_acc (share of right traces); loss; the step's metrics.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(config, on_iteration, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: DemoConfig, on_iteration, progress: bool) -> list[dict]:
     import spiral_fast
     from spiral_fast.demo.model import tiny_qwen2
     from spiral_fast.demo.task import ToyTask
