@@ -65,13 +65,14 @@ def test_layout_build_issue_scale(compare):
 
 
 # ----------------------------------------------------------------------------- (b) model forward+backward
-def tiny_qwen2(vocab: int):
+def tiny_qwen2(kv_heads: int, device: str):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    cfg = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=4096,
                                    attn_implementation="sdpa")
-    return transformers.Qwen2ForCausalLM(cfg).float()
+    # CUDA: bf16 weights as in training (tree attention then runs its Triton kernel); CPU: float32
+    return transformers.Qwen2ForCausalLM(cfg).to(device, torch.bfloat16 if device == "cuda" else torch.float32)
 
 
 def padded_step(model, ids, attention_mask, rows_b, rows_p, target, weights):
@@ -88,26 +89,31 @@ def packed_step(model, packed, weights):
     (logp * weights).sum().backward()
 
 
-VOCAB = 4096
+# a small vocabulary keeps the per-row LM-head work (the same R rows for every peer, nothing to
+# share) from hiding what packing changes: the transformer body over T tokens
+VOCAB = 512
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa-4q2kv", "mha-4q4kv"])
 @pytest.mark.parametrize("peer", ["spiral_fast", "varlen (share=none)", "padded HF"])
-def test_spiral_forward_backward(compare, peer):
+def test_spiral_forward_backward(compare, peer, kv_heads, device):
     shape = SPIRAL["packing-issue"]
-    seqs = spiral_sequences(shape, vocab=VOCAB)
-    model = tiny_qwen2(VOCAB)
+    seqs = [s.to(device) for s in spiral_sequences(shape, vocab=VOCAB)]
+    model = tiny_qwen2(kv_heads, device)
     trie = sf.pack_sequences(seqs)
-    weights = torch.randn(trie.prediction_rows.target.numel(), generator=torch.Generator().manual_seed(1))
-    group = f"fwd+bwd tiny-qwen2 {shape.name} (dedup {trie.dedup_ratio:.2f})"
+    weights = torch.randn(trie.prediction_rows.target.numel(), generator=torch.Generator().manual_seed(1)).to(device)
+    group = (f"fwd+bwd tiny-qwen2 4q{kv_heads}kv V={VOCAB} {shape.name} {device} "
+             f"(dedup {trie.dedup_ratio:.2f})")
     if peer == "padded HF":
         lengths = torch.tensor([len(s) for s in seqs])
         ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
-        mask = torch.arange(ids.shape[1])[None] < lengths[:, None]
-        rows = trie.prediction_rows  # (seq, pos) of every target: the same rows, padded coordinates
+        mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).to(device)
+        rows = trie.to(device).prediction_rows  # (seq, pos) of every target: the same rows, padded coordinates
         fn = lambda: padded_step(model, ids, mask, rows.seq, rows.pos - 1, rows.target, weights)  # noqa: E731
         note = f"{ids.numel()} padded tokens"
     else:
-        packed = trie if peer == "spiral_fast" else sf.pack_sequences(seqs, share="none")
+        packed = (trie if peer == "spiral_fast" else sf.pack_sequences(seqs, share="none")).to(device)
         fn = lambda: packed_step(model, packed, weights)  # noqa: E731
         note = f"{packed.num_tokens} packed tokens"
-    compare(group, peer, lambda: (fn(), model.zero_grad(set_to_none=True)), rounds=3, note=note)
+    compare(group, peer, lambda: (fn(), model.zero_grad(set_to_none=True)), device=device, rounds=1, note=note)
