@@ -79,7 +79,7 @@ class PackedBatch:
     def to(self, device) -> "PackedBatch":
         """A copy with every tensor on `device`; metadata and `host` kept, cache fresh."""
         device = torch.device(device)
-        if device == self.device:
+        if device.type == self.device.type and device.index in (None, self.device.index):
             return self
         if device.type == "cpu":
             return self.host
