@@ -22,14 +22,14 @@ class DemoConfig:
     took 3-9 s with 2 threads on a loaded 2-core machine, 0.2 s with 1).
     """
 
-    iterations: int = 100
+    iterations: int = 150
     seed: int = 0
     problems: int = 8
     traces: int = 8
     sets: int = 4
     set_size: int = 3
     aggregations: int = 4
-    base: int = 4
+    base: int = 6
     digits: int = 1
     lr: float = 2e-3
     temperature: float = 1.0
