@@ -14,3 +14,12 @@ def assert_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, floor: f
     base = (ref_lowp - ref64).abs().max().item() if out.numel() else 0.0
     bound = mult * base + floor
     assert err <= bound, f"{name}: max abs error {err:.3e} > {mult} * torch error {base:.3e} + {floor:.1e}"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a torch.distributed rendezvous (MASTER_PORT)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -133,5 +133,7 @@ def test_bad_arguments_raise():
         spiral_fast.step(model, batch, config={"kl_coef": 0.1})
     with pytest.raises(ValueError, match=r"kl_coef=0.1 needs reference log-probs, but problems\[0\]"):
         spiral_fast.step(model, batch, config=SpiralConfig(kl_coef=0.1))
+    with pytest.raises(ValueError, match="has no LM head"):
+        spiral_fast.step(model.model, batch)
     with pytest.raises(ValueError, match="optimizer must be"):
         spiral_fast.step(model, batch, optimizer="adam")

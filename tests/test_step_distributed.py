@@ -2,7 +2,6 @@
 problems, give the 1-process whole-batch loss, gradients (averaged over ranks, the DDP / FSDP2
 convention) and, with an optimizer, the same updated parameters."""
 import os
-import socket
 import sys
 
 import torch
@@ -11,6 +10,7 @@ import torch.multiprocessing as mp
 
 import spiral_fast
 from spiral_fast import SpiralBatch, SpiralConfig
+from helpers import free_port
 from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 PROBLEMS = 5  # odd: the ranks get different numbers of problems and tokens
@@ -41,12 +41,6 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str, tests_dir: str):
         torch.save((out.loss, out.metrics, g, params), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):

@@ -31,6 +31,9 @@ def check_args(model, batch, config, optimizer) -> None:
         raise ValueError(f"config must be a spiral_fast.SpiralConfig, got {type(config).__name__}")
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "get_output_embeddings"):
         raise ValueError(f"model must be a Hugging Face causal LM, got {type(model).__name__}")
+    if getattr(model.get_output_embeddings(), "weight", None) is None:
+        raise ValueError(f"model {type(model).__name__} has no LM head (get_output_embeddings() has no weight): "
+                         "pass the ...ForCausalLM model, not its base model")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
     if config.kl_coef > 0:
