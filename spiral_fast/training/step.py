@@ -42,7 +42,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     agg_loss, trace_loss, agg_reward_mean, set_value_mean, clip_frac_low / clip_frac_high /
     clip_frac, ratio_mean, kl_mean, entropy_mean, tokens_trained, trace_tokens, agg_tokens,
     unique_tokens (encoded), dedup_ratio (sequence tokens / unique tokens), micro_batches,
-    grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only).
+    grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only: the allocator peak of
+    the step, whose start resets the peak statistics; omitted on the CPU). Under torch.distributed
+    micro_batches is the total over ranks.
     """
     from spiral_fast.models import packed_hidden_states
     from spiral_fast.models.hf import ATTN_NAME, register as register_attention
