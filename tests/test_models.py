@@ -145,3 +145,22 @@ def test_packed_logprobs_match_per_sequence_cuda(arch):
     assert (got - ref).abs().max().item() <= 1e-4
     for name, p in model.named_parameters():
         assert (got_grads[name] - p.grad).abs().max().item() <= 1e-4, name
+
+
+def test_activation_checkpointing_needs_the_implementation_held():
+    seqs = random_forest(5, num_seqs=6, vocab=4, max_len=10)
+    packed = sf.pack_sequences(seqs)
+    weights = torch.randn(packed.prediction_rows.target.numel())
+    model = tiny_model("qwen2")
+    (packed_logprobs(model, packed) * weights).sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    with pytest.raises(ValueError, match="activation checkpointing"):
+        sf.packed_hidden_states(model, packed)
+    model.config._attn_implementation = "spiral_fast"  # held through the backward, as the caller must
+    (packed_logprobs(model, packed) * weights).sum().backward()
+    for name, p in model.named_parameters():
+        assert (expected[name] - p.grad).abs().max().item() <= 1e-5, name

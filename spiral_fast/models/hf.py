@@ -93,6 +93,8 @@ def packed_hidden_states(model, packed: PackedBatch) -> torch.Tensor:
     position (`packed.position_ids`), attention along the prefix tree (spiral_fast.tree_attention).
     With `spiral_fast.token_logprobs(hidden[rows.hidden_index], lm_head.weight, rows.target)` this
     gives every sequence's token log-probs. Gradients flow into shared prefixes once.
+    The model's attention implementation is switched to "spiral_fast" for the forward and restored
+    after it; with activation checkpointing the caller must hold it through the backward.
     """
     if not isinstance(packed, PackedBatch):
         raise ValueError(f"packed must be a PackedBatch (spiral_fast.pack_sequences), got {type(packed).__name__}")
@@ -102,6 +104,15 @@ def packed_hidden_states(model, packed: PackedBatch) -> torch.Tensor:
     packed = packed.to(device)
     config = model.config
     previous = config._attn_implementation
+    checkpointing = getattr(model, "is_activation_checkpointing", False) or getattr(
+        model, "is_gradient_checkpointing", False)
+    if checkpointing and model.training and torch.is_grad_enabled() and previous != ATTN_NAME:
+        # layers recomputed in backward read config._attn_implementation again: restored to
+        # `previous` by then, they would run another attention than the forward's (torch's
+        # checkpoint then fails deep in backward); say so before any work is done
+        raise ValueError(
+            f"model has activation checkpointing on: set model.config._attn_implementation = {ATTN_NAME!r} "
+            f"for the forward and the backward (currently {previous!r}), or turn checkpointing off")
     config._attn_implementation = ATTN_NAME
     try:
         out = base(input_ids=packed.input_ids[None], position_ids=packed.position_ids[None], use_cache=False,
