@@ -104,8 +104,9 @@ def packed_hidden_states(model, packed: PackedBatch) -> torch.Tensor:
     packed = packed.to(device)
     config = model.config
     previous = config._attn_implementation
-    checkpointing = getattr(model, "is_activation_checkpointing", False) or getattr(
-        model, "is_gradient_checkpointing", False)
+    # transformers 5 renamed is_gradient_checkpointing (now a deprecated alias)
+    new_name = hasattr(type(model), "is_activation_checkpointing")
+    checkpointing = getattr(model, "is_activation_checkpointing" if new_name else "is_gradient_checkpointing", False)
     if checkpointing and model.training and torch.is_grad_enabled() and previous != ATTN_NAME:
         # layers recomputed in backward read config._attn_implementation again: restored to
         # `previous` by then, they would run another attention than the forward's (torch's
