@@ -56,17 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "iteration and writes a PNG of aggregation reward and set value.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = DemoConfig()
+    special = {"step_impl": {"choices": STEP_IMPLS}, "lr": {"type": float},
+               "temperature": {"type": float}, "seed": {"type": int}}
     for f in fields(DemoConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if f.name == "step_impl":
-            demo.add_argument(flag, choices=STEP_IMPLS, default=default, help=_DEMO_HELP[f.name])
-        elif f.name in ("lr", "temperature"):
-            demo.add_argument(flag, type=float, default=default, help=_DEMO_HELP[f.name])
-        elif f.name == "seed":
-            demo.add_argument(flag, type=int, default=default, help=_DEMO_HELP[f.name])
-        else:
-            demo.add_argument(flag, type=_positive_int, default=default, help=_DEMO_HELP[f.name])
+        demo.add_argument("--" + f.name.replace("_", "-"), default=getattr(defaults, f.name),
+                          help=_DEMO_HELP[f.name], **special.get(f.name, {"type": _positive_int}))
     demo.add_argument("--out", default="spiral_demo.png", help="path of the PNG plot")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 

@@ -62,7 +62,7 @@ def test_task_rejects_bad_settings(kwargs, match):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"iterations": 0}, "iterations"), ({"lr": -1.0}, "lr"), ({"step_impl": "fast"}, "step_impl"),
-    ({"set_size": 5}, "set_size")], ids=["iterations-0", "lr-negative", "impl-unknown", "K-above-base"])
+    ({"set_size": 7}, "set_size")], ids=["iterations-0", "lr-negative", "impl-unknown", "K-above-base"])
 def test_demo_config_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DemoConfig(**kwargs)
