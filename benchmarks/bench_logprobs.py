@@ -80,6 +80,15 @@ def make_step(peer_fn, shape, device, dtype):
     return step
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _warm_libraries():
+    """One tiny forward+backward per CPU peer before anything is measured: BLAS and autograd
+    initialise on first use and would otherwise add their one-time RSS to the first peer's peak."""
+    tiny = LM_HEAD["cpu-small"].__class__("warmup", tokens=64, hidden=32, vocab=256)
+    for fn in CPU_PEERS.values():
+        make_step(fn, tiny, "cpu", torch.float32)()
+
+
 def _run(compare, group, peer, fn, shape, device, dtype, rounds, warmup):
     step = make_step(fn, shape, device, dtype)
     if peer not in CPU_PEERS:
