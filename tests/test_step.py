@@ -50,12 +50,15 @@ def test_step_matches_reference(kind, lm_bias, batch_kw, config_kw):
         assert out.metrics["kl_mean"] > 0
 
 
-def test_loss_and_grads_do_not_depend_on_the_micro_batch_split():
+@pytest.mark.parametrize("budget", [60, 25], ids=["budget60-whole-problems", "budget25-problems-cut"])
+def test_loss_and_grads_do_not_depend_on_the_micro_batch_split(budget):
     model = tiny_model("qwen2")
     batch = random_batch(7, problems=5, max_g=3, old=True)
     whole, g_whole = run(spiral_fast.step, model, batch, config=SpiralConfig(max_tokens_per_micro_batch=10_000))
-    split, g_split = run(spiral_fast.step, model, batch, config=SpiralConfig(max_tokens_per_micro_batch=60))
+    split, g_split = run(spiral_fast.step, model, batch, config=SpiralConfig(max_tokens_per_micro_batch=budget))
     assert whole.metrics["micro_batches"] == 1 and split.metrics["micro_batches"] >= 3
+    if budget == 25:  # every problem is over budget: cut into its trace and set blocks
+        assert split.metrics["micro_batches"] > len(batch)
     assert abs(whole.loss.item() - split.loss.item()) <= 1e-6
     assert_grads_close(g_split, g_whole, rel=1e-5)
 

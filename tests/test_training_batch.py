@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spiral_fast import ProblemRollout, SpiralBatch, SpiralConfig
-from spiral_fast.training.microbatch import split_problems
+from spiral_fast.training.microbatch import micro_batches, split_problems
 from training_cases import random_batch, random_problem_kwargs
 
 
@@ -147,3 +147,31 @@ def test_random_problem_kwargs_build():
     kw = random_problem_kwargs(random.Random(1), old=True, ref=True)
     pr = ProblemRollout(**kw)
     assert len(pr.traces) - 1 not in pr.trained_traces()
+
+
+def test_micro_batches_cut_only_problems_over_budget():
+    batch = random_batch(2, problems=4)
+    sizes = [pr.unique_tokens_bound() for pr in batch.problems]
+    budget = sorted(sizes)[1]  # the two largest problems are over budget (ties aside)
+    bins = micro_batches(batch, budget)
+    items = [it for b in bins for it in b]
+    for p, pr in enumerate(batch.problems):
+        if sizes[p] <= budget:
+            assert items.count(p) == 1
+        else:
+            cut = [it[1] for it in items if isinstance(it, tuple) and it[0] == p]
+            assert len(cut) == len(set(cut)) and set(cut) == set(pr.part_sizes())
+    part = lambda it: (batch.problems[it].unique_tokens_bound() if isinstance(it, int)  # noqa: E731
+                       else batch.problems[it[0]].part_sizes()[it[1]])
+    assert all(sum(part(it) for it in b) <= budget for b in bins if len(b) > 1)
+
+
+def test_trained_sequences_of_parts_add_up_to_the_problem():
+    batch = random_batch(3, problems=1, max_g=3)
+    f = batch.advantage_inputs()
+    agg_adv, trace_adv = torch.randn(len(f.rewards)), torch.randn(len(f.trace_problem))
+    whole = batch.trained_sequences([0], agg_adv, trace_adv)
+    parts = [batch.trained_sequences([(0, k)], agg_adv, trace_adv) for k in batch.problems[0].part_sizes()]
+    assert sum(len(s.tokens) for s in parts) == len(whole.tokens)
+    assert torch.equal(torch.cat([s.seq_adv for s in parts]), whole.seq_adv)
+    assert [t.tolist() for s in parts for t in s.tokens] == [t.tolist() for t in whole.tokens]

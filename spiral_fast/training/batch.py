@@ -186,8 +186,15 @@ class ProblemRollout:
     def unique_tokens_bound(self) -> int:
         """Tokens this problem packs to, counting x once and each a_j once: an upper bound of the
         trie's count (only prefixes shared between aggregation prompts are missed)."""
-        return (self.prompt.numel() + sum(self.traces[i].numel() for i in self.trained_traces())
-                + sum(a.numel() + sum(z.numel() for z in zs) for a, zs in zip(self.agg_prompts, self.aggregations)))
+        return sum(self.part_sizes().values())
+
+    def part_sizes(self) -> dict:
+        """Unique-token bound of each part of the problem: "traces" (x + the traces in a set) and,
+        per set j, j (a_j + its G_j responses). A part keeps its own shared prefix (x, a_j)."""
+        sizes = {"traces": self.prompt.numel() + sum(self.traces[i].numel() for i in self.trained_traces())}
+        for j, (a, zs) in enumerate(zip(self.agg_prompts, self.aggregations)):
+            sizes[j] = a.numel() + sum(z.numel() for z in zs)
+        return sizes
 
 
 @dataclass(frozen=True)
@@ -282,28 +289,33 @@ class SpiralBatch:
                 agg_start=agg_start)
         return self._cache["adv"]
 
-    def trained_sequences(self, problems, agg_adv: torch.Tensor, trace_adv: torch.Tensor) -> TrainedSequences:
-        """The trained sequences of the given problem indices (in that order within each role).
+    def trained_sequences(self, items, agg_adv: torch.Tensor, trace_adv: torch.Tensor) -> TrainedSequences:
+        """The trained sequences of the given work items, in item order within each role.
 
+        items: problem indices p (the whole problem) or pairs (p, part) with part "traces" (its
+        trace-role sequences) or a set index j (the aggregation responses of set j).
         agg_adv [A] / trace_adv [N]: global advantages (``spiral_advantages(...).agg / .trace``).
         """
         flat = self.advantage_inputs()
         agg_adv, trace_adv = agg_adv.detach().float().cpu(), trace_adv.detach().float().cpu()
         roles = {TRACE: [], AGG: []}  # (tokens, prompt_len, adv, old, ref, response_len)
-        for p in problems:
+        for item in items:
+            p, part = (item, None) if isinstance(item, int) else item
             pr = self.problems[p]
-            for i in pr.trained_traces():
-                roles[TRACE].append((torch.cat([pr.prompt, pr.traces[i]]), pr.prompt.numel(),
-                                     trace_adv[flat.trace_start[p] + i],
-                                     pr.trace_old_logprobs[i] if pr.trace_old_logprobs else None,
-                                     pr.trace_ref_logprobs[i] if pr.trace_ref_logprobs else None,
-                                     pr.traces[i].numel()))
+            if part in (None, "traces"):
+                for i in pr.trained_traces():
+                    roles[TRACE].append((torch.cat([pr.prompt, pr.traces[i]]), pr.prompt.numel(),
+                                         trace_adv[flat.trace_start[p] + i],
+                                         pr.trace_old_logprobs[i] if pr.trace_old_logprobs else None,
+                                         pr.trace_ref_logprobs[i] if pr.trace_ref_logprobs else None,
+                                         pr.traces[i].numel()))
             a = flat.agg_start[p]
             for j, zs in enumerate(pr.aggregations):
                 for g, z in enumerate(zs):
-                    roles[AGG].append((torch.cat([pr.agg_prompts[j], z]), pr.agg_prompts[j].numel(), agg_adv[a],
-                                       pr.agg_old_logprobs[j][g] if pr.agg_old_logprobs else None,
-                                       pr.agg_ref_logprobs[j][g] if pr.agg_ref_logprobs else None, z.numel()))
+                    if part is None or part == j:
+                        roles[AGG].append((torch.cat([pr.agg_prompts[j], z]), pr.agg_prompts[j].numel(),
+                                           agg_adv[a], pr.agg_old_logprobs[j][g] if pr.agg_old_logprobs else None,
+                                           pr.agg_ref_logprobs[j][g] if pr.agg_ref_logprobs else None, z.numel()))
                     a += 1
         rows = roles[TRACE] + roles[AGG]
         old = [r[3] if r[3] is not None else torch.zeros(r[5]) for r in rows]

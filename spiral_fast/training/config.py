@@ -28,7 +28,7 @@ class SpiralConfig:
     temperature divides the logits; clip = (eps_low, eps_high) of the PPO ratio; kl_coef weighs the
     k3 KL to reference log-probs (``ProblemRollout(trace_ref_logprobs=..., agg_ref_logprobs=...)``).
     max_tokens_per_micro_batch: budget of unique (prefix-shared) tokens per forward; whole problems
-    go to one micro-batch, a problem over budget gets a micro-batch of its own.
+    go to one micro-batch, a problem over budget is cut into its trace block and per-set blocks.
     max_grad_norm: gradient clipping before ``optimizer.step()`` (None: no clipping).
     gradient_checkpointing: recompute each decoder layer in backward (HF model in train mode).
     logprob_backend: ``backend`` of ``spiral_fast.token_logprobs`` ("auto", "torch", "triton").

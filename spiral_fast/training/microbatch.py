@@ -1,4 +1,4 @@
-"""Balanced split of whole problems into micro-batches under a token budget."""
+"""Balanced split of a batch into micro-batches under a token budget."""
 from __future__ import annotations
 
 import heapq
@@ -36,3 +36,24 @@ def split_problems(sizes: list[int], budget: int) -> list[list[int]]:
                 break
     out = [sorted(b) for b in bins if b] + alone
     return sorted(out, key=lambda b: b[0])
+
+
+def micro_batches(batch, budget: int) -> list[list]:
+    """Work items of ``SpiralBatch.trained_sequences`` per micro-batch of at most ``budget`` unique
+    tokens (upper bounds, see ``ProblemRollout.part_sizes``), balanced by ``split_problems``.
+
+    A problem within budget stays whole (all its prefixes shared, also across its aggregation
+    prompts); a problem over budget is cut into its parts, the trace block (x + traces) and one
+    block per set (a_j + its G_j responses), each keeping its own shared prefix. A part over budget
+    gets a micro-batch of its own. Normalisers are global, so the cut changes no loss or gradient.
+    """
+    items, sizes = [], []
+    for p, pr in enumerate(batch.problems):
+        parts = pr.part_sizes()
+        if sum(parts.values()) <= budget:
+            items.append(p)
+            sizes.append(sum(parts.values()))
+        else:
+            items.extend((p, part) for part in parts)
+            sizes.extend(parts.values())
+    return [[items[i] for i in b] for b in split_problems(sizes, budget)]

@@ -9,7 +9,7 @@ import torch
 from spiral_fast.training.common import (activation_checkpointing, advantages, attention_implementation, check_args,
                                          finish, global_counts, metrics, role_losses, world_size)
 from spiral_fast.training.config import SpiralConfig
-from spiral_fast.training.microbatch import split_problems
+from spiral_fast.training.microbatch import micro_batches
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,9 @@ class StepOutput:
 def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     """One SPIRAL training step of a Hugging Face decoder-only causal LM on a ``SpiralBatch``.
 
-    Advantages (``spiral_advantages``), then per micro-batch of whole problems (at most
-    ``config.max_tokens_per_micro_batch`` unique tokens, balanced; a problem over budget alone):
+    Advantages (``spiral_advantages``), then per micro-batch (at most
+    ``config.max_tokens_per_micro_batch`` unique tokens, balanced; whole problems, a problem over
+    budget cut into its trace block and per-set aggregation blocks, see ``microbatch.micro_batches``):
     ``pack_sequences`` (trie) of its trained sequences (x + y_i for traces in a set, a_j + z_jg),
     ``packed_hidden_states``, ``token_logprobs`` of the response tokens with the model's LM head
     (weight and bias of ``model.get_output_embeddings()``; logits are never formed), the two role
@@ -60,7 +61,7 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
         torch.cuda.reset_peak_memory_stats(device)
     adv = advantages(batch, config)
     counts = global_counts(batch, adv.set_value)
-    bins = split_problems([pr.unique_tokens_bound() for pr in batch.problems], config.max_tokens_per_micro_batch)
+    bins = micro_batches(batch, config.max_tokens_per_micro_batch)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     scale = float(world_size())
     parts_sum, stat_sum = torch.zeros(2, device=device), torch.zeros(4, device=device)
@@ -70,8 +71,8 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
         register_attention()
     attn = ATTN_NAME if config.gradient_checkpointing else None
     with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn):
-        for problems in bins:
-            seqs = batch.trained_sequences(problems, adv.agg, adv.trace)
+        for items in bins:
+            seqs = batch.trained_sequences(items, adv.agg, adv.trace)
             packed = pack_sequences(seqs.tokens, share="trie", max_positions=max_pos)
             rows = packed.prediction_rows
             # trained rows: the response positions; (seq, pos) order matches the old log-probs
