@@ -44,7 +44,7 @@ class SpiralConfig:
     kl_coef: float = 0.0
     normalizer: str = "token-mean"
     loss_constant: float | None = None
-    max_tokens_per_micro_batch: int = 16384
+    max_tokens_per_micro_batch: int = 8192
     max_grad_norm: float | None = 1.0
     gradient_checkpointing: bool = False
     logprob_backend: str = "auto"
