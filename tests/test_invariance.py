@@ -3,7 +3,6 @@ whole-batch loss and gradient, for every normaliser."""
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.multiprocessing as mp
 import spiral_fast
 from spiral_fast.algorithm.reference import NORMALIZERS
 from test_policy_loss import make_batch
+from helpers import free_port
 
 ROWS, SEQS = 900, 11
 
@@ -92,12 +92,6 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str):
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_gloo_ranks_equal_single_process(tmp_path):
