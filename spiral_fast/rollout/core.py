@@ -1,0 +1,86 @@
+"""``rollout``: sample traces, draw sets, render aggregation prompts, sample and score aggregations."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from spiral_fast.rollout.sets import draw_sets
+
+# reward_fn(problem_index, set_traces, response) -> float: the verifier of one aggregation response.
+RewardFn = Callable[[int, "list[list[int]]", "list[int]"], float]
+# template(prompt, set_traces) -> aggregation prompt token ids.
+Template = Callable[["list[int]", "list[list[int]]"], "list[int]"]
+
+ENGINES = ("hf", "vllm")
+
+
+def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, template: Template,
+            num_traces: int = 4, num_sets: int = 4, set_size: int = 2, num_aggregations: int = 2,
+            temperature: float = 1.0, max_new_tokens: int = 64,
+            agg_max_new_tokens: int | None = None, eos_token_id: int | None = None,
+            pad_token_id: int = 0, generator: torch.Generator | None = None,
+            behaviour_logprobs: bool = True, engine: str = "hf"):
+    """Sample one SPIRAL batch for P problems.
+
+    For each problem prompt x (token ids): N = num_traces traces y_i ~ pi(.|x); M = num_sets sets of
+    K = set_size distinct trace indices (:func:`draw_sets`); per set the aggregation prompt
+    a_j = template(x, [y_i for i in S_j]); G = num_aggregations responses z_jg ~ pi(.|a_j); the
+    reward r_jg = reward_fn(p, [y_i for i in S_j], z_jg). All traces are sampled in one batched call,
+    then all aggregations in a second one.
+
+    model: a HF causal LM (``engine="hf"``) or a ``vllm.LLM`` (``engine="vllm"``).
+    Sampling is plain (no top-k/top-p) at ``temperature`` and draws from torch's global RNG (HF) or
+    vLLM's seed; ``generator`` drives the set draws. Responses end at ``eos_token_id`` (kept) or at
+    ``max_new_tokens`` (``agg_max_new_tokens`` for aggregations, default the same).
+    behaviour_logprobs: attach the sampler's per-token log-probs as old log-probs (cheap: from the
+    logits generate already computed); False leaves them None (the step is then on-policy).
+    Returns a :class:`spiral_fast.SpiralBatch` of P :class:`spiral_fast.ProblemRollout`.
+    """
+    from spiral_fast.training.batch import ProblemRollout, SpiralBatch
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    prompts = [list(map(int, p)) for p in prompts]
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError(f"prompts must be a non-empty list of non-empty token lists, got {prompts!r}")
+    for name, value in (("num_aggregations", num_aggregations), ("max_new_tokens", max_new_tokens)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
+    agg_max_new_tokens = max_new_tokens if agg_max_new_tokens is None else agg_max_new_tokens
+    if engine == "hf":
+        from spiral_fast.rollout.hf import sample_hf as sample
+    else:
+        from spiral_fast.rollout.vllm import sample_vllm as sample
+    common = dict(temperature=temperature, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                  logprobs=behaviour_logprobs)
+
+    traces, trace_lp = sample(model, prompts, num_traces, max_new_tokens=max_new_tokens, **common)
+    all_sets, agg_prompts = [], []
+    for p, x in enumerate(prompts):
+        sets = draw_sets(num_traces, num_sets, set_size, generator=generator)
+        own = traces[p * num_traces:(p + 1) * num_traces]
+        all_sets.append(sets)
+        agg_prompts += [template(x, [own[i] for i in s]) for s in sets]
+    aggs, agg_lp = sample(model, agg_prompts, num_aggregations, max_new_tokens=agg_max_new_tokens,
+                          **common)
+
+    problems = []
+    for p, x in enumerate(prompts):
+        own = traces[p * num_traces:(p + 1) * num_traces]
+        first = p * num_sets * num_aggregations  # this problem's first aggregation row
+        per_set = [aggs[first + j * num_aggregations:first + (j + 1) * num_aggregations]
+                   for j in range(num_sets)]
+        rewards = [[float(reward_fn(p, [own[i] for i in s], z)) for z in per_set[j]]
+                   for j, s in enumerate(all_sets[p])]
+        problems.append(ProblemRollout(
+            prompt=x, traces=own, sets=all_sets[p],
+            agg_prompts=agg_prompts[p * num_sets:(p + 1) * num_sets], aggregations=per_set,
+            rewards=rewards,
+            trace_old_logprobs=trace_lp[p * num_traces:(p + 1) * num_traces] if trace_lp else None,
+            agg_old_logprobs=[agg_lp[first + j * num_aggregations:first + (j + 1) * num_aggregations]
+                              for j in range(num_sets)] if agg_lp else None))
+    return SpiralBatch(problems)
