@@ -30,7 +30,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     ``packed_hidden_states``, ``token_logprobs`` of the response tokens with the model's LM head
     (weight and bias of ``model.get_output_embeddings()``; logits are never formed), the two role
     losses of ``policy_loss`` with global normalisers, backward. Without behaviour log-probs the
-    step is on-policy (old = current, detached).
+    step is on-policy (old = current, detached). With ``config.aggregation="parallel"`` the packed
+    batch is a DAG: h_j + z_jg attends to the keys and values of x + y_i, i in S_j (one forward
+    serves both roles; each trace is encoded once per problem; problems are never cut).
 
     optimizer None: gradients accumulate in ``.grad`` like ``loss.backward()``. With an optimizer:
     clip to ``config.max_grad_norm``, ``optimizer.step()``, ``optimizer.zero_grad()``.
@@ -61,7 +63,8 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
         torch.cuda.reset_peak_memory_stats(device)
     adv = advantages(batch, config)
     counts = global_counts(batch, adv.set_value)
-    bins = micro_batches(batch, config.max_tokens_per_micro_batch)
+    parallel = config.aggregation == "parallel"
+    bins = micro_batches(batch, config.max_tokens_per_micro_batch, cut=not parallel)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     scale = float(world_size())
     parts_sum, stat_sum = torch.zeros(2, device=device), torch.zeros(4, device=device)
@@ -72,8 +75,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     attn = ATTN_NAME if config.gradient_checkpointing else None
     with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn):
         for items in bins:
-            seqs = batch.trained_sequences(items, adv.agg, adv.trace)
-            packed = pack_sequences(seqs.tokens, share="trie", max_positions=max_pos)
+            seqs = batch.trained_sequences(items, adv.agg, adv.trace, aggregation=config.aggregation)
+            # parallel mode: a DAG, each h_j + z_jg over the keys and values of its set's traces
+            packed = pack_sequences(seqs.tokens, share="trie", max_positions=max_pos, contexts=seqs.contexts)
             rows = packed.prediction_rows
             # trained rows: the response positions; (seq, pos) order matches the old log-probs
             keep = rows.pos >= seqs.prompt_lens[rows.seq]
