@@ -33,6 +33,9 @@ _EXPORTS = {
     "StepOutput": "spiral_fast.training.step",
     "step": "spiral_fast.training.step",
     "step_reference": "spiral_fast.training.reference_step",
+    # log-probs of every response of a batch (issue 8)
+    "batch_logprobs": "spiral_fast.training.logprobs",
+    "BatchLogprobs": "spiral_fast.training.logprobs",
 }
 
 # Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
@@ -64,5 +67,6 @@ if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.packing import PackedBatch, PredictionRows, pack_sequences
     from spiral_fast.training.batch import ProblemRollout, SpiralBatch
     from spiral_fast.training.config import SpiralConfig
+    from spiral_fast.training.logprobs import BatchLogprobs, batch_logprobs
     from spiral_fast.training.reference_step import step_reference
     from spiral_fast.training.step import StepOutput, step

@@ -188,10 +188,12 @@ class ProblemRollout:
         trie's count (only prefixes shared between aggregation prompts are missed)."""
         return sum(self.part_sizes().values())
 
-    def part_sizes(self) -> dict:
-        """Unique-token bound of each part of the problem: "traces" (x + the traces in a set) and,
-        per set j, j (a_j + its G_j responses). A part keeps its own shared prefix (x, a_j)."""
-        sizes = {"traces": self.prompt.numel() + sum(self.traces[i].numel() for i in self.trained_traces())}
+    def part_sizes(self, *, all_traces: bool = False) -> dict:
+        """Unique-token bound of each part of the problem: "traces" (x + the traces in a set, or
+        every trace with ``all_traces``) and, per set j, j (a_j + its G_j responses). A part keeps
+        its own shared prefix (x, a_j)."""
+        traces = range(len(self.traces)) if all_traces else self.trained_traces()
+        sizes = {"traces": self.prompt.numel() + sum(self.traces[i].numel() for i in traces)}
         for j, (a, zs) in enumerate(zip(self.agg_prompts, self.aggregations)):
             sizes[j] = a.numel() + sum(z.numel() for z in zs)
         return sizes
