@@ -39,7 +39,7 @@ _EXPORTS = {
 }
 
 # Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
-_SUBMODULES = {"algorithm", "cli", "kernels", "models", "ops", "packing", "rollout", "training"}
+_SUBMODULES = {"algorithm", "cli", "evaluate", "kernels", "models", "ops", "packing", "rollout", "training"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
