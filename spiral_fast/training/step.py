@@ -52,7 +52,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     from spiral_fast.ops.logprobs.op import token_logprobs
     from spiral_fast.algorithm.policy_loss import policy_loss
     from spiral_fast.packing import pack_sequences
+    from spiral_fast.models.lora import unwrap_peft
 
+    model = unwrap_peft(model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_args(model, batch, config, optimizer)
     head = model.get_output_embeddings()
     weight, bias = head.weight, getattr(head, "bias", None)
