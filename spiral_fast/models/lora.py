@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 
 def is_peft_model(model) -> bool:
     """True for a ``peft.PeftModel`` (without importing peft when the caller has not)."""
@@ -35,3 +37,41 @@ def unwrap_peft(model, name: str = "model"):
         raise ValueError(f"{name} is a PeftModel with an adapter on the LM head ({type(head).__name__}); "
                          "exclude the output layer from the adapter's target_modules")
     return base
+
+
+def merged_state_dict(model) -> dict:
+    """The wrapped model's state dict under its plain Hugging Face names, each LoRA layer's weight
+    replaced by W + (its active adapters' deltas): what a checkpoint of the merged model holds.
+
+    Computed out of place (``peft``'s merge_adapter / unmerge_adapter would add and subtract the
+    delta in the live weights, leaving rounding drift in the base weights after every sync).
+    """
+    base = unwrap_peft(model)
+    active = list(getattr(model, "active_adapters", None) or [model.active_adapter])
+    for adapter in active:
+        if getattr(model.peft_config[adapter], "use_dora", False):
+            raise ValueError(f"model's adapter {adapter!r} is a DoRA adapter; only plain LoRA weights can be merged")
+    state = {}
+    lora_layers = {}
+    for name, module in base.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "get_base_layer"):
+            lora_layers[name] = module
+    for key, tensor in base.state_dict().items():
+        if ".lora_" in key or ".original_module." in key:
+            continue  # adapter factors (merged below); a modules_to_save wrapper's frozen original
+        plain = key.replace(".base_layer.", ".")
+        for adapter in active:
+            plain = plain.replace(f".modules_to_save.{adapter}.", ".")
+        if ".modules_to_save." in plain:
+            continue  # an inactive adapter's copy
+        state[plain] = tensor
+    with torch.no_grad():
+        for name, module in lora_layers.items():
+            weight = module.get_base_layer().weight
+            if getattr(module, "merged", False):
+                state[f"{name}.weight"] = weight  # peft already merged the adapters into the weight
+                continue
+            delta = sum(module.get_delta_weight(a) for a in active if a in module.lora_A or
+                        a in getattr(module, "lora_embedding_A", {}))
+            state[f"{name}.weight"] = weight + delta if torch.is_tensor(delta) else weight
+    return state
