@@ -45,7 +45,9 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
     position ids (``parallel_context``): the traces are re-encoded per response, so the gradient
     through their keys and values is summed by autograd rather than by the shared DAG."""
     from spiral_fast.algorithm.reference import policy_loss_reference
+    from spiral_fast.models.lora import unwrap_peft
 
+    model = unwrap_peft(model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_args(model, batch, config, optimizer)
     adv = advantages(batch, config)
     counts = global_counts(batch, adv.set_value)
