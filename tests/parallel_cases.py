@@ -30,11 +30,11 @@ def random_problem(rng: random.Random, *, vocab: int, max_len: int = 8, num_trac
     return dict(prompt=x, traces=traces, sets=sets, agg_prompts=heads, aggregations=aggregations)
 
 
-def as_sequences(problems: list[dict]) -> tuple[list[list[int]], list]:
-    """(sequences, contexts) of some problems as `pack_sequences` takes them: every trace that sits
-    in a set as x + y_i (no context), then every h_j + z_jg with its set's trace sequences as context
-    (in the set's member order)."""
-    seqs, contexts, aggs = [], [], []
+def as_sequences(problems: list[dict]) -> tuple[list[list[int]], list, list]:
+    """(sequences, contexts, share_limits) of some problems as `pack_sequences` takes them: every
+    trace that sits in a set as x + y_i (no context, shareable up to |x|), then every h_j + z_jg with
+    its set's trace sequences as context (in the set's member order)."""
+    seqs, contexts, limits, aggs = [], [], [], []
     for pr in problems:
         used = sorted({i for s in pr["sets"] for i in s})
         row = {}
@@ -42,14 +42,16 @@ def as_sequences(problems: list[dict]) -> tuple[list[list[int]], list]:
             row[i] = len(seqs)
             seqs.append(pr["prompt"] + pr["traces"][i])
             contexts.append(None)
+            limits.append(len(pr["prompt"]))
         for s, h, zs in zip(pr["sets"], pr["agg_prompts"], pr["aggregations"]):
             aggs += [(h + z, [row[i] for i in s]) for z in zs]
     for seq, ctx in aggs:
         seqs.append(seq)
         contexts.append(ctx)
-    return seqs, contexts
+        limits.append(None)
+    return seqs, contexts, limits
 
 
-def random_dag(seed: int, *, problems: int = 2, vocab: int = 4, **kw) -> tuple[list[list[int]], list]:
+def random_dag(seed: int, *, problems: int = 2, vocab: int = 4, **kw) -> tuple[list[list[int]], list, list]:
     rng = random.Random(seed)
     return as_sequences([random_problem(rng, vocab=vocab, **kw) for _ in range(problems)])

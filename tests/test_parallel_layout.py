@@ -15,7 +15,7 @@ import spiral_fast
 from spiral_fast.ops.tree_attention.layout import allowed_pairs, build_block_tables
 from spiral_fast.ops.tree_attention.reference import tree_mask
 
-# name -> (sequences, share, Hq, Hkv, D, contexts), as test_tree_attention.make_inputs takes them
+# name -> (sequences, share, Hq, Hkv, D, contexts, share_limits), as test_tree_attention.make_inputs takes them
 DAGS = {
     "dag-small-vocab": (*random_dag(1, vocab=3), "trie", 4, 2, 8),
     "dag-large-vocab": (*random_dag(2, vocab=1000, problems=3), "trie", 2, 2, 16),
@@ -26,7 +26,7 @@ DAGS = {
     # few segments: the interpreter's cost grows with the number of blocks
     "dag-tiny": (*random_dag(6, vocab=3, problems=1, max_len=4, num_traces=3, num_sets=2, max_g=2), "trie", 2, 1, 8),
 }
-DAGS = {name: (seqs, share, hq, hkv, d, ctx) for name, (seqs, ctx, share, hq, hkv, d) in DAGS.items()}
+DAGS = {name: (seqs, share, hq, hkv, d, ctx, lim) for name, (seqs, ctx, lim, share, hq, hkv, d) in DAGS.items()}
 
 
 def brute_force(seqs, contexts, packed):
@@ -66,8 +66,8 @@ def random_cases():
 def test_dag_layout_matches_brute_force(seed, problems, vocab, builder):
     if builder == "cpp" and not spiral_fast.packing.native.native_available():
         pytest.skip("the C++ builder is not built")
-    seqs, contexts = random_dag(seed, problems=problems, vocab=vocab)
-    packed = spiral_fast.pack_sequences(seqs, contexts=contexts, builder=builder)
+    seqs, contexts, limits = random_dag(seed, problems=problems, vocab=vocab)
+    packed = spiral_fast.pack_sequences(seqs, contexts=contexts, share_limits=limits, builder=builder)
     assert packed.is_dag
     mask, ancestors = brute_force(seqs, contexts, packed)
     assert torch.equal(tree_mask(packed), mask)
@@ -75,13 +75,14 @@ def test_dag_layout_matches_brute_force(seed, problems, vocab, builder):
     assert int(mask.sum()) == allowed_pairs(packed)
     # ancestors precede: the kernels' in-tile test "key <= query" stays exact
     assert not bool(mask.triu(1).any())
-    # every shared prefix once: a trace prefix x + y_i[:p] once per batch, a head/response prefix once per
-    # (set of trace tokens it sees, prefix), and nothing else
+    # every shared prefix once: x once per distinct prompt, each trace token past x its own (share
+    # limit), a head/response prefix once per (trace tokens it sees, prefix), and nothing else
     idx = [packed.token_index(i).tolist() for i in range(len(seqs))]
     keys = set()
     for k, seq in enumerate(seqs):
         ctx = frozenset(t for c in contexts[k] or [] for t in idx[c])
-        keys |= {(ctx, tuple(seq[:p + 1])) for p in range(len(seq))}
+        keys |= {(ctx, tuple(seq[:p + 1])) if limits[k] is None or p < limits[k] else (k, p)
+                 for p in range(len(seq))}
     assert packed.num_tokens == len(keys)
     assert packed.max_context == int(packed.position_ids.max()) + 1
     rows = packed.prediction_rows
@@ -93,19 +94,40 @@ def test_dag_layout_matches_brute_force(seed, problems, vocab, builder):
 def test_python_and_cpp_builders_give_identical_dags(seed):
     if not spiral_fast.packing.native.native_available():
         pytest.skip("the C++ builder is not built")
-    seqs, contexts = random_dag(seed, problems=3)
+    seqs, contexts, limits = random_dag(seed, problems=3)
     for share in ("trie", "none"):
-        assert (spiral_fast.pack_sequences(seqs, contexts=contexts, share=share, builder="python")
-                == spiral_fast.pack_sequences(seqs, contexts=contexts, share=share, builder="cpp"))
+        for lim in (limits, None):
+            assert (spiral_fast.pack_sequences(seqs, contexts=contexts, share_limits=lim, share=share, builder="python")
+                    == spiral_fast.pack_sequences(seqs, contexts=contexts, share_limits=lim, share=share,
+                                                  builder="cpp"))
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_member_order_does_not_change_the_layout(seed):
-    seqs, contexts = random_dag(seed, problems=2)
+    seqs, contexts, limits = random_dag(seed, problems=2)
     rng = random.Random(seed)
     shuffled = [None if c is None else rng.sample(c, len(c)) for c in contexts]
     assert shuffled != contexts or seed > 0
-    assert spiral_fast.pack_sequences(seqs, contexts=shuffled) == spiral_fast.pack_sequences(seqs, contexts=contexts)
+    assert (spiral_fast.pack_sequences(seqs, contexts=shuffled, share_limits=limits)
+            == spiral_fast.pack_sequences(seqs, contexts=contexts, share_limits=limits))
+
+
+def test_share_limits_keep_each_member_trace_whole():
+    """Two member traces that start alike: without limits the aggregator would see their common span
+    once (one packed copy); with share_limits=|x| it sees each trace whole, x once."""
+    x, ya, yb = [1, 2], [3, 4, 5], [3, 4, 6]
+    seqs, contexts = [x + ya, x + yb, [7, 8]], [None, None, [0, 1]]
+    merged = spiral_fast.pack_sequences(seqs, contexts=contexts)
+    split = spiral_fast.pack_sequences(seqs, contexts=contexts, share_limits=[2, 2, None])
+    assert merged.num_tokens == 2 + 2 + 1 + 1 + 2 and split.num_tokens == 2 + 3 + 3 + 2
+    agg = split.token_index(2)[0]
+    assert int(tree_mask(split)[agg].sum()) == 2 + 3 + 3 + 1
+    assert split.input_ids[split.token_index(1)].tolist() == x + yb
+    assert split.prediction_rows.target.tolist() == [2, 3, 4, 5, 2, 3, 4, 6, 8]
+    with pytest.raises(ValueError, match="share_limits\\[1\\] must be None or an int >= 0"):
+        spiral_fast.pack_sequences(seqs, share_limits=[2, -1, None])
+    with pytest.raises(ValueError, match="share_limits has 2 entries"):
+        spiral_fast.pack_sequences(seqs, share_limits=[2, 2])
 
 
 def test_spiral_semantics_on_a_hand_made_problem():

@@ -51,6 +51,44 @@ def check_contexts(contexts, num_sequences: int) -> list[tuple[int, ...]]:
     return out
 
 
+def check_share_limits(share_limits, num_sequences: int) -> list[int | None]:
+    """share_limits (one entry per sequence: None or an int >= 0) as a list; ValueError naming the entry."""
+    if not isinstance(share_limits, (list, tuple)):
+        raise ValueError(f"share_limits must be a list (one entry per sequence) or None, "
+                         f"got {type(share_limits).__name__}")
+    if len(share_limits) != num_sequences:
+        raise ValueError(f"share_limits has {len(share_limits)} entries but there are {num_sequences} sequences")
+    for i, n in enumerate(share_limits):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"share_limits[{i}] must be None or an int >= 0, got {n!r}")
+    return list(share_limits)
+
+
+def private_suffixes(seqs: list[torch.Tensor], limits: list[int | None]) -> list[torch.Tensor]:
+    """Sequences whose tokens past their share limit are replaced by an id of their own (one past
+    every real id, plus the sequence index): the trie then shares nothing past the limit.
+    `restore_tokens` puts the real ids back into the packed fields."""
+    base = 1 + max(int(s.max()) for s in seqs)
+    out = []
+    for i, (s, n) in enumerate(zip(seqs, limits)):
+        if n is None or n >= s.numel():
+            out.append(s)
+        else:
+            out.append(torch.cat([s[:n], torch.full((s.numel() - n,), base + i, dtype=s.dtype)]))
+    return out
+
+
+def restore_tokens(fields, seqs: list[torch.Tensor]):
+    """Builder fields with the real token ids of `seqs` in input_ids and the row targets (rows are in
+    (seq, pos) order: the targets are every sequence's tokens 1.. in order)."""
+    input_ids, position_ids, cu, parent, seq_segment, hidden_index, target, seq, pos = fields
+    input_ids = input_ids.clone()
+    input_ids[hidden_index] = torch.cat([s[:-1] for s in seqs])
+    input_ids[cu[seq_segment + 1].to(torch.int64) - 1] = torch.stack([s[-1] for s in seqs])
+    target = torch.cat([s[1:] for s in seqs])
+    return input_ids, position_ids, cu, parent, seq_segment, hidden_index, target, seq, pos
+
+
 def _chains(parent: list[int]) -> list[list[int]]:
     chains: list[list[int]] = []
     for p in parent:

@@ -232,7 +232,9 @@ class TrainedSequences:
     order, with old_given [R] bool (False: on-policy, use the current log-prob) and ref_logp None
     when any sequence lacks reference log-probs. contexts: None (text mode) or, in parallel mode,
     per sequence None (a trace) or the indices of the trace sequences x + y_i, i in S_j, that the
-    aggregation sequence h_j + z_jg attends to (``pack_sequences(..., contexts=...)``).
+    aggregation sequence h_j + z_jg attends to (``pack_sequences(..., contexts=...)``);
+    share_limits: None or, in parallel mode, |x| for a trace (each member trace is its own keys, see
+    ``pack_sequences(share_limits=...)``) and None for an aggregation sequence.
     """
     tokens: list
     prompt_lens: torch.Tensor
@@ -242,6 +244,7 @@ class TrainedSequences:
     old_given: torch.Tensor
     ref_logp: torch.Tensor | None
     contexts: list | None = None
+    share_limits: list | None = None
 
     @property
     def response_lens(self) -> torch.Tensor:
@@ -370,4 +373,5 @@ class SpiralBatch:
             seq_adv=torch.stack([r[2] for r in rows]) if rows else torch.zeros(0),
             old_logp=cat(old, torch.float32), old_given=cat(given, torch.bool),
             ref_logp=cat([r[4] for r in rows], torch.float32) if has_ref and rows else None,
-            contexts=[None] * len(roles[TRACE]) + contexts if parallel else None)
+            contexts=[None] * len(roles[TRACE]) + contexts if parallel else None,
+            share_limits=[r[1] for r in roles[TRACE]] + [None] * len(roles[AGG]) if parallel else None)

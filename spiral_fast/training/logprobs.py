@@ -44,7 +44,7 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
     parallel = config.aggregation == "parallel"
     with torch.no_grad():
         for items in micro_batches(batch, config.max_tokens_per_micro_batch, all_traces=True, cut=not parallel):
-            slots, tokens, prompt_lens, contexts = [], [], [], []
+            slots, tokens, prompt_lens, contexts, limits = [], [], [], [], []
             for item in items:
                 p, part = (item, None) if isinstance(item, int) else item
                 pr = batch.problems[p]
@@ -55,6 +55,7 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
                         tokens.append(torch.cat([pr.prompt, y]))
                         prompt_lens.append(pr.prompt.numel())
                         contexts.append(None)
+                        limits.append(pr.prompt.numel())  # each member trace is its own keys
                 for j, zs in enumerate(pr.aggregations):
                     if part in (None, j):
                         for g, z in enumerate(zs):
@@ -62,9 +63,11 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
                             tokens.append(torch.cat([pr.agg_prompts[j], z]))
                             prompt_lens.append(pr.agg_prompts[j].numel())
                             contexts.append([first_trace + i for i in pr.sets[j]] if parallel else None)
+                            limits.append(None)
             prompt_lens = torch.tensor(prompt_lens, dtype=torch.int64)
             logp, _, _ = response_logprobs(model, tokens, prompt_lens, config,
-                                           contexts=contexts if parallel else None)
+                                           contexts=contexts if parallel else None,
+                                           share_limits=limits if parallel else None)
             lens = [t.numel() - n for t, n in zip(tokens, prompt_lens.tolist())]
             for (row, k), lp in zip(slots, logp.float().cpu().split(lens)):
                 row[k] = lp

@@ -75,7 +75,8 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
             # trained rows in (seq, pos) order, the order of the old log-probs; parallel mode: a DAG,
             # each h_j + z_jg over the keys and values of its set's traces
             logp, entropy, packed = response_logprobs(model, seqs.tokens, seqs.prompt_lens, config,
-                                                      return_entropy=True, contexts=seqs.contexts)
+                                                      return_entropy=True, contexts=seqs.contexts,
+                                                      share_limits=seqs.share_limits)
             old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
             ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
             loss, parts, stats = role_losses(policy_loss, logp, seqs, old, ref, counts, config)
