@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 STEP_IMPLS = ("step", "reference")
+AGGREGATIONS = ("text", "parallel")
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,9 @@ class DemoConfig:
     Per iteration: `problems` problems, N=`traces` traces each, M=`sets` sets of K=`set_size`
     traces, G=`aggregations` aggregation responses per set; then one step of `step_impl`
     ("step" = spiral_fast.step, "reference" = spiral_fast.step_reference) with AdamW at `lr`.
+    `aggregation`: "text" (the paper: the aggregator reads x and its set's traces as a rendered
+    prompt) or "parallel" (parallel-encoded aggregation: it reads them as keys and values, then the
+    head [sep, pick]; ``SpiralConfig(aggregation="parallel")``).
     `threads`: torch intra-op threads during the run (restored after). One is fastest here: the
     model is tiny, and on a shared CPU a thread pool contends for cores (measured: the same step
     took 3-9 s with 2 threads on a loaded 2-core machine, 0.2 s with 1).
@@ -37,6 +41,7 @@ class DemoConfig:
     layers: int = 2
     step_impl: str = "step"
     threads: int = 1
+    aggregation: str = "text"
 
     def __post_init__(self):
         for f in fields(self):
@@ -48,6 +53,8 @@ class DemoConfig:
                 raise ValueError(f"{f.name} must be an int >= 1, got {value!r}")
         if self.step_impl not in STEP_IMPLS:
             raise ValueError(f"step_impl must be one of {STEP_IMPLS}, got {self.step_impl!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
         if self.set_size > self.traces:
             raise ValueError(f"set_size must be <= traces ({self.traces}), got {self.set_size}")
 
@@ -84,7 +91,11 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> list[dict]:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     step_fn = spiral_fast.step if config.step_impl == "step" else spiral_fast.step_reference
-    step_config = spiral_fast.SpiralConfig(temperature=config.temperature)
+    step_config = spiral_fast.SpiralConfig(temperature=config.temperature, aggregation=config.aggregation)
+    if config.aggregation == "parallel":  # the traces as keys and values, then the head
+        agg = dict(aggregation="parallel", agg_head=[tok.sep_id, tok.pick_id])
+    else:
+        agg = dict(template=task.template)
 
     history = []
     bar = tqdm(range(config.iterations), desc="spiral demo", disable=not progress)
@@ -94,7 +105,7 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> list[dict]:
         batch = spiral_fast.rollout(
             model, [task.prompt(p) for p in problems],
             reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z),
-            template=task.template, num_traces=config.traces, num_sets=config.sets,
+            **agg, num_traces=config.traces, num_sets=config.sets,
             set_size=config.set_size, num_aggregations=config.aggregations,
             temperature=config.temperature, max_new_tokens=1, pad_token_id=tok.pad_id,
             generator=generator)
