@@ -72,7 +72,9 @@ class ProblemRollout:
     """The rollouts of one problem, normalised to CPU tensors on construction.
 
     prompt: token ids of x [Lx]. traces: N responses y_i (prompt excluded). sets: M tuples of
-    distinct trace indices. agg_prompts: M rendered aggregation prompts a_j. aggregations: per set,
+    distinct trace indices. agg_prompts: M rendered aggregation prompts a_j (for
+    ``SpiralConfig(aggregation="parallel")``: the head h_j alone, no copy of x or the traces; the
+    order of a set's members then does not matter). aggregations: per set,
     G_j >= 1 responses z_jg to a_j. rewards: per set, G_j finite floats. Optional per response
     token (float, same length as the response): trace_old_logprobs [N], agg_old_logprobs [M][G_j]
     (behaviour policy; without them the step is on-policy) and, beyond the issue,
