@@ -10,6 +10,7 @@ from spiral_fast.training.common import (activation_checkpointing, advantages, a
                                          finish, global_counts, metrics, role_losses, world_size)
 from spiral_fast.training.config import SpiralConfig
 from spiral_fast.training.microbatch import micro_batches
+from spiral_fast.training.wrappers import average_gradients, forward_rounds, unwrap, within_forward
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     once, the local loss is scaled by the world size so that averaging gradients over ranks
     (DDP / FSDP2 convention) gives the whole-batch gradient; with an optimizer and plain
     (non-FSDP2) parameters the step does that average itself before clipping.
+    Wrapped models: FSDP2 (``fully_shard`` on each decoder layer and on the model: the step's forward
+    runs inside the root's forward hooks, gradients are reduce-scattered by FSDP2);
+    ``DistributedDataParallel`` (unwrapped; the step averages the gradients over ranks once, also
+    without an optimizer, as DDP's backward would); ``torch.compile`` (unwrapped: the step runs its
+    own forward). FSDP1 and ``DataParallel`` raise ValueError.
 
     Returns ``StepOutput(loss, metrics)``; metrics (floats, whole batch over all ranks): loss,
     agg_loss, trace_loss, agg_reward_mean, set_value_mean, clip_frac_low / clip_frac_high /
@@ -53,10 +59,10 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     from spiral_fast.algorithm.policy_loss import policy_loss
     from spiral_fast.packing import pack_sequences
 
+    wrapped = unwrap(model)
+    model = wrapped.model
     check_args(model, batch, config, optimizer)
-    head = model.get_output_embeddings()
-    weight, bias = head.weight, getattr(head, "bias", None)
-    device = weight.device
+    device = model.get_output_embeddings().weight.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     adv = advantages(batch, config)
@@ -71,25 +77,39 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
         register_attention()
     attn = ATTN_NAME if config.gradient_checkpointing else None
     with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn):
-        for items in bins:
+        for i in range(forward_rounds(len(bins), wrapped.fsdp_root)):
+            # i >= len(bins): a stand-in forward/backward (zero loss) joining the other ranks' FSDP2 collectives
+            real = i < len(bins)
+            items = bins[i] if real else bins[-1]
             seqs = batch.trained_sequences(items, adv.agg, adv.trace)
             packed = pack_sequences(seqs.tokens, share="trie", max_positions=max_pos)
             rows = packed.prediction_rows
             # trained rows: the response positions; (seq, pos) order matches the old log-probs
             keep = rows.pos >= seqs.prompt_lens[rows.seq]
             hidden_index, target = rows.hidden_index[keep].to(device), rows.target[keep].to(device)
-            hidden = packed_hidden_states(model, packed)
-            logp, entropy = token_logprobs(hidden[hidden_index], weight, target, temperature=config.temperature,
-                                           return_entropy=True, bias=bias, backend=config.logprob_backend)
+
+            def forward(packed=packed, hidden_index=hidden_index, target=target):
+                # the LM head is read here, inside the forward: under FSDP2 that is where it is unsharded
+                head = model.get_output_embeddings()
+                hidden = packed_hidden_states(model, packed)
+                return token_logprobs(hidden[hidden_index], head.weight, target, temperature=config.temperature,
+                                      return_entropy=True, bias=getattr(head, "bias", None),
+                                      backend=config.logprob_backend)
+
+            logp, entropy = within_forward(wrapped.fsdp_root, forward)
             old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
             ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
             loss, parts, stats = role_losses(policy_loss, logp, seqs, old, ref, counts, config)
-            (loss * scale).backward()
+            (loss * (scale if real else 0.0)).backward()
+            if not real:
+                continue
             parts_sum += torch.stack(parts)
             stat_sum += stats
             entropy_sum += entropy.detach().sum()
             unique += packed.num_tokens
             seq_tokens += int(packed.seq_lengths.sum())
+    if wrapped.average_grads and optimizer is None and world_size() > 1:
+        average_gradients(model)  # a DDP model's .grad after loss.backward(); with an optimizer finish() does it
     grad_norm = finish(model, optimizer, config)
     sums = torch.cat([parts_sum, stat_sum, entropy_sum[None],
                       torch.tensor([unique, seq_tokens], dtype=torch.float32, device=device)])
