@@ -52,7 +52,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     """
     from spiral_fast.models.hf import ATTN_NAME, register as register_attention
     from spiral_fast.algorithm.policy_loss import policy_loss
+    from spiral_fast.models.lora import unwrap_peft
 
+    model = unwrap_peft(model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_args(model, batch, config, optimizer)
     device = lm_head(model)[0].device
     if device.type == "cuda":
