@@ -11,6 +11,16 @@ from spiral_fast.demo.model import tiny_qwen2
 from spiral_fast.evaluate import RSAResult, majority_vote, pass_at_k, recursive_aggregation
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the models are tiny, and a thread pool on a shared CPU only contends
+    (the demo does the same; measured 10x slower with 2 threads on the loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _enumerated_pass_at_k(n, c, k):
     """Share of the k-subsets of n samples (the first c right) that hold a right sample."""
     subsets = list(itertools.combinations(range(n), k))
