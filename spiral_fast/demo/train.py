@@ -171,19 +171,24 @@ METHOD_SETUPS = {
 }
 
 
-def _informative(batch, step_config, resample, config: DemoConfig):
-    """Dynamic sampling: (batch of the informative problems, or None if none, number dropped).
-    resample(count) returns a fresh SpiralBatch of `count` problems."""
+def informative_batch(batch, resample: Callable[[int], object], *, target: int, max_extra_rounds: int,
+                      config):
+    """Dynamic sampling: keep the problems of `batch` whose advantages under `config` are not all
+    zero (``SpiralBatch.informative``) and call ``resample(count)`` for a fresh SpiralBatch of the
+    shortfall, at most `max_extra_rounds` times, until `target` problems are kept.
+
+    Returns (SpiralBatch of the kept problems in sampling order, or None if none, number dropped).
+    """
     from spiral_fast.training.batch import SpiralBatch
 
     kept, dropped = [], 0
-    for extra in range(config.max_extra_rounds + 1):
+    for extra in range(max_extra_rounds + 1):
         if extra:
-            batch = resample(config.problems - len(kept))
-        informative, lost = batch.informative(step_config)
+            batch = resample(target - len(kept))
+        informative, lost = batch.informative(config)
         dropped += lost
         kept += list(informative.problems) if informative is not None else []
-        if len(kept) >= config.problems:
+        if len(kept) >= target:
             break
     return (SpiralBatch(kept) if kept else None), dropped
 
@@ -215,7 +220,8 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> DemoRun:
         batch, metrics = sample(config.problems)
         dropped = 0
         if config.dynamic_sampling:
-            batch, dropped = _informative(batch, step_config, lambda n: sample(n)[0], config)
+            batch, dropped = informative_batch(batch, lambda n: sample(n)[0], target=config.problems,
+                                               max_extra_rounds=config.max_extra_rounds, config=step_config)
         row = {"iteration": it, **metrics, "dropped": dropped,
                "trained_problems": len(batch) if batch is not None else 0, "loss": 0.0}
         if batch is not None:
