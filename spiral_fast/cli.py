@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import fields, replace
+from pathlib import Path
 
 from spiral_fast.demo.eval import EvalConfig
 from spiral_fast.demo.train import CHOICES, METHODS, DemoConfig
 
 _DEMO_HELP = {
-    "iterations": "SPIRAL iterations (rollout + one optimizer step each)",
+    "iterations": "training iterations (rollout + one optimizer step each)",
     "seed": "seed of the model init, problems, sets and sampling",
     "problems": "problems per iteration (P)",
     "traces": "traces sampled per problem (N)",
@@ -38,6 +39,7 @@ _EVAL_HELP = {
     "seed": "seed of the problems, set draws and sampling",
     "temperature": "sampling temperature",
     "votes": "majority vote@k: random orderings of the samples averaged over",
+    "threads": "torch intra-op threads (1 is fastest for the tiny model on a shared CPU)",
 }
 
 
@@ -206,7 +208,7 @@ def _run_eval(args, parser) -> None:
             model, demo_config = load_demo(args.model)
         except ValueError as err:
             parser.error(f"--model: {err}")
-        name = args.model
+        name = Path(args.model).name or args.model
     else:
         demo_config = DemoConfig(seed=eval_config.seed)
         model = tiny_qwen2(len(ToyTask(base=demo_config.base).tokenizer), seed=demo_config.seed,
@@ -216,7 +218,7 @@ def _run_eval(args, parser) -> None:
     if set_size > eval_config.population:
         parser.error(f"--set-size {set_size} must be <= --population {eval_config.population}")
     result = evaluate_demo(model, demo_config, eval_config)
-    print(format_table({name[-12:]: result}))
+    print(format_table({name: result}))
     print(f"plot written to {plot_eval({name: result}, args.out)}")
 
 

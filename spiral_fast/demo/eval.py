@@ -23,6 +23,8 @@ class EvalConfig:
     (None: the set size the model was trained with) and `steps` steps; sampling at `temperature`.
     `votes`: random orderings of the samples that majority vote@k averages over (each takes its
     first k samples; ties go to the first in that order, i.e. at random).
+    `threads`: torch intra-op threads during the evaluation (restored after; one is fastest for
+    the tiny model on a shared CPU, as in the demo).
     """
 
     problems: int = 64
@@ -33,6 +35,7 @@ class EvalConfig:
     seed: int = 0
     temperature: float = 1.0
     votes: int = 32
+    threads: int = 1
 
     def __post_init__(self):
         for f in fields(self):
@@ -88,6 +91,15 @@ def evaluate_demo(model, demo_config, config: EvalConfig = EvalConfig()) -> Eval
     Deterministic for config.seed: the problems, the set draws and the sampling are all seeded
     (torch's global RNG is forked, so the caller's is left alone).
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _evaluate(model, demo_config, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(model, demo_config, config: EvalConfig) -> EvalResult:
     from spiral_fast.demo.task import ToyTask
     from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
     from spiral_fast.rollout.hf import sample_hf
@@ -126,15 +138,15 @@ def evaluate_demo(model, demo_config, config: EvalConfig = EvalConfig()) -> Eval
 def format_table(results: dict) -> str:
     """One text table: pass@k and maj@k per k, then RSA per step, one column per named result."""
     names = list(results)
-    head = "".join(f"{name:>12}" for name in names)
-    lines = [f"{'':14}{head}"]
+    width = max([12] + [len(name) + 2 for name in names])
+    lines = [f"{'':14}" + "".join(f"{name:>{width}}" for name in names)]
     some = next(iter(results.values()))
-    for label, key in (("pass@{}", "pass_at_k"), ("maj@{}", "majority")):
-        for k in range(1, len(getattr(some, key)) + 1):
-            row = "".join(f"{getattr(results[n], key)[k - 1]:12.3f}" for n in names)
-            lines.append(f"{label.format(k):14}{row}")
-    for t in range(len(some.rsa)):
-        lines.append(f"{f'RSA step {t}':14}" + "".join(f"{results[n].rsa[t]:12.3f}" for n in names))
+    rows = [(label.format(k), lambda r, key=key, k=k: getattr(r, key)[k - 1])
+            for label, key in (("pass@{}", "pass_at_k"), ("maj@{}", "majority"))
+            for k in range(1, len(getattr(some, key)) + 1)]
+    rows += [(f"RSA step {t}", lambda r, t=t: r.rsa[t]) for t in range(len(some.rsa))]
+    for label, value in rows:
+        lines.append(f"{label:14}" + "".join(f"{value(results[n]):{width}.3f}" for n in names))
     return "\n".join(lines)
 
 

@@ -251,10 +251,5 @@ def run_compare(config: DemoConfig, eval_config=None, *, baseline: str = "grpo",
     for method in ("spiral", baseline):
         run = train_demo(replace(config, method=method), progress=progress,
                          on_iteration=None if on_iteration is None else (lambda row, m=method: on_iteration(m, row)))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(config.threads)
-        try:
-            out[method] = (run, evaluate_demo(run.model, config, eval_config))
-        finally:
-            torch.set_num_threads(threads)
+        out[method] = (run, evaluate_demo(run.model, config, eval_config))
     return out
