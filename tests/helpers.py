@@ -43,6 +43,14 @@ def assert_rows_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, flo
                              f"{base:.3e} + {floor:.1e} ({int((err > bound).sum())} rows out of tolerance)")
 
 
+def names(argument: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern: the argument's name as a whole identifier (``k`` does
+    not match ``packed`` or ``k_proj``, ``members`` does not match ``set_members``)."""
+    import re
+
+    return rf"(?<![\w.]){re.escape(argument)}(?!\w)"
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1 for a torch.distributed rendezvous (MASTER_PORT)."""
     import socket

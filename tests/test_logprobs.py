@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import spiral_fast as sf
-from helpers import assert_rows_within_tolerance, assert_within_tolerance
+from helpers import assert_rows_within_tolerance, assert_within_tolerance, names
 from spiral_fast.ops.logprobs import chunked
 from spiral_fast.ops.logprobs.reference import logprobs_from_logits_reference, token_logprobs_reference
 
@@ -309,5 +309,5 @@ def _bad_linear_calls():
                          ids=[f"{i}-{name}" for i, (name, _) in enumerate(_bad_linear_calls())])
 def test_bad_input_raises_value_error_naming_argument(index):
     name, call = _bad_linear_calls()[index]
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=names(name)):
         call()

@@ -107,7 +107,7 @@ def test_trained_sequences_drop_traces_in_no_set_and_put_traces_first():
                                          ("estimator", "ppo"), ("agg_coef", float("nan")),
                                          ("gradient_checkpointing", "yes")])
 def test_bad_config_raises(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=rf"^{field} must"):
         SpiralConfig(**{field: value})
 
 
