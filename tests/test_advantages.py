@@ -1,6 +1,7 @@
 """spiral_advantages against a deliberately naive Python-loop version, on random structured batches."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -197,7 +198,7 @@ def test_empty_structure():
 def test_result_is_frozen():
     out = call(random_batch(0))
     assert type(out).__name__ == "SpiralAdvantages"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'agg'"):
         out.agg = out.set
 
 
