@@ -1,6 +1,8 @@
 """`triton` backend: autograd Function over the block-table kernels in `kernels/tree_attention.py`."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from spiral_fast._utils import triton_interpreting
@@ -27,11 +29,23 @@ def configs(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) ->
                  dict(block_m=32, block_n=32, num_warps=4, num_stages=1))]
     # the forward keeps one q tile and one accumulator per program: a tall query block amortises the
     # K/V loads; the backward holds two fp32 accumulators per program, so smaller tiles. Chosen by
-    # compiling for sm_90 offline (Triton 3.9 + ptxas -v, D = 64 and 128, bf16): these use wgmma and
-    # do not spill registers (forward, D <= 64 backward) or spill <= 156 bytes (D = 128 backward);
-    # 4 warps or 128-wide blocks spilled up to ~1 KB. Not yet timed on a GPU.
-    return [(dict(block_m=128, block_n=64, num_warps=8, num_stages=3),
-             dict(block_m=64, block_n=64, num_warps=8, num_stages=1))]
+    # compiling for sm_90 offline (``python -m spiral_fast.kernels.compile_check``): wgmma, no spills.
+    # The backward's two stages overlap the next block's loads with this block's dots (its loads
+    # depend on an index read from the block list, so one stage leaves them exposed); one stage is
+    # kept as the A/B peer (SPIRAL_FAST_TREE_BWD_STAGES=1; it spills ~160 B/thread at D = 128).
+    # Not yet timed on a GPU.
+    fwd = dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    bwd = [dict(block_m=64, block_n=64, num_warps=8, num_stages=stages) for stages in (2, 1)]
+    if _bwd_stages() == 1:
+        bwd.reverse()
+    return [(fwd, b) for b in bwd]
+
+
+def _bwd_stages() -> int:
+    value = os.environ.get("SPIRAL_FAST_TREE_BWD_STAGES", "2")
+    if value not in ("1", "2"):
+        raise ValueError(f"SPIRAL_FAST_TREE_BWD_STAGES must be 1 or 2, got {value!r}")
+    return int(value)
 
 
 def _configs(head_dim: int, dtype: torch.dtype) -> tuple[dict, dict]:
