@@ -19,7 +19,9 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
     """Same contract and result as ``spiral_fast.step`` (loss, gradients, metrics up to float
     rounding), computed the plain way: model(input_ids=sequence[None]).logits per sequence."""
     from spiral_fast.algorithm.reference import policy_loss_reference
+    from spiral_fast.models.lora import unwrap_peft
 
+    model = unwrap_peft(model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_args(model, batch, config, optimizer)
     adv = advantages(batch, config)
     counts = global_counts(batch, adv.set_value)
