@@ -1,4 +1,4 @@
-"""Wrapped models in spiral_fast.step: FSDP2 and DDP on two gloo ranks (each with its own problems)
+"""Wrapped models in spiral_fast.step / step_reference / batch_logprobs: FSDP2 and DDP on two gloo ranks (each with its own problems)
 against one process on all of them (same loss, gradients and SGD update), torch.compile'd models,
 and clear errors for the wrappers the step cannot drive."""
 import os
@@ -65,18 +65,26 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str, tests_dir: str):
         results = {f"{name}-{fn.__name__}": _run(wrap, fn, batch)
                    for name, wrap in (("fsdp2", _fsdp2), ("ddp", _ddp))
                    for fn in (spiral_fast.step, spiral_fast.step_reference)}
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        logprobs = spiral_fast.batch_logprobs(_fsdp2(tiny_model("qwen2")), batch, config=CONFIG)
+        torch.save((results, (logprobs.traces, logprobs.aggregations)), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes importing transformers: ~30 s on a quiet 2-core CPU
 def test_fsdp2_and_ddp_on_two_gloo_ranks_equal_one_process(tmp_path):
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path), tests_dir), nprocs=2, join=True)
     batch = random_batch(11, problems=PROBLEMS, max_g=3, old=True)
     loss, metrics, g_whole, params, norm = _run(lambda m: m, spiral_fast.step, batch)
     for rank in range(2):
-        results = torch.load(tmp_path / f"rank{rank}.pt")
+        results, (traces, aggregations) = torch.load(tmp_path / f"rank{rank}.pt")
+        want = spiral_fast.batch_logprobs(tiny_model("qwen2"), share(batch, rank, 2), config=CONFIG)
+        for got_p, want_p in zip(traces + aggregations, want.traces + want.aggregations,
+                                 strict=True):
+            for got_t, want_t in zip(torch.utils._pytree.tree_leaves(got_p), torch.utils._pytree.tree_leaves(want_p),
+                                     strict=True):
+                torch.testing.assert_close(got_t, want_t, rtol=0, atol=1e-5)
         assert len(results) == 4
         for key, (r_loss, r_metrics, r_g, r_params, r_norm) in results.items():
             assert abs(r_loss.item() - loss.item()) <= 1e-5, key

@@ -13,10 +13,24 @@ import torch
 ESTIMATORS = ("grpo", "rloo")
 SCALES = ("std", "none")
 TRACE_CREDITS = ("mean", "sum")
+AGG_BASELINES = ("set", "problem")
 NORMALIZERS = ("token-mean", "seq-mean-token-mean", "constant")
 
 
 # --------------------------------------------------------------------------- advantages
+def group_mean(x: torch.Tensor, group: torch.Tensor, num_groups: int, count: torch.Tensor) -> torch.Tensor:
+    """Mean of x [M] per group -> [num_groups] (0 for an empty group); count [num_groups] in x's dtype.
+
+    Shifted by the group's maximum: a group of equal values has exactly that value as its mean
+    (0.1 + 0.1 + 0.1 = 0.30000000000000004 would otherwise leave advantages of 1e-17, and a
+    problem whose rewards are all equal must have advantages exactly 0).
+    """
+    shift = torch.full((num_groups,), -torch.inf, dtype=x.dtype, device=x.device)
+    shift = shift.scatter_reduce(0, group, x, reduce="amax").nan_to_num(neginf=0.0)
+    total = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, x - shift[group])
+    return shift + total / count.clamp_min(1)
+
+
 def group_advantage(x: torch.Tensor, group: torch.Tensor, num_groups: int, *, estimator: str, scale: str,
                     eps: float) -> torch.Tensor:
     """Advantage of each value against the other values of its group.
@@ -29,8 +43,7 @@ def group_advantage(x: torch.Tensor, group: torch.Tensor, num_groups: int, *, es
     # per-group statistics first, then one gather each of the group's mean and factor: the M-sized
     # passes are what costs, the G-sized ones are cheap
     n = torch.bincount(group, minlength=num_groups).to(x.dtype)
-    mean = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, x) / n.clamp_min(1)
-    diff = x - mean[group]
+    diff = x - group_mean(x, group, num_groups, n)[group]
     factor = (n > 1).to(x.dtype)  # a group of one: 0
     if estimator == "rloo":
         factor = factor * n / (n - 1).clamp_min(1)
@@ -44,16 +57,16 @@ def group_advantage(x: torch.Tensor, group: torch.Tensor, num_groups: int, *, es
 
 
 def spiral_advantages_reference(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem,
-                                num_problems: int, *, estimator: str = "grpo", scale: str = "std",
-                                trace_credit: str = "mean", eps: float = 1e-6):
+                                num_problems: int, *, estimator: str = "grpo", scale: str = "none",
+                                trace_credit: str = "mean", agg_baseline: str = "set", eps: float = 1e-6):
     """All SPIRAL advantages in rewards' dtype.
 
     rewards [A] float, agg_set [A], set_problem [S], set_offsets [S+1], set_members [sum K],
     trace_problem [N] int64 ->
     (agg [A], set_value [S], set [S], trace [N], trace_in_set [N] bool).
 
-    - agg: rewards against all aggregation responses of the same problem
-      (problem of response a = set_problem[agg_set[a]]).
+    - agg: rewards against the other aggregation responses of the same set (agg_baseline "set",
+      the paper's) or of the same problem ("problem": problem of a = set_problem[agg_set[a]]).
     - set_value: mean reward of the set's aggregation responses; set: set_value against the other
       sets of the same problem.
     - trace: mean ("mean") or sum ("sum") of ``set`` over the CSR entries naming the trace (a trace
@@ -62,11 +75,13 @@ def spiral_advantages_reference(rewards, agg_set, set_problem, set_members, set_
     num_sets = set_problem.shape[0]
     num_traces = trace_problem.shape[0]
     kw = dict(estimator=estimator, scale=scale, eps=eps)
-    agg = group_advantage(rewards, set_problem[agg_set], num_problems, **kw)
+    if agg_baseline == "set":
+        agg = group_advantage(rewards, agg_set, num_sets, **kw)
+    else:
+        agg = group_advantage(rewards, set_problem[agg_set], num_problems, **kw)
 
     agg_per_set = torch.bincount(agg_set, minlength=num_sets).to(rewards.dtype)
-    set_sum = torch.zeros(num_sets, dtype=rewards.dtype, device=rewards.device).index_add_(0, agg_set, rewards)
-    set_value = set_sum / agg_per_set.clamp_min(1)
+    set_value = group_mean(rewards, agg_set, num_sets, agg_per_set)
     set_adv = group_advantage(set_value, set_problem, num_problems, **kw)
 
     set_sizes = set_offsets[1:] - set_offsets[:-1]
@@ -118,19 +133,26 @@ def token_loss_terms(logp, old_logp, token_seq, seq_adv, *, ref_logp=None, clip=
     ratio = exp(logp - old_logp); term = -min(ratio * A, clamp(ratio, 1 - clip[0], 1 + clip[1]) * A)
     + kl_coef * k3 with k3 = exp(ref - logp) - (ref - logp) - 1. clip_low / clip_high mark tokens
     where the clipped branch is the one taken (ratio < 1 - clip[0] with A < 0, ratio > 1 + clip[1]
-    with A > 0): there the token has no policy-gradient.
+    with A > 0): there the token has no policy-gradient. clip None: term = -ratio * A (+ KL), the
+    plain importance-weighted policy gradient, and no token is clipped.
     """
     adv = seq_adv.to(logp.dtype)[token_seq]
     ratio = torch.exp(logp - old_logp)
-    term = -torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - clip[0], 1.0 + clip[1]) * adv)
+    if clip is None:
+        term = -ratio * adv
+    else:
+        term = -torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - clip[0], 1.0 + clip[1]) * adv)
     if ref_logp is not None:
         delta = ref_logp - logp
         kl = torch.exp(delta) - delta - 1.0
         term = term + kl_coef * kl
     else:
         kl = torch.zeros_like(logp)
-    clip_low = (ratio < 1.0 - clip[0]) & (adv < 0)
-    clip_high = (ratio > 1.0 + clip[1]) & (adv > 0)
+    if clip is None:
+        clip_low = clip_high = torch.zeros_like(logp, dtype=torch.bool)
+    else:
+        clip_low = (ratio < 1.0 - clip[0]) & (adv < 0)
+        clip_high = (ratio > 1.0 + clip[1]) & (adv > 0)
     return term, ratio, kl, clip_low, clip_high
 
 

@@ -1,29 +1,257 @@
-"""Sampling through vLLM (optional: imported only when ``engine="vllm"`` is used)."""
+"""Sampling through vLLM: ``VLLMSampler`` owns an in-process ``vllm.LLM`` and takes weight syncs.
+
+vLLM is optional: this module imports it only when a sampler is built. The engine runs in this
+process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that ``sync`` can hand it the trainer's tensors
+directly (the vLLM RLHF pattern: the trainer owns the weights and pushes them after each step).
+"""
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
+import shutil
+import tempfile
+import time
 
-def sample_vllm(llm, prompts: list[list[int]], num_samples: int, *, max_new_tokens: int,
-                 temperature: float, eos_token_id, pad_token_id: int, logprobs: bool):
-    """Same contract as sample_hf through a ``vllm.LLM`` (built with enable_prefix_caching=True:
-    the N trace requests share x, the G aggregation requests share a_j, and the M prompts of a
-    problem share x). Not exercised in this repository's tests: vLLM is not installed here.
+# Config fields that fix the shapes of every weight: a sync must match them.
+_SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "intermediate_size", "head_dim", "tie_word_embeddings")
 
-    The caller keeps the vLLM weights in sync with the trained model. vLLM reports log-probs of the
-    raw logits unless the engine was built with logprobs_mode="processed_logprobs"; build it so
-    when temperature != 1, or pass logprobs=False (on-policy step).
+
+def _reload(worker, pairs) -> None:
+    """Runs on the (in-process) vLLM worker: load HF-named tensors into the live model in place.
+    reload_weights goes through each parameter's weight_loader (fusing q/k/v, gate/up, skipping a
+    tied LM head), like a checkpoint load; model.load_weights alone lacks those loaders."""
+    worker.model_runner.reload_weights(weights_iterator=iter(pairs))
+
+
+@contextlib.contextmanager
+def _in_process():
+    """vLLM reads VLLM_ENABLE_V1_MULTIPROCESSING when the engine is built; a worker process would put
+    the weights out of sync's reach. Restored afterwards: building a sampler has no lasting effect."""
+    previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"]
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+
+
+def _shape_signature(config, architecture: str | None) -> dict:
+    sig = {f: getattr(config, f, None) for f in _SHAPE_FIELDS}
+    sig["architecture"] = architecture
+    return sig
+
+
+def _head_dim(config) -> int | None:
+    head_dim = getattr(config, "head_dim", None)
+    if head_dim is None and getattr(config, "num_attention_heads", None):
+        head_dim = config.hidden_size // config.num_attention_heads
+    return head_dim
+
+
+class VLLMSampler:
+    """An in-process ``vllm.LLM`` for ``rollout(sampler, ..., engine="vllm")`` and
+    ``recursive_aggregation(sampler, ..., engine="vllm")``, with weight sync.
+
+    model: a local Hugging Face model directory (config.json + weights; no tokenizer needed: prompts
+    are token ids), a transformers ``PreTrainedModel`` or a LoRA ``peft.PeftModel``; a model object
+    is written to a temporary directory (a PeftModel with its adapters merged into the weights)
+    that lives until ``close()``. dtype, max_model_len, enable_prefix_caching, seed and
+    ``engine_kwargs`` go to ``vllm.LLM``. The engine is built with ``skip_tokenizer_init=True``,
+    ``generation_config="vllm"`` (no stop tokens or sampling defaults read from the model folder)
+    and ``logprobs_mode="processed_logprobs"``: the behaviour log-probs are those of the
+    distribution actually sampled, softmax(logits / temperature).
+
+    ``sync(model)`` pushes new weights; ``close()`` (or leaving a ``with`` block) frees the engine.
+    ValueError for a model vLLM cannot load, ``sync`` with another architecture or vocabulary, and
+    prompts with token ids outside the vocabulary.
     """
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(n=num_samples, temperature=temperature, top_k=-1, top_p=1.0,
-                            max_tokens=max_new_tokens, logprobs=0 if logprobs else None,
-                            stop_token_ids=None if eos_token_id is None else [eos_token_id])
-    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
-    responses, lps = [], [] if logprobs else None
-    for request in outputs:
-        for completion in request.outputs:
-            tokens = list(completion.token_ids)
-            responses.append(tokens)
-            if logprobs:
-                lps.append([step[t].logprob for t, step in zip(tokens, completion.logprobs)])
-    return responses, lps
+    def __init__(self, model, *, dtype="auto", max_model_len=None, enable_prefix_caching=True, seed=0,
+                 **engine_kwargs):
+        for key in ("model", "logprobs_mode", "skip_tokenizer_init"):
+            if key in engine_kwargs:
+                raise ValueError(f"engine_kwargs must not set {key!r} (the sampler sets it), got "
+                                 f"{key}={engine_kwargs[key]!r}")
+        self._llm = None
+        self._tmpdir = None
+        path, config = self._materialise(model)
+        self.config = config
+        self.vocab_size = int(config.vocab_size)
+        self._signature = _shape_signature(config, (getattr(config, "architectures", None) or [None])[0])
+        self._check_loadable(path, config)
+        kwargs = dict(generation_config="vllm", runner="generate")
+        kwargs.update(engine_kwargs)
+        from vllm import LLM
+
+        try:
+            with _in_process():
+                self._llm = LLM(model=path, dtype=dtype, max_model_len=max_model_len,
+                                enable_prefix_caching=enable_prefix_caching, seed=seed, skip_tokenizer_init=True,
+                                logprobs_mode="processed_logprobs", **kwargs)
+        except Exception as err:  # vLLM raises many types for a model it cannot load; say which model
+            self.close()
+            raise ValueError(f"vLLM cannot load model {path!r} ({type(err).__name__}: {err})") from err
+
+    # ---- building -----------------------------------------------------------------------------
+    def _materialise(self, model):
+        """(directory, transformers config) of ``model``; model objects are written to a temp dir."""
+        from spiral_fast.models.lora import is_peft_model
+
+        if isinstance(model, (str, os.PathLike)):
+            path = os.fspath(model)
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise ValueError(f"model must be a local Hugging Face model directory with a config.json, "
+                                 f"a PreTrainedModel or a PeftModel; got the path {path!r}")
+            from transformers import AutoConfig
+
+            try:
+                config = AutoConfig.from_pretrained(path, local_files_only=True)
+            except Exception as err:
+                raise ValueError(f"vLLM cannot load model {path!r}: its config.json does not load "
+                                 f"({type(err).__name__}: {err})") from err
+            return path, config
+        from transformers import PreTrainedModel
+
+        if not (isinstance(model, PreTrainedModel) or is_peft_model(model)):
+            raise ValueError(f"model must be a local Hugging Face model directory, a PreTrainedModel or a "
+                             f"PeftModel, got {type(model).__name__}")
+        base, state = self._hf_weights(model)
+        self._tmpdir = tempfile.mkdtemp(prefix="spiral_fast_vllm_")
+        base.save_pretrained(self._tmpdir, state_dict=state)
+        return self._tmpdir, base.config
+
+    @staticmethod
+    def _hf_weights(model):
+        """(wrapped PreTrainedModel, {HF name: tensor}) with LoRA adapters merged in."""
+        from spiral_fast.models.lora import merged_state_dict, unwrap_peft
+
+        base = unwrap_peft(model)
+        return base, (merged_state_dict(model) if base is not model else base.state_dict())
+
+    def _check_loadable(self, path: str, config) -> None:
+        """What vLLM would only report deep inside the engine (or at the first generate)."""
+        from vllm import ModelRegistry
+        from vllm.platforms import current_platform
+
+        archs = list(getattr(config, "architectures", None) or [])
+        if not archs or not any(a in ModelRegistry.get_supported_archs() for a in archs):
+            raise ValueError(f"vLLM cannot load model {path!r}: architectures {archs} are not in vLLM's "
+                             "model registry")
+        if getattr(config, "is_encoder_decoder", False):
+            raise ValueError(f"vLLM cannot load model {path!r} as a sampler: it is an encoder-decoder")
+        if current_platform.is_cpu():
+            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+            sizes = CPUAttentionBackend.get_supported_head_sizes()
+            if _head_dim(config) not in sizes:
+                raise ValueError(f"vLLM cannot load model {path!r} on the CPU: head size {_head_dim(config)} is "
+                                 f"not one of its CPU attention's {sizes}")
+
+    # ---- using ---------------------------------------------------------------------------------
+    @property
+    def llm(self):
+        """The ``vllm.LLM`` (ValueError once closed)."""
+        if self._llm is None:
+            raise ValueError("the VLLMSampler is closed")
+        return self._llm
+
+    def generate(self, prompts: list[list[int]], num_samples: int, *, max_new_tokens: int, temperature: float,
+                 eos_token_id=None, logprobs: bool = True):
+        """num_samples responses per prompt, all requests in one ``LLM.generate`` call.
+
+        Plain sampling at ``temperature`` (no top-k / top-p). Returns (responses, logprobs):
+        responses[p * num_samples + s] token ids, ending with eos_token_id (kept) or after
+        max_new_tokens; logprobs the per-token log-probs under softmax(logits / temperature), or None.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        llm = self.llm
+        for i, p in enumerate(prompts):
+            bad = [t for t in p if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"prompts[{i}] has token ids {bad[:5]} outside the model's vocab_size="
+                                 f"{self.vocab_size}")
+        params = SamplingParams(n=num_samples, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
+                                logprobs=0 if logprobs else None,
+                                stop_token_ids=None if eos_token_id is None else [eos_token_id])
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        responses, lps = [], [] if logprobs else None
+        for request in outputs:
+            for completion in request.outputs:
+                tokens = list(completion.token_ids)
+                responses.append(tokens)
+                if logprobs:
+                    lps.append([step[t].logprob for t, step in zip(tokens, completion.logprobs)])
+        return responses, lps
+
+    def sync(self, model) -> dict:
+        """Push the current weights of ``model`` (a PreTrainedModel, or a LoRA PeftModel whose adapters
+        are merged into the pushed weights) into the engine and reset its prefix cache (cached KV
+        came from the old weights). Returns {"seconds": wall time, "bytes": tensor bytes pushed}.
+
+        ValueError for a model whose architecture or vocabulary differs from the engine's.
+        """
+        from transformers import PreTrainedModel
+
+        from spiral_fast.models.lora import is_peft_model
+
+        llm = self.llm
+        if not (isinstance(model, PreTrainedModel) or is_peft_model(model)):
+            raise ValueError(f"model must be a PreTrainedModel or a PeftModel, got {type(model).__name__}")
+        start = time.perf_counter()
+        base, state = self._hf_weights(model)
+        vocab = int(base.config.vocab_size)
+        if vocab != self.vocab_size:
+            raise ValueError(f"model has vocab_size={vocab}, the engine's vocabulary has {self.vocab_size} "
+                             "tokens: mismatched vocabularies")
+        signature = _shape_signature(base.config, type(base).__name__)
+        diff = {k: (signature[k], v) for k, v in self._signature.items() if signature[k] != v}
+        if diff:
+            raise ValueError(f"model has another architecture than the engine's: (model, engine) differ in {diff}")
+        pairs = [(name, t.detach()) for name, t in state.items()]
+        llm.collective_rpc(_reload, args=(pairs,))
+        llm.reset_prefix_cache()
+        return {"seconds": time.perf_counter() - start,
+                "bytes": sum(t.numel() * t.element_size() for _, t in pairs)}
+
+    # ---- closing -------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Shut the engine down and free its weights and KV cache (idempotent)."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+            cleanup_dist_env_and_memory()  # also lets a later sampler build its engine in this process
+            gc.collect()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_tmpdir", None) is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+
+def sample_vllm(sampler, prompts: list[list[int]], num_samples: int, *, max_new_tokens: int,
+                temperature: float, eos_token_id, pad_token_id: int, logprobs: bool):
+    """Same contract as sample_hf through a :class:`VLLMSampler` (pad_token_id unused: nothing is
+    padded). The engine's prefix cache shares x between the N trace requests, a_j between the G
+    aggregation requests and x between the M aggregation prompts of a problem."""
+    if not isinstance(sampler, VLLMSampler):
+        raise ValueError(f"engine='vllm' samples through a spiral_fast.VLLMSampler, got {type(sampler).__name__}")
+    return sampler.generate(prompts, num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                            eos_token_id=eos_token_id, logprobs=logprobs)

@@ -20,12 +20,14 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
     """Same contract and result as ``spiral_fast.step`` (loss, gradients, metrics up to float
     rounding), computed the plain way: model(input_ids=sequence[None]).logits per sequence."""
     from spiral_fast.algorithm.reference import policy_loss_reference
+    from spiral_fast.models.lora import unwrap_peft
 
-    wrapped = unwrap(model)
-    model = wrapped.fsdp_root or wrapped.model  # an FSDP2 model's own forward gathers its weights
-    check_args(wrapped.model, batch, config, optimizer)
+    wrapped = unwrap(model)  # DDP, torch.compile
+    inner = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
+    check_args(inner, batch, config, optimizer)
+    model = wrapped.fsdp_root or inner  # an FSDP2 model's own forward gathers its weights
     adv = advantages(batch, config)
-    counts = global_counts(batch, adv.set_value)
+    counts = global_counts(batch, adv.set_value, adv.gated)
     seqs = batch.trained_sequences(range(len(batch)), adv.agg, adv.trace)
     device = next(model.parameters()).device
     logps, entropies = [], []

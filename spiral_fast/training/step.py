@@ -9,6 +9,7 @@ import torch
 from spiral_fast.training.common import (activation_checkpointing, advantages, attention_implementation, check_args,
                                          finish, global_counts, metrics, role_losses, world_size)
 from spiral_fast.training.config import SpiralConfig
+from spiral_fast.training.forward import lm_head, response_logprobs
 from spiral_fast.training.microbatch import micro_batches
 from spiral_fast.training.wrappers import average_gradients, forward_rounds, unwrap, within_forward
 
@@ -24,7 +25,7 @@ class StepOutput:
 def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     """One SPIRAL training step of a Hugging Face decoder-only causal LM on a ``SpiralBatch``.
 
-    Advantages (``spiral_advantages``), then per micro-batch (at most
+    Advantages (``spiral_advantages``, then ``config.length_gate``), then per micro-batch (at most
     ``config.max_tokens_per_micro_batch`` unique tokens, balanced; whole problems, a problem over
     budget cut into its trace block and per-set aggregation blocks, see ``microbatch.micro_batches``):
     ``pack_sequences`` (trie) of its trained sequences (x + y_i for traces in a set, a_j + z_jg),
@@ -49,26 +50,25 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     agg_loss, trace_loss, agg_reward_mean, set_value_mean, clip_frac_low / clip_frac_high /
     clip_frac, ratio_mean, kl_mean, entropy_mean, tokens_trained, trace_tokens, agg_tokens,
     unique_tokens (encoded), dedup_ratio (sequence tokens / unique tokens), micro_batches,
+    gated_frac (responses whose positive advantage ``config.length_gate`` set to 0, divided by the
+    trained responses: traces in at least one set plus aggregation responses; 0 without a gate),
     grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only: the allocator peak of
     the step, whose start resets the peak statistics; omitted on the CPU). Under torch.distributed
     micro_batches is the total over ranks.
     """
-    from spiral_fast.models import packed_hidden_states
     from spiral_fast.models.hf import ATTN_NAME, register as register_attention
-    from spiral_fast.ops.logprobs.op import token_logprobs
     from spiral_fast.algorithm.policy_loss import policy_loss
-    from spiral_fast.packing import pack_sequences
+    from spiral_fast.models.lora import unwrap_peft
 
-    wrapped = unwrap(model)
-    model = wrapped.model
+    wrapped = unwrap(model)  # DDP, torch.compile; an FSDP2 root's hooks run around each forward
+    model = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_args(model, batch, config, optimizer)
-    device = model.get_output_embeddings().weight.device
+    device = lm_head(model)[0].device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     adv = advantages(batch, config)
-    counts = global_counts(batch, adv.set_value)
+    counts = global_counts(batch, adv.set_value, adv.gated)
     bins = micro_batches(batch, config.max_tokens_per_micro_batch)
-    max_pos = getattr(model.config, "max_position_embeddings", None)
     scale = float(world_size())
     parts_sum, stat_sum = torch.zeros(2, device=device), torch.zeros(4, device=device)
     entropy_sum = torch.zeros((), device=device)
@@ -82,21 +82,10 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
             real = i < len(bins)
             items = bins[i] if real else bins[-1]
             seqs = batch.trained_sequences(items, adv.agg, adv.trace)
-            packed = pack_sequences(seqs.tokens, share="trie", max_positions=max_pos)
-            rows = packed.prediction_rows
-            # trained rows: the response positions; (seq, pos) order matches the old log-probs
-            keep = rows.pos >= seqs.prompt_lens[rows.seq]
-            hidden_index, target = rows.hidden_index[keep].to(device), rows.target[keep].to(device)
-
-            def forward(packed=packed, hidden_index=hidden_index, target=target):
-                # the LM head is read here, inside the forward: under FSDP2 that is where it is unsharded
-                head = model.get_output_embeddings()
-                hidden = packed_hidden_states(model, packed)
-                return token_logprobs(hidden[hidden_index], head.weight, target, temperature=config.temperature,
-                                      return_entropy=True, bias=getattr(head, "bias", None),
-                                      backend=config.logprob_backend)
-
-            logp, entropy = within_forward(wrapped.fsdp_root, forward)
+            # trained rows in (seq, pos) order, the order of the old log-probs; the LM head is read
+            # inside the forward: under FSDP2 that is where the root's parameters are unsharded
+            logp, entropy, packed = within_forward(wrapped.fsdp_root, lambda: response_logprobs(
+                model, seqs.tokens, seqs.prompt_lens, config, return_entropy=True))
             old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
             ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
             loss, parts, stats = role_losses(policy_loss, logp, seqs, old, ref, counts, config)
