@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import inspect
 from collections import defaultdict
 
 import pytest
@@ -89,15 +88,9 @@ def verl_style_spiral(b: dict):
 
 
 def spiral_fast_advantages(b: dict):
-    """The options the verl-style loop implements: GRPO, std-scaled, aggregator baseline = problem."""
+    # the peer's settings (verl GRPO: std-scaled, one group per problem), explicit since issue 8
     return spiral_fast.spiral_advantages(b["rewards"], b["agg_set"], b["set_problem"], b["set_members"],
-                                         b["set_offsets"], b["trace_problem"], estimator="grpo", scale="std",
-                                         trace_credit="mean", **AGG_BASELINE_PROBLEM)
-
-
-# spiral_advantages gained agg_baseline (default "set", the paper's) after this benchmark was written
-AGG_BASELINE_PROBLEM = ({"agg_baseline": "problem"}
-                        if "agg_baseline" in inspect.signature(spiral_fast.spiral_advantages).parameters else {})
+                                         b["set_offsets"], b["trace_problem"], scale="std", agg_baseline="problem")
 
 
 def advantage_values(fn, b: dict):

@@ -41,6 +41,7 @@ BAD = [
     ("members-float", dict(set_members=torch.tensor([0.0, 1.0, 2.0, 3.0])), {}, "set_members"),
     ("estimator", {}, dict(estimator="ppo"), "estimator"),
     ("scale", {}, dict(scale="mad"), "scale"),
+    ("agg_baseline", {}, dict(agg_baseline="group"), "agg_baseline"),
     ("trace-credit", {}, dict(trace_credit="max"), "trace_credit"),
     ("eps-negative", {}, dict(eps=-1.0), "eps"),
 ]

@@ -42,6 +42,9 @@ BAD = [
      "seq_tokens"),
     ("clip-not-pair", {}, dict(clip=0.2), "clip"),
     ("clip-low-too-large", {}, dict(clip=(1.0, 0.2)), "clip"),
+    ("clip-high-inf", {}, dict(clip=(0.2, float("inf"))), "clip"),
+    ("clip-one-none", {}, dict(clip=(0.2, None)), "clip"),
+    ("clip-three", {}, dict(clip=(0.1, 0.2, 0.3)), "clip"),
     ("kl-coef-negative", {}, dict(kl_coef=-0.1), "kl_coef"),
     ("backend", {}, dict(backend="cuda"), "backend"),
 ]
