@@ -50,7 +50,7 @@ def test_every_kernel_config_and_dtype_fits_sm90(sm90_rows):
     kernels = {r["kernel"] for r in sm90_rows}
     assert {"_token_logprobs_fwd_kernel", "_token_logprobs_bwd_kernel", "_logits_logprobs_fwd_kernel",
             "_logits_logprobs_bwd_kernel", "_tree_attention_fwd_kernel", "_tree_attention_bwd_dq_kernel",
-            "_tree_attention_bwd_dkdv_kernel", "_policy_loss_fwd_kernel"} <= kernels
+            "_tree_attention_bwd_dkdv_kernel", "_tree_attention_delta_kernel", "_policy_loss_fwd_kernel"} <= kernels
     dtypes = {r["dtype"].split()[0] for r in sm90_rows}
     assert {"bf16", "fp16", "fp32-tf32", "fp32-ieee"} <= dtypes
     bad = []
