@@ -33,12 +33,15 @@ _EXPORTS = {
     "StepOutput": "spiral_fast.training.step",
     "step": "spiral_fast.training.step",
     "step_reference": "spiral_fast.training.reference_step",
+    # log-probs of every response of a batch (issue 8)
+    "batch_logprobs": "spiral_fast.training.logprobs",
+    "BatchLogprobs": "spiral_fast.training.logprobs",
     # vLLM sampling with weight sync (issue 9; vLLM is imported when a sampler is built)
     "VLLMSampler": "spiral_fast.rollout.vllm",
 }
 
 # Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
-_SUBMODULES = {"algorithm", "cli", "kernels", "models", "ops", "packing", "rollout", "training"}
+_SUBMODULES = {"algorithm", "cli", "evaluate", "kernels", "models", "ops", "packing", "rollout", "training"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
@@ -67,5 +70,6 @@ if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.rollout.vllm import VLLMSampler
     from spiral_fast.training.batch import ProblemRollout, SpiralBatch
     from spiral_fast.training.config import SpiralConfig
+    from spiral_fast.training.logprobs import BatchLogprobs, batch_logprobs
     from spiral_fast.training.reference_step import step_reference
     from spiral_fast.training.step import StepOutput, step

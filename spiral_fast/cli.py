@@ -13,7 +13,7 @@ _DEMO_HELP = {
     "problems": "problems per iteration (P)",
     "traces": "traces sampled per problem (N)",
     "sets": "sets drawn per problem (M)",
-    "set_size": "traces per set (K); at most --base",
+    "set_size": "traces per set (K); at most --traces",
     "aggregations": "aggregation responses per set (G)",
     "base": "toy task: digits are 0..base-1, answer = (sum of digits + 1) mod base",
     "digits": "toy task: digits per problem",

@@ -38,19 +38,39 @@ def test_answer_and_template_by_hand():
 
 
 @pytest.mark.parametrize("response,expected", [
-    ("0", 1.0),     # names trace 0, whose answer 0 is right
-    ("1", 0.0),     # trace 1 answered 3: wrong
-    ("2", 1.0),     # trace 2 answered 0: right
-    ("3", 0.0),     # no trace 3 in a set of three
-    ("pick", 0.0),  # not a digit
-    ("", 0.0),      # empty response
-], ids=["right-0", "wrong-1", "right-2", "out-of-set", "not-digit", "empty"])
+    ("0", 1.0),      # answer 0 is right and traces 0 and 2 proposed it
+    ("0 3", 1.0),    # only the first token is the answer
+    ("3", 0.0),      # trace 1 proposed 3, but 3 is wrong
+    ("1", 0.0),      # no member proposed 1 (and it is wrong)
+    ("pick", 0.0),   # not a digit
+    ("", 0.0),       # empty response
+], ids=["right-proposed", "first-token", "wrong-proposed", "not-proposed", "not-digit", "empty"])
 def test_reward_by_hand(response, expected):
     task = ToyTask(base=4, num_digits=2)
     tok = task.tokenizer
     problem = (2, 1)  # answer (2 + 1 + 1) mod 4 = 0
     traces = [tok.encode("0"), tok.encode("3"), tok.encode("0 1")]
     assert task.reward(problem, traces, tok.encode(response)) == expected
+
+
+def test_reward_needs_a_member_with_the_right_answer():
+    """The aggregator scores only through its traces: the right answer earns nothing unless a
+    member proposed it."""
+    task = ToyTask(base=4, num_digits=2)
+    tok = task.tokenizer
+    problem = (2, 1)  # answer 0
+    assert task.reward(problem, [tok.encode("3"), tok.encode("1"), tok.encode("pick")], tok.encode("0")) == 0.0
+    assert task.reward(problem, [tok.encode("3"), tok.encode("0")], tok.encode("0")) == 1.0
+
+
+@pytest.mark.parametrize("trace,answer,correct", [
+    ("0", 0, True), ("0 2", 0, True), ("2", 2, False), ("| 0", None, False), ("", None, False)],
+    ids=["right", "first-token", "wrong", "not-digit", "empty"])
+def test_a_single_trace_answers_on_its_own(trace, answer, correct):
+    task = ToyTask(base=4, num_digits=2)
+    tok = task.tokenizer
+    assert task.trace_answer(tok.encode(trace)) == answer
+    assert task.trace_correct((2, 1), tok.encode(trace)) is correct
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -62,7 +82,7 @@ def test_task_rejects_bad_settings(kwargs, match):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"iterations": 0}, "iterations"), ({"lr": -1.0}, "lr"), ({"step_impl": "fast"}, "step_impl"),
-    ({"set_size": 7}, "set_size")], ids=["iterations-0", "lr-negative", "impl-unknown", "K-above-base"])
+    ({"set_size": 9}, "set_size")], ids=["iterations-0", "lr-negative", "impl-unknown", "K-above-N"])
 def test_demo_config_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DemoConfig(**kwargs)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import spiral_fast as sf
-from helpers import assert_within_tolerance
+from helpers import assert_rows_within_tolerance, assert_within_tolerance
 from spiral_fast.ops.logprobs import chunked
 from spiral_fast.ops.logprobs.reference import logprobs_from_logits_reference, token_logprobs_reference
 
@@ -56,7 +56,11 @@ def _outputs_and_grads(fn, leaves, gl, ge):
 
 
 def check_linear(hidden, weight, bias, targets, *, backend, temperature=1.0, gl=None, ge=None, mult=2.0, floor=1e-6):
-    """Fast path vs float64 truth vs reference in the input dtype: logp, entropy, dH, dW, db."""
+    """Fast path vs float64 truth vs reference in the input dtype: logp, entropy, dH, dW, db.
+
+    logp and entropy: STYLE.md's rule with an absolute floor. Gradients: the rule row by row on each
+    row's own scale (dW rows span ~1e-9 to ~30), so a wrong small row cannot hide under the floor.
+    """
     lead = targets.shape
     if gl is None:
         gl, ge = upstream_grads(lead, hidden.device)
@@ -76,7 +80,8 @@ def check_linear(hidden, weight, bias, targets, *, backend, temperature=1.0, gl=
     assert out[2].dtype == hidden.dtype and out[3].dtype == weight.dtype
     for name, o, t, l in zip(names, out, truth, lowp):
         assert o.shape == t.shape, name
-        assert_within_tolerance(o.cpu(), t.cpu(), l.cpu(), mult=mult, floor=floor, name=name)
+        check = assert_within_tolerance if name in ("logp", "entropy") else assert_rows_within_tolerance
+        check(o.cpu(), t.cpu(), l.cpu(), mult=mult, floor=floor, name=name)
     return out
 
 
@@ -95,7 +100,8 @@ def check_from_logits(logits, targets, *, backend, temperature=1.0, mult=2.0, fl
     lowp = _outputs_and_grads(ref(logits.dtype), _leaves([logits]), gl, ge)
     assert out[2].dtype == logits.dtype
     for name, o, t, l in zip(["logp", "entropy", "d_logits"], out, truth, lowp):
-        assert_within_tolerance(o.cpu(), t.cpu(), l.cpu(), mult=mult, floor=floor, name=name)
+        check = assert_within_tolerance if name in ("logp", "entropy") else assert_rows_within_tolerance
+        check(o.cpu(), t.cpu(), l.cpu(), mult=mult, floor=floor, name=name)
     return out
 
 

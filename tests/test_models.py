@@ -5,6 +5,7 @@ import torch
 
 import spiral_fast as sf
 from packing_cases import random_forest
+from training_cases import assert_grads_close, grads
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 97
@@ -64,8 +65,7 @@ def test_packed_logprobs_and_grads_match_per_sequence(arch, share, forest):
 
     assert got.dtype == torch.float32 and got.shape == ref.shape
     assert (got - ref).abs().max().item() <= 1e-4
-    for name, p in model.named_parameters():
-        assert (got_grads[name] - p.grad).abs().max().item() <= 1e-4, name
+    assert_grads_close(got_grads, grads(model), rel=1e-4)
     assert model.config._attn_implementation == "eager"
 
 
@@ -143,8 +143,7 @@ def test_packed_logprobs_match_per_sequence_cuda(arch):
     ref = per_sequence_logprobs(model, seqs)
     (ref * weights).sum().backward()
     assert (got - ref).abs().max().item() <= 1e-4
-    for name, p in model.named_parameters():
-        assert (got_grads[name] - p.grad).abs().max().item() <= 1e-4, name
+    assert_grads_close(got_grads, grads(model), rel=1e-4)
 
 
 def test_activation_checkpointing_needs_the_implementation_held():
@@ -162,5 +161,4 @@ def test_activation_checkpointing_needs_the_implementation_held():
         sf.packed_hidden_states(model, packed)
     model.config._attn_implementation = "spiral_fast"  # held through the backward, as the caller must
     (packed_logprobs(model, packed) * weights).sum().backward()
-    for name, p in model.named_parameters():
-        assert (expected[name] - p.grad).abs().max().item() <= 1e-5, name
+    assert_grads_close(grads(model), expected, rel=1e-5)

@@ -12,16 +12,17 @@ from spiral_fast.rollout import AggregationTemplate, draw_sets
 
 @pytest.mark.parametrize("n,m,k", [(4, 3, 2), (5, 6, 5), (1, 2, 1)], ids=["N4-M3-K2", "N5-M6-K5", "N1-M2-K1"])
 def test_draw_sets_valid_and_seeded(n, m, k):
-    sets = draw_sets(n, m, k, generator=torch.Generator().manual_seed(3))
+    # independent draws (distinct=False, the default before issue 8): M may exceed C(N, K)
+    sets = draw_sets(n, m, k, generator=torch.Generator().manual_seed(3), distinct=False)
     assert len(sets) == m
     for s in sets:
         assert len(s) == k and len(set(s)) == k and all(0 <= i < n for i in s)
-    assert sets == draw_sets(n, m, k, generator=torch.Generator().manual_seed(3))
+    assert sets == draw_sets(n, m, k, generator=torch.Generator().manual_seed(3), distinct=False)
 
 
 def test_draw_sets_cover_every_trace():
     # 200 draws of 2 out of 6: every trace appears, with roughly equal counts
-    sets = draw_sets(6, 200, 2, generator=torch.Generator().manual_seed(0))
+    sets = draw_sets(6, 200, 2, generator=torch.Generator().manual_seed(0), distinct=False)
     counts = torch.bincount(torch.tensor(sets).flatten(), minlength=6)
     assert counts.min() > 40 and counts.sum() == 400
 
@@ -59,6 +60,7 @@ def test_rollout_counts_template_rewards_and_logprobs():
         traces = [y.tolist() for y in pr.traces]
         assert pr.prompt.tolist() == task.prompt(problems[p])
         assert len(traces) == 5 and len(pr.sets) == 3 and all(len(s) == 2 for s in pr.sets)
+        assert len({frozenset(s) for s in pr.sets}) == 3  # rollout draws distinct sets
         for y in traces:  # ends at the first stop token or at max_new_tokens
             assert 1 <= len(y) <= 3 and (eos not in y[:-1])
         for j, s in enumerate(pr.sets):
@@ -109,7 +111,8 @@ def test_module_is_callable_and_keeps_its_names():
 @pytest.mark.parametrize("kwargs,match", [
     ({"engine": "sglang"}, "engine"), ({"temperature": 0.0}, "temperature"),
     ({"temperature": math.inf}, "temperature"), ({"num_aggregations": 0}, "num_aggregations"),
-    ({"prompts": [[]]}, "prompts")], ids=["engine", "T0", "Tinf", "G0", "empty-prompt"])
+    ({"prompts": [[]]}, "prompts"), ({"num_traces": 3, "num_sets": 4, "set_size": 2}, r"num_sets must be <= C\(")],
+    ids=["engine", "T0", "Tinf", "G0", "empty-prompt", "M-above-C(N,K)"])
 def test_rollout_rejects_bad_arguments(kwargs, match):
     task = ToyTask()
     model = tiny_qwen2(len(task.tokenizer), hidden_size=32, num_layers=1)

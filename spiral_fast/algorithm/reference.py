@@ -17,6 +17,19 @@ NORMALIZERS = ("token-mean", "seq-mean-token-mean", "constant")
 
 
 # --------------------------------------------------------------------------- advantages
+def group_mean(x: torch.Tensor, group: torch.Tensor, num_groups: int, count: torch.Tensor) -> torch.Tensor:
+    """Mean of x [M] per group -> [num_groups] (0 for an empty group); count [num_groups] in x's dtype.
+
+    Shifted by the group's maximum: a group of equal values has exactly that value as its mean
+    (0.1 + 0.1 + 0.1 = 0.30000000000000004 would otherwise leave advantages of 1e-17, and a
+    problem whose rewards are all equal must have advantages exactly 0).
+    """
+    shift = torch.full((num_groups,), -torch.inf, dtype=x.dtype, device=x.device)
+    shift = shift.scatter_reduce(0, group, x, reduce="amax").nan_to_num(neginf=0.0)
+    total = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, x - shift[group])
+    return shift + total / count.clamp_min(1)
+
+
 def group_advantage(x: torch.Tensor, group: torch.Tensor, num_groups: int, *, estimator: str, scale: str,
                     eps: float) -> torch.Tensor:
     """Advantage of each value against the other values of its group.
@@ -29,8 +42,7 @@ def group_advantage(x: torch.Tensor, group: torch.Tensor, num_groups: int, *, es
     # per-group statistics first, then one gather each of the group's mean and factor: the M-sized
     # passes are what costs, the G-sized ones are cheap
     n = torch.bincount(group, minlength=num_groups).to(x.dtype)
-    mean = torch.zeros(num_groups, dtype=x.dtype, device=x.device).index_add_(0, group, x) / n.clamp_min(1)
-    diff = x - mean[group]
+    diff = x - group_mean(x, group, num_groups, n)[group]
     factor = (n > 1).to(x.dtype)  # a group of one: 0
     if estimator == "rloo":
         factor = factor * n / (n - 1).clamp_min(1)
@@ -65,8 +77,7 @@ def spiral_advantages_reference(rewards, agg_set, set_problem, set_members, set_
     agg = group_advantage(rewards, set_problem[agg_set], num_problems, **kw)
 
     agg_per_set = torch.bincount(agg_set, minlength=num_sets).to(rewards.dtype)
-    set_sum = torch.zeros(num_sets, dtype=rewards.dtype, device=rewards.device).index_add_(0, agg_set, rewards)
-    set_value = set_sum / agg_per_set.clamp_min(1)
+    set_value = group_mean(rewards, agg_set, num_sets, agg_per_set)
     set_adv = group_advantage(set_value, set_problem, num_problems, **kw)
 
     set_sizes = set_offsets[1:] - set_offsets[:-1]

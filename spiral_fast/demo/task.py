@@ -1,15 +1,19 @@
-"""The toy task of the demo: "pick the trace", with its tokenizer.
+"""The toy task of the demo: "pick the answer", with its tokenizer.
 
 Problem x: L digits in base B, then "?". Its answer is (sum of the digits + 1) mod B.
-Trace y (search role): one token, the trace's answer digit.
+Trace y (search role): its first token is the trace's answer digit; a trace alone scores 1 if that
+answer is right (``trace_correct``), which is what single-trace GRPO and pass@k score.
 Aggregation prompt a_j: x, then each member trace after a "|", then "pick".
-Aggregation z (aggregator role): one token, a digit k naming the k-th member trace (0-based) as the
-answer it stands behind. Reward 1 if trace k exists and its answer is right, else 0.
+Aggregation z (aggregator role): its first token is an answer digit, like a trace's. Reward 1 if
+that answer is right *and* some member trace proposed it, else 0 (``reward``).
 
-Why this shape: the aggregator can only score through the traces, so a set's value R_j is the
-chance that the trace it picks is right. Sets holding good traces earn positive set advantages, which
-teach the search role the task; the aggregator in turn learns to pick the trace the others agree
-with. Without good traces the aggregation reward cannot rise, which is SPIRAL's premise in small.
+Why this shape: the aggregator must pick its answer among the candidates, so it can only score
+through the traces, and a set's value R_j is the chance that the set holds a right answer the
+aggregator finds. Sets holding good traces earn positive set advantages, which teach the search
+role the task; the aggregator in turn learns to pick the right candidate. Without good traces the
+aggregation reward cannot rise, which is SPIRAL's premise in small. An aggregation answers in the
+same form as a trace, so it can itself be a candidate of a later aggregation (recursive
+self-aggregation, ``spiral_fast.evaluate.recursive_aggregation``).
 """
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ class ToyTokenizer:
 
 @dataclass(frozen=True)
 class ToyTask:
-    """base B (digits 0..B-1, also the largest usable set size), num_digits L per problem."""
+    """base B (digits 0..B-1), num_digits L per problem."""
 
     base: int = 4
     num_digits: int = 1
@@ -91,13 +95,18 @@ class ToyTask:
             problems.append((first, *rest))
         return problems
 
+    def trace_answer(self, response: Sequence[int]) -> int | None:
+        """The answer digit a response (trace or aggregation) gives: its first token, or None."""
+        return self.tokenizer.digit(response[0]) if len(response) else None
+
     def trace_correct(self, problem: Sequence[int], trace: Sequence[int]) -> bool:
-        return len(trace) > 0 and self.tokenizer.digit(trace[0]) == self.answer(problem)
+        """Whether a response's own answer is right (the single-trace score)."""
+        return self.trace_answer(trace) == self.answer(problem)
 
     def reward(self, problem: Sequence[int], set_traces: Sequence[Sequence[int]],
                response: Sequence[int]) -> float:
-        """1.0 if the response's first token names (0-based) a member trace whose answer is right."""
-        k = self.tokenizer.digit(response[0]) if len(response) else None
-        if k is None or k >= len(set_traces):
+        """1.0 if the response's answer is right and one of the member traces proposed it."""
+        picked = self.trace_answer(response)
+        if picked is None or picked not in [self.trace_answer(y) for y in set_traces]:
             return 0.0
-        return float(self.trace_correct(problem, set_traces[k]))
+        return float(picked == self.answer(problem))

@@ -48,9 +48,8 @@ class DemoConfig:
                 raise ValueError(f"{f.name} must be an int >= 1, got {value!r}")
         if self.step_impl not in STEP_IMPLS:
             raise ValueError(f"step_impl must be one of {STEP_IMPLS}, got {self.step_impl!r}")
-        if self.set_size > min(self.traces, self.base):
-            raise ValueError(f"set_size must be <= traces ({self.traces}) and <= base ({self.base}, "
-                             f"the aggregator names a trace by a digit), got {self.set_size}")
+        if self.set_size > self.traces:
+            raise ValueError(f"set_size must be <= traces ({self.traces}), got {self.set_size}")
 
 
 def run_demo(config: DemoConfig, *, on_iteration: Callable[[dict], None] | None = None,

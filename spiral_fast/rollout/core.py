@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from spiral_fast.rollout.sets import draw_sets
+from spiral_fast.rollout.sets import check_set_sizes, draw_sets
 
 # reward_fn(problem_index, set_traces, response) -> float: the verifier of one aggregation response.
 RewardFn = Callable[[int, "list[list[int]]", "list[int]"], float]
@@ -25,7 +25,8 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
     """Sample one SPIRAL batch for P problems.
 
     For each problem prompt x (token ids): N = num_traces traces y_i ~ pi(.|x); M = num_sets sets of
-    K = set_size distinct trace indices (:func:`draw_sets`); per set the aggregation prompt
+    K = set_size distinct trace indices, distinct as sets (:func:`draw_sets` with ``distinct=True``:
+    M <= C(N, K), members in random order); per set the aggregation prompt
     a_j = template(x, [y_i for i in S_j]); G = num_aggregations responses z_jg ~ pi(.|a_j); the
     reward r_jg = reward_fn(p, [y_i for i in S_j], z_jg). All traces are sampled in one batched call,
     then all aggregations in a second one.
@@ -50,6 +51,7 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
+    check_set_sizes(num_traces, num_sets, set_size, distinct=True)  # before any sampling
     agg_max_new_tokens = max_new_tokens if agg_max_new_tokens is None else agg_max_new_tokens
     if engine == "hf":
         from spiral_fast.rollout.hf import sample_hf as sample
@@ -61,7 +63,7 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
     traces, trace_lp = sample(model, prompts, num_traces, max_new_tokens=max_new_tokens, **common)
     all_sets, agg_prompts = [], []
     for p, x in enumerate(prompts):
-        sets = draw_sets(num_traces, num_sets, set_size, generator=generator)
+        sets = draw_sets(num_traces, num_sets, set_size, generator=generator, distinct=True)
         own = traces[p * num_traces:(p + 1) * num_traces]
         all_sets.append(sets)
         agg_prompts += [template(x, [own[i] for i in s]) for s in sets]

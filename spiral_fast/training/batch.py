@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from spiral_fast.training.config import SpiralConfig
+
 TRACE, AGG = 0, 1  # roles
 
 
@@ -188,10 +190,12 @@ class ProblemRollout:
         trie's count (only prefixes shared between aggregation prompts are missed)."""
         return sum(self.part_sizes().values())
 
-    def part_sizes(self) -> dict:
-        """Unique-token bound of each part of the problem: "traces" (x + the traces in a set) and,
-        per set j, j (a_j + its G_j responses). A part keeps its own shared prefix (x, a_j)."""
-        sizes = {"traces": self.prompt.numel() + sum(self.traces[i].numel() for i in self.trained_traces())}
+    def part_sizes(self, *, all_traces: bool = False) -> dict:
+        """Unique-token bound of each part of the problem: "traces" (x + the traces in a set, or
+        every trace with ``all_traces``) and, per set j, j (a_j + its G_j responses). A part keeps
+        its own shared prefix (x, a_j)."""
+        traces = range(len(self.traces)) if all_traces else self.trained_traces()
+        sizes = {"traces": self.prompt.numel() + sum(self.traces[i].numel() for i in traces)}
         for j, (a, zs) in enumerate(zip(self.agg_prompts, self.aggregations)):
             sizes[j] = a.numel() + sum(z.numel() for z in zs)
         return sizes
@@ -288,6 +292,25 @@ class SpiralBatch:
                 trace_problem=i64(trace_problem), trace_start=trace_start, set_start=set_start,
                 agg_start=agg_start)
         return self._cache["adv"]
+
+    def informative(self, config=SpiralConfig()) -> tuple["SpiralBatch | None", int]:
+        """Dynamic sampling (the paper's): keep the problems that teach something.
+
+        A problem is dropped when every advantage of it under ``config`` (its aggregation responses'
+        and its traces', as ``step`` trains them, length gate included) is exactly 0, e.g. when all
+        its rewards are equal. Returns (a new ``SpiralBatch`` of the kept problems in their order,
+        number dropped); when every problem is dropped there is no batch to return (a
+        ``SpiralBatch`` holds at least one problem): the result is (None, len(self)).
+        """
+        from spiral_fast.training.common import advantages
+
+        if not isinstance(config, SpiralConfig):
+            raise ValueError(f"config must be a spiral_fast.SpiralConfig, got {type(config).__name__}")
+        adv, flat = advantages(self, config), self.advantage_inputs()
+        kept = [pr for p, pr in enumerate(self.problems)
+                if bool(adv.agg[flat.agg_start[p]:flat.agg_start[p + 1]].any())
+                or bool(adv.trace[flat.trace_start[p]:flat.trace_start[p + 1]].any())]
+        return (SpiralBatch(kept) if kept else None), len(self.problems) - len(kept)
 
     def trained_sequences(self, items, agg_adv: torch.Tensor, trace_adv: torch.Tensor) -> TrainedSequences:
         """The trained sequences of the given work items, in item order within each role.

@@ -38,9 +38,10 @@ def split_problems(sizes: list[int], budget: int) -> list[list[int]]:
     return sorted(out, key=lambda b: b[0])
 
 
-def micro_batches(batch, budget: int) -> list[list]:
+def micro_batches(batch, budget: int, *, all_traces: bool = False) -> list[list]:
     """Work items of ``SpiralBatch.trained_sequences`` per micro-batch of at most ``budget`` unique
     tokens (upper bounds, see ``ProblemRollout.part_sizes``), balanced by ``split_problems``.
+    all_traces: size the trace blocks with every trace, also those in no set (``batch_logprobs``).
 
     A problem within budget stays whole (all its prefixes shared, also across its aggregation
     prompts); a problem over budget is cut into its parts, the trace block (x + traces) and one
@@ -49,7 +50,7 @@ def micro_batches(batch, budget: int) -> list[list]:
     """
     items, sizes = [], []
     for p, pr in enumerate(batch.problems):
-        parts = pr.part_sizes()
+        parts = pr.part_sizes(all_traces=all_traces)
         if sum(parts.values()) <= budget:
             items.append(p)
             sizes.append(sum(parts.values()))

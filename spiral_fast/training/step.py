@@ -9,6 +9,7 @@ import torch
 from spiral_fast.training.common import (activation_checkpointing, advantages, attention_implementation, check_args,
                                          finish, global_counts, metrics, role_losses, world_size)
 from spiral_fast.training.config import SpiralConfig
+from spiral_fast.training.forward import lm_head, response_logprobs
 from spiral_fast.training.microbatch import micro_batches
 
 
@@ -47,24 +48,18 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     the step, whose start resets the peak statistics; omitted on the CPU). Under torch.distributed
     micro_batches is the total over ranks.
     """
-    from spiral_fast.models import packed_hidden_states
     from spiral_fast.models.hf import ATTN_NAME, register as register_attention
-    from spiral_fast.ops.logprobs.op import token_logprobs
     from spiral_fast.algorithm.policy_loss import policy_loss
-    from spiral_fast.packing import pack_sequences
     from spiral_fast.models.lora import unwrap_peft
 
     model = unwrap_peft(model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_args(model, batch, config, optimizer)
-    head = model.get_output_embeddings()
-    weight, bias = head.weight, getattr(head, "bias", None)
-    device = weight.device
+    device = lm_head(model)[0].device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     adv = advantages(batch, config)
     counts = global_counts(batch, adv.set_value)
     bins = micro_batches(batch, config.max_tokens_per_micro_batch)
-    max_pos = getattr(model.config, "max_position_embeddings", None)
     scale = float(world_size())
     parts_sum, stat_sum = torch.zeros(2, device=device), torch.zeros(4, device=device)
     entropy_sum = torch.zeros((), device=device)
@@ -75,14 +70,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn):
         for items in bins:
             seqs = batch.trained_sequences(items, adv.agg, adv.trace)
-            packed = pack_sequences(seqs.tokens, share="trie", max_positions=max_pos)
-            rows = packed.prediction_rows
-            # trained rows: the response positions; (seq, pos) order matches the old log-probs
-            keep = rows.pos >= seqs.prompt_lens[rows.seq]
-            hidden_index, target = rows.hidden_index[keep].to(device), rows.target[keep].to(device)
-            hidden = packed_hidden_states(model, packed)
-            logp, entropy = token_logprobs(hidden[hidden_index], weight, target, temperature=config.temperature,
-                                           return_entropy=True, bias=bias, backend=config.logprob_backend)
+            # trained rows in (seq, pos) order, the order of the old log-probs
+            logp, entropy, packed = response_logprobs(model, seqs.tokens, seqs.prompt_lens, config,
+                                                      return_entropy=True)
             old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
             ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
             loss, parts, stats = role_losses(policy_loss, logp, seqs, old, ref, counts, config)

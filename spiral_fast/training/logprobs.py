@@ -1,0 +1,64 @@
+"""``batch_logprobs``: per-token log-probs of every response of a ``SpiralBatch`` under a model,
+through the packed, micro-batched path of ``step`` without grad (behaviour log-probs recomputed,
+``*_ref_logprobs`` from a frozen reference model, evaluation)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spiral_fast.training.common import check_inputs
+from spiral_fast.training.config import SpiralConfig
+from spiral_fast.training.forward import response_logprobs
+from spiral_fast.training.microbatch import micro_batches
+
+
+@dataclass(frozen=True)
+class BatchLogprobs:
+    """traces[p][i]: float32 CPU tensor [len(y_i)], log-probs of the tokens of trace i of problem p
+    (every trace, also those in no set); aggregations[p][j][g]: the same for response g of set j.
+    The nesting matches ``ProblemRollout(trace_*_logprobs=..., agg_*_logprobs=...)``."""
+    traces: list
+    aggregations: list
+
+
+def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
+    """Log-probs of every response token of ``batch`` under ``model`` at ``config.temperature``.
+
+    log_softmax(logits / temperature)[token] of each token of each trace y_i given x and of each
+    aggregation response z_jg given a_j, computed as ``step`` computes them: micro-batches of at
+    most ``config.max_tokens_per_micro_batch`` unique tokens (whole problems, a problem over budget
+    cut into its trace block and per-set blocks), each packed into a prefix tree and run through
+    ``packed_hidden_states`` and ``token_logprobs`` (``config.logprob_backend``) under
+    ``torch.no_grad``. Only those config fields matter. The model is used in its current mode
+    (call ``model.eval()`` first if it has dropout).
+
+    Fill reference log-probs: ``ProblemRollout(..., trace_ref_logprobs=out.traces[p],
+    agg_ref_logprobs=out.aggregations[p])``. Returns ``BatchLogprobs`` of CPU float32 tensors.
+    """
+    check_inputs(model, batch, config)
+    traces = [[None] * len(pr.traces) for pr in batch.problems]
+    aggregations = [[[None] * len(zs) for zs in pr.aggregations] for pr in batch.problems]
+    with torch.no_grad():
+        for items in micro_batches(batch, config.max_tokens_per_micro_batch, all_traces=True):
+            slots, tokens, prompt_lens = [], [], []
+            for item in items:
+                p, part = (item, None) if isinstance(item, int) else item
+                pr = batch.problems[p]
+                if part in (None, "traces"):
+                    for i, y in enumerate(pr.traces):
+                        slots.append((traces[p], i))
+                        tokens.append(torch.cat([pr.prompt, y]))
+                        prompt_lens.append(pr.prompt.numel())
+                for j, zs in enumerate(pr.aggregations):
+                    if part in (None, j):
+                        for g, z in enumerate(zs):
+                            slots.append((aggregations[p][j], g))
+                            tokens.append(torch.cat([pr.agg_prompts[j], z]))
+                            prompt_lens.append(pr.agg_prompts[j].numel())
+            prompt_lens = torch.tensor(prompt_lens, dtype=torch.int64)
+            logp, _, _ = response_logprobs(model, tokens, prompt_lens, config)
+            lens = [t.numel() - n for t, n in zip(tokens, prompt_lens.tolist())]
+            for (row, k), lp in zip(slots, logp.float().cpu().split(lens)):
+                row[k] = lp
+    return BatchLogprobs(traces=traces, aggregations=aggregations)
