@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not HAS_CUDA:
             item.add_marker(skip_gpu)
-        if "vllm" in item.keywords and not HAS_VLLM:
+        if item.get_closest_marker("vllm") and not HAS_VLLM:  # not keywords: they hold path names (vllm/...)
             item.add_marker(skip_vllm)
         if "interpret" in item.keywords:
             try:

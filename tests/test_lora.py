@@ -80,6 +80,24 @@ def test_lora_rollout_hf_logprobs_are_the_adapted_policy():
     assert (base_logits - logits).abs().max() > 1e-3  # the adapter changes the policy
 
 
+def test_lora_batch_logprobs_are_those_of_the_merged_model():
+    from spiral_fast.models.lora import merged_state_dict
+
+    model = lora_model("llama")
+    plain = tiny_model("llama", seed=5)
+    plain.load_state_dict(merged_state_dict(model))  # W + BA in every linear layer, strict names
+    batch = random_batch(4, problems=2, max_g=2)
+    config = SpiralConfig(temperature=0.7)
+    got, want = spiral_fast.batch_logprobs(model, batch, config=config), spiral_fast.batch_logprobs(plain, batch,
+                                                                                                  config=config)
+    with model.disable_adapter():
+        base = spiral_fast.batch_logprobs(model, batch, config=config)
+    for p in range(2):
+        for a, b, c in zip(got.traces[p], want.traces[p], base.traces[p]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+            assert (a - c).abs().max() > 1e-3  # the adapters matter
+
+
 def test_lora_rejects_what_the_step_cannot_run():
     head = lora_model(target_modules=["q_proj", "lm_head"])
     with pytest.raises(ValueError, match="LM head"):

@@ -1,6 +1,6 @@
-"""spiral_fast.VLLMSampler: vLLM's behaviour log-probs equal the Hugging Face model's log-probs of the
-sampled batch (traces and aggregations, T = 1.0 and 0.7, before and after a sync, LoRA), closing
-frees the engine, bad input is rejected. One engine for the whole session (conftest.vllm_sampler)."""
+"""spiral_fast.VLLMSampler: vLLM's behaviour log-probs equal spiral_fast.batch_logprobs of the Hugging
+Face model on the sampled batch (traces and aggregations, T = 1.0 and 0.7, before and after a sync,
+LoRA), closing frees the engine, bad input is rejected. One engine for the whole session (conftest.vllm_sampler)."""
 import gc
 import json
 import weakref
@@ -38,24 +38,16 @@ def sample_batch(sampler, temperature, *, seed=0):
                                temperature=temperature, eos_token_id=EOS, generator=gen, engine="vllm")
 
 
-def hf_logprobs(model, prompt, response, temperature):
-    """Oracle: log_softmax(logits / T) of each response token under one plain fp32 forward."""
-    ids = torch.cat([prompt, response])[None]
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float() / temperature
-    return logits.log_softmax(-1).gather(1, response[:, None])[:, 0]
-
-
 def max_logprob_error(model, batch, temperature):
-    """Largest |vLLM behaviour log-prob - HF log-prob| over every trace and aggregation token."""
+    """Largest |vLLM behaviour log-prob - batch_logprobs| over every trace and aggregation token."""
+    want = spiral_fast.batch_logprobs(model, batch, config=spiral_fast.SpiralConfig(temperature=temperature))
     err = 0.0
-    for pr in batch.problems:
-        pairs = [(pr.prompt, y, lp) for y, lp in zip(pr.traces, pr.trace_old_logprobs)]
-        pairs += [(a, z, lp) for a, zs, lps in zip(pr.agg_prompts, pr.aggregations, pr.agg_old_logprobs)
-                  for z, lp in zip(zs, lps)]
-        for prompt, response, lp in pairs:
-            assert lp.shape == response.shape
-            err = max(err, (lp - hf_logprobs(model, prompt, response, temperature)).abs().max().item())
+    for p, pr in enumerate(batch.problems):
+        got = list(zip(pr.trace_old_logprobs, want.traces[p]))
+        got += [pair for lps, ws in zip(pr.agg_old_logprobs, want.aggregations[p]) for pair in zip(lps, ws)]
+        for lp, w in got:
+            assert lp.shape == w.shape
+            err = max(err, (lp - w).abs().max().item())
     return err
 
 

@@ -23,7 +23,8 @@ class BatchLogprobs:
 
 
 def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
-    """Log-probs of every response token of ``batch`` under ``model`` at ``config.temperature``.
+    """Log-probs of every response token of ``batch`` under ``model`` (a Hugging Face causal LM or a
+    LoRA ``peft.PeftModel``) at ``config.temperature``.
 
     log_softmax(logits / temperature)[token] of each token of each trace y_i given x and of each
     aggregation response z_jg given a_j, computed as ``step`` computes them: micro-batches of at
@@ -36,6 +37,9 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
     Fill reference log-probs: ``ProblemRollout(..., trace_ref_logprobs=out.traces[p],
     agg_ref_logprobs=out.aggregations[p])``. Returns ``BatchLogprobs`` of CPU float32 tensors.
     """
+    from spiral_fast.models.lora import unwrap_peft
+
+    model = unwrap_peft(model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_inputs(model, batch, config)
     traces = [[None] * len(pr.traces) for pr in batch.problems]
     aggregations = [[[None] * len(zs) for zs in pr.aggregations] for pr in batch.problems]
