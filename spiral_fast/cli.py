@@ -5,7 +5,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from spiral_fast.demo.train import STEP_IMPLS, DemoConfig
+from spiral_fast.demo.train import ENGINES, STEP_IMPLS, DemoConfig
 
 _DEMO_HELP = {
     "iterations": "SPIRAL iterations (rollout + one optimizer step each)",
@@ -23,6 +23,8 @@ _DEMO_HELP = {
     "layers": "decoder layers of the tiny Qwen2 model",
     "step_impl": "spiral_fast.step ('step') or the naive oracle spiral_fast.step_reference",
     "threads": "torch intra-op threads (1 is fastest for the tiny model on a shared CPU)",
+    "engine": "sampler: transformers generate ('hf') or an in-process vLLM engine synced after every step "
+              "('vllm'; needs vLLM, see README; the model then has attention heads of size 32)",
 }
 
 
@@ -56,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "iteration and writes a PNG of aggregation reward and set value.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = DemoConfig()
-    special = {"step_impl": {"choices": STEP_IMPLS}, "lr": {"type": float},
-               "temperature": {"type": float}, "seed": {"type": int}}
+    special = {"step_impl": {"choices": STEP_IMPLS}, "engine": {"choices": ENGINES, "type": str},
+               "lr": {"type": float}, "temperature": {"type": float}, "seed": {"type": int}}
     for f in fields(DemoConfig):
         demo.add_argument("--" + f.name.replace("_", "-"), default=getattr(defaults, f.name),
                           help=_DEMO_HELP[f.name], **special.get(f.name, {"type": _positive_int}))

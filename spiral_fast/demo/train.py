@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 STEP_IMPLS = ("step", "reference")
+ENGINES = ("hf", "vllm")  # spiral_fast.rollout's samplers
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class DemoConfig:
     `threads`: torch intra-op threads during the run (restored after). One is fastest here: the
     model is tiny, and on a shared CPU a thread pool contends for cores (measured: the same step
     took 3-9 s with 2 threads on a loaded 2-core machine, 0.2 s with 1).
+    `engine`: the sampler, "hf" (transformers generate) or "vllm" (a ``spiral_fast.VLLMSampler``
+    synced after every step; its model has attention heads of size 32, the smallest vLLM's CPU
+    attention runs).
     """
 
     iterations: int = 150
@@ -37,6 +41,7 @@ class DemoConfig:
     layers: int = 2
     step_impl: str = "step"
     threads: int = 1
+    engine: str = "hf"
 
     def __post_init__(self):
         for f in fields(self):
@@ -46,6 +51,8 @@ class DemoConfig:
                     raise ValueError(f"{f.name} must be > 0, got {value!r}")
             elif f.type == "int" and f.name != "seed" and not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{f.name} must be an int >= 1, got {value!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
         if self.step_impl not in STEP_IMPLS:
             raise ValueError(f"step_impl must be one of {STEP_IMPLS}, got {self.step_impl!r}")
         if self.set_size > self.traces:
@@ -73,15 +80,33 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> list[dict]:
     import spiral_fast
     from spiral_fast.demo.model import tiny_qwen2
     from spiral_fast.demo.task import ToyTask
-    from tqdm import tqdm
 
     task = ToyTask(base=config.base, num_digits=config.digits)
     tok = task.tokenizer
     torch.manual_seed(config.seed)  # generate() samples from the global RNG
     generator = torch.Generator().manual_seed(config.seed)
+    heads = {}
+    if config.engine == "vllm":  # vLLM's CPU attention has no head size below 32: heads of 32
+        h = max(1, config.hidden_size // 32)
+        heads = dict(num_heads=h, num_kv_heads=h // 2 if h % 2 == 0 else h)
     model = tiny_qwen2(len(tok), seed=config.seed, hidden_size=config.hidden_size,
-                       num_layers=config.layers)
+                       num_layers=config.layers, **heads)
     model.train()
+    sampler = None
+    if config.engine == "vllm":
+        sampler = spiral_fast.VLLMSampler(model, dtype="float32", seed=config.seed, kv_cache_memory_bytes=64 << 20)
+    try:
+        return _loop(config, task, model, sampler, generator, on_iteration, progress)
+    finally:
+        if sampler is not None:
+            sampler.close()
+
+
+def _loop(config: DemoConfig, task, model, sampler, generator, on_iteration, progress: bool) -> list[dict]:
+    import spiral_fast
+    from tqdm import tqdm
+
+    tok = task.tokenizer
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     step_fn = spiral_fast.step if config.step_impl == "step" else spiral_fast.step_reference
     step_config = spiral_fast.SpiralConfig(temperature=config.temperature)
@@ -92,13 +117,14 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> list[dict]:
         start = time.perf_counter()
         problems = task.sample_problems(config.problems, generator)
         batch = spiral_fast.rollout(
-            model, [task.prompt(p) for p in problems],
+            model if sampler is None else sampler, [task.prompt(p) for p in problems],
             reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z),
             template=task.template, num_traces=config.traces, num_sets=config.sets,
             set_size=config.set_size, num_aggregations=config.aggregations,
             temperature=config.temperature, max_new_tokens=1, pad_token_id=tok.pad_id,
-            generator=generator)
+            generator=generator, engine=config.engine)
         out = step_fn(model, batch, config=step_config, optimizer=optimizer)
+        sync = sampler.sync(model) if sampler is not None else None  # vLLM samples the new weights next
         rewards = [r for pr in batch.problems for per_set in pr.rewards for r in per_set]
         set_values = [sum(per_set) / len(per_set) for pr in batch.problems for per_set in pr.rewards]
         traces = [(problems[i], y.tolist()) for i, pr in enumerate(batch.problems) for y in pr.traces]
@@ -111,6 +137,8 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> list[dict]:
             "loss": float(out.loss),
             "seconds": time.perf_counter() - start,
         }
+        if sync is not None:
+            row["sync_seconds"] = sync["seconds"]
         row.update({f"step/{k}": float(v) for k, v in out.metrics.items()
                     if isinstance(v, (int, float)) and k not in row})
         history.append(row)
