@@ -80,6 +80,26 @@ def test_lora_rollout_hf_logprobs_are_the_adapted_policy():
     assert (base_logits - logits).abs().max() > 1e-3  # the adapter changes the policy
 
 
+def test_lora_recursive_aggregation_runs_the_adapted_model():
+    from spiral_fast.evaluate import recursive_aggregation
+
+    model = lora_model()
+    template = spiral_fast.rollout.AggregationTemplate(separator=(2,))
+    runs = []
+    for adapters in (True, False):
+        torch.manual_seed(0)
+        if adapters:
+            out = recursive_aggregation(model, [[5, 6, 7]], template=template, score_fn=lambda p, r: 1.0,
+                                        population=4, set_size=2, steps=1, max_new_tokens=4)
+        else:
+            with model.disable_adapter():
+                out = recursive_aggregation(model, [[5, 6, 7]], template=template, score_fn=lambda p, r: 1.0,
+                                            population=4, set_size=2, steps=1, max_new_tokens=4)
+        assert [len(rows) for rows in out.populations[-1]] == [4]
+        runs.append(out.populations)
+    assert runs[0] != runs[1]  # same seed, other policy: the adapters were sampled
+
+
 def test_lora_batch_logprobs_are_those_of_the_merged_model():
     from spiral_fast.models.lora import merged_state_dict
 

@@ -100,6 +100,20 @@ def test_lora_sync(vllm_sampler):
     assert max_logprob_error(model, after, 0.7) <= TOL
 
 
+def test_recursive_aggregation_through_the_sampler(vllm_sampler):
+    from spiral_fast.evaluate import recursive_aggregation
+
+    vllm_sampler.sync(model_like_engine(seed=4))
+    template = spiral_fast.rollout.AggregationTemplate(separator=(2,), tail=(4,))
+    out = recursive_aggregation(vllm_sampler, [[5, 6], [7, 8, 9]], template=template, engine="vllm",
+                                score_fn=lambda p, r: float(r[-1] % 2), population=4, set_size=2, steps=2,
+                                max_new_tokens=3, generator=torch.Generator().manual_seed(0))
+    assert len(out.accuracy) == len(out.populations) == 3
+    for population in out.populations:
+        assert [len(rows) for rows in population] == [4, 4]
+        assert all(1 <= len(r) <= 3 for rows in population for r in rows)
+
+
 def test_sync_rejects_another_vocabulary_or_architecture(vllm_sampler):
     from transformers import LlamaConfig, LlamaForCausalLM
 
