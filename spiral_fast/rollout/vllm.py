@@ -214,13 +214,9 @@ class VLLMSampler:
         diff = {k: (signature[k], v) for k, v in self._signature.items() if signature[k] != v}
         if diff:
             raise ValueError(f"model has another architecture than the engine's: (model, engine) differ in {diff}")
-        pairs, seen = [], set()
-        # a tied LM head is the embedding: push it once, under the embedding's name (vLLM skips
-        # lm_head.* of a tied model)
-        for name, t in sorted(state.items(), key=lambda kv: kv[0].startswith("lm_head.")):
-            if t.data_ptr() not in seen:
-                seen.add(t.data_ptr())
-                pairs.append((name, t.detach()))
+        # every tensor under its checkpoint name, a tied LM head too: measured, vLLM's in-place
+        # reload left the perturbed embedding out of the logits when lm_head.weight was skipped
+        pairs = [(name, t.detach()) for name, t in state.items()]
         llm.collective_rpc(_reload, args=(pairs,))
         llm.reset_prefix_cache()
         return {"seconds": time.perf_counter() - start,
