@@ -88,8 +88,9 @@ def verl_style_spiral(b: dict):
 
 
 def spiral_fast_advantages(b: dict):
+    # the peer's settings (verl GRPO: std-scaled, one group per problem), explicit since issue 8
     return spiral_fast.spiral_advantages(b["rewards"], b["agg_set"], b["set_problem"], b["set_members"],
-                                         b["set_offsets"], b["trace_problem"])
+                                         b["set_offsets"], b["trace_problem"], scale="std", agg_baseline="problem")
 
 
 ADV_PEERS = {"spiral_fast": spiral_fast_advantages, "verl-style-loop": verl_style_spiral}

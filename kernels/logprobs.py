@@ -20,27 +20,44 @@ import triton
 import triton.language as tl
 
 from spiral_fast._utils import triton_interpreting
+from spiral_fast.kernels._launch import cuda_matmul_allows_tf32, device_guard
 
-# Fixed configs (no autotuning: cold start and CI stay fast and deterministic). Under the
-# interpreter blocks are small so that the tiny test shapes still cross block boundaries.
+# Fixed configs (no autotuning: cold start and CI stay fast and deterministic), chosen by compiling
+# for sm_90 offline (``python -m spiral_fast.kernels.compile_check``; the ``sm90_compile`` test keeps
+# every one within shared memory and registers). Under the interpreter blocks are small so that the
+# tiny test shapes still cross block boundaries.
 # Forward: 128 tokens per program halves how often W streams through L2 against 64.
 # Backward: atomic traffic is N V H (1/BLOCK_N + 1/BLOCK_V) floats, so both tile sides are 128.
+# float32 tiles are twice as wide. With TF32 the backward's 128 x 64 operand stages need ~295 KB of
+# shared memory (more than the 227 KB of an H100/H200): a 32-wide hidden slice fits at 176 KB with no
+# spills. IEEE float32 dots run on FMA units and hold their operands in registers: 128 x 64 tiles over
+# 16 (backward) or 32 (forward) hidden columns are the largest found that do not spill.
 _GPU_FWD = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)
 _GPU_BWD = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)
+_GPU_FWD_TF32 = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=32, num_warps=8, num_stages=3)
+_GPU_BWD_TF32 = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=32, num_warps=8, num_stages=3)
+_GPU_FWD_IEEE = dict(BLOCK_N=128, BLOCK_V=64, BLOCK_H=32, num_warps=8, num_stages=2)
+_GPU_BWD_IEEE = dict(BLOCK_N=128, BLOCK_V=64, BLOCK_H=16, num_warps=8, num_stages=2)
 _INTERPRET = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32)
 _ROW_BLOCK_V = 1024
 _ROW_BLOCK_V_INTERPRET = 64
 
 
-def _linear_config(kind: str) -> dict:
-    if triton_interpreting():
+def linear_config(kind: str, dtype: torch.dtype, interpret: bool | None = None) -> dict:
+    """Launch config of the token log-prob ``kind`` ("fwd" | "bwd") kernel for ``dtype`` inputs
+    (float32 ones under torch's current TF32 switch)."""
+    if triton_interpreting() if interpret is None else interpret:
         return dict(_INTERPRET)
-    return dict(_GPU_FWD if kind == "fwd" else _GPU_BWD)
+    if dtype != torch.float32:
+        return dict(_GPU_FWD if kind == "fwd" else _GPU_BWD)
+    if _dot_precision(dtype) == "tf32":
+        return dict(_GPU_FWD_TF32 if kind == "fwd" else _GPU_BWD_TF32)
+    return dict(_GPU_FWD_IEEE if kind == "fwd" else _GPU_BWD_IEEE)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
     # float32 inputs follow torch's own TF32 switch, so the op is as exact as torch's matmul
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and not cuda_matmul_allows_tf32():
         return "ieee"
     return "tf32"
 
@@ -123,11 +140,12 @@ def _grad_tile(z, m, log_s, mean_shifted, dl, de, is_target, temperature, HAS_DE
     return g / temperature
 
 
-@triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None})
+@triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None,
+                    "SCALE_G": lambda args: args["h_ptr"].dtype == torch.float16})
 @triton.jit
 def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, ms_ptr, dl_ptr, de_ptr,
                                dh_ptr, dw_ptr, db_ptr, N, V, H, stride_hn, stride_hh, stride_wv, stride_wh,
-                               temperature, HAS_BIAS: tl.constexpr, HAS_DENT: tl.constexpr,
+                               temperature, HAS_BIAS: tl.constexpr, SCALE_G: tl.constexpr, HAS_DENT: tl.constexpr,
                                NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
                                DOT_PRECISION: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
@@ -154,20 +172,31 @@ def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, ms
         tl.atomic_add(db_ptr + offs_v, tl.sum(g, axis=0), mask=mask_v, sem="relaxed")
     # G meets W and h in their own dtype (tensor cores); the products accumulate in float32.
     # Atomics are relaxed: only their sum matters, read after the kernel ends.
-    g_lp = g.to(h_ptr.dtype.element_ty)
+    if SCALE_G:
+        # fp16 flushes |G| < 6e-8 to zero, and a token-mean over a large batch gives upstream
+        # gradients ~1e-7: lift the tile's largest |G| into [2^14, 2^15) (below fp16's 65504) by a
+        # power of two, exact both ways, and undo it on the float32 products
+        g_max = tl.max(tl.max(tl.abs(g), axis=1), axis=0)
+        e = tl.minimum(tl.maximum(14.0 - tl.floor(tl.log2(g_max)), -126.0), 126.0).to(tl.int32)
+        g_scale = ((e + 127) << 23).to(tl.float32, bitcast=True)
+        g_unscale = ((127 - e) << 23).to(tl.float32, bitcast=True)
+        g_lp = (g * g_scale).to(h_ptr.dtype.element_ty)
+    else:
+        g_unscale = 1.0
+        g_lp = g.to(h_ptr.dtype.element_ty)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
         if NEED_DH:
             w = tl.load(w_ptr + offs_v[:, None] * stride_wv + offs_h[None, :] * stride_wh,
                         mask=mask_v[:, None] & mask_h[None, :], other=0.0)
-            dh = tl.dot(g_lp, w, input_precision=DOT_PRECISION)
+            dh = tl.dot(g_lp, w, input_precision=DOT_PRECISION) * g_unscale
             tl.atomic_add(dh_ptr + offs_n[:, None] * H + offs_h[None, :], dh,
                           mask=mask_n[:, None] & mask_h[None, :], sem="relaxed")
         if NEED_DW:
             h = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
                         mask=mask_n[:, None] & mask_h[None, :], other=0.0)
-            dw = tl.dot(tl.trans(g_lp), h, input_precision=DOT_PRECISION)
+            dw = tl.dot(tl.trans(g_lp), h, input_precision=DOT_PRECISION) * g_unscale
             tl.atomic_add(dw_ptr + offs_v[:, None] * H + offs_h[None, :], dw,
                           mask=mask_v[:, None] & mask_h[None, :], sem="relaxed")
 
@@ -255,12 +284,13 @@ def token_logprobs_fwd(hidden, weight, bias, targets, temperature, want_entropy)
     if n == 0:
         return out
     m, log_s, ent, ms, zt = out
-    cfg = _linear_config("fwd")
+    cfg = linear_config("fwd", hidden.dtype)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
-    _token_logprobs_fwd_kernel[grid](
-        hidden, weight, bias, targets, m, log_s, _or(ent, m), _or(ms, m), zt,
-        n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), float(temperature),
-        WANT_ENTROPY=want_entropy, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
+    with device_guard(hidden.device):
+        _token_logprobs_fwd_kernel[grid](
+            hidden, weight, bias, targets, m, log_s, _or(ent, m), _or(ms, m), zt,
+            n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), float(temperature),
+            WANT_ENTROPY=want_entropy, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
     return out
 
 
@@ -277,13 +307,14 @@ def token_logprobs_bwd(hidden, weight, bias, targets, stats, dlogp, dent, temper
     db = torch.zeros(v, device=dev, dtype=torch.float32) if need_db else None
     if n == 0 or not (need_dh or need_dw or need_db):
         return dh, dw, db
-    cfg = _linear_config("bwd")
+    cfg = linear_config("bwd", hidden.dtype)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"]))
-    _token_logprobs_bwd_kernel[grid](
-        hidden, weight, bias, targets, m, log_s, _or(ms, m), dlogp, _or(dent, dlogp), _or(dh, m), _or(dw, m),
-        _or(db, m), n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-        float(temperature), HAS_DENT=dent is not None, NEED_DH=need_dh, NEED_DW=need_dw,
-        NEED_DB=need_db and bias is not None, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
+    with device_guard(hidden.device):
+        _token_logprobs_bwd_kernel[grid](
+            hidden, weight, bias, targets, m, log_s, _or(ms, m), dlogp, _or(dent, dlogp), _or(dh, m), _or(dw, m),
+            _or(db, m), n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+            float(temperature), HAS_DENT=dent is not None, NEED_DH=need_dh, NEED_DW=need_dw,
+            NEED_DB=need_db and bias is not None, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
     return dh, dw, db
 
 
@@ -299,10 +330,11 @@ def logits_logprobs_fwd(logits, targets, temperature, want_entropy):
     if n == 0:
         return out
     m, log_s, ent, ms, zt = out
-    _logits_logprobs_fwd_kernel[(n,)](
-        logits, targets, m, log_s, _or(ent, m), _or(ms, m), zt, v,
-        logits.stride(0), logits.stride(1), float(temperature), WANT_ENTROPY=want_entropy,
-        BLOCK_V=_row_block_v(v), num_warps=4)
+    with device_guard(logits.device):
+        _logits_logprobs_fwd_kernel[(n,)](
+            logits, targets, m, log_s, _or(ent, m), _or(ms, m), zt, v,
+            logits.stride(0), logits.stride(1), float(temperature), WANT_ENTROPY=want_entropy,
+            BLOCK_V=_row_block_v(v), num_warps=4)
     return out
 
 
@@ -313,8 +345,9 @@ def logits_logprobs_bwd(logits, targets, stats, dlogp, dent, temperature):
     if n == 0:
         return dz
     m, log_s, ms = stats
-    _logits_logprobs_bwd_kernel[(n,)](
-        logits, dz, targets, m, log_s, _or(ms, m), dlogp, _or(dent, dlogp),
-        v, logits.stride(0), logits.stride(1), dz.stride(0), float(temperature), HAS_DENT=dent is not None,
-        BLOCK_V=_row_block_v(v), num_warps=4)
+    with device_guard(logits.device):
+        _logits_logprobs_bwd_kernel[(n,)](
+            logits, dz, targets, m, log_s, _or(ms, m), dlogp, _or(dent, dlogp),
+            v, logits.stride(0), logits.stride(1), dz.stride(0), float(temperature), HAS_DENT=dent is not None,
+            BLOCK_V=_row_block_v(v), num_warps=4)
     return dz

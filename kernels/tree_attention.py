@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from spiral_fast.kernels._launch import device_guard
+
 _LOG2E = 1.4426950408889634
 
 
@@ -244,13 +246,14 @@ def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, q_mid, kv_list, k_start, 
     o = torch.empty_like(q)
     lse = torch.empty((hq, t), dtype=torch.float32, device=q.device)
     grid = (q_start.numel(), hq)
-    _tree_attention_fwd_kernel[grid](
-        q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
-        lse.stride(0), scale * _LOG2E,
-        GROUP=hq // k.shape[1], HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
-    )
+    with device_guard(q.device):
+        _tree_attention_fwd_kernel[grid](
+            q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
+            lse.stride(0), scale * _LOG2E,
+            GROUP=hq // k.shape[1], HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
+            IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+        )
     return o, lse
 
 
@@ -270,16 +273,17 @@ def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_lis
         torch.empty((t, hq, d), dtype=torch.float32, device=q.device) for _ in range(2))
     common = dict(GROUP=group, HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
                   IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
-    _tree_attention_bwd_dq_kernel[(q_start.numel(), hq)](
-        q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-        dq.stride(0), dq.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
-    )
-    _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hq)](
-        q, k, v, do, dk, dv, lse, delta, q_start, q_end, k_start, k_end, k_blk, k_mid, q_list,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-        dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
-    )
+    with device_guard(q.device):
+        _tree_attention_bwd_dq_kernel[(q_start.numel(), hq)](
+            q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+            dq.stride(0), dq.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
+        )
+        _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hq)](
+            q, k, v, do, dk, dv, lse, delta, q_start, q_end, k_start, k_end, k_blk, k_mid, q_list,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
+        )
     if group > 1:
         dk = dk.view(t, hkv, group, d).sum(2).to(k.dtype)
         dv = dv.view(t, hkv, group, d).sum(2).to(v.dtype)

@@ -24,7 +24,7 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
     model = unwrap_peft(model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_args(model, batch, config, optimizer)
     adv = advantages(batch, config)
-    counts = global_counts(batch, adv.set_value)
+    counts = global_counts(batch, adv.set_value, adv.gated)
     seqs = batch.trained_sequences(range(len(batch)), adv.agg, adv.trace)
     device = next(model.parameters()).device
     logps, entropies = [], []

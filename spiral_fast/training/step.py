@@ -24,7 +24,7 @@ class StepOutput:
 def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     """One SPIRAL training step of a Hugging Face decoder-only causal LM on a ``SpiralBatch``.
 
-    Advantages (``spiral_advantages``), then per micro-batch (at most
+    Advantages (``spiral_advantages``, then ``config.length_gate``), then per micro-batch (at most
     ``config.max_tokens_per_micro_batch`` unique tokens, balanced; whole problems, a problem over
     budget cut into its trace block and per-set aggregation blocks, see ``microbatch.micro_batches``):
     ``pack_sequences`` (trie) of its trained sequences (x + y_i for traces in a set, a_j + z_jg),
@@ -44,6 +44,8 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     agg_loss, trace_loss, agg_reward_mean, set_value_mean, clip_frac_low / clip_frac_high /
     clip_frac, ratio_mean, kl_mean, entropy_mean, tokens_trained, trace_tokens, agg_tokens,
     unique_tokens (encoded), dedup_ratio (sequence tokens / unique tokens), micro_batches,
+    gated_frac (responses whose positive advantage ``config.length_gate`` set to 0, divided by the
+    trained responses: traces in at least one set plus aggregation responses; 0 without a gate),
     grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only: the allocator peak of
     the step, whose start resets the peak statistics; omitted on the CPU). Under torch.distributed
     micro_batches is the total over ranks.
@@ -58,7 +60,7 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     adv = advantages(batch, config)
-    counts = global_counts(batch, adv.set_value)
+    counts = global_counts(batch, adv.set_value, adv.gated)
     bins = micro_batches(batch, config.max_tokens_per_micro_batch)
     scale = float(world_size())
     parts_sum, stat_sum = torch.zeros(2, device=device), torch.zeros(4, device=device)

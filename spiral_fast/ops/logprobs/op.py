@@ -161,6 +161,11 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-10
     ``"triton"`` (CUDA, or CPU under TRITON_INTERPRET=1). Raises ``ValueError`` naming the argument
     on a shape/dtype/device mismatch, a target outside [0, V) other than ``ignore_index``, a
     non-positive temperature or an unknown backend.
+
+    float16: gradients come back in float16, whose smallest subnormal is 6e-8, so train with loss
+    scaling (``torch.amp.GradScaler``) as for any fp16 model; the Triton backward scales its
+    gradient tiles by powers of two internally so that it loses no more than storing the exact
+    gradient in float16 does. bfloat16 has float32's range and needs neither.
     """
     check_tensor("hidden", hidden, dtypes=_FLOATS)
     if hidden.dim() < 1:
