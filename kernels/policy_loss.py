@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from spiral_fast.kernels._launch import device_guard
+
 NUM_PARTIALS = 5  # loss, clip_low, clip_high, ratio, kl
 DEFAULT_BLOCK = 1024
 
@@ -74,8 +76,9 @@ def policy_loss_fwd(logp, old_logp, ref_logp, token_seq, seq_adv, seq_coef, *, c
     partials = torch.zeros(max(num_blocks, 1), NUM_PARTIALS, dtype=torch.float32, device=logp.device)
     if rows == 0:
         return grad, partials
-    _policy_loss_fwd_kernel[(num_blocks,)](
-        logp.contiguous(), old_logp.contiguous(), None if ref_logp is None else ref_logp.contiguous(),
-        token_seq.contiguous(), seq_adv.contiguous(), seq_coef.contiguous(), grad, partials, rows,
-        1.0 - clip_low, 1.0 + clip_high, kl_coef, BLOCK=block, num_warps=4)
+    with device_guard(logp.device):
+        _policy_loss_fwd_kernel[(num_blocks,)](
+            logp.contiguous(), old_logp.contiguous(), None if ref_logp is None else ref_logp.contiguous(),
+            token_seq.contiguous(), seq_adv.contiguous(), seq_coef.contiguous(), grad, partials, rows,
+            1.0 - clip_low, 1.0 + clip_high, kl_coef, BLOCK=block, num_warps=4)
     return grad, partials

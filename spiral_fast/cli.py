@@ -1,14 +1,16 @@
-"""The `spiral-fast` console script: `spiral-fast demo` and `spiral-fast profile-memory`."""
+"""The `spiral-fast` console script: `spiral-fast demo`, `spiral-fast eval` and `spiral-fast profile-memory`."""
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
+from pathlib import Path
 
-from spiral_fast.demo.train import AGGREGATIONS, STEP_IMPLS, DemoConfig
+from spiral_fast.demo.eval import EvalConfig
+from spiral_fast.demo.train import CHOICES, METHODS, DemoConfig
 
 _DEMO_HELP = {
-    "iterations": "SPIRAL iterations (rollout + one optimizer step each)",
+    "iterations": "training iterations (rollout + one optimizer step each)",
     "seed": "seed of the model init, problems, sets and sampling",
     "problems": "problems per iteration (P)",
     "traces": "traces sampled per problem (N)",
@@ -23,7 +25,25 @@ _DEMO_HELP = {
     "layers": "decoder layers of the tiny Qwen2 model",
     "step_impl": "spiral_fast.step ('step') or the naive oracle spiral_fast.step_reference",
     "threads": "torch intra-op threads (1 is fastest for the tiny model on a shared CPU)",
-    "aggregation": "'text' (traces rendered into the aggregation prompt) or 'parallel' (read as keys and values)",
+    "method": "spiral, or grpo: single traces scored on their own answers, N + M*G per problem",
+    "dynamic_sampling": "drop problems whose advantages are all zero and sample more (paper)",
+    "max_extra_rounds": "dynamic sampling: extra rollouts per iteration at most",
+    "engine": "sampler: transformers generate ('hf') or an in-process vLLM engine synced after every step "
+              "('vllm'; needs vLLM, see README; the model then has attention heads of size 32)",
+    "aggregation": "'text' (traces rendered into the aggregation prompt) or 'parallel' (read as keys and "
+                   "values; HF engine)",
+}
+
+_EVAL_HELP = {
+    "problems": "evaluation problems (balanced answers)",
+    "samples": "traces per problem for pass@k and majority vote, k = 1..samples",
+    "population": "RSA: candidates per problem",
+    "set_size": "RSA: candidates per aggregation (default: the set size the model was trained with)",
+    "steps": "RSA: aggregation steps",
+    "seed": "seed of the problems, set draws and sampling",
+    "temperature": "sampling temperature",
+    "votes": "majority vote@k: random orderings of the samples averaged over",
+    "threads": "torch intra-op threads (1 is fastest for the tiny model on a shared CPU)",
 }
 
 
@@ -44,26 +64,61 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _add_options(parser, config_cls, helps: dict, *, prefix: str = "", choices: dict | None = None) -> None:
+    """One --[prefix-]name option per dataclass field, its default, help and type from the table."""
+    defaults = config_cls()
+    for f in fields(config_cls):
+        opts = {"type": _positive_int}
+        if f.name in (choices or {}):
+            opts = {"choices": choices[f.name]}
+        elif f.type == "bool":
+            opts = {"action": "store_true"}
+        elif f.type == "float":
+            opts = {"type": float}
+        elif f.name == "seed":
+            opts = {"type": int}
+        parser.add_argument("--" + (prefix + f.name).replace("_", "-"), default=getattr(defaults, f.name),
+                            help=helps[f.name], **opts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spiral-fast",
-        description="SPIRAL training steps made fast: a CPU demo of the full loop and a memory profiler.")
+        description="SPIRAL training steps made fast: a CPU demo of the full loop, its evaluation "
+                    "and a memory profiler.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo", help="train a tiny random model on a toy task with the full SPIRAL loop (CPU, minutes)",
         description="Rollouts (N traces, M sets of K, G aggregations; transformers generate) then "
                     "spiral_fast.step with AdamW, per iteration; prints one metrics line per "
-                    "iteration and writes a PNG of aggregation reward and set value.",
+                    "iteration and writes a PNG of aggregation reward and set value. With --compare "
+                    "grpo: trains SPIRAL and GRPO from the same seed, evaluates both (options "
+                    "--eval-*) and writes a PNG of pass@k, majority vote and RSA.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    defaults = DemoConfig()
-    special = {"step_impl": {"choices": STEP_IMPLS}, "aggregation": {"choices": AGGREGATIONS}, "lr": {"type": float},
-               "temperature": {"type": float}, "seed": {"type": int}}
-    for f in fields(DemoConfig):
-        demo.add_argument("--" + f.name.replace("_", "-"), default=getattr(defaults, f.name),
-                          help=_DEMO_HELP[f.name], **special.get(f.name, {"type": _positive_int}))
+    _add_options(demo, DemoConfig, _DEMO_HELP, choices=CHOICES)
     demo.add_argument("--out", default="spiral_demo.png", help="path of the PNG plot")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.add_argument("--save", default=None, metavar="DIR",
+                      help="save the trained model (save_pretrained) and its settings for `spiral-fast eval`")
+    demo.add_argument("--compare", default=None, choices=[m for m in METHODS if m != "spiral"],
+                      help="also train this baseline from the same seed and compare both at test time")
+    _add_options(demo, EvalConfig, _EVAL_HELP, prefix="eval_")
+
+    ev = sub.add_parser(
+        "eval", help="pass@k, majority vote and recursive self-aggregation of a demo model",
+        description="Evaluates a model saved by `spiral-fast demo --save DIR` (or a fresh random one) "
+                    "on the toy task: pass@k and majority vote over k = 1..samples traces, and RSA over "
+                    "its steps; prints a table and writes one PNG.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ev.add_argument("--model", default=None, metavar="DIR",
+                    help="folder written by `spiral-fast demo --save` (default: a fresh random model "
+                         "with the demo's default settings, seeded by --seed)")
+    _add_options(ev, EvalConfig, _EVAL_HELP)
+    ev.add_argument("--out", default="spiral_eval.png", help="path of the PNG plot")
+
+    # parsed by spiral_fast.train (main delegates before this parser runs); listed here for --help
+    sub.add_parser("train", add_help=False, help="train a model with SPIRAL from a TOML config (spiral-fast train -h)")
 
     prof = sub.add_parser(
         "profile-memory", help="peak memory of one step vs step_reference over context lengths",
@@ -91,29 +146,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_demo(args, parser) -> None:
-    from tqdm import tqdm
-
-    from spiral_fast.demo.plot import plot_history
-    from spiral_fast.demo.train import run_demo
-
+def _config(parser, config_cls, args, prefix: str = ""):
+    """config_cls from the parsed --[prefix-]options; a ValueError becomes a usage error."""
     try:
-        config = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
+        return config_cls(**{f.name: getattr(args, prefix + f.name) for f in fields(config_cls)})
     except ValueError as err:
         parser.error(str(err))
 
-    def log(row):
-        tqdm.write(f"iter {row['iteration']:4d}  agg_reward {row['agg_reward']:.3f}  set_value "
-                   f"{row['set_value']:.3f} (std {row['set_value_std']:.3f})  trace_acc "
-                   f"{row['trace_acc']:.3f}  loss {row['loss']:+.4f}  {row['seconds']:.2f}s")
 
-    history = run_demo(config, on_iteration=log, progress=not args.no_progress)
-    path = plot_history(history, args.out)
+def _log_row(row, method: str = "") -> None:
+    from tqdm import tqdm
+
+    spiral = (f"agg_reward {row['agg_reward']:.3f}  set_value {row['set_value']:.3f} "
+              f"(std {row['set_value_std']:.3f})  " if "agg_reward" in row else f"reward {row['reward']:.3f}  ")
+    dropped = f"dropped {row['dropped']}  " if row["dropped"] else ""
+    tqdm.write(f"{method + ' ' if method else ''}iter {row['iteration']:4d}  {spiral}trace_acc "
+               f"{row['trace_acc']:.3f}  {dropped}loss {row['loss']:+.4f}  {row['seconds']:.2f}s")
+
+
+def _summary(history, what: str) -> str:
     k = max(1, len(history) // 10)
-    first = sum(r["agg_reward"] for r in history[:k]) / k
-    last = sum(r["agg_reward"] for r in history[-k:]) / k
-    print(f"aggregation reward: first {k} iterations {first:.3f} -> last {k} iterations {last:.3f}")
+    first = sum(r["reward"] for r in history[:k]) / k
+    last = sum(r["reward"] for r in history[-k:]) / k
+    return f"{what}: first {k} iterations {first:.3f} -> last {k} iterations {last:.3f}"
+
+
+def _run_demo(args, parser) -> None:
+    import time
+
+    from spiral_fast.demo.eval import format_table, plot_eval, save_demo
+    from spiral_fast.demo.plot import plot_history
+    from spiral_fast.demo.train import run_compare, train_demo
+
+    config = _config(parser, DemoConfig, args)
+    eval_config = _config(parser, EvalConfig, args, "eval_")
+    if args.compare:
+        start = time.perf_counter()
+        results = run_compare(config, eval_config, baseline=args.compare, progress=not args.no_progress,
+                              on_iteration=lambda method, row: _log_row(row, method))
+        for method, (run, _) in results.items():
+            print(_summary(run.history, f"{method} trained reward"))
+        print(format_table({method: result for method, (_, result) in results.items()}))
+        path = plot_eval({method: result for method, (_, result) in results.items()}, args.out,
+                         title=f"SPIRAL vs {args.compare.upper()} on the toy task (same seed, "
+                               f"same sampled response tokens per problem)")
+        print(f"total {time.perf_counter() - start:.1f}s (training and evaluation of both)")
+        runs = {method: run for method, (run, _) in results.items()}
+    else:
+        run = train_demo(config, on_iteration=_log_row, progress=not args.no_progress)
+        path = plot_history(run.history, args.out, title=f"{config.method.upper()} demo")
+        print(_summary(run.history, "aggregation reward" if config.method == "spiral" else "trace reward"))
+        runs = {config.method: run}
     print(f"plot written to {path}")
+    if args.save:
+        for method, run in runs.items():
+            folder = args.save if len(runs) == 1 else f"{args.save}/{method}"
+            print(f"model saved to {save_demo(run.model, replace(config, method=method), folder)}")
+
+
+def _run_eval(args, parser) -> None:
+    from spiral_fast.demo.eval import evaluate_demo, format_table, load_demo, plot_eval
+    from spiral_fast.demo.model import tiny_qwen2
+    from spiral_fast.demo.task import ToyTask
+
+    eval_config = _config(parser, EvalConfig, args)
+    if args.model is not None:
+        try:
+            model, demo_config = load_demo(args.model)
+        except ValueError as err:
+            parser.error(f"--model: {err}")
+        name = Path(args.model).name or args.model
+    else:
+        demo_config = DemoConfig(seed=eval_config.seed)
+        model = tiny_qwen2(len(ToyTask(base=demo_config.base).tokenizer), seed=demo_config.seed,
+                           hidden_size=demo_config.hidden_size, num_layers=demo_config.layers)
+        name = "fresh model"
+    set_size = eval_config.set_size or demo_config.set_size
+    if set_size > eval_config.population:
+        parser.error(f"--set-size {set_size} must be <= --population {eval_config.population}")
+    result = evaluate_demo(model, demo_config, eval_config)
+    print(format_table({name: result}))
+    print(f"plot written to {plot_eval({name: result}, args.out)}")
 
 
 def _run_profile(args, parser) -> None:
@@ -143,13 +256,19 @@ def _run_profile(args, parser) -> None:
     print(f"plot written to {pm.plot_results(results, args.out)}")
 
 
+_COMMANDS = {"demo": _run_demo, "eval": _run_eval, "profile-memory": _run_profile}
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from spiral_fast.train.__main__ import main as train_main
+
+        train_main(argv[1:])
+        return
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.command == "demo":
-        _run_demo(args, parser)
-    else:
-        _run_profile(args, parser)
+    args = parser.parse_args(argv)
+    _COMMANDS[args.command](args, parser)
 
 
 if __name__ == "__main__":

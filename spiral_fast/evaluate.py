@@ -135,8 +135,8 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
     ``max_new_tokens``): these responses are population t+1. Every response r of problem p is
     scored by ``score_fn(p, r)`` in [0, 1]; ``accuracy[t]`` is the mean score of population t.
 
-    model: a HF causal LM or a ``peft.PeftModel`` (``engine="hf"``), or what
-    ``spiral_fast.rollout.vllm.sample_vllm`` takes (``engine="vllm"``). All requests of a step go
+    model: a HF causal LM or a ``peft.PeftModel`` (``engine="hf"``), or a
+    ``spiral_fast.VLLMSampler`` (``engine="vllm"``). All requests of a step go
     in one batched call. Sampling is plain at ``temperature`` (HF: torch's global RNG, so seed it
     with ``torch.manual_seed``); ``generator`` drives the set draws.
     Raises ValueError naming the argument on bad input.
@@ -185,8 +185,8 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
     for _ in range(steps):
         agg_prompts = []
         for p, x in enumerate(prompts):
-            # draw_sets' default draws each set independently (they may repeat), as RSA does
-            for s in draw_sets(population, population, set_size, generator=generator):
+            # RSA draws each set on its own (sets may repeat), unlike SPIRAL's distinct sets
+            for s in draw_sets(population, population, set_size, generator=generator, distinct=False):
                 agg_prompts.append(template(x, [current[p][i] for i in s]))
         responses, _ = sample(model, agg_prompts, 1,
                               max_new_tokens=agg_max_new_tokens or max_new_tokens, **common)

@@ -21,11 +21,13 @@ def pytest_collection_modifyitems(config, items):
     skip_vllm = pytest.mark.skip(reason="vLLM is not installed (GPU: pip install vllm; CPU: see README, "
                                         "'Rollouts with vLLM')")
     for item in items:
-        if "gpu" in item.keywords and not HAS_CUDA:
+        # markers, not keywords: keywords also hold the names of the test's folders (a checkout
+        # under a directory named "gpu" would skip every test)
+        if item.get_closest_marker("gpu") is not None and not HAS_CUDA:
             item.add_marker(skip_gpu)
-        if "vllm" in item.keywords and not HAS_VLLM:
+        if item.get_closest_marker("vllm") is not None and not HAS_VLLM:
             item.add_marker(skip_vllm)
-        if "interpret" in item.keywords:
+        if item.get_closest_marker("interpret") is not None:
             try:
                 import triton  # noqa: F401
             except ImportError:

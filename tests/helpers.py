@@ -43,8 +43,26 @@ def assert_rows_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, flo
                              f"{base:.3e} + {floor:.1e} ({int((err > bound).sum())} rows out of tolerance)")
 
 
+def names(argument: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern: the argument's name as a whole identifier (``k`` does
+    not match ``packed`` or ``k_proj``, ``members`` does not match ``set_members``)."""
+    import re
+
+    return rf"(?<![\w.]){re.escape(argument)}(?!\w)"
+
+
+def file_rendezvous(directory) -> str:
+    """``init_method`` of a torch.distributed rendezvous through a file in ``directory`` (a test's
+    tmp_path): no TCP port, so no race with another process between choosing a port and binding it
+    (what ``free_port`` cannot rule out)."""
+    import os
+
+    return "file://" + os.path.join(os.path.abspath(directory), "rendezvous")
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 for a torch.distributed rendezvous (MASTER_PORT)."""
+    """A TCP port on 127.0.0.1 that was free a moment ago (MASTER_PORT). Another process may take it
+    before the rendezvous binds it: prefer ``file_rendezvous`` where the process group allows."""
     import socket
 
     with socket.socket() as s:

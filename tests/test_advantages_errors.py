@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import spiral_fast
+from helpers import names
 
 
 def good() -> dict:
@@ -40,6 +41,7 @@ BAD = [
     ("members-float", dict(set_members=torch.tensor([0.0, 1.0, 2.0, 3.0])), {}, "set_members"),
     ("estimator", {}, dict(estimator="ppo"), "estimator"),
     ("scale", {}, dict(scale="mad"), "scale"),
+    ("agg_baseline", {}, dict(agg_baseline="group"), "agg_baseline"),
     ("trace-credit", {}, dict(trace_credit="max"), "trace_credit"),
     ("eps-negative", {}, dict(eps=-1.0), "eps"),
 ]
@@ -48,5 +50,5 @@ BAD = [
 @pytest.mark.parametrize("change,kwargs,name", [pytest.param(c, k, n, id=i) for i, c, k, n in BAD])
 def test_bad_input_names_the_argument(change, kwargs, name):
     call(good())  # the unmodified batch is valid
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=names(name)):
         call({**good(), **change}, **kwargs)

@@ -11,6 +11,16 @@ from spiral_fast.demo.model import tiny_qwen2
 from spiral_fast.evaluate import RSAResult, majority_vote, pass_at_k, recursive_aggregation
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the models are tiny, and a thread pool on a shared CPU only contends
+    (the demo does the same; measured 10x slower with 2 threads on the loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _enumerated_pass_at_k(n, c, k):
     """Share of the k-subsets of n samples (the first c right) that hold a right sample."""
     subsets = list(itertools.combinations(range(n), k))
@@ -179,3 +189,21 @@ def test_rsa_rejects_bad_prompts():
     for prompts in ([], [[]], "abc"):
         with pytest.raises(ValueError, match="prompts"):
             recursive_aggregation(_model(), prompts, template=_Recorder(), score_fn=_score)
+
+
+def test_rsa_sets_are_drawn_independently():
+    """population = set_size: every set is the whole population (the same subset each time), which
+    distinct sets could not give; each step's aggregations are then over all candidates."""
+    template = _Recorder()
+    out = _rsa(_model(), template, seed=2, population=3, set_size=3, steps=1)
+    assert len(out.accuracy) == 2 and len(template.calls) == 2 * 3
+    for p, prompt in enumerate(([1, 2, 3], [4, 5])):
+        for x, members in template.calls[p * 3:(p + 1) * 3]:
+            assert x == prompt
+            assert sorted(members) == sorted(list(r) for r in out.populations[0][p])
+
+
+def test_rsa_vllm_engine_dispatches_to_the_vllm_sampler():
+    # engine="vllm" goes through spiral_fast.rollout.vllm.sample_vllm, which takes a VLLMSampler
+    with pytest.raises(ValueError, match="VLLMSampler"):
+        _rsa(_model(), _Recorder(), seed=0, engine="vllm")

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import spiral_fast
 from spiral_fast.algorithm.reference import NORMALIZERS
 from test_policy_loss import make_batch
-from helpers import free_port
+from helpers import file_rendezvous
 
 ROWS, SEQS = 900, 11
 
@@ -73,9 +73,8 @@ def model_logp(theta: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     return -torch.nn.functional.softplus(feats @ theta)
 
 
-def _rank_main(rank: int, world: int, port: int, out_dir: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _rank_main(rank: int, world: int, out_dir: str):
+    dist.init_process_group("gloo", init_method=file_rendezvous(out_dir), rank=rank, world_size=world)
     try:
         b, theta0, feats, grad_out = torch.load(os.path.join(out_dir, "inputs.pt"))
         lo, hi = rank * ROWS // world, (rank + 1) * ROWS // world
@@ -99,7 +98,7 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     assert b["token_seq"][ROWS // 2 - 1] == b["token_seq"][ROWS // 2]
     theta0, feats, grad_out = torch.randn(8), torch.randn(ROWS, 8), torch.randn(())
     torch.save((b, theta0, feats, grad_out), tmp_path / "inputs.pt")
-    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, str(tmp_path)), nprocs=2, join=True)
 
     for normalizer in NORMALIZERS:
         theta = theta0.clone().requires_grad_()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import spiral_fast
+from helpers import names
 
 
 def good() -> dict:
@@ -41,6 +42,9 @@ BAD = [
      "seq_tokens"),
     ("clip-not-pair", {}, dict(clip=0.2), "clip"),
     ("clip-low-too-large", {}, dict(clip=(1.0, 0.2)), "clip"),
+    ("clip-high-inf", {}, dict(clip=(0.2, float("inf"))), "clip"),
+    ("clip-one-none", {}, dict(clip=(0.2, None)), "clip"),
+    ("clip-three", {}, dict(clip=(0.1, 0.2, 0.3)), "clip"),
     ("kl-coef-negative", {}, dict(kl_coef=-0.1), "kl_coef"),
     ("backend", {}, dict(backend="cuda"), "backend"),
 ]
@@ -49,5 +53,5 @@ BAD = [
 @pytest.mark.parametrize("change,kwargs,name", [pytest.param(c, k, n, id=i) for i, c, k, n in BAD])
 def test_bad_input_names_the_argument(change, kwargs, name):
     call(good())  # the unmodified arguments are valid
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=names(name)):
         call({**good(), **change}, **kwargs)

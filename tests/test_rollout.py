@@ -75,17 +75,30 @@ def test_rollout_counts_template_rewards_and_logprobs():
 
 
 def test_rollout_logprobs_match_the_policy():
-    """The behaviour log-probs are those of softmax(logits / T) under a plain forward."""
+    """The behaviour log-probs of every response (each trace, each aggregation; some stopped early
+    by the stop token) are those of softmax(logits / T) under a plain forward of prompt + response."""
     task = ToyTask(base=4, num_digits=1)
     model = tiny_qwen2(len(task.tokenizer), seed=2, hidden_size=32, num_layers=1)
     problems = [(1,), (2,)]
-    batch = _rollout(model, task, problems, temperature=0.7)
-    pr = batch.problems[1]
-    x, y, lp = pr.prompt, pr.traces[0], pr.trace_old_logprobs[0]
-    with torch.no_grad():
-        logits = model(input_ids=torch.cat([x, y])[None]).logits[0, len(x) - 1:-1].float() / 0.7
-    expected = logits.log_softmax(-1).gather(1, y[:, None])[:, 0]
-    torch.testing.assert_close(lp, expected, atol=1e-5, rtol=1e-5)
+    batch = _rollout(model, task, problems, temperature=0.7, eos_token_id=task.tokenizer.sep_id,
+                     generator=torch.Generator().manual_seed(1))
+
+    def expected(prompt, response):
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([prompt, response])[None]).logits[0, len(prompt) - 1:-1].float()
+        return (logits / 0.7).log_softmax(-1).gather(1, response[:, None])[:, 0]
+
+    checked, lengths = 0, set()
+    for pr in batch.problems:
+        for y, lp in zip(pr.traces, pr.trace_old_logprobs, strict=True):
+            torch.testing.assert_close(lp, expected(pr.prompt, y), atol=1e-5, rtol=1e-5)
+            checked, lengths = checked + 1, lengths | {y.numel()}
+        for a, zs, lps in zip(pr.agg_prompts, pr.aggregations, pr.agg_old_logprobs, strict=True):
+            for z, lp in zip(zs, lps, strict=True):
+                torch.testing.assert_close(lp, expected(a, z), atol=1e-5, rtol=1e-5)
+                checked, lengths = checked + 1, lengths | {z.numel()}
+    assert checked == len(problems) * (5 + 3 * 2)
+    assert len(lengths) > 1  # responses of several lengths: padded positions never leak into a log-prob
 
 
 def test_rollout_on_policy_and_seeded():

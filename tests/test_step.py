@@ -10,15 +10,22 @@ import spiral_fast
 from spiral_fast import SpiralConfig
 from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
+OLD = dict(scale="std", agg_baseline="problem")  # the advantage defaults before issue 8
 CASES = [
     # (model, lm_bias, batch kwargs, config kwargs)
-    ("qwen2", False, dict(max_g=1), {}),
-    ("qwen2", False, dict(max_g=3, old=True), {}),
-    ("llama", False, dict(max_g=2, old=True), dict(temperature=0.7, agg_coef=0.5, trace_coef=2.0)),
-    ("llama", False, dict(max_g=3, ref=True), dict(kl_coef=0.1)),
-    ("qwen2", True, dict(max_g=2, old=True, ref=True), dict(kl_coef=0.05, normalizer="seq-mean-token-mean")),
+    ("qwen2", False, dict(max_g=1), OLD),
+    ("qwen2", False, dict(max_g=3, old=True), {}),  # the paper's defaults (issue 8)
+    ("llama", False, dict(max_g=2, old=True), dict(temperature=0.7, agg_coef=0.5, trace_coef=2.0, **OLD)),
+    ("llama", False, dict(max_g=3, ref=True), dict(kl_coef=0.1, **OLD)),
+    ("qwen2", True, dict(max_g=2, old=True, ref=True), dict(kl_coef=0.05, normalizer="seq-mean-token-mean", **OLD)),
     ("qwen2", False, dict(max_g=3), dict(estimator="rloo", scale="none", trace_credit="sum", normalizer="constant",
-                                         loss_constant=64.0)),
+                                         loss_constant=64.0, agg_baseline="problem")),
+    # issue 8: the length gate, no clipping, and PAPER.md's unclipped token-sum loss
+    ("qwen2", False, dict(max_g=3, old=True), dict(length_gate=3)),
+    ("llama", True, dict(max_g=3, old=True, ref=True), dict(length_gate=(2, None), kl_coef=0.05, scale="std")),
+    ("qwen2", False, dict(max_g=3, old=True), dict(clip=None)),
+    ("llama", False, dict(max_g=2, old=True), dict(clip=None, normalizer="constant", loss_constant=1,
+                                                   length_gate=(4, 2))),
 ]
 
 
@@ -44,8 +51,12 @@ def test_step_matches_reference(kind, lm_bias, batch_kw, config_kw):
     for key in ("agg_loss", "trace_loss", "clip_frac_low", "clip_frac_high", "kl_mean", "entropy_mean",
                 "ratio_mean", "agg_reward_mean", "set_value_mean", "tokens_trained"):
         assert math.isclose(out.metrics[key], ref.metrics[key], rel_tol=1e-4, abs_tol=1e-6), key
-    if batch_kw.get("old"):
+    if batch_kw.get("old") and config.clip is not None:
         assert out.metrics["clip_frac_low"] + out.metrics["clip_frac_high"] > 0  # the clipped branch is exercised
+    if config.clip is None:
+        assert out.metrics["clip_frac"] == 0.0
+    assert out.metrics["gated_frac"] == ref.metrics["gated_frac"]
+    assert (out.metrics["gated_frac"] > 0) == (config.length_gate is not None)  # the gate is exercised
     if config_kw.get("kl_coef"):
         assert out.metrics["kl_mean"] > 0
 
@@ -69,7 +80,9 @@ def test_activation_checkpointing_gives_the_same_grads_and_is_restored():
     batch = random_batch(3, problems=2, max_g=2)
     plain, g_plain = run(spiral_fast.step, model, batch)
     ckpt, g_ckpt = run(spiral_fast.step, model, batch, config=SpiralConfig(gradient_checkpointing=True))
-    assert not model.is_activation_checkpointing
+    # transformers 5 name, else the 4.x one (the oldest supported version has only that)
+    assert not getattr(model, "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
+                       else "is_gradient_checkpointing")
     assert abs(plain.loss.item() - ckpt.loss.item()) <= 1e-6
     assert_grads_close(g_ckpt, g_plain, rel=1e-5)
 
@@ -116,7 +129,7 @@ def test_metrics_are_present_and_finite():
     out = spiral_fast.step(model, batch, config=SpiralConfig(max_tokens_per_micro_batch=80))
     expected = {"loss", "agg_loss", "trace_loss", "agg_reward_mean", "set_value_mean", "clip_frac_low",
                 "clip_frac_high", "clip_frac", "ratio_mean", "kl_mean", "entropy_mean", "tokens_trained",
-                "trace_tokens", "agg_tokens", "unique_tokens", "dedup_ratio", "micro_batches"}
+                "trace_tokens", "agg_tokens", "unique_tokens", "dedup_ratio", "micro_batches", "gated_frac"}
     assert expected <= out.metrics.keys()
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.metrics.values())
     rewards = [r for pr in batch.problems for rs in pr.rewards for r in rs]

@@ -105,16 +105,22 @@ def test_trained_sequences_drop_traces_in_no_set_and_put_traces_first():
 @pytest.mark.parametrize("field,value", [("temperature", 0.0), ("clip", (0.2,)), ("normalizer", "mean"),
                                          ("max_tokens_per_micro_batch", 0), ("max_grad_norm", -1.0),
                                          ("estimator", "ppo"), ("agg_coef", float("nan")),
-                                         ("gradient_checkpointing", "yes")])
+                                         ("gradient_checkpointing", "yes"), ("agg_baseline", "group"),
+                                         ("length_gate", -1), ("length_gate", 2.5), ("length_gate", (1, 2, 3)),
+                                         ("length_gate", (4, -1)), ("length_gate", True), ("clip", (0.2, None)),
+                                         ("clip", (1.0, 0.2)), ("clip", 0.2), ("clip", (0.2, float("inf")))])
 def test_bad_config_raises(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=rf"^{field} must"):
         SpiralConfig(**{field: value})
 
 
 def test_config_defaults_match_the_issue():
     c = SpiralConfig()
     assert (c.agg_coef, c.trace_coef, c.temperature, c.clip, c.kl_coef) == (1.0, 1.0, 1.0, (0.2, 0.28), 0.0)
-    assert (c.estimator, c.scale, c.trace_credit, c.normalizer) == ("grpo", "std", "mean", "token-mean")
+    # issue 8: the paper's advantages by default
+    assert (c.estimator, c.scale, c.trace_credit, c.agg_baseline, c.normalizer) == (
+        "grpo", "none", "mean", "set", "token-mean")
+    assert c.length_gate is None
 
 
 @pytest.mark.parametrize("seed", range(5))

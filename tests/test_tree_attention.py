@@ -167,20 +167,20 @@ def _bad_inputs():
     other = spiral_fast.pack_sequences([[1, 2, 3]])
     meta = torch.device("meta")
     return [
-        ("q-2d", dict(q=q[:, 0]), "q"),
-        ("q-tokens", dict(q=q[:-1]), "q"),
-        ("k-tokens", dict(k=k[:-1], v=v[:-1]), "k"),
-        ("k-head-dim", dict(k=k[..., :-1], v=v[..., :-1]), "k"),
+        ("q-2d", dict(q=q[:, 0]), r"^q must have 3 dims"),
+        ("q-tokens", dict(q=q[:-1]), r"^q has 24 tokens but packed\.num_tokens is 25"),
+        ("k-tokens", dict(k=k[:-1], v=v[:-1]), r"^k must have q's 25 tokens"),
+        ("k-head-dim", dict(k=k[..., :-1], v=v[..., :-1]), r"^k must have q's head dim"),
         ("heads-not-multiple", dict(k=torch.randn(q.shape[0], 3, q.shape[2]), v=torch.randn(q.shape[0], 3, q.shape[2])),
-         "heads"),
-        ("v-shape", dict(v=v[:, :1]), "v"),
-        ("k-dtype", dict(k=k.double()), "k"),
-        ("q-int", dict(q=q.long()), "q"),
-        ("packed-other-batch", dict(packed=other), "packed"),
-        ("packed-not-batch", dict(packed=[1, 2]), "packed"),
-        ("q-device", dict(q=q.to(meta)), "k"),
-        ("scale-negative", dict(scale=-1.0), "scale"),
-        ("backend-unknown", dict(backend="cuda"), "backend"),
+         r"q's 4 heads must be a multiple of k's 3 heads"),
+        ("v-shape", dict(v=v[:, :1]), r"^v must have shape \(25, 2, 8\)"),
+        ("k-dtype", dict(k=k.double()), r"^k must have q's dtype"),
+        ("q-int", dict(q=q.long()), r"^q must have dtype in"),
+        ("packed-other-batch", dict(packed=other), r"but packed\.num_tokens is 3"),
+        ("packed-not-batch", dict(packed=[1, 2]), r"^packed must be a PackedBatch"),
+        ("q-device", dict(q=q.to(meta)), r"^k is on cpu but q is on meta"),
+        ("scale-negative", dict(scale=-1.0), r"^scale must be"),
+        ("backend-unknown", dict(backend="cuda"), r"^backend must be"),
     ], dict(q=q, k=k, v=v, packed=packed)
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from spiral_fast._utils import INDEX_DTYPES, check_finite, check_index_range, check_same_device, check_tensor
-from spiral_fast.algorithm.reference import ESTIMATORS, SCALES, TRACE_CREDITS, spiral_advantages_reference
+from spiral_fast.algorithm.reference import (AGG_BASELINES, ESTIMATORS, SCALES, TRACE_CREDITS,
+                                            spiral_advantages_reference)
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,11 @@ def _choice(name: str, value, choices) -> None:
 
 
 def _validate(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem, estimator, scale,
-              trace_credit, eps) -> None:
+              trace_credit, agg_baseline, eps) -> None:
     _choice("estimator", estimator, ESTIMATORS)
     _choice("scale", scale, SCALES)
     _choice("trace_credit", trace_credit, TRACE_CREDITS)
+    _choice("agg_baseline", agg_baseline, AGG_BASELINES)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < float("inf")):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     check_tensor("rewards", rewards, ndim=1, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64))
@@ -82,7 +84,8 @@ def _validate(rewards, agg_set, set_problem, set_members, set_offsets, trace_pro
 
 
 def spiral_advantages(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem, *,
-                      estimator="grpo", scale="std", trace_credit="mean", eps=1e-6) -> SpiralAdvantages:
+                      estimator="grpo", scale="none", trace_credit="mean", agg_baseline="set",
+                      eps=1e-6) -> SpiralAdvantages:
     """Aggregator, set and trace advantages of a SPIRAL batch, loop-free.
 
     rewards [A] float (one per aggregation response), agg_set [A] (its set, in [0, S)),
@@ -90,13 +93,16 @@ def spiral_advantages(rewards, agg_set, set_problem, set_members, set_offsets, t
     set j holds traces set_members[set_offsets[j]:set_offsets[j+1]]), trace_problem [N] (>= 0);
     index tensors int32 or int64, all on one device.
 
-    Groups: the aggregator group of a response is every aggregation response of its problem
-    (problem = set_problem[agg_set[a]]); the set group is every set of the same problem.
+    Groups: the aggregator group of a response is every aggregation response of its set
+    (agg_baseline "set", the paper's) or of its problem ("problem": problem =
+    set_problem[agg_set[a]]); the set group is every set of the same problem. The defaults are
+    the paper's (PAPER.md): grpo, no std scaling, mean credit, the set's own responses as baseline.
     - estimator "grpo": x - mean(group). "rloo": x - mean of the other members of the group.
     - scale "std": divide by (std(group) + eps), std unbiased as ``torch.std``; applies to both
       estimators (rloo is then divided by the std of the whole group, the leave-one-out
       difference being n / (n - 1) times grpo's). "none": keep the difference (Dr.GRPO).
-    - A group of one gets advantage 0 (never NaN).
+    - A group of one gets advantage 0 (never NaN): with agg_baseline "set", a set with one
+      aggregation response gives it 0.
     - trace_credit "mean" / "sum": of ``set`` over the CSR entries naming the trace; a trace
       listed twice in one set counts twice. Traces in no set get 0 (``trace_in_set`` False).
 
@@ -104,16 +110,17 @@ def spiral_advantages(rewards, agg_set, set_problem, set_members, set_offsets, t
     a set without aggregation responses (its value is undefined), set_members outside [0, N),
     set_offsets not starting at 0 / not ending at len(set_members) / decreasing, negative
     set_problem or trace_problem, a set member from another problem than its set, mismatched
-    lengths, unknown estimator / scale / trace_credit, negative eps.
+    lengths, unknown estimator / scale / trace_credit / agg_baseline, negative eps.
     """
     _validate(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem, estimator, scale,
-              trace_credit, eps)
+              trace_credit, agg_baseline, eps)
     set_problem, trace_problem = set_problem.long(), trace_problem.long()
     num_problems = 1 + max(int(set_problem.max()) if set_problem.numel() else -1,
                            int(trace_problem.max()) if trace_problem.numel() else -1)
     # float64 inside: group means of many rewards lose no digits; results are returned in float32
     agg, set_value, set_adv, trace, in_set = spiral_advantages_reference(
         rewards.double(), agg_set.long(), set_problem, set_members.long(), set_offsets.long(), trace_problem,
-        num_problems, estimator=estimator, scale=scale, trace_credit=trace_credit, eps=float(eps))
+        num_problems, estimator=estimator, scale=scale, trace_credit=trace_credit,
+        agg_baseline=agg_baseline, eps=float(eps))
     return SpiralAdvantages(agg=agg.float(), set_value=set_value.float(), set=set_adv.float(), trace=trace.float(),
                             trace_in_set=in_set)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from spiral_fast._utils import (FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device, check_tensor,
-                                resolve_backend)
+from spiral_fast._utils import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device, check_tensor
+from spiral_fast.ops import dispatch
 from spiral_fast.algorithm.reference import NORMALIZERS, seq_coefficients
 
 BACKENDS = ("torch", "triton")
@@ -24,7 +24,8 @@ class PolicyLossStats:
 
     clip_frac_low / clip_frac_high: fraction of rows where the clipped branch is taken
     (ratio < 1 - clip[0] with A < 0 / ratio > 1 + clip[1] with A > 0); ratio_mean: mean
-    exp(logp - old_logp); kl_mean: mean k3 against ref_logp (0 without it).
+    exp(logp - old_logp); kl_mean: mean k3 against ref_logp (0 without it). Clip fractions are 0
+    with clip None.
     """
     clip_frac_low: torch.Tensor
     clip_frac_high: torch.Tensor
@@ -58,10 +59,7 @@ def _validate(logp, old_logp, token_seq, seq_adv, seq_weight, ref_logp, clip, kl
                       ref_logp=ref_logp, seq_tokens=seq_tokens)
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer must be one of {list(NORMALIZERS)}, got {normalizer!r}")
-    if (not isinstance(clip, (tuple, list)) or len(clip) != 2
-            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
-            or not (0 <= clip[0] < 1) or not (0 <= clip[1] < math.inf)):
-        raise ValueError(f"clip must be a pair (eps_low in [0, 1), eps_high >= 0), got {clip!r}")
+    check_clip(clip)
     if isinstance(kl_coef, bool) or not isinstance(kl_coef, (int, float)) or not (0 <= kl_coef < math.inf):
         raise ValueError(f"kl_coef must be a finite number >= 0, got {kl_coef!r}")
     check_index_range("token_seq", token_seq, num_seqs)
@@ -72,6 +70,16 @@ def _validate(logp, old_logp, token_seq, seq_adv, seq_weight, ref_logp, clip, kl
             q = int(short.nonzero()[0])
             raise ValueError(f"seq_tokens[{q}] = {seq_tokens[q].item()} is smaller than the number of rows of "
                              f"sequence {q} in token_seq")
+
+
+def check_clip(clip) -> None:
+    """``ValueError`` unless clip is None or a pair (eps_low in [0, 1), finite eps_high >= 0)."""
+    if clip is not None and (
+            not isinstance(clip, (tuple, list)) or len(clip) != 2
+            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
+            or not (0 <= clip[0] < 1) or not (0 <= clip[1] < math.inf)):
+        raise ValueError(f"clip must be None (no clipping) or a pair (eps_low in [0, 1), finite eps_high >= 0), "
+                         f"got {clip!r}")
 
 
 # CPU rows per chunk (512 KiB per fp32 temporary): a chunk's temporaries stay in cache and reuse the
@@ -157,6 +165,8 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     Per row t of sequence q: ratio = exp(logp - old_logp);
     term = -min(ratio * A_q, clamp(ratio, 1 - clip[0], 1 + clip[1]) * A_q)
            + kl_coef * (exp(ref - logp) - (ref - logp) - 1)   (KL only with ref_logp);
+    clip None: term = -ratio * A_q (+ KL), the plain importance-weighted policy gradient (with
+    normalizer "constant" and constant 1: the unclipped token-sum loss of Tinker / PAPER.md);
     loss = sum_t seq_weight[q] * term_t / norm, with the normaliser
     - "token-mean": norm = total_tokens (default R, this call's rows);
     - "seq-mean-token-mean": norm = seq_tokens[q] * total_sequences (mean per sequence, then the
@@ -167,7 +177,8 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     global values so that the losses of micro-batches or ranks sum to the whole-batch loss (a
     sequence split across micro-batches needs its global seq_tokens). Counts are numbers or
     one-element tensors (one host sync). Arguments that a normaliser does not use are ignored.
-    backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton" (CPU: TRITON_INTERPRET=1).
+    backend: "auto" (Triton on CUDA once it passed its self-check, see ``spiral_fast.self_check``; torch
+    on CPU), "torch", "triton" (CPU: TRITON_INTERPRET=1).
 
     Returns (loss 0-dim float32, PolicyLossStats). Raises ``ValueError`` naming the argument for
     bad shapes / dtypes / devices, token_seq outside [0, Q), unknown normalizer, bad clip or kl_coef,
@@ -177,13 +188,16 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     total_tokens = _positive("total_tokens", total_tokens)
     total_sequences = _positive("total_sequences", total_sequences)
     constant = _positive("constant", constant)
-    backend = resolve_backend(backend, logp.device, BACKENDS)
+    backend = dispatch.resolve("policy_loss", backend, logp.device, BACKENDS)
     token_seq = token_seq.long()
     coef = seq_coefficients(seq_weight, token_seq, normalizer=normalizer, total_tokens=total_tokens,
                             total_sequences=total_sequences, seq_tokens=seq_tokens, constant=constant)
     old_logp = old_logp.float()
     ref_logp = None if ref_logp is None else ref_logp.float()
-    loss, sums = _PolicyLoss.apply(logp, old_logp, ref_logp, token_seq, seq_adv.float(), coef, tuple(clip),
+    # no clipping as bounds that no ratio crosses: 1 - 1 = 0 <= exp(.) and 1 + inf; the clip-free
+    # branch is then taken everywhere, in the torch twin and the kernel alike (no kernel variant)
+    bounds = (1.0, math.inf) if clip is None else tuple(clip)
+    loss, sums = _PolicyLoss.apply(logp, old_logp, ref_logp, token_seq, seq_adv.float(), coef, bounds,
                                    float(kl_coef), backend)
     rows = max(logp.shape[0], 1)
     stats = PolicyLossStats(clip_frac_low=sums[1] / rows, clip_frac_high=sums[2] / rows,

@@ -13,6 +13,7 @@ import torch
 ESTIMATORS = ("grpo", "rloo")
 SCALES = ("std", "none")
 TRACE_CREDITS = ("mean", "sum")
+AGG_BASELINES = ("set", "problem")
 NORMALIZERS = ("token-mean", "seq-mean-token-mean", "constant")
 
 
@@ -56,16 +57,16 @@ def group_advantage(x: torch.Tensor, group: torch.Tensor, num_groups: int, *, es
 
 
 def spiral_advantages_reference(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem,
-                                num_problems: int, *, estimator: str = "grpo", scale: str = "std",
-                                trace_credit: str = "mean", eps: float = 1e-6):
+                                num_problems: int, *, estimator: str = "grpo", scale: str = "none",
+                                trace_credit: str = "mean", agg_baseline: str = "set", eps: float = 1e-6):
     """All SPIRAL advantages in rewards' dtype.
 
     rewards [A] float, agg_set [A], set_problem [S], set_offsets [S+1], set_members [sum K],
     trace_problem [N] int64 ->
     (agg [A], set_value [S], set [S], trace [N], trace_in_set [N] bool).
 
-    - agg: rewards against all aggregation responses of the same problem
-      (problem of response a = set_problem[agg_set[a]]).
+    - agg: rewards against the other aggregation responses of the same set (agg_baseline "set",
+      the paper's) or of the same problem ("problem": problem of a = set_problem[agg_set[a]]).
     - set_value: mean reward of the set's aggregation responses; set: set_value against the other
       sets of the same problem.
     - trace: mean ("mean") or sum ("sum") of ``set`` over the CSR entries naming the trace (a trace
@@ -74,7 +75,10 @@ def spiral_advantages_reference(rewards, agg_set, set_problem, set_members, set_
     num_sets = set_problem.shape[0]
     num_traces = trace_problem.shape[0]
     kw = dict(estimator=estimator, scale=scale, eps=eps)
-    agg = group_advantage(rewards, set_problem[agg_set], num_problems, **kw)
+    if agg_baseline == "set":
+        agg = group_advantage(rewards, agg_set, num_sets, **kw)
+    else:
+        agg = group_advantage(rewards, set_problem[agg_set], num_problems, **kw)
 
     agg_per_set = torch.bincount(agg_set, minlength=num_sets).to(rewards.dtype)
     set_value = group_mean(rewards, agg_set, num_sets, agg_per_set)
@@ -129,19 +133,26 @@ def token_loss_terms(logp, old_logp, token_seq, seq_adv, *, ref_logp=None, clip=
     ratio = exp(logp - old_logp); term = -min(ratio * A, clamp(ratio, 1 - clip[0], 1 + clip[1]) * A)
     + kl_coef * k3 with k3 = exp(ref - logp) - (ref - logp) - 1. clip_low / clip_high mark tokens
     where the clipped branch is the one taken (ratio < 1 - clip[0] with A < 0, ratio > 1 + clip[1]
-    with A > 0): there the token has no policy-gradient.
+    with A > 0): there the token has no policy-gradient. clip None: term = -ratio * A (+ KL), the
+    plain importance-weighted policy gradient, and no token is clipped.
     """
     adv = seq_adv.to(logp.dtype)[token_seq]
     ratio = torch.exp(logp - old_logp)
-    term = -torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - clip[0], 1.0 + clip[1]) * adv)
+    if clip is None:
+        term = -ratio * adv
+    else:
+        term = -torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - clip[0], 1.0 + clip[1]) * adv)
     if ref_logp is not None:
         delta = ref_logp - logp
         kl = torch.exp(delta) - delta - 1.0
         term = term + kl_coef * kl
     else:
         kl = torch.zeros_like(logp)
-    clip_low = (ratio < 1.0 - clip[0]) & (adv < 0)
-    clip_high = (ratio > 1.0 + clip[1]) & (adv > 0)
+    if clip is None:
+        clip_low = clip_high = torch.zeros_like(logp, dtype=torch.bool)
+    else:
+        clip_low = (ratio < 1.0 - clip[0]) & (adv < 0)
+        clip_high = (ratio > 1.0 + clip[1]) & (adv > 0)
     return term, ratio, kl, clip_low, clip_high
 
 

@@ -49,15 +49,44 @@ def check_inputs(model, batch, config) -> None:
                          "pass the ...ForCausalLM model, not its base model")
 
 
-def advantages(batch: SpiralBatch, config: SpiralConfig):
+@dataclass(frozen=True)
+class StepAdvantages:
+    """The advantages a step trains with (float32, flat order of ``SpiralBatch.advantage_inputs``):
+    agg [A], trace [N] after the length gate, set_value [S]; gated: the number of responses
+    (traces and aggregation responses) whose positive advantage the gate set to 0."""
+    agg: torch.Tensor
+    trace: torch.Tensor
+    set_value: torch.Tensor
+    gated: int
+
+
+def advantages(batch: SpiralBatch, config: SpiralConfig) -> StepAdvantages:
     """``spiral_advantages`` of the whole local batch (groups never cross problems, so a rank's
-    share of the problems gets the same advantages as the whole batch)."""
+    share of the problems gets the same advantages as the whole batch), then
+    ``config.length_gate``: a response of more than L response tokens with a positive advantage
+    gets 0 (L = trace_L for traces, agg_L for aggregation responses; None: no gate)."""
     from spiral_fast.algorithm.advantages import spiral_advantages
 
     f = batch.advantage_inputs()
-    return spiral_advantages(f.rewards, f.agg_set, f.set_problem, f.set_members, f.set_offsets, f.trace_problem,
-                             estimator=config.estimator, scale=config.scale, trace_credit=config.trace_credit,
-                             eps=config.eps)
+    adv = spiral_advantages(f.rewards, f.agg_set, f.set_problem, f.set_members, f.set_offsets, f.trace_problem,
+                            estimator=config.estimator, scale=config.scale, trace_credit=config.trace_credit,
+                            agg_baseline=config.agg_baseline, eps=config.eps)
+    gate = config.length_gate
+    trace_limit, agg_limit = gate if isinstance(gate, tuple) else (gate, gate)
+    # response lengths in the flat order: traces by problem, aggregation responses by problem, set
+    trace_len = [y.numel() for pr in batch.problems for y in pr.traces]
+    agg_len = [z.numel() for pr in batch.problems for zs in pr.aggregations for z in zs]
+    trace, trace_gated = _length_gate(adv.trace, trace_len, trace_limit)
+    agg, agg_gated = _length_gate(adv.agg, agg_len, agg_limit)
+    return StepAdvantages(agg=agg, trace=trace, set_value=adv.set_value, gated=trace_gated + agg_gated)
+
+
+def _length_gate(adv: torch.Tensor, lengths: list, limit: int | None) -> tuple[torch.Tensor, int]:
+    """adv with the positive entries of responses longer than limit set to 0, and their count."""
+    if limit is None:
+        return adv, 0
+    hit = (torch.tensor(lengths, dtype=torch.int64) > limit) & (adv > 0)
+    return adv.masked_fill(hit, 0.0), int(hit.sum())
 
 
 @dataclass(frozen=True)
@@ -69,11 +98,13 @@ class GlobalCounts:
     agg_seqs: int
     reward_mean: float
     set_value_mean: float
+    gated: int = 0
 
 
-def global_counts(batch: SpiralBatch, set_value: torch.Tensor) -> GlobalCounts:
+def global_counts(batch: SpiralBatch, set_value: torch.Tensor, gated: int = 0) -> GlobalCounts:
     """Counts of trained tokens / sequences per role and reward sums, summed over ranks in one
-    collective: every normaliser is global, so micro-batches and ranks add up to the whole batch."""
+    collective: every normaliser is global, so micro-batches and ranks add up to the whole batch.
+    gated: this rank's responses gated by the length gate (``StepAdvantages.gated``)."""
     trace_tokens = agg_tokens = trace_seqs = agg_seqs = 0
     for pr in batch.problems:
         used = pr.trained_traces()
@@ -83,11 +114,11 @@ def global_counts(batch: SpiralBatch, set_value: torch.Tensor) -> GlobalCounts:
         agg_tokens += sum(z.numel() for zs in pr.aggregations for z in zs)
     rewards = batch.advantage_inputs().rewards.double()
     local = torch.tensor([trace_tokens, agg_tokens, trace_seqs, agg_seqs, float(rewards.sum()), rewards.numel(),
-                          float(set_value.double().sum()), set_value.numel()], dtype=torch.float64)
+                          float(set_value.double().sum()), set_value.numel(), gated], dtype=torch.float64)
     if world_size() > 1 and torch.distributed.get_backend() == "nccl":
         local = local.cuda()
     g = all_reduce_sum(local).tolist()
-    return GlobalCounts(int(g[0]), int(g[1]), int(g[2]), int(g[3]), g[4] / g[5], g[6] / g[7])
+    return GlobalCounts(int(g[0]), int(g[1]), int(g[2]), int(g[3]), g[4] / g[5], g[6] / g[7], int(g[8]))
 
 
 def role_losses(loss_fn, logp: torch.Tensor, seqs: TrainedSequences, old_logp: torch.Tensor,
@@ -220,6 +251,7 @@ def metrics(sums: torch.Tensor, counts: GlobalCounts, micro_batches: int, grad_n
         "agg_tokens": float(counts.agg_tokens),
         "unique_tokens": values["unique_tokens"], "dedup_ratio": values["sequence_tokens"] / values["unique_tokens"],
         "micro_batches": values["micro_batches"],
+        "gated_frac": counts.gated / max(counts.trace_seqs + counts.agg_seqs, 1),
     }
     if grad_norm is not None:
         out["grad_norm"] = float(grad_norm)

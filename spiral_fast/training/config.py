@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from spiral_fast.algorithm.reference import ESTIMATORS, NORMALIZERS, SCALES, TRACE_CREDITS
+from spiral_fast.algorithm.policy_loss import check_clip
+from spiral_fast.algorithm.reference import AGG_BASELINES, ESTIMATORS, NORMALIZERS, SCALES, TRACE_CREDITS
 
 
 def _number(name, value, *, low=0.0, strict=False, allow_none=False):
@@ -27,12 +28,22 @@ class SpiralConfig:
     trained tokens in the whole (global) batch (``normalizer`` as in ``spiral_fast.policy_loss``:
     "token-mean"; "seq-mean-token-mean" = mean over the role's sequences of their token means;
     "constant" = sum / ``loss_constant``, default the role's token count).
-    Advantages: ``spiral_fast.spiral_advantages`` with estimator / scale / trace_credit / eps.
-    temperature divides the logits; clip = (eps_low, eps_high) of the PPO ratio; kl_coef weighs the
+    Advantages: ``spiral_fast.spiral_advantages`` with estimator / scale / trace_credit /
+    agg_baseline / eps; the defaults are the paper's (PAPER.md): grpo, no std scaling, a trace
+    credited with the mean of its sets' advantages, each aggregation response against its own set.
+    length_gate (the paper's Appendix A): None, an int L, or a pair (trace_L, agg_L) of ints or
+    None; a trace (aggregation response) of more than trace_L (agg_L) response tokens with a
+    positive advantage gets advantage 0, every other advantage is unchanged (``step`` reports the
+    share gated as ``gated_frac``). L = 0 gates every positive advantage of its role.
+    temperature divides the logits; clip = (eps_low, eps_high) of the PPO ratio, or None for no
+    clipping (the plain importance-weighted policy gradient); kl_coef weighs the
     k3 KL to reference log-probs (``ProblemRollout(trace_ref_logprobs=..., agg_ref_logprobs=...)``).
+    The unclipped token-sum loss of PAPER.md (Tinker's importance-sampling loss,
+    -sum over tokens of exp(logp - logp_old) * A) is
+    ``SpiralConfig(clip=None, normalizer="constant", loss_constant=1)``.
     max_tokens_per_micro_batch: budget of unique (prefix-shared) tokens per forward; whole problems
     go to one micro-batch, a problem over budget is cut into its trace block and per-set blocks.
-    max_grad_norm: gradient clipping before ``optimizer.step()`` (None: no clipping).
+    max_grad_norm: gradient-norm clipping before ``optimizer.step()`` (None: none).
     gradient_checkpointing: recompute each decoder layer in backward (HF model in train mode).
     logprob_backend: ``backend`` of ``spiral_fast.token_logprobs`` ("auto", "torch", "triton").
     aggregation: "text" (the paper: ``agg_prompts[j]`` is the whole rendered prompt a_j, traces
@@ -46,11 +57,13 @@ class SpiralConfig:
     agg_coef: float = 1.0
     trace_coef: float = 1.0
     estimator: str = "grpo"
-    scale: str = "std"
+    scale: str = "none"
     trace_credit: str = "mean"
+    agg_baseline: str = "set"
+    length_gate: int | tuple | None = None
     eps: float = 1e-6
     temperature: float = 1.0
-    clip: tuple = (0.2, 0.28)
+    clip: tuple | None = (0.2, 0.28)
     kl_coef: float = 0.0
     normalizer: str = "token-mean"
     loss_constant: float | None = None
@@ -69,16 +82,23 @@ class SpiralConfig:
         _number("loss_constant", self.loss_constant, strict=True, allow_none=True)
         _number("max_grad_norm", self.max_grad_norm, strict=True, allow_none=True)
         for name, choices in (("estimator", ESTIMATORS), ("scale", SCALES), ("trace_credit", TRACE_CREDITS),
+                              ("agg_baseline", AGG_BASELINES),
                               ("normalizer", NORMALIZERS), ("logprob_backend", ("auto", "torch", "triton")),
                               ("aggregation", AGGREGATIONS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
-        clip = self.clip
-        if (not isinstance(clip, (tuple, list)) or len(clip) != 2
-                or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
-                or not (0 <= clip[0] < 1) or not (0 <= clip[1] < math.inf)):
-            raise ValueError(f"clip must be a pair (eps_low in [0, 1), eps_high >= 0), got {clip!r}")
-        object.__setattr__(self, "clip", (float(clip[0]), float(clip[1])))
+        check_clip(self.clip)
+        if self.clip is not None:
+            object.__setattr__(self, "clip", (float(self.clip[0]), float(self.clip[1])))
+        gate = self.length_gate
+        if isinstance(gate, list):
+            gate = tuple(gate)
+            object.__setattr__(self, "length_gate", gate)
+        length = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+        if not (gate is None or length(gate) or (isinstance(gate, tuple) and len(gate) == 2
+                                                 and all(v is None or length(v) for v in gate))):
+            raise ValueError(f"length_gate must be None, an int >= 0 or a pair (trace_L, agg_L) of ints >= 0 or None, "
+                             f"got {self.length_gate!r}")
         budget = self.max_tokens_per_micro_batch
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ValueError(f"max_tokens_per_micro_batch must be a positive int, got {budget!r}")

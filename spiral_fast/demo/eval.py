@@ -1,0 +1,183 @@
+"""`spiral-fast eval`: the paper's test-time evaluation of a demo model on the toy task.
+
+pass@k and majority vote over k traces (k = 1..samples), and recursive self-aggregation (RSA)
+over its steps, all through :mod:`spiral_fast.evaluate`; plus saving / loading a demo model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+CONFIG_FILE = "spiral_demo.json"  # next to the weights: the DemoConfig the model was trained with
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of `spiral-fast eval` (the CLI exposes each field as --field-name).
+
+    `problems` problems (balanced answers, drawn with `seed`); `samples` traces each for pass@k and
+    majority vote at k = 1..samples; RSA with a population of `population`, sets of `set_size`
+    (None: the set size the model was trained with) and `steps` steps; sampling at `temperature`.
+    `votes`: random orderings of the samples that majority vote@k averages over (each takes its
+    first k samples; ties go to the first in that order, i.e. at random).
+    `threads`: torch intra-op threads during the evaluation (restored after; one is fastest for
+    the tiny model on a shared CPU, as in the demo).
+    """
+
+    problems: int = 64
+    samples: int = 16
+    population: int = 8
+    set_size: int | None = None
+    steps: int = 10
+    seed: int = 0
+    temperature: float = 1.0
+    votes: int = 32
+    threads: int = 1
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "temperature":
+                if not (isinstance(value, (int, float)) and value > 0):
+                    raise ValueError(f"temperature must be > 0, got {value!r}")
+            elif f.name == "seed":
+                if not isinstance(value, int):
+                    raise ValueError(f"seed must be an int, got {value!r}")
+            elif not (f.name == "set_size" and value is None) and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{f.name} must be an int >= 1, got {value!r}")
+        if self.set_size is not None and self.set_size > self.population:
+            raise ValueError(f"set_size must be <= population ({self.population}), got {self.set_size}")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """pass_at_k[k-1] and majority[k-1] for k = 1..samples (means over problems); rsa: steps + 1
+    RSA accuracies (step 0 = single traces)."""
+
+    pass_at_k: list
+    majority: list
+    rsa: list
+
+
+def save_demo(model, config, path) -> Path:
+    """Write the model (``save_pretrained``) and its DemoConfig (JSON) into the folder `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    (path / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    return path
+
+
+def load_demo(path):
+    """(model, DemoConfig) from a folder written by :func:`save_demo` (``--save DIR``)."""
+    from transformers import AutoModelForCausalLM
+
+    from spiral_fast.demo.train import DemoConfig
+
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise ValueError(f"model must be a folder written by `spiral-fast demo --save`, "
+                         f"but {path / CONFIG_FILE} does not exist")
+    config = DemoConfig(**json.loads((path / CONFIG_FILE).read_text()))
+    return AutoModelForCausalLM.from_pretrained(path), config
+
+
+def evaluate_demo(model, demo_config, config: EvalConfig = EvalConfig()) -> EvalResult:
+    """pass@k, majority vote@k and RSA of `model` on the toy task of `demo_config` (base, digits).
+
+    Deterministic for config.seed: the problems, the set draws and the sampling are all seeded
+    (torch's global RNG is forked, so the caller's is left alone).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _evaluate(model, demo_config, config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(model, demo_config, config: EvalConfig) -> EvalResult:
+    from spiral_fast.demo.task import ToyTask
+    from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
+    from spiral_fast.rollout.hf import sample_hf
+
+    task = ToyTask(base=demo_config.base, num_digits=demo_config.digits)
+    tok = task.tokenizer
+    set_size = config.set_size or demo_config.set_size
+    if set_size > config.population:
+        raise ValueError(f"set_size must be <= population ({config.population}), got {set_size}")
+    generator = torch.Generator().manual_seed(config.seed)
+    problems = task.sample_problems(config.problems, generator)
+    prompts = [task.prompt(p) for p in problems]
+    n = config.samples
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        traces, _ = sample_hf(model, prompts, n, max_new_tokens=1, temperature=config.temperature,
+                              eos_token_id=None, pad_token_id=tok.pad_id, logprobs=False)
+        rsa = recursive_aggregation(
+            model, prompts, template=task.template,
+            score_fn=lambda p, r: float(task.trace_correct(problems[p], r)),
+            population=config.population, set_size=set_size, steps=config.steps,
+            temperature=config.temperature, max_new_tokens=1, pad_token_id=tok.pad_id,
+            generator=generator)
+    answers = [[task.trace_answer(y) for y in traces[p * n:(p + 1) * n]] for p in range(len(problems))]
+    correct = [sum(a == task.answer(x) for a in row) for x, row in zip(problems, answers)]
+    pass_k = [float(pass_at_k(n, correct, k).mean()) for k in range(1, n + 1)]
+    orders = [torch.randperm(n, generator=generator).tolist() for _ in range(config.votes)]
+    majority = []
+    for k in range(1, n + 1):
+        hits = sum(majority_vote([row[i] for i in order[:k]]) == task.answer(x)
+                   for x, row in zip(problems, answers) for order in orders)
+        majority.append(hits / (len(problems) * len(orders)))
+    return EvalResult(pass_at_k=pass_k, majority=majority, rsa=list(rsa.accuracy))
+
+
+def format_table(results: dict) -> str:
+    """One text table: pass@k and maj@k per k, then RSA per step, one column per named result."""
+    names = list(results)
+    width = max([12] + [len(name) + 2 for name in names])
+    lines = [f"{'':14}" + "".join(f"{name:>{width}}" for name in names)]
+    some = next(iter(results.values()))
+    rows = [(label.format(k), lambda r, key=key, k=k: getattr(r, key)[k - 1])
+            for label, key in (("pass@{}", "pass_at_k"), ("maj@{}", "majority"))
+            for k in range(1, len(getattr(some, key)) + 1)]
+    rows += [(f"RSA step {t}", lambda r, t=t: r.rsa[t]) for t in range(len(some.rsa))]
+    for label, value in rows:
+        lines.append(f"{label:14}" + "".join(f"{value(results[n]):{width}.3f}" for n in names))
+    return "\n".join(lines)
+
+
+def plot_eval(results: dict, path, *, title: str = "test-time scaling on the toy task") -> Path:
+    """One PNG, three panels (pass@k, majority vote@k, RSA accuracy per step), one line per named
+    result; returns the path (parent folders created)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a training machine
+    import matplotlib.pyplot as plt
+
+    if not results:
+        raise ValueError("results must hold at least one evaluation, got {}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=120)
+    panels = (("pass@k", "pass_at_k", "k (samples)"), ("majority vote@k", "majority", "k (samples)"),
+              ("recursive self-aggregation", "rsa", "RSA step"))
+    for ax, (label, key, xlabel) in zip(axes, panels):
+        for name, result in results.items():
+            ys = getattr(result, key)
+            xs = range(len(ys)) if key == "rsa" else range(1, len(ys) + 1)
+            ax.plot(list(xs), ys, marker="o", ms=3, label=name)
+        ax.set_title(label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
