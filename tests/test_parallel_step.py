@@ -96,6 +96,7 @@ def run(fn, model, batch, config):
     pytest.param("llama", dict(old=True), dict(temperature=0.7, agg_coef=0.5, trace_coef=2.0), id="llama-old-T0.7"),
     pytest.param("qwen2", dict(old=True, num_sets=4), dict(max_tokens_per_micro_batch=20, scale="std"),
                  id="qwen2-old-budget20"),
+    pytest.param("qwen2", dict(), dict(gradient_checkpointing=True), id="qwen2-checkpointing"),
 ])
 def test_step_matches_step_reference(kind, batch_kw, config_kw):
     model = tiny_model(kind)

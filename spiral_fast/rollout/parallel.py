@@ -103,12 +103,13 @@ def sample_parallel_hf(model, prompts: list[list[int]], traces: list[list[int]],
             pos = torch.tensor(starts, device=device)[:, None]
             step_ids = torch.tensor([head] * len(rows), device=device)
             step_pos = pos + torch.arange(len(head), device=device)
+            cache_kwarg = _cache_name(model)
             tokens, token_lp = [], []
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             for _ in range(max_new_tokens):
                 mask = torch.cat([mask, mask.new_ones(len(rows), step_ids.shape[1])], dim=1)
                 out = model(input_ids=step_ids, position_ids=step_pos, attention_mask=mask, use_cache=True,
-                            **{_cache_name(model): cache})
+                            **{cache_kwarg: cache})
                 cache = _cache_of(out)
                 lsm = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)
                 nxt = torch.multinomial(lsm.exp(), 1)  # plain sampling: the policy the step trains
