@@ -90,7 +90,7 @@ def _algorithm_schema() -> dict:
     out = {}
     for f in dataclasses.fields(SpiralConfig):
         types = sum((_TYPE_NAMES[t.strip()] for t in str(f.type).split("|")), ())
-        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        default = list(f.default) if isinstance(f.default, tuple) else "none" if f.default is None else f.default
         out[f.name] = (default, types, f"spiral_fast.SpiralConfig.{f.name}")
     return out
 
