@@ -28,6 +28,8 @@ _DEMO_HELP = {
     "method": "spiral, or grpo: single traces scored on their own answers, N + M*G per problem",
     "dynamic_sampling": "drop problems whose advantages are all zero and sample more (paper)",
     "max_extra_rounds": "dynamic sampling: extra rollouts per iteration at most",
+    "engine": "sampler: transformers generate ('hf') or an in-process vLLM engine synced after every step "
+              "('vllm'; needs vLLM, see README; the model then has attention heads of size 32)",
 }
 
 _EVAL_HELP = {

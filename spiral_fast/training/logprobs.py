@@ -24,7 +24,8 @@ class BatchLogprobs:
 
 
 def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
-    """Log-probs of every response token of ``batch`` under ``model`` at ``config.temperature``.
+    """Log-probs of every response token of ``batch`` under ``model`` (a Hugging Face causal LM or a
+    LoRA ``peft.PeftModel``) at ``config.temperature``.
 
     log_softmax(logits / temperature)[token] of each token of each trace y_i given x and of each
     aggregation response z_jg given a_j, computed as ``step`` computes them: micro-batches of at
@@ -41,7 +42,7 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
     from spiral_fast.models.lora import unwrap_peft
 
     wrapped = unwrap(model)  # DDP, torch.compile; an FSDP2 root's hooks run around each forward
-    model = unwrap_peft(wrapped.model)
+    model = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_inputs(model, batch, config)
     traces = [[None] * len(pr.traces) for pr in batch.problems]
     aggregations = [[[None] * len(zs) for zs in pr.aggregations] for pr in batch.problems]

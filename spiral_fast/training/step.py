@@ -54,11 +54,14 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     trained responses: traces in at least one set plus aggregation responses; 0 without a gate),
     grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only: the allocator peak of
     the step, whose start resets the peak statistics; omitted on the CPU). Under torch.distributed
-    micro_batches is the total over ranks.
+    micro_batches is the total over ranks. ``backend/<op>/<backend>`` = 1.0 for the backend each
+    spiral_fast op of the step ran on (e.g. ``backend/token_logprobs/triton``; "auto" falls back to
+    torch for an op whose Triton path failed its self-check, see ``spiral_fast.self_check``).
     """
     from spiral_fast.models.hf import ATTN_NAME, register as register_attention
     from spiral_fast.algorithm.policy_loss import policy_loss
     from spiral_fast.models.lora import unwrap_peft
+    from spiral_fast.ops import dispatch
 
     wrapped = unwrap(model)  # DDP, torch.compile; an FSDP2 root's hooks run around each forward
     model = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
@@ -76,7 +79,8 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     if config.gradient_checkpointing:
         register_attention()
     attn = ATTN_NAME if config.gradient_checkpointing else None
-    with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn):
+    with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn), \
+            dispatch.recording() as backends:
         for i in range(forward_rounds(len(bins), wrapped.fsdp_root)):
             # i >= len(bins): a stand-in forward/backward (zero loss) joining the other ranks' FSDP2 collectives
             real = i < len(bins)
@@ -103,4 +107,5 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     sums = torch.cat([parts_sum, stat_sum, entropy_sum[None],
                       torch.tensor([unique, seq_tokens], dtype=torch.float32, device=device)])
     out = metrics(sums, counts, len(bins), grad_norm, device)
+    out.update({f"backend/{op}/{name}": 1.0 for op, name in sorted(backends.items())})
     return StepOutput(loss=torch.tensor(out["loss"]), metrics=out)
