@@ -49,7 +49,8 @@ class Sampler:
         if self.engine == "vllm":
             from spiral_fast import VLLMSampler
 
-            self.target = VLLMSampler(self.copy or model, seed=cfg.train.seed)
+            self.target = VLLMSampler(self.copy or model, seed=cfg.train.seed,
+                                      gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
         else:
             self.target = self.copy or model
 
