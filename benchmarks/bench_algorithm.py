@@ -93,6 +93,15 @@ def spiral_fast_advantages(b: dict):
                                          b["set_offsets"], b["trace_problem"], scale="std", agg_baseline="problem")
 
 
+def advantage_values(fn, b: dict):
+    def values():
+        out = fn(b)
+        if not isinstance(out, tuple):
+            out = (out.agg, out.set_value, out.set, out.trace)
+        return dict(zip(("agg", "set_value", "set", "trace"), (t.float() for t in out)))
+    return values
+
+
 ADV_PEERS = {"spiral_fast": spiral_fast_advantages, "verl-style-loop": verl_style_spiral}
 
 
@@ -104,7 +113,8 @@ def test_advantages(compare, peer, one_cpu_thread):
     slow = peer != "spiral_fast"
     trim_heap()
     compare(f"advantages {shape.problems}p x {shape.sets}s x {shape.aggregations}g", peer, lambda: fn(b),
-            rounds=1 if slow else 5, warmup=0 if slow else 1, note="1 thread")
+            rounds=1 if slow else 5, warmup=0 if slow else 1, note="1 thread", rel=1e-5,
+            values=advantage_values(fn, b), expected=advantage_values(spiral_fast_advantages, b))
 
 
 # --------------------------------------------------------------------------- fused policy loss
@@ -156,9 +166,17 @@ def test_policy_loss_fwd_bwd(compare, peer, device, request):
         loss, _ = fn(b, logp)
         loss.backward(grad_out)
 
+    def values(loss_fn):
+        def run():
+            logp = b["logp"].detach().requires_grad_()
+            loss, stats = loss_fn(b, logp)
+            loss.backward(grad_out)
+            return {"loss": loss.detach(), "d_logp": logp.grad}
+        return run
+
     trim_heap()
-    compare(f"policy_loss fwd+bwd {shape.name} tokens {device}", peer, step, device=device, rounds=5,
-            **({"note": "1 thread"} if device == "cpu" else {}))
+    compare(f"policy_loss fwd+bwd {shape.name} tokens {device}", peer, step, device=device, rounds=5, rel=1e-5,
+            values=values(fn), expected=values(fused_loss), **({"note": "1 thread"} if device == "cpu" else {}))
 
 
 def _rows_bytes(rows: int) -> int:

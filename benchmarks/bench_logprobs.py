@@ -63,14 +63,20 @@ NOTES = {"liger": "grads computed in forward, scaled by grad_output",
          "cut_cross_entropy": "default gradient filtering (filter_eps='auto')"}
 
 
-def make_step(peer_fn, shape, device, dtype):
-    """Inputs for one preset and a closure running forward + backward with a per-token gradient."""
+def make_inputs(shape, device, dtype):
+    """hidden [N, H], weight [V, H] (leaves), targets [N], upstream gradient [N] of one preset (seeded)."""
     g = torch.Generator(device="cpu").manual_seed(0)
     n, h, v = shape.tokens, shape.hidden, shape.vocab
     hidden = torch.randn(n, h, generator=g).to(device=device, dtype=dtype).requires_grad_()
     weight = (torch.randn(v, h, generator=g) * h ** -0.5).to(device=device, dtype=dtype).requires_grad_()
     targets = torch.randint(0, v, (n,), generator=g).to(device)
     upstream = torch.randn(n, generator=g).to(device)
+    return hidden, weight, targets, upstream
+
+
+def make_step(peer_fn, shape, device, dtype):
+    """A closure running forward + backward with a per-token gradient on the preset's inputs."""
+    hidden, weight, targets, upstream = make_inputs(shape, device, dtype)
 
     def step():
         hidden.grad = weight.grad = None
@@ -78,6 +84,16 @@ def make_step(peer_fn, shape, device, dtype):
         logp.backward(upstream.to(logp.dtype))
 
     return step
+
+
+def make_values(peer_fn, shape, device, dtype):
+    """A callable giving the peer's logp, dH and dW on the preset's inputs (checked against spiral_fast)."""
+    def values():
+        hidden, weight, targets, upstream = make_inputs(shape, device, dtype)
+        logp = peer_fn(hidden, weight, targets)
+        logp.backward(upstream.to(logp.dtype))
+        return {"logp": logp.detach().float(), "d_hidden": hidden.grad.float(), "d_weight": weight.grad.float()}
+    return values
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,7 +115,21 @@ def _run(compare, group, peer, fn, shape, device, dtype, rounds, warmup):
     extra = dict(flops=8 * shape.tokens * shape.hidden * shape.vocab, preset=shape.name)
     if peer in NOTES:
         extra["note"] = NOTES[peer]
-    compare(group, peer, step, device=device, rounds=rounds, warmup=warmup, **extra)
+    if peer == "spiral_fast":
+        extra["impl"] = f"backend {resolved_logprob_backend(device)}"
+    # bf16 peers round logits and gradients differently (and CCE filters tiny gradients): 5e-2
+    rel = 1e-3 if dtype == torch.float32 else 5e-2
+    compare(group, peer, step, device=device, rounds=rounds, warmup=warmup, rel=rel,
+            values=make_values(fn, shape, device, dtype), expected=make_values(spiral_fast_op, shape, device, dtype),
+            **extra)
+
+
+def resolved_logprob_backend(device) -> str:
+    """What token_logprobs' backend="auto" runs on this device."""
+    from spiral_fast._utils import resolve_backend
+    from spiral_fast.ops.logprobs.op import BACKENDS
+
+    return resolve_backend("auto", torch.device(device), BACKENDS)
 
 
 @pytest.mark.parametrize("peer", list(CPU_PEERS))

@@ -5,14 +5,19 @@
     C++ builder is timed (the Python trie would need minutes and GBs); the speedup is measured on the
     scaled-down preset "layout-small".
 (b) Forward+backward of a tiny Qwen2 on the SPIRAL-shaped batch (preset "packing-issue"): trie-packed
-    ("spiral_fast") vs plain varlen (share="none") vs a padded per-sequence HF forward; the loss is a
-    random per-token weighting of every sequence's token log-probs in all three.
+    ("spiral_fast") vs spiral_fast's own packed path without prefix sharing (share="none") vs a padded
+    HF body with spiral_fast's token_logprobs on top (what packing alone changes) vs plain padded HF
+    with full logits (no spiral_fast at all); the loss is a random per-token weighting of every
+    sequence's token log-probs in all four, and each peer's loss and gradients must match
+    spiral_fast's before it is timed.
 """
 import pytest
 import torch
 
 import spiral_fast as sf
 from presets import SPIRAL
+from spiral_fast._utils import resolve_backend
+from spiral_fast.ops.tree_attention.op import BACKENDS as TREE_BACKENDS
 from spiral_fast.packing import native
 
 TEMPLATE_TOKENS = 24  # rendered aggregation template header ("Here are K solutions to ...")
@@ -76,17 +81,42 @@ def tiny_qwen2(kv_heads: int, device: str):
 
 
 def padded_step(model, ids, attention_mask, rows_b, rows_p, target, weights):
-    """Plain HF baseline: every sequence on its own padded row, the same log-prob loss."""
+    """HF body on padded rows, every sequence on its own row, spiral_fast's token_logprobs on top."""
     hidden = model.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     logp = sf.token_logprobs(hidden[rows_b, rows_p], model.lm_head.weight, target)
-    (logp * weights).sum().backward()
+    loss = (logp * weights).sum()
+    loss.backward()
+    return loss
+
+
+def padded_full_logits_step(model, ids, attention_mask, rows_b, rows_p, target, weights):
+    """Plain HF: padded rows, full logits, log_softmax and gather (no spiral_fast)."""
+    logits = model(input_ids=ids, attention_mask=attention_mask, use_cache=False).logits
+    logp = torch.log_softmax(logits[rows_b, rows_p].float(), dim=-1).gather(1, target[:, None])[:, 0]
+    loss = (logp * weights).sum()
+    loss.backward()
+    return loss
 
 
 def packed_step(model, packed, weights):
     hidden = sf.packed_hidden_states(model, packed)
     rows = packed.prediction_rows
     logp = sf.token_logprobs(hidden[rows.hidden_index], model.lm_head.weight, rows.target)
-    (logp * weights).sum().backward()
+    loss = (logp * weights).sum()
+    loss.backward()
+    return loss
+
+
+def loss_and_grads(model, fn):
+    """A callable running ``fn`` once from zero gradients: {"loss", one entry per parameter}."""
+    def values():
+        model.zero_grad(set_to_none=True)
+        loss = fn()
+        out = {"loss": loss.detach().float()}
+        out.update({n: p.grad.detach().float() for n, p in model.named_parameters() if p.grad is not None})
+        model.zero_grad(set_to_none=True)
+        return out
+    return values
 
 
 # a small vocabulary keeps the per-row LM-head work (the same R rows for every peer, nothing to
@@ -96,7 +126,8 @@ VOCAB = 512
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa-4q2kv", "mha-4q4kv"])
-@pytest.mark.parametrize("peer", ["spiral_fast", "varlen (share=none)", "padded HF"])
+@pytest.mark.parametrize("peer", ["spiral_fast", "sf packed, share=none", "padded HF body + sf.token_logprobs",
+                                  "padded HF, full logits"])
 def test_spiral_forward_backward(compare, peer, kv_heads, device):
     shape = SPIRAL["packing-issue"]
     seqs = [s.to(device) for s in spiral_sequences(shape, vocab=VOCAB)]
@@ -105,15 +136,23 @@ def test_spiral_forward_backward(compare, peer, kv_heads, device):
     weights = torch.randn(trie.prediction_rows.target.numel(), generator=torch.Generator().manual_seed(1)).to(device)
     group = (f"fwd+bwd tiny-qwen2 4q{kv_heads}kv V={VOCAB} {shape.name} {device} "
              f"(dedup {trie.dedup_ratio:.2f})")
-    if peer == "padded HF":
+    if peer.startswith("padded HF"):
         lengths = torch.tensor([len(s) for s in seqs])
         ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
         mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).to(device)
         rows = trie.to(device).prediction_rows  # (seq, pos) of every target: the same rows, padded coordinates
-        fn = lambda: padded_step(model, ids, mask, rows.seq, rows.pos - 1, rows.target, weights)  # noqa: E731
+        padded = padded_full_logits_step if peer.endswith("full logits") else padded_step
+        fn = lambda: padded(model, ids, mask, rows.seq, rows.pos - 1, rows.target, weights)  # noqa: E731
         note = f"{ids.numel()} padded tokens"
+        impl = f"HF attention '{model.config._attn_implementation}'"
     else:
         packed = (trie if peer == "spiral_fast" else sf.pack_sequences(seqs, share="none")).to(device)
         fn = lambda: packed_step(model, packed, weights)  # noqa: E731
         note = f"{packed.num_tokens} packed tokens"
-    compare(group, peer, lambda: (fn(), model.zero_grad(set_to_none=True)), device=device, rounds=1, note=note)
+        impl = f"tree_attention backend {resolve_backend('auto', torch.device(device), TREE_BACKENDS)}"
+    sf_packed = trie.to(device)
+    # fp32 on the CPU: summation order only; bf16 on CUDA: peers round activations differently
+    rel = 1e-3 if device == "cpu" else 5e-2
+    compare(group, peer, lambda: (fn(), model.zero_grad(set_to_none=True)), device=device, rounds=1, note=note,
+            impl=impl, rel=rel, values=loss_and_grads(model, fn),
+            expected=loss_and_grads(model, lambda: packed_step(model, sf_packed, weights)))

@@ -1,8 +1,12 @@
 """Tree attention (issue 4): forward+backward over a SPIRAL-shaped prefix-shared packed batch.
 
 GPU (gpu marker; preset SPIRAL["packing-issue"], 16 heads x 128, GQA with 2 kv heads, bf16): Triton
-block-table kernels ("spiral_fast") vs FlexAttention with the tree BlockMask vs FlashAttention varlen
-over gathered ancestor contexts vs SDPA with the dense [T, T] tree mask; forward alone and forward+backward.
+block-table kernels ("spiral_fast") vs spiral_fast's own flex backend (torch FlexAttention with the tree
+BlockMask) and varlen backend (FlashAttention varlen over gathered ancestor contexts: flash-attn when
+installed, else torch's varlen_attn; the table prints which) vs SDPA with the dense [T, T] tree mask vs
+causal SDPA per sequence (no sharing); forward alone and forward+backward.
+Every peer's values (output, and gradients where it covers each packed token once) must match
+spiral_fast's before it is timed.
 CPU (preset SPIRAL["attention-cpu"]): the torch backend (per-segment SDPA, "spiral_fast") vs the
 dense-mask reference vs a per-sequence loop of causal SDPA (every shared prefix encoded again).
 
@@ -70,6 +74,37 @@ def backend(packed, name):
     return lambda q, k, v: spiral_fast.tree_attention(q, k, v, packed, backend=name)
 
 
+def make_values(attn, q, k, v, do, packed):
+    """A callable giving the peer's output and (when it covers every packed token once) its
+    gradients, under dO; a per-sequence peer gives its outputs mapped back onto packed tokens, each
+    sequence's copy of a shared prefix being the same value."""
+    def values():
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        out = attn(*leaves)
+        index = getattr(attn, "upstream_index", None)
+        if index is not None:  # per sequence: out rows are the packed tokens `index`, shared ones repeated
+            return {"out": out.detach().float()}
+        grads = torch.autograd.grad(out, leaves, do)
+        return {"out": out.detach().float(), **{f"d{n}": g.float() for n, g in zip("qkv", grads)}}
+    return values
+
+
+def expected_values(attn, q, k, v, do, packed, peer_attn):
+    """spiral_fast's values in the shape the peer gives them (see ``make_values``)."""
+    sf_values = make_values(attn, q, k, v, do, packed)
+    index = getattr(peer_attn, "upstream_index", None)
+    if index is None:
+        return sf_values
+    return lambda: {"out": sf_values()["out"][index]}
+
+
+def varlen_impl() -> str:
+    """What the varlen backend runs: flash-attn's varlen kernel when installed, else torch's varlen_attn."""
+    from spiral_fast.ops.tree_attention.backend_varlen import _varlen_impl
+
+    return {"flash_attn": "flash_attn.flash_attn_varlen_func", "torch": "torch varlen_attn"}[_varlen_impl()[0]]
+
+
 def dense(packed):
     return lambda q, k, v: tree_attention_reference(q, k, v, packed, q.shape[-1] ** -0.5)
 
@@ -84,17 +119,30 @@ CPU_PEERS = {
 @pytest.mark.parametrize("peer", list(CPU_PEERS))
 def test_tree_attention_cpu_fwd_bwd(compare, peer):
     packed, q, k, v, do, flops = make_case("attention-cpu", "cpu-4x32-gqa2", torch.float32, "cpu")
-    fn = timed(CPU_PEERS[peer](packed), q, k, v, do, backward=True)
+    attn = CPU_PEERS[peer](packed)
+    fn = timed(attn, q, k, v, do, backward=True)
     compare(f"tree-attn fwd+bwd cpu T={packed.num_tokens} dedup={packed.dedup_ratio:.2f}", peer, fn,
-            rounds=5, flops=2.5 * flops, note="useful-pair flops")
+            rounds=5, flops=2.5 * flops, note="useful-pair flops", rel=1e-4,
+            values=make_values(attn, q, k, v, do, packed),
+            expected=expected_values(CPU_PEERS["spiral_fast"](packed), q, k, v, do, packed, attn),
+            **({"impl": "tree_attention backend torch (per-segment SDPA)"} if peer == "spiral_fast" else {}))
 
 
 GPU_PEERS = {
     "spiral_fast": lambda packed: backend(packed, "triton"),
-    "flex": lambda packed: backend(packed, "flex"),
-    "varlen": lambda packed: backend(packed, "varlen"),
+    # spiral_fast's other backends: FlexAttention with our tree BlockMask, FlashAttention varlen over
+    # our gathered ancestor contexts (flash-attn or torch's varlen_attn, see IMPL)
+    "sf flex backend": lambda packed: backend(packed, "flex"),
+    "sf varlen backend": lambda packed: backend(packed, "varlen"),
     "dense-mask-sdpa": dense,
+    # what a trainer without prefix sharing runs: each sequence alone through causal SDPA
+    "per-sequence-sdpa": per_sequence_loop,
 }
+IMPL = {"spiral_fast": lambda: "tree_attention backend triton",
+        "sf flex backend": lambda: "torch flex_attention + tree BlockMask",
+        "sf varlen backend": varlen_impl,
+        "dense-mask-sdpa": lambda: "SDPA with a dense [T, T] mask",
+        "per-sequence-sdpa": lambda: "causal SDPA per sequence"}
 
 
 @pytest.mark.gpu
@@ -102,6 +150,13 @@ GPU_PEERS = {
 @pytest.mark.parametrize("peer", list(GPU_PEERS))
 def test_tree_attention_gpu(compare, peer, mode):
     packed, q, k, v, do, flops = make_case("packing-issue", "gpu-16x128-gqa2", torch.bfloat16, "cuda")
-    fn = timed(GPU_PEERS[peer](packed), q, k, v, do, backward=mode == "fwd+bwd")
+    attn = GPU_PEERS[peer](packed)
+    fn = timed(attn, q, k, v, do, backward=mode == "fwd+bwd")
+    try:
+        impl = IMPL[peer]()
+    except ImportError as exc:
+        pytest.skip(f"{peer} unavailable: {exc}")
     compare(f"tree-attn {mode} bf16 T={packed.num_tokens} 16x128/2", peer, fn, device="cuda", rounds=10,
-            warmup=3, flops=flops * (2.5 if mode == "fwd+bwd" else 1.0), note="useful-pair flops")
+            warmup=3, flops=flops * (2.5 if mode == "fwd+bwd" else 1.0), note="useful-pair flops", impl=impl,
+            rel=3e-2, values=make_values(attn, q, k, v, do, packed),
+            expected=expected_values(GPU_PEERS["spiral_fast"](packed), q, k, v, do, packed, attn))

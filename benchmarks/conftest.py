@@ -16,11 +16,22 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def compare(benchmark):
-    """``compare(group, peer, fn, device=..., rounds=..., **extra)``: time ``fn`` with
-    pytest-benchmark, measure its peak memory once, and record both for the final table."""
+    """``compare(group, peer, fn, device=..., rounds=..., values=..., expected=..., rel=..., impl=...,
+    **extra)``: time ``fn`` with pytest-benchmark, measure its peak memory once, and record both for
+    the final table.
 
-    def run(group: str, peer: str, fn, *, device="cpu", rounds: int = 3, warmup: int = 1, **extra):
+    values / expected: callables returning {name: tensor}, this peer's outputs and spiral_fast's on
+    the group's inputs; before anything is timed the peer must match within ``rel`` of spiral_fast's
+    largest entry (``harness.check_same_values``), checked after the peak-memory call (the first
+    round) and before anything is timed.
+    impl: the implementation the peer resolved to (printed in the table)."""
+
+    def run(group: str, peer: str, fn, *, device="cpu", rounds: int = 3, warmup: int = 1, values=None,
+            expected=None, rel: float | None = None, **extra):
         peak = harness.peak_memory(fn, device)  # also serves as a warm-up call
+        if values is not None and expected is not None and peer != "spiral_fast":
+            # after the peak: memory the check frees would otherwise be reused and hide the peer's peak
+            extra["max_rel_diff"] = harness.check_same_values(group, peer, values(), expected(), rel)
         benchmark.group = group
         benchmark.extra_info.update(peer=peer, peak_mib=None if peak is None else peak / 2**20, **extra)
         benchmark.pedantic(

@@ -88,6 +88,23 @@ def best_time(fn, *, rounds: int = 3, warmup: int = 1) -> float:
     return best
 
 
+def check_same_values(group: str, peer: str, got: dict, want: dict, rel: float) -> float:
+    """Every output of a peer within ``rel`` times the largest entry of spiral_fast's same output;
+    returns the largest such relative error. A ratio between peers that compute different results
+    means nothing, so a mismatch fails the benchmark."""
+    assert got.keys() == want.keys(), f"{group}: {peer} returns {sorted(got)}, spiral_fast {sorted(want)}"
+    worst = 0.0
+    for name in want:
+        g, w = got[name].detach().double().cpu(), want[name].detach().double().cpu()
+        assert g.shape == w.shape, f"{group}: {peer}'s {name} has shape {tuple(g.shape)}, spiral_fast's {tuple(w.shape)}"
+        scale = w.abs().max().item() if w.numel() else 0.0
+        err = (g - w).abs().max().item() / scale if scale > 0 else float((g != w).any())
+        assert err <= rel, (f"{group}: {peer} computes other values than spiral_fast: {name} differs by {err:.2e} of "
+                            f"its largest entry (tolerance {rel:.0e})")
+        worst = max(worst, err)
+    return worst
+
+
 def record(group: str, peer: str, seconds: float, peak_bytes: int | None, **extra) -> Record:
     rec = Record(group, peer, seconds, peak_bytes, extra)
     RECORDS.append(rec)
@@ -116,8 +133,12 @@ def format_table(records: list[Record], reference_peer: str = "spiral_fast") -> 
                 rate = f"{r.extra['flops'] / r.seconds / 1e12:.2f} TFLOP/s"
             elif "bytes" in r.extra and r.seconds > 0:
                 rate = f"{r.extra['bytes'] / r.seconds / 1e9:.1f} GB/s"
+            if "impl" in r.extra:
+                rate = (rate + f" [{r.extra['impl']}]").strip()
             if "note" in r.extra:
                 rate = (rate + " " + str(r.extra["note"])).strip()
+            if "max_rel_diff" in r.extra:
+                rate = (rate + f" (values = sf within {r.extra['max_rel_diff']:.0e})").strip()
             lines.append(f"{g:<44} {r.peer:<22} {r.seconds * 1e3:10.2f} {t_ratio} {mem} {m_ratio}  {rate}")
     return "\n".join(lines)
 

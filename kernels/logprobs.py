@@ -5,9 +5,10 @@ Every forward launcher returns, per token, float32 (m, log_s, entropy, E_p[z] - 
 log sum e^{z-m} (lse = m + log_s, kept apart so z - lse stays exact for large |z|), the entropy
 lse - E_p[z], and the target's z_t; ``spiral_fast.ops.logprobs.op`` turns them into outputs.
 
-- ``token_logprobs_fwd``: one program per BLOCK_N tokens, looping over vocabulary blocks with an
-  online log-sum-exp; the [BLOCK_N, BLOCK_V] logit tile is the only place logits exist.
-- ``token_logprobs_bwd``: one program per (token block, vocab block) tile; it recomputes the tile,
+- ``token_logprobs_fwd``: one program per (BLOCK_N tokens, vocabulary split), looping over the split's
+  vocabulary blocks with an online log-sum-exp; the [BLOCK_N, BLOCK_V] logit tile is the only place
+  logits exist. The splits' partial (max, sum, target) values are merged in float32 afterwards.
+- ``token_logprobs_bwd``: one program per (token block, vocab block) tile, in grouped order; it recomputes the tile,
   forms G = dL/dlogits and adds G @ W into dH and G^T @ h into dW with float32 atomics, so no
   program needs a whole row of either gradient.
 - ``logits_logprobs_fwd`` / ``_bwd``: the same math on logits that already exist (no matmul),
@@ -33,11 +34,11 @@ from spiral_fast.kernels._launch import cuda_matmul_allows_tf32, device_guard
 # spills. IEEE float32 dots run on FMA units and hold their operands in registers: 128 x 64 tiles over
 # 16 (backward) or 32 (forward) hidden columns are the largest found that do not spill.
 _GPU_FWD = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)
-_GPU_BWD = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, num_warps=8, num_stages=3)
+_GPU_BWD = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=64, GROUP_N=8, num_warps=8, num_stages=3)
 _GPU_FWD_TF32 = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=32, num_warps=8, num_stages=3)
-_GPU_BWD_TF32 = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=32, num_warps=8, num_stages=3)
+_GPU_BWD_TF32 = dict(BLOCK_N=128, BLOCK_V=128, BLOCK_H=32, GROUP_N=8, num_warps=8, num_stages=3)
 _GPU_FWD_IEEE = dict(BLOCK_N=128, BLOCK_V=64, BLOCK_H=32, num_warps=8, num_stages=2)
-_GPU_BWD_IEEE = dict(BLOCK_N=128, BLOCK_V=64, BLOCK_H=16, num_warps=8, num_stages=2)
+_GPU_BWD_IEEE = dict(BLOCK_N=128, BLOCK_V=64, BLOCK_H=16, GROUP_N=8, num_warps=8, num_stages=2)
 _INTERPRET = dict(BLOCK_N=16, BLOCK_V=64, BLOCK_H=32)
 _ROW_BLOCK_V = 1024
 _ROW_BLOCK_V_INTERPRET = 64
@@ -47,7 +48,8 @@ def linear_config(kind: str, dtype: torch.dtype, interpret: bool | None = None) 
     """Launch config of the token log-prob ``kind`` ("fwd" | "bwd") kernel for ``dtype`` inputs
     (float32 ones under torch's current TF32 switch)."""
     if triton_interpreting() if interpret is None else interpret:
-        return dict(_INTERPRET)
+        # groups of 2 token blocks: small test shapes still have a partial last group
+        return dict(_INTERPRET, GROUP_N=2) if kind == "bwd" else dict(_INTERPRET)
     if dtype != torch.float32:
         return dict(_GPU_FWD if kind == "fwd" else _GPU_BWD)
     if _dot_precision(dtype) == "tf32":
@@ -84,11 +86,14 @@ def _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_h
 
 @triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None})
 @triton.jit
-def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, ent_ptr, ms_ptr, zt_ptr,
-                               N, V, H, stride_hn, stride_hh, stride_wv, stride_wh, temperature,
+def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, s_ptr, t_ptr, zt_ptr,
+                               N, V, H, V_PER_SPLIT, stride_hn, stride_hh, stride_wv, stride_wh, temperature,
                                HAS_BIAS: tl.constexpr, WANT_ENTROPY: tl.constexpr, DOT_PRECISION: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Program (token block, vocab split): partial (max m, sum e^{z-m}, sum e^{z-m}(z-m), z_t) of its
+    rows over its slice of the vocabulary, stored in row ``split`` of the [SPLIT, N] buffers."""
     pid = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=0)
@@ -97,9 +102,11 @@ def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, en
     s = tl.zeros((BLOCK_N,), dtype=tl.float32)   # sum e^{z-m}
     t = tl.zeros((BLOCK_N,), dtype=tl.float32)   # sum e^{z-m} (z-m): entropy without lse - E[z] cancellation
     zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for v0 in range(0, V, BLOCK_V):
+    v_lo = split * V_PER_SPLIT
+    v_hi = tl.minimum(v_lo + V_PER_SPLIT, V)
+    for v0 in range(v_lo, v_hi, BLOCK_V):
         offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
-        mask_v = offs_v < V
+        mask_v = offs_v < v_hi
         z = _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_hn, stride_hh,
                         stride_wv, stride_wh, temperature, HAS_BIAS, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
         zt += tl.sum(tl.where(offs_v[None, :] == tgt[:, None], z, 0.0), axis=1)
@@ -115,14 +122,12 @@ def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, en
             t = alpha * (t + shift * s) + tl.sum(e * tl.maximum(zs, -1e4), axis=1)
         s = alpha * s + tl.sum(e, axis=1)
         m = m_new
-    log_s = tl.log(s)
-    tl.store(m_ptr + offs_n, tl.where(m == float("-inf"), 0.0, m), mask=mask_n)
-    tl.store(logs_ptr + offs_n, log_s, mask=mask_n)
-    tl.store(zt_ptr + offs_n, zt, mask=mask_n)
+    out = split * N + offs_n
+    tl.store(m_ptr + out, m, mask=mask_n)
+    tl.store(s_ptr + out, s, mask=mask_n)
+    tl.store(zt_ptr + out, zt, mask=mask_n)
     if WANT_ENTROPY:
-        mean_shifted = t / s
-        tl.store(ent_ptr + offs_n, log_s - mean_shifted, mask=mask_n)
-        tl.store(ms_ptr + offs_n, mean_shifted, mask=mask_n)
+        tl.store(t_ptr + out, t, mask=mask_n)
 
 
 @triton.jit
@@ -147,10 +152,20 @@ def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, ms
                                dh_ptr, dw_ptr, db_ptr, N, V, H, stride_hn, stride_hh, stride_wv, stride_wh,
                                temperature, HAS_BIAS: tl.constexpr, SCALE_G: tl.constexpr, HAS_DENT: tl.constexpr,
                                NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-                               DOT_PRECISION: tl.constexpr,
+                               DOT_PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
                                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
-    pid_n = tl.program_id(0).to(tl.int64)
-    pid_v = tl.program_id(1).to(tl.int64)
+    # grouped tile order (as in Cut Cross-Entropy's backward and Triton's matmul tutorial): consecutive
+    # programs walk GROUP_N token blocks down each vocab block before moving to the next vocab block,
+    # so one wave touches GROUP_N rows of dH and a few rows of dW: their fp32 atomics meet in L2
+    # instead of each tile's sum travelling to HBM
+    pid = tl.program_id(0)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    tiles_v = tl.cdiv(V, BLOCK_V)
+    per_group = GROUP_N * tiles_v
+    first_n = (pid // per_group) * GROUP_N
+    group_n = tl.minimum(tiles_n - first_n, GROUP_N)
+    pid_n = (first_n + (pid % per_group) % group_n).to(tl.int64)
+    pid_v = ((pid % per_group) // group_n).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -275,23 +290,61 @@ def _or(t, fallback):
     return fallback if t is None else t
 
 
+def _vocab_splits(n_blocks: int, v_blocks: int, device: torch.device) -> int:
+    """How many programs share a token block's vocabulary: enough for ~2 programs per SM (one per 128
+    tokens leaves most of an H200's 132 SMs idle below ~17k tokens), at most 16, one vocab block each."""
+    if triton_interpreting():
+        target = 4   # small test shapes still split, so the merge is tested
+    else:
+        target = 2 * _sm_count(device)
+    return max(1, min(-(-target // n_blocks), v_blocks, 16))
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_properties(idx).multi_processor_count
+
+
+def _merge_splits(m, s, t, zt, want_entropy):
+    """[SPLIT, N] partials -> (m, log_s, entropy|None, E_p[z] - m|None, z_t), each [N] float32.
+
+    With M = max_i m_i and w_i = e^{m_i - M}: sum e^{z-M} = sum w_i s_i, and sum e^{z-M}(z-M) =
+    sum w_i (t_i + (m_i - M) s_i). A split whose logits are all -inf (masked) weighs 0."""
+    big = m.max(0).values
+    big_safe = torch.where(big == float("-inf"), torch.zeros_like(big), big)
+    live = m != float("-inf")
+    shift = torch.where(live, m - big_safe, torch.zeros_like(m))
+    w = torch.where(live, shift.exp(), torch.zeros_like(m))
+    s_all = (w * s).sum(0)
+    log_s = s_all.log()
+    zt_all = zt.sum(0)   # only the split holding the target adds a non-zero z_t
+    if not want_entropy:
+        return [big_safe, log_s, None, None, zt_all]
+    mean_shifted = (w * (t + shift * s)).sum(0) / s_all
+    return [big_safe, log_s, log_s - mean_shifted, mean_shifted, zt_all]
+
+
 def token_logprobs_fwd(hidden, weight, bias, targets, temperature, want_entropy):
     """hidden [N, H], weight [V, H], bias [V]|None, targets [N] in [0, V) ->
     (m, log_s, entropy|None, E_p[z] - m|None, z_t), each [N] float32."""
     n, h = hidden.shape
     v = weight.shape[0]
-    out = _per_token_stats(n, hidden.device, want_entropy)
     if n == 0:
-        return out
-    m, log_s, ent, ms, zt = out
+        return _per_token_stats(n, hidden.device, want_entropy)
     cfg = linear_config("fwd", hidden.dtype)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
+    n_blocks, v_blocks = triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"])
+    splits = _vocab_splits(n_blocks, v_blocks, hidden.device)
+    v_per_split = triton.cdiv(v_blocks, splits) * cfg["BLOCK_V"]
+    splits = triton.cdiv(v, v_per_split)   # no empty split
+    m, s, t, zt = (torch.empty(splits, n, device=hidden.device, dtype=torch.float32) for _ in range(4))
     with device_guard(hidden.device):
-        _token_logprobs_fwd_kernel[grid](
-            hidden, weight, bias, targets, m, log_s, _or(ent, m), _or(ms, m), zt,
-            n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), float(temperature),
-            WANT_ENTROPY=want_entropy, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
-    return out
+        _token_logprobs_fwd_kernel[(n_blocks, splits)](
+            hidden, weight, bias, targets, m, s, t, zt,
+            n, v, h, v_per_split, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
+            float(temperature), WANT_ENTROPY=want_entropy, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
+    return _merge_splits(m, s, t, zt, want_entropy)
 
 
 def token_logprobs_bwd(hidden, weight, bias, targets, stats, dlogp, dent, temperature, need_dh, need_dw, need_db):
@@ -308,7 +361,7 @@ def token_logprobs_bwd(hidden, weight, bias, targets, stats, dlogp, dent, temper
     if n == 0 or not (need_dh or need_dw or need_db):
         return dh, dw, db
     cfg = linear_config("bwd", hidden.dtype)
-    grid = (triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"]))
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(v, cfg["BLOCK_V"]),)
     with device_guard(hidden.device):
         _token_logprobs_bwd_kernel[grid](
             hidden, weight, bias, targets, m, log_s, _or(ms, m), dlogp, _or(dent, dlogp), _or(dh, m), _or(dw, m),

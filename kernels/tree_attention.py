@@ -4,7 +4,8 @@ Each query block (BLOCK_M tokens of one segment) walks the key blocks it may see
 index table (its ancestors' blocks, then its own segment's blocks up to the diagonal), reading shared
 prefix K/V in place: no gathered copies. The backward recomputes probabilities from the saved
 log-sum-exp; dQ walks the same table, dK/dV walk the reverse table (query blocks that see a key block)
-so every dK/dV tile has one owner and needs no atomics (GQA: per query head, then summed per group).
+so every dK/dV tile has one owner and needs no atomics (GQA: the owner loops over the query heads
+of its KV head).
 Each list holds its unmasked pairs first (a full key block wholly before the query block's first row:
 no tree or causal test needed), then from `*_mid` on the pairs that need the in-tile mask.
 
@@ -204,12 +205,10 @@ def _tree_attention_bwd_dkdv_kernel(
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
-    # one program per (key block, query head): it owns that head's dK/dV tile, so no atomics; with GQA
-    # the launcher sums the GROUP per-head tiles afterwards (more programs than a serial group loop,
-    # which matters because a shared prompt's few key blocks are seen by many query blocks)
+    # one program per (key block, KV head): it owns that tile of dK/dV, so no atomics; with GQA it loops
+    # over the GROUP query heads that share the KV head (no fp32 dK/dV per query head, no group sum)
     blk = tl.program_id(0).to(tl.int64)
-    head = tl.program_id(1).to(tl.int64)
-    kv_head = head // GROUP
+    kv_head = tl.program_id(1).to(tl.int64)
     offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, blk, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_valid = offs_d < HEAD_DIM
@@ -220,18 +219,47 @@ def _tree_attention_bwd_dkdv_kernel(
     e_lo = tl.load(k_blk_ptr + blk)
     e_mid = tl.load(k_mid_ptr + blk)
     e_hi = tl.load(k_blk_ptr + blk + 1)
-    for e in range(e_lo, e_mid):
-        b = tl.load(q_list_ptr + e).to(tl.int64)
-        dk, dv = _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr,
-                            q_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
-                            d_valid, qk_scale, BLOCK_M, IEEE, False)
-    for e in range(e_mid, e_hi):
-        b = tl.load(q_list_ptr + e).to(tl.int64)
-        dk, dv = _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr,
-                            q_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
-                            d_valid, qk_scale, BLOCK_M, IEEE, True)
-    _store_rows(dk_ptr, dk * sm_scale, offs_n, n_valid, head, stride_dkt, stride_dkh, offs_d, d_valid)
-    _store_rows(dv_ptr, dv, offs_n, n_valid, head, stride_dvt, stride_dvh, offs_d, d_valid)
+    for g in range(GROUP):
+        head = kv_head * GROUP + g
+        for e in range(e_lo, e_mid):
+            b = tl.load(q_list_ptr + e).to(tl.int64)
+            dk, dv = _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr,
+                                q_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
+                                d_valid, qk_scale, BLOCK_M, IEEE, False)
+        for e in range(e_mid, e_hi):
+            b = tl.load(q_list_ptr + e).to(tl.int64)
+            dk, dv = _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr,
+                                q_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
+                                d_valid, qk_scale, BLOCK_M, IEEE, True)
+    _store_rows(dk_ptr, dk * sm_scale, offs_n, n_valid, kv_head, stride_dkt, stride_dkh, offs_d, d_valid)
+    _store_rows(dv_ptr, dv, offs_n, n_valid, kv_head, stride_dvt, stride_dvh, offs_d, d_valid)
+
+
+@triton.jit
+def _tree_attention_delta_kernel(o_ptr, do_ptr, delta_ptr, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
+                                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """delta[head, t] = sum_d dO[t, head, d] * O[t, head, d] in float32: one read of each, no fp32 copies."""
+    blk = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    offs_t = blk * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_valid = offs_t < T
+    offs_d = tl.arange(0, BLOCK_D)
+    d_valid = offs_d < HEAD_DIM
+    o = _load_rows(o_ptr, offs_t, t_valid, head, stride_ot, stride_oh, offs_d, d_valid).to(tl.float32)
+    do = _load_rows(do_ptr, offs_t, t_valid, head, stride_dot, stride_doh, offs_d, d_valid).to(tl.float32)
+    tl.store(delta_ptr + head * stride_lh + offs_t, tl.sum(o * do, axis=1), mask=t_valid)
+
+
+def _delta(o, do):
+    """rowsum(dO * O) per (head, token) -> [Hq, T] float32 (the launcher's device guard is active)."""
+    t, hq, d = o.shape
+    delta = torch.empty((hq, t), dtype=torch.float32, device=o.device)
+    block_t = 64
+    if t:
+        _tree_attention_delta_kernel[(triton.cdiv(t, block_t), hq)](
+            o, do, delta, t, o.stride(0), o.stride(1), do.stride(0), do.stride(1), delta.stride(0),
+            HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_T=block_t, num_warps=4)
+    return delta
 
 
 def _head_dim_block(d: int) -> int:
@@ -264,27 +292,22 @@ def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_lis
     t, hq, d = q.shape
     hkv = k.shape[1]
     do = do if do.stride(-1) == 1 else do.contiguous()
-    # delta = rowsum(dO * O) in float32: the softmax-Jacobian term shared by dQ and dK
-    delta = (do.float() * o.float()).sum(-1).transpose(0, 1).contiguous()
     dq = torch.empty_like(q)
     group = hq // hkv
-    # with GQA, per-query-head dK/dV in float32, summed over each group below (no rounding before the sum)
-    dk, dv = (torch.empty_like(k), torch.empty_like(v)) if group == 1 else (
-        torch.empty((t, hq, d), dtype=torch.float32, device=q.device) for _ in range(2))
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
     common = dict(GROUP=group, HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
                   IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
     with device_guard(q.device):
+        # delta = rowsum(dO * O) in float32: the softmax-Jacobian term shared by dQ and dK
+        delta = _delta(o, do)
         _tree_attention_bwd_dq_kernel[(q_start.numel(), hq)](
             q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
             dq.stride(0), dq.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
         )
-        _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hq)](
+        _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hkv)](
             q, k, v, do, dk, dv, lse, delta, q_start, q_end, k_start, k_end, k_blk, k_mid, q_list,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
             dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
         )
-    if group > 1:
-        dk = dk.view(t, hkv, group, d).sum(2).to(k.dtype)
-        dv = dv.view(t, hkv, group, d).sum(2).to(v.dtype)
     return dq, dk, dv

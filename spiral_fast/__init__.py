@@ -38,6 +38,8 @@ _EXPORTS = {
     "BatchLogprobs": "spiral_fast.training.logprobs",
     # vLLM sampling with weight sync (issue 9; vLLM is imported when a sampler is built)
     "VLLMSampler": "spiral_fast.rollout.vllm",
+    # GPU readiness: each Triton op against its torch path (issue 12)
+    "self_check": "spiral_fast.ops.self_check",
 }
 
 # Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
@@ -65,6 +67,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.algorithm.policy_loss import PolicyLossStats, policy_loss
     from spiral_fast.models import packed_hidden_states
     from spiral_fast.ops.logprobs.op import logprobs_from_logits, token_logprobs
+    from spiral_fast.ops.self_check import self_check
     from spiral_fast.ops.tree_attention.op import tree_attention
     from spiral_fast.packing import PackedBatch, PredictionRows, pack_sequences
     from spiral_fast.rollout.vllm import VLLMSampler

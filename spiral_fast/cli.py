@@ -28,6 +28,8 @@ _DEMO_HELP = {
     "method": "spiral, or grpo: single traces scored on their own answers, N + M*G per problem",
     "dynamic_sampling": "drop problems whose advantages are all zero and sample more (paper)",
     "max_extra_rounds": "dynamic sampling: extra rollouts per iteration at most",
+    "engine": "sampler: transformers generate ('hf') or an in-process vLLM engine synced after every step "
+              "('vllm'; needs vLLM, see README; the model then has attention heads of size 32)",
 }
 
 _EVAL_HELP = {
@@ -112,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "with the demo's default settings, seeded by --seed)")
     _add_options(ev, EvalConfig, _EVAL_HELP)
     ev.add_argument("--out", default="spiral_eval.png", help="path of the PNG plot")
+
+    # parsed by spiral_fast.train (main delegates before this parser runs); listed here for --help
+    sub.add_parser("train", add_help=False, help="train a model with SPIRAL from a TOML config (spiral-fast train -h)")
 
     prof = sub.add_parser(
         "profile-memory", help="peak memory of one step vs step_reference over context lengths",
@@ -253,8 +258,14 @@ _COMMANDS = {"demo": _run_demo, "eval": _run_eval, "profile-memory": _run_profil
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from spiral_fast.train.__main__ import main as train_main
+
+        train_main(argv[1:])
+        return
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
     _COMMANDS[args.command](args, parser)
 
 

@@ -49,22 +49,21 @@ def group_advantages(values: list, estimator: str, scale: str, eps: float) -> li
 
 def gate_lengths(config):
     """(trace L, aggregation L) of the length gate, None where there is none."""
-    gate = getattr(config, "length_gate", None)
-    if gate is None:
-        return None, None
-    if isinstance(gate, int):
+    gate = config.length_gate
+    if gate is None or isinstance(gate, int):
         return gate, gate
     return gate[0], gate[1]
 
 
 def problem_advantages(pr: dict, config) -> dict:
     """{"trace": {i: A} (traces in some set), "agg": [[A per response] per set], "set_value": [R_j],
-    "gated": responses whose advantage the gate zeroed, "responses": trained responses}."""
+    "gated": responses whose advantage the gate zeroed, "gate_ambiguous": long responses whose
+    advantage is positive by rounding only, "responses": trained responses}."""
     est, scale, eps = config.estimator, config.scale, config.eps
     rewards = pr["rewards"]
     set_value = [sum(rs) / len(rs) for rs in rewards]
     set_adv = group_advantages(set_value, est, scale, eps)
-    if getattr(config, "agg_baseline", "problem") == "set":
+    if config.agg_baseline == "set":
         agg = [group_advantages(list(rs), est, scale, eps) for rs in rewards]
     else:
         flat = group_advantages([r for rs in rewards for r in rs], est, scale, eps)
@@ -78,20 +77,21 @@ def problem_advantages(pr: dict, config) -> dict:
         if credits:
             trace[i] = sum(credits) / len(credits) if config.trace_credit == "mean" else sum(credits)
     trace_L, agg_L = gate_lengths(config)
-    gated = 0
-    if trace_L is not None:
-        for i in trace:
-            if len(pr["traces"][i]) > trace_L and trace[i] > 0:
-                trace[i] = 0.0
-                gated += 1
-    if agg_L is not None:
-        for j, zs in enumerate(pr["aggregations"]):
-            for g, z in enumerate(zs):
-                if len(z) > agg_L and agg[j][g] > 0:
-                    agg[j][g] = 0.0
-                    gated += 1
+    counts = dict(gated=0, gate_ambiguous=0)
+
+    def gate(a: float, length: int, limit) -> float:
+        if limit is None or length <= limit or a <= 0:
+            return a
+        if a < ZERO:  # positive only by rounding: gated or not, both are right
+            counts["gate_ambiguous"] += 1
+            return a
+        counts["gated"] += 1
+        return 0.0
+
+    trace = {i: gate(a, len(pr["traces"][i]), trace_L) for i, a in trace.items()}
+    agg = [[gate(a, len(z), agg_L) for a, z in zip(advs, zs)] for advs, zs in zip(agg, pr["aggregations"])]
     responses = len(trace) + sum(len(zs) for zs in pr["aggregations"])
-    return dict(trace=trace, agg=agg, set_value=set_value, gated=gated, responses=responses)
+    return dict(trace=trace, agg=agg, set_value=set_value, responses=responses, **counts)
 
 
 # --------------------------------------------------------------------------- sequences, log-probs
@@ -191,5 +191,6 @@ def oracle_step(model, problems: list, config) -> tuple[torch.Tensor, dict]:
         "tokens_trained": float(tokens), "trace_tokens": float(trace_tokens), "agg_tokens": float(agg_tokens),
         "clip_ambiguous": float(stats["clip_ambiguous"]),
         "gated_frac": sum(a["gated"] for a in advs) / sum(a["responses"] for a in advs),
+        "gate_ambiguous_frac": sum(a["gate_ambiguous"] for a in advs) / sum(a["responses"] for a in advs),
     }
     return trace_loss + agg_loss, metrics

@@ -63,3 +63,13 @@ def test_demo_options_mirror_the_config():
 
     args = build_parser().parse_args(["demo", "--base", "5"])
     assert {f.name: getattr(args, f.name) for f in fields(DemoConfig)} == asdict(DemoConfig(base=5))
+
+
+def test_demo_engine_option():
+    from spiral_fast.cli import build_parser
+    from spiral_fast.demo.train import DemoConfig
+
+    assert build_parser().parse_args(["demo", "--engine", "vllm"]).engine == "vllm"
+    assert build_parser().parse_args(["demo"]).engine == "hf"
+    with pytest.raises(ValueError, match="engine"):
+        DemoConfig(engine="sglang")

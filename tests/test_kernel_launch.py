@@ -165,3 +165,19 @@ def test_low_precision_gradients_survive_a_tiny_upstream_gradient(triton_device,
         floor = _relative_error(t.to(dtype), t)
         err = _relative_error(g, t)
         assert err <= 2 * floor, f"{name}: relative error {err:.3g} > 2 x the {dtype} storage floor {floor:.3g}"
+
+
+@pytest.mark.interpret
+def test_vocab_split_forward_with_a_fully_masked_split(triton_device):
+    """The forward splits the vocabulary across programs and merges their partial (max, sum, target)
+    values; a split whose logits are all -inf must weigh nothing (and give no NaN)."""
+    from test_logprobs import check_linear, make_linear_inputs
+
+    from spiral_fast.kernels.logprobs import _vocab_splits
+
+    assert _vocab_splits(1, 3, torch.device("cpu")) == 3   # the shape below: one token block, 3 splits
+    hidden, weight, bias, targets = make_linear_inputs((12,), 16, 130, torch.float32, device=triton_device)
+    bias[:64] = float("-inf")     # the whole first split
+    targets[targets.clamp(min=0) < 64] = 100
+    out = check_linear(hidden, weight, bias, targets, backend="triton", floor=1e-5)
+    assert all(torch.isfinite(o[~torch.isinf(o)]).all() for o in out)

@@ -9,7 +9,7 @@ import torch
 import spiral_fast
 from spiral_fast import ProblemRollout, SpiralBatch, SpiralConfig
 from spiral_fast.training.common import advantages
-from training_cases import tiny_model
+from training_cases import assert_grads_close, grads, tiny_model
 
 
 def hand_problem():
@@ -94,7 +94,4 @@ def test_paper_token_sum_loss():
     model.zero_grad(set_to_none=True)
     out = spiral_fast.step(model, batch, config=SpiralConfig(clip=None, normalizer="constant", loss_constant=1))
     assert math.isclose(out.loss.item(), loss.item(), rel_tol=1e-5, abs_tol=1e-6)
-    scale = max(g.abs().max().item() for g in want.values())
-    for n, p in model.named_parameters():
-        if n in want:
-            assert (p.grad.double() - want[n]).abs().max().item() <= 1e-4 * scale, n
+    assert_grads_close(grads(model), want, rel=1e-4)

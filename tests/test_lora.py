@@ -80,6 +80,44 @@ def test_lora_rollout_hf_logprobs_are_the_adapted_policy():
     assert (base_logits - logits).abs().max() > 1e-3  # the adapter changes the policy
 
 
+def test_lora_recursive_aggregation_runs_the_adapted_model():
+    from spiral_fast.evaluate import recursive_aggregation
+
+    model = lora_model()
+    template = spiral_fast.rollout.AggregationTemplate(separator=(2,))
+    runs = []
+    for adapters in (True, False):
+        torch.manual_seed(0)
+        if adapters:
+            out = recursive_aggregation(model, [[5, 6, 7]], template=template, score_fn=lambda p, r: 1.0,
+                                        population=4, set_size=2, steps=1, max_new_tokens=4)
+        else:
+            with model.disable_adapter():
+                out = recursive_aggregation(model, [[5, 6, 7]], template=template, score_fn=lambda p, r: 1.0,
+                                            population=4, set_size=2, steps=1, max_new_tokens=4)
+        assert [len(rows) for rows in out.populations[-1]] == [4]
+        runs.append(out.populations)
+    assert runs[0] != runs[1]  # same seed, other policy: the adapters were sampled
+
+
+def test_lora_batch_logprobs_are_those_of_the_merged_model():
+    from spiral_fast.models.lora import merged_state_dict
+
+    model = lora_model("llama")
+    plain = tiny_model("llama", seed=5)
+    plain.load_state_dict(merged_state_dict(model))  # W + BA in every linear layer, strict names
+    batch = random_batch(4, problems=2, max_g=2)
+    config = SpiralConfig(temperature=0.7)
+    got, want = spiral_fast.batch_logprobs(model, batch, config=config), spiral_fast.batch_logprobs(plain, batch,
+                                                                                                  config=config)
+    with model.disable_adapter():
+        base = spiral_fast.batch_logprobs(model, batch, config=config)
+    for p in range(2):
+        for a, b, c in zip(got.traces[p], want.traces[p], base.traces[p]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+            assert (a - c).abs().max() > 1e-3  # the adapters matter
+
+
 def test_lora_rejects_what_the_step_cannot_run():
     head = lora_model(target_modules=["q_proj", "lm_head"])
     with pytest.raises(ValueError, match="LM head"):

@@ -155,7 +155,10 @@ def test_activation_checkpointing_needs_the_implementation_held():
     expected = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers 4.x (the oldest supported) has only the older name
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     with pytest.raises(ValueError, match="activation checkpointing"):
         sf.packed_hidden_states(model, packed)

@@ -1,6 +1,6 @@
-"""spiral_fast.VLLMSampler: vLLM's behaviour log-probs equal the Hugging Face model's log-probs of the
-sampled batch (traces and aggregations, T = 1.0 and 0.7, before and after a sync, LoRA), closing
-frees the engine, bad input is rejected. One engine for the whole session (conftest.vllm_sampler)."""
+"""spiral_fast.VLLMSampler: vLLM's behaviour log-probs equal spiral_fast.batch_logprobs of the Hugging
+Face model on the sampled batch (traces and aggregations, T = 1.0 and 0.7, before and after a sync,
+LoRA), closing frees the engine, bad input is rejected. One engine for the whole session (conftest.vllm_sampler)."""
 import gc
 import json
 import weakref
@@ -14,8 +14,8 @@ from spiral_fast.demo.model import tiny_qwen2
 
 pytestmark = pytest.mark.vllm
 
-# fp32 engine vs fp32 HF forward: measured max |diff| 5e-7 on these models; a wrong temperature or
-# stale weights move log-probs by > 0.1.
+# fp32 engine vs fp32 batch_logprobs: measured max |diff| 1.4e-6 (benchmarks/RESULTS.md); a wrong
+# temperature or stale weights move log-probs by > 0.1.
 TOL = 1e-5
 EOS = 3
 
@@ -38,24 +38,16 @@ def sample_batch(sampler, temperature, *, seed=0):
                                temperature=temperature, eos_token_id=EOS, generator=gen, engine="vllm")
 
 
-def hf_logprobs(model, prompt, response, temperature):
-    """Oracle: log_softmax(logits / T) of each response token under one plain fp32 forward."""
-    ids = torch.cat([prompt, response])[None]
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float() / temperature
-    return logits.log_softmax(-1).gather(1, response[:, None])[:, 0]
-
-
 def max_logprob_error(model, batch, temperature):
-    """Largest |vLLM behaviour log-prob - HF log-prob| over every trace and aggregation token."""
+    """Largest |vLLM behaviour log-prob - batch_logprobs| over every trace and aggregation token."""
+    want = spiral_fast.batch_logprobs(model, batch, config=spiral_fast.SpiralConfig(temperature=temperature))
     err = 0.0
-    for pr in batch.problems:
-        pairs = [(pr.prompt, y, lp) for y, lp in zip(pr.traces, pr.trace_old_logprobs)]
-        pairs += [(a, z, lp) for a, zs, lps in zip(pr.agg_prompts, pr.aggregations, pr.agg_old_logprobs)
-                  for z, lp in zip(zs, lps)]
-        for prompt, response, lp in pairs:
-            assert lp.shape == response.shape
-            err = max(err, (lp - hf_logprobs(model, prompt, response, temperature)).abs().max().item())
+    for p, pr in enumerate(batch.problems):
+        got = list(zip(pr.trace_old_logprobs, want.traces[p]))
+        got += [pair for lps, ws in zip(pr.agg_old_logprobs, want.aggregations[p]) for pair in zip(lps, ws)]
+        for lp, w in got:
+            assert lp.shape == w.shape
+            err = max(err, (lp - w).abs().max().item())
     return err
 
 
@@ -105,6 +97,20 @@ def test_lora_sync(vllm_sampler):
     vllm_sampler.sync(model)
     after = sample_batch(vllm_sampler, 0.7, seed=2)
     assert max_logprob_error(model, after, 0.7) <= TOL
+
+
+def test_recursive_aggregation_through_the_sampler(vllm_sampler):
+    from spiral_fast.evaluate import recursive_aggregation
+
+    vllm_sampler.sync(model_like_engine(seed=4))
+    template = spiral_fast.rollout.AggregationTemplate(separator=(2,), tail=(4,))
+    out = recursive_aggregation(vllm_sampler, [[5, 6], [7, 8, 9]], template=template, engine="vllm",
+                                score_fn=lambda p, r: float(r[-1] % 2), population=4, set_size=2, steps=2,
+                                max_new_tokens=3, generator=torch.Generator().manual_seed(0))
+    assert len(out.accuracy) == len(out.populations) == 3
+    for population in out.populations:
+        assert [len(rows) for rows in population] == [4, 4]
+        assert all(1 <= len(r) <= 3 for rows in population for r in rows)
 
 
 def test_sync_rejects_another_vocabulary_or_architecture(vllm_sampler):

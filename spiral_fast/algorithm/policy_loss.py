@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from spiral_fast._utils import (FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device, check_tensor,
-                                resolve_backend)
+from spiral_fast._utils import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device, check_tensor
+from spiral_fast.ops import dispatch
 from spiral_fast.algorithm.reference import NORMALIZERS, seq_coefficients
 
 BACKENDS = ("torch", "triton")
@@ -177,7 +177,8 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     global values so that the losses of micro-batches or ranks sum to the whole-batch loss (a
     sequence split across micro-batches needs its global seq_tokens). Counts are numbers or
     one-element tensors (one host sync). Arguments that a normaliser does not use are ignored.
-    backend: "auto" (Triton on CUDA, torch on CPU), "torch", "triton" (CPU: TRITON_INTERPRET=1).
+    backend: "auto" (Triton on CUDA once it passed its self-check, see ``spiral_fast.self_check``; torch
+    on CPU), "torch", "triton" (CPU: TRITON_INTERPRET=1).
 
     Returns (loss 0-dim float32, PolicyLossStats). Raises ``ValueError`` naming the argument for
     bad shapes / dtypes / devices, token_seq outside [0, Q), unknown normalizer, bad clip or kl_coef,
@@ -187,7 +188,7 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     total_tokens = _positive("total_tokens", total_tokens)
     total_sequences = _positive("total_sequences", total_sequences)
     constant = _positive("constant", constant)
-    backend = resolve_backend(backend, logp.device, BACKENDS)
+    backend = dispatch.resolve("policy_loss", backend, logp.device, BACKENDS)
     token_seq = token_seq.long()
     coef = seq_coefficients(seq_weight, token_seq, normalizer=normalizer, total_tokens=total_tokens,
                             total_sequences=total_sequences, seq_tokens=seq_tokens, constant=constant)

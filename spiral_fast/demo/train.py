@@ -15,8 +15,9 @@ import torch
 
 STEP_IMPLS = ("step", "reference")
 METHODS = ("spiral", "grpo")
+ENGINES = ("hf", "vllm")  # spiral_fast.rollout's samplers
 # fields with a fixed set of values (the CLI turns each into --name {choices})
-CHOICES = {"step_impl": STEP_IMPLS, "method": METHODS}
+CHOICES = {"step_impl": STEP_IMPLS, "method": METHODS, "engine": ENGINES}
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class DemoConfig:
     `dynamic_sampling`: drop the problems whose advantages are all zero and sample more until the
     batch holds `problems` informative ones, for at most `max_extra_rounds` extra rollouts per
     iteration (the paper's dynamic sampling; an iteration that finds none makes no step).
+    `engine`: the sampler, "hf" (transformers generate) or "vllm" (a ``spiral_fast.VLLMSampler``
+    synced after every step; its model has attention heads of size 32, the smallest vLLM's CPU
+    attention runs).
     """
 
     iterations: int = 150
@@ -53,6 +57,7 @@ class DemoConfig:
     method: str = "spiral"
     dynamic_sampling: bool = False
     max_extra_rounds: int = 4
+    engine: str = "hf"
 
     def __post_init__(self):
         for f in fields(self):
@@ -117,7 +122,7 @@ def spiral_rollout(model, task, problems, config: DemoConfig, generator):
         template=task.template, num_traces=config.traces, num_sets=config.sets,
         set_size=config.set_size, num_aggregations=config.aggregations,
         temperature=config.temperature, max_new_tokens=1, pad_token_id=task.tokenizer.pad_id,
-        generator=generator)
+        generator=generator, engine=config.engine)
     rewards = [r for pr in batch.problems for per_set in pr.rewards for r in per_set]
     set_values = [sum(per_set) / len(per_set) for pr in batch.problems for per_set in pr.rewards]
     traces = [(problems[i], y.tolist()) for i, pr in enumerate(batch.problems) for y in pr.traces]
@@ -146,12 +151,14 @@ def grpo_rollout(model, task, problems, config: DemoConfig, generator):
     response, in the only set, so its set advantage is 0) and the step runs with trace_coef = 0.
     """
     from spiral_fast.rollout.hf import sample_hf
+    from spiral_fast.rollout.vllm import sample_vllm
     from spiral_fast.training.batch import ProblemRollout, SpiralBatch
 
     del generator  # no sets to draw
     r = config.traces + config.sets * config.aggregations
     prompts = [task.prompt(p) for p in problems]
-    responses, lps = sample_hf(model, prompts, r, max_new_tokens=1, temperature=config.temperature,
+    sample = sample_hf if config.engine == "hf" else sample_vllm
+    responses, lps = sample(model, prompts, r, max_new_tokens=1, temperature=config.temperature,
                                eos_token_id=None, pad_token_id=task.tokenizer.pad_id, logprobs=True)
     rows = []
     for p, (problem, x) in enumerate(zip(problems, prompts)):
@@ -197,21 +204,39 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> DemoRun:
     import spiral_fast
     from spiral_fast.demo.model import tiny_qwen2
     from spiral_fast.demo.task import ToyTask
-    from tqdm import tqdm
 
     task = ToyTask(base=config.base, num_digits=config.digits)
     torch.manual_seed(config.seed)  # generate() samples from the global RNG
     generator = torch.Generator().manual_seed(config.seed)
+    heads = {}
+    if config.engine == "vllm":  # vLLM's CPU attention has no head size below 32: heads of 32
+        h = max(1, config.hidden_size // 32)
+        heads = dict(num_heads=h, num_kv_heads=h // 2 if h % 2 == 0 else h)
     model = tiny_qwen2(len(task.tokenizer), seed=config.seed, hidden_size=config.hidden_size,
-                       num_layers=config.layers)
+                       num_layers=config.layers, **heads)
     model.train()
+    sampler = None
+    if config.engine == "vllm":
+        sampler = spiral_fast.VLLMSampler(model, dtype="float32", seed=config.seed, kv_cache_memory_bytes=64 << 20)
+    try:
+        return _loop(config, task, model, sampler, generator, on_iteration, progress)
+    finally:
+        if sampler is not None:
+            sampler.close()
+
+
+def _loop(config: DemoConfig, task, model, sampler, generator, on_iteration, progress: bool) -> DemoRun:
+    import spiral_fast
+    from tqdm import tqdm
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     step_fn = spiral_fast.step if config.step_impl == "step" else spiral_fast.step_reference
     collect, overrides = METHOD_SETUPS[config.method]
     step_config = spiral_fast.SpiralConfig(temperature=config.temperature, **overrides)
 
     def sample(count):
-        return collect(model, task, task.sample_problems(count, generator), config, generator)
+        return collect(model if sampler is None else sampler, task, task.sample_problems(count, generator), config,
+                       generator)
 
     history = []
     bar = tqdm(range(config.iterations), desc=f"{config.method} demo", disable=not progress)
@@ -226,6 +251,8 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> DemoRun:
                "trained_problems": len(batch) if batch is not None else 0, "loss": 0.0}
         if batch is not None:
             out = step_fn(model, batch, config=step_config, optimizer=optimizer)
+            if sampler is not None:  # vLLM samples the new weights from the next rollout on
+                row["sync_seconds"] = sampler.sync(model)["seconds"]
             row["loss"] = float(out.loss)
             row.update({f"step/{k}": float(v) for k, v in out.metrics.items()
                         if isinstance(v, (int, float)) and k not in row})

@@ -214,6 +214,8 @@ class VLLMSampler:
         diff = {k: (signature[k], v) for k, v in self._signature.items() if signature[k] != v}
         if diff:
             raise ValueError(f"model has another architecture than the engine's: (model, engine) differ in {diff}")
+        # every tensor under its checkpoint name, a tied LM head too: measured, vLLM's in-place
+        # reload left the perturbed embedding out of the logits when lm_head.weight was skipped
         pairs = [(name, t.detach()) for name, t in state.items()]
         llm.collective_rpc(_reload, args=(pairs,))
         llm.reset_prefix_cache()

@@ -11,6 +11,7 @@ from spiral_fast.training.common import check_inputs
 from spiral_fast.training.config import SpiralConfig
 from spiral_fast.training.forward import response_logprobs
 from spiral_fast.training.microbatch import micro_batches
+from spiral_fast.training.wrappers import forward_rounds, unwrap, within_forward
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,8 @@ class BatchLogprobs:
 
 
 def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
-    """Log-probs of every response token of ``batch`` under ``model`` at ``config.temperature``.
+    """Log-probs of every response token of ``batch`` under ``model`` (a Hugging Face causal LM or a
+    LoRA ``peft.PeftModel``) at ``config.temperature``.
 
     log_softmax(logits / temperature)[token] of each token of each trace y_i given x and of each
     aggregation response z_jg given a_j, computed as ``step`` computes them: micro-batches of at
@@ -31,16 +33,24 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
     cut into its trace block and per-set blocks), each packed into a prefix tree and run through
     ``packed_hidden_states`` and ``token_logprobs`` (``config.logprob_backend``) under
     ``torch.no_grad``. Only those config fields matter. The model is used in its current mode
-    (call ``model.eval()`` first if it has dropout).
+    (call ``model.eval()`` first if it has dropout). Wrapped models as in ``step``: FSDP2 (every
+    rank passes its own problems; the forwards run inside the root's hooks), DDP, torch.compile.
 
     Fill reference log-probs: ``ProblemRollout(..., trace_ref_logprobs=out.traces[p],
     agg_ref_logprobs=out.aggregations[p])``. Returns ``BatchLogprobs`` of CPU float32 tensors.
     """
+    from spiral_fast.models.lora import unwrap_peft
+
+    wrapped = unwrap(model)  # DDP, torch.compile; an FSDP2 root's hooks run around each forward
+    model = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_inputs(model, batch, config)
     traces = [[None] * len(pr.traces) for pr in batch.problems]
     aggregations = [[[None] * len(zs) for zs in pr.aggregations] for pr in batch.problems]
     with torch.no_grad():
-        for items in micro_batches(batch, config.max_tokens_per_micro_batch, all_traces=True):
+        bins = micro_batches(batch, config.max_tokens_per_micro_batch, all_traces=True)
+        for b in range(forward_rounds(len(bins), wrapped.fsdp_root)):
+            # b >= len(bins): a stand-in forward (result unused) joining the other ranks' FSDP2 all-gathers
+            items = bins[min(b, len(bins) - 1)]
             slots, tokens, prompt_lens = [], [], []
             for item in items:
                 p, part = (item, None) if isinstance(item, int) else item
@@ -57,7 +67,10 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
                             tokens.append(torch.cat([pr.agg_prompts[j], z]))
                             prompt_lens.append(pr.agg_prompts[j].numel())
             prompt_lens = torch.tensor(prompt_lens, dtype=torch.int64)
-            logp, _, _ = response_logprobs(model, tokens, prompt_lens, config)
+            logp, _, _ = within_forward(wrapped.fsdp_root,
+                                        lambda: response_logprobs(model, tokens, prompt_lens, config))
+            if b >= len(bins):
+                continue
             lens = [t.numel() - n for t, n in zip(tokens, prompt_lens.tolist())]
             for (row, k), lp in zip(slots, logp.float().cpu().split(lens)):
                 row[k] = lp

@@ -13,6 +13,7 @@ from spiral_fast.training.common import (activation_checkpointing, advantages, c
                                          global_counts, metrics, role_losses, world_size)
 from spiral_fast.training.config import SpiralConfig
 from spiral_fast.training.step import StepOutput
+from spiral_fast.training.wrappers import average_gradients, forward_rounds, unwrap
 
 
 def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
@@ -21,13 +22,16 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
     from spiral_fast.algorithm.reference import policy_loss_reference
     from spiral_fast.models.lora import unwrap_peft
 
-    model = unwrap_peft(model)  # a LoRA PeftModel runs as its wrapped model, adapters active
-    check_args(model, batch, config, optimizer)
+    wrapped = unwrap(model)  # DDP, torch.compile
+    inner = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
+    check_args(inner, batch, config, optimizer)
+    model = wrapped.fsdp_root or inner  # an FSDP2 model's own forward gathers its weights
     adv = advantages(batch, config)
     counts = global_counts(batch, adv.set_value, adv.gated)
     seqs = batch.trained_sequences(range(len(batch)), adv.agg, adv.trace)
     device = next(model.parameters()).device
     logps, entropies = [], []
+    rounds = forward_rounds(len(seqs.tokens), wrapped.fsdp_root)  # before any forward: a collective
     with activation_checkpointing(model, config.gradient_checkpointing):
         for tokens, start in zip(seqs.tokens, seqs.prompt_lens.tolist()):
             ids = tokens.to(device)
@@ -35,11 +39,17 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
             lsm = torch.log_softmax(logits / config.temperature, dim=-1)
             logps.append(lsm.gather(1, ids[start:, None]).squeeze(1))
             entropies.append(-(lsm.exp() * lsm).sum(-1).detach())
+        stand_in = 0.0
+        for _ in range(rounds - len(seqs.tokens)):
+            # FSDP2: every rank runs as many forwards as the largest rank (zero loss here)
+            stand_in = stand_in + model(input_ids=ids[None], use_cache=False).logits.float().sum() * 0.0
         logp = torch.cat(logps)
         old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
         ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
         loss, parts, stat_sums = role_losses(policy_loss_reference, logp, seqs, old, ref, counts, config)
-        (loss * world_size()).backward()
+        (loss * world_size() + stand_in).backward()
+    if wrapped.average_grads and optimizer is None and world_size() > 1:
+        average_gradients(model)
     grad_norm = finish(model, optimizer, config)
     seq_tokens = float(sum(t.numel() for t in seqs.tokens))
     sums = torch.cat([torch.stack(parts), stat_sums, torch.cat(entropies).sum()[None],

@@ -11,6 +11,7 @@ from spiral_fast.training.common import (activation_checkpointing, advantages, a
 from spiral_fast.training.config import SpiralConfig
 from spiral_fast.training.forward import lm_head, response_logprobs
 from spiral_fast.training.microbatch import micro_batches
+from spiral_fast.training.wrappers import average_gradients, forward_rounds, unwrap, within_forward
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     once, the local loss is scaled by the world size so that averaging gradients over ranks
     (DDP / FSDP2 convention) gives the whole-batch gradient; with an optimizer and plain
     (non-FSDP2) parameters the step does that average itself before clipping.
+    Wrapped models: FSDP2 (``fully_shard`` on each decoder layer and on the model: the step's forward
+    runs inside the root's forward hooks, gradients are reduce-scattered by FSDP2);
+    ``DistributedDataParallel`` (unwrapped; the step averages the gradients over ranks once, also
+    without an optimizer, as DDP's backward would); ``torch.compile`` (unwrapped: the step runs its
+    own forward). FSDP1 and ``DataParallel`` raise ValueError.
 
     Returns ``StepOutput(loss, metrics)``; metrics (floats, whole batch over all ranks): loss,
     agg_loss, trace_loss, agg_reward_mean, set_value_mean, clip_frac_low / clip_frac_high /
@@ -48,13 +54,17 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     trained responses: traces in at least one set plus aggregation responses; 0 without a gate),
     grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only: the allocator peak of
     the step, whose start resets the peak statistics; omitted on the CPU). Under torch.distributed
-    micro_batches is the total over ranks.
+    micro_batches is the total over ranks. ``backend/<op>/<backend>`` = 1.0 for the backend each
+    spiral_fast op of the step ran on (e.g. ``backend/token_logprobs/triton``; "auto" falls back to
+    torch for an op whose Triton path failed its self-check, see ``spiral_fast.self_check``).
     """
     from spiral_fast.models.hf import ATTN_NAME, register as register_attention
     from spiral_fast.algorithm.policy_loss import policy_loss
     from spiral_fast.models.lora import unwrap_peft
+    from spiral_fast.ops import dispatch
 
-    model = unwrap_peft(model)  # a LoRA PeftModel runs as its wrapped model, adapters active
+    wrapped = unwrap(model)  # DDP, torch.compile; an FSDP2 root's hooks run around each forward
+    model = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
     check_args(model, batch, config, optimizer)
     device = lm_head(model)[0].device
     if device.type == "cuda":
@@ -69,23 +79,33 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     if config.gradient_checkpointing:
         register_attention()
     attn = ATTN_NAME if config.gradient_checkpointing else None
-    with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn):
-        for items in bins:
+    with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn), \
+            dispatch.recording() as backends:
+        for i in range(forward_rounds(len(bins), wrapped.fsdp_root)):
+            # i >= len(bins): a stand-in forward/backward (zero loss) joining the other ranks' FSDP2 collectives
+            real = i < len(bins)
+            items = bins[i] if real else bins[-1]
             seqs = batch.trained_sequences(items, adv.agg, adv.trace)
-            # trained rows in (seq, pos) order, the order of the old log-probs
-            logp, entropy, packed = response_logprobs(model, seqs.tokens, seqs.prompt_lens, config,
-                                                      return_entropy=True)
+            # trained rows in (seq, pos) order, the order of the old log-probs; the LM head is read
+            # inside the forward: under FSDP2 that is where the root's parameters are unsharded
+            logp, entropy, packed = within_forward(wrapped.fsdp_root, lambda: response_logprobs(
+                model, seqs.tokens, seqs.prompt_lens, config, return_entropy=True))
             old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
             ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
             loss, parts, stats = role_losses(policy_loss, logp, seqs, old, ref, counts, config)
-            (loss * scale).backward()
+            (loss * (scale if real else 0.0)).backward()
+            if not real:
+                continue
             parts_sum += torch.stack(parts)
             stat_sum += stats
             entropy_sum += entropy.detach().sum()
             unique += packed.num_tokens
             seq_tokens += int(packed.seq_lengths.sum())
+    if wrapped.average_grads and optimizer is None and world_size() > 1:
+        average_gradients(model)  # a DDP model's .grad after loss.backward(); with an optimizer finish() does it
     grad_norm = finish(model, optimizer, config)
     sums = torch.cat([parts_sum, stat_sum, entropy_sum[None],
                       torch.tensor([unique, seq_tokens], dtype=torch.float32, device=device)])
     out = metrics(sums, counts, len(bins), grad_norm, device)
+    out.update({f"backend/{op}/{name}": 1.0 for op, name in sorted(backends.items())})
     return StepOutput(loss=torch.tensor(out["loss"]), metrics=out)

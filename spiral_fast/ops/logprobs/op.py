@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from spiral_fast._utils import check_index_range, check_same_device, check_tensor, resolve_backend
+from spiral_fast._utils import check_index_range, check_same_device, check_tensor
+from spiral_fast.ops import dispatch
 from spiral_fast.ops.logprobs import chunked
 
 BACKENDS = ("torch", "triton")
@@ -131,10 +132,10 @@ def _check_targets(targets, lead_shape, vocab, ignore_index):
     check_index_range("targets", targets, vocab, ignore_value=ignore_index)
 
 
-def _resolve(backend, device, dtype, name):
+def _resolve(backend, device, dtype, name, op):
     if not isinstance(backend, str):
         raise ValueError(f"backend must be 'auto' or one of {list(BACKENDS)}, got {backend!r}")
-    backend = resolve_backend(backend, device, BACKENDS)
+    backend = dispatch.resolve(op, backend, device, BACKENDS, triton_ok=dtype in _TRITON_FLOATS)
     if backend == "triton" and dtype not in _TRITON_FLOATS:
         raise ValueError(f"{name} must be float32, bfloat16 or float16 for backend='triton', got {dtype}")
     return backend
@@ -157,7 +158,8 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-10
     entropy [...] float32 of the tempered distribution (0 where ignored). Both are differentiable
     for hidden, weight and bias under any per-token upstream gradient; ignored rows get none.
 
-    backend: ``"auto"`` (Triton on CUDA, torch on CPU), ``"torch"`` (chunked, float32 math) or
+    backend: ``"auto"`` (Triton on CUDA once it passed its self-check, see ``spiral_fast.self_check``;
+    torch on CPU and for float64), ``"torch"`` (chunked, float32 math) or
     ``"triton"`` (CUDA, or CPU under TRITON_INTERPRET=1). Raises ``ValueError`` naming the argument
     on a shape/dtype/device mismatch, a target outside [0, V) other than ``ignore_index``, a
     non-positive temperature or an unknown backend.
@@ -178,7 +180,7 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-10
     check_same_device(hidden=hidden, weight=weight, targets=targets, bias=bias)
     _check_options(temperature, ignore_index, return_entropy)
     _check_targets(targets, hidden.shape[:-1], vocab, ignore_index)
-    backend = _resolve(backend, hidden.device, hidden.dtype, "hidden")
+    backend = _resolve(backend, hidden.device, hidden.dtype, "hidden", "token_logprobs")
     opts = LogprobOptions(float(temperature), int(ignore_index), return_entropy, backend)
     out = _TokenLogprobs.apply(hidden.reshape(-1, h), weight, bias, targets.reshape(-1), opts)
     return _finish(out, targets.shape)
@@ -202,7 +204,7 @@ def logprobs_from_logits(logits, targets, *, temperature=1.0, ignore_index=-100,
     check_same_device(logits=logits, targets=targets)
     _check_options(temperature, ignore_index, return_entropy)
     _check_targets(targets, logits.shape[:-1], vocab, ignore_index)
-    backend = _resolve(backend, logits.device, logits.dtype, "logits")
+    backend = _resolve(backend, logits.device, logits.dtype, "logits", "logprobs_from_logits")
     opts = LogprobOptions(float(temperature), int(ignore_index), return_entropy, backend)
     out = _LogitsLogprobs.apply(logits.reshape(-1, vocab), targets.reshape(-1), opts)
     return _finish(out, targets.shape)

@@ -32,10 +32,11 @@ def configs(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) ->
     # compiling for sm_90 offline (``python -m spiral_fast.kernels.compile_check``): wgmma, no spills.
     # The backward's two stages overlap the next block's loads with this block's dots (its loads
     # depend on an index read from the block list, so one stage leaves them exposed); one stage is
-    # kept as the A/B peer (SPIRAL_FAST_TREE_BWD_STAGES=1; it spills ~160 B/thread at D = 128).
+    # kept as the A/B peer (SPIRAL_FAST_TREE_BWD_STAGES=1). 32-row key blocks: with the GQA group loop
+    # inside the dK/dV program, 64-row ones spilled 112 B (two stages) to 312 B (one stage) at D = 128.
     # Not yet timed on a GPU.
     fwd = dict(block_m=128, block_n=64, num_warps=8, num_stages=3)
-    bwd = [dict(block_m=64, block_n=64, num_warps=8, num_stages=stages) for stages in (2, 1)]
+    bwd = [dict(block_m=64, block_n=32, num_warps=8, num_stages=stages) for stages in (2, 1)]
     if _bwd_stages() == 1:
         bwd.reverse()
     return [(fwd, b) for b in bwd]

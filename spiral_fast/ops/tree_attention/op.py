@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from spiral_fast._utils import check_same_device, check_tensor, resolve_backend
+from spiral_fast._utils import check_same_device, check_tensor
+from spiral_fast.ops import dispatch
 
 BACKENDS = ("torch", "varlen", "flex", "triton")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -48,13 +49,14 @@ def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed, *,
 
     q [T, Hq, D], k and v [T, Hkv, D] (Hq a multiple of Hkv: GQA), packed: the `PackedBatch` of the T
     tokens, on q's device. Returns out [T, Hq, D] in q's dtype. scale defaults to 1/sqrt(D).
-    backend: "auto" (triton on CUDA, torch on CPU), "torch" (per-segment SDPA; CPU and GPU), "varlen"
+    backend: "auto" (triton on CUDA once it passed its self-check, see `spiral_fast.self_check`; torch on
+    CPU and for float64), "torch" (per-segment SDPA; CPU and GPU), "varlen"
     (FlashAttention varlen over gathered ancestor contexts; CUDA), "flex" (FlexAttention with a tree
     BlockMask; CUDA, forward-only on CPU), "triton" (block-table kernels, forward and backward).
     Layouts are built on the host once per batch and cached in `packed`.
     """
     scale = _validate(q, k, v, packed, scale)
-    backend = resolve_backend(backend, q.device, BACKENDS)
+    backend = dispatch.resolve("tree_attention", backend, q.device, BACKENDS, triton_ok=q.dtype != torch.float64)
     if backend == "torch":
         from spiral_fast.ops.tree_attention.reference import tree_attention_segments
 

@@ -1,0 +1,79 @@
+"""Processes of the training command: the process group under torchrun, FSDP2 sharding, the
+per-rank sampler and collectives of Python numbers.
+
+Under FSDP2 each rank samples its own share of the problems. HF ``generate`` cannot run on the
+sharded model (every forward all-gathers each layer, a collective all ranks must join, while ranks
+generate different numbers of tokens), so with engine "hf" each rank keeps an unsharded copy of the
+model for sampling, refreshed after each step from the full (all-gathered) trainable weights: the
+full weights are gathered once per step, not per generated token. With engine "vllm" each rank runs
+its own vLLM engine (``spiral_fast.VLLMSampler``), synced the same way.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def init(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); under torchrun (WORLD_SIZE set) the default process group is
+    initialised (nccl on CUDA, gloo on the CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device(device)
+
+
+def shard(model, device: torch.device):
+    """``fully_shard`` each decoder layer, then the HF model (the root: embedding, norm, LM head).
+    A PeftModel is sharded through its wrapped model (the step finds the root there)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(base, base.base_model_prefix, None), "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find the decoder layers of {type(base).__name__} (model.{base.base_model_prefix}"
+                         ".layers) to shard with FSDP2")
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(base, mesh=mesh)
+    return model
+
+
+def trainable_state(model, *, full: bool) -> dict:
+    """The trainable parameters' state dict (full tensors on every rank when ``full``)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=full, ignore_frozen_params=True))
+
+
+def sync_copy(sampler_model, model) -> None:
+    """Load the trained model's current trainable weights into the unsharded sampling copy."""
+    state = trainable_state(model, full=True)
+    missing = set(state) - set(sampler_model.state_dict())
+    if missing:
+        raise RuntimeError(f"sampling copy lacks {sorted(missing)[:3]}")
+    sampler_model.load_state_dict(state, strict=False)
+
+
+def sum_ints(values: list[int], device: torch.device) -> list[int]:
+    """Element-wise sum over ranks (identity on one process)."""
+    if not torch.distributed.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    torch.distributed.all_reduce(t)
+    return [int(round(v)) for v in t.tolist()]
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()

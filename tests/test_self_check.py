@@ -1,0 +1,142 @@
+"""``spiral_fast.self_check`` and the fallback of ``backend="auto"`` (issue 12, section 3).
+
+The CUDA decision path runs here on the CPU: ``dispatch.prefers_triton`` (the predicate "auto would
+pick Triton on this device") is replaced, and kernels run under the interpreter. A failing and a
+wrong kernel are injected; auto must warn once, naming the op and the reason, and use torch.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import spiral_fast as sf
+from spiral_fast.ops import dispatch
+
+
+@pytest.fixture
+def cuda_path(monkeypatch):
+    """auto takes its CUDA path on CPU tensors; self-check results start empty and are forgotten after."""
+    monkeypatch.setattr(dispatch, "prefers_triton", lambda device, choices: "triton" in choices)
+    monkeypatch.delenv("SPIRAL_FAST_SELF_CHECK", raising=False)
+    dispatch.reset()
+    yield
+    dispatch.reset()
+
+
+def _policy_inputs(rows=64, seqs=5):
+    logp = (torch.randn(rows) - 1.0).requires_grad_()
+    old = logp.detach() + 0.3 * torch.randn(rows)
+    token_seq = torch.randint(0, seqs, (rows,))
+    return logp, old, token_seq, torch.randn(seqs), torch.rand(seqs) + 0.5
+
+
+def _loss_and_grad(backend, inputs):
+    logp, *rest = inputs
+    leaf = logp.detach().requires_grad_()
+    loss, _ = sf.policy_loss(leaf, *rest, backend=backend)
+    loss.backward()
+    return loss.detach(), leaf.grad
+
+
+@pytest.mark.interpret
+def test_auto_keeps_triton_when_the_check_passes(cuda_path):
+    inputs = _policy_inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with dispatch.recording() as used:
+            _loss_and_grad("auto", inputs)
+    assert used == {"policy_loss": "triton"}
+
+
+@pytest.mark.interpret
+def test_wrong_kernel_falls_back_to_torch_with_one_warning(cuda_path, monkeypatch):
+    from spiral_fast.kernels import policy_loss as kernel
+
+    real = kernel.policy_loss_fwd
+
+    def wrong(*args, **kwargs):
+        grad, partials = real(*args, **kwargs)
+        return grad * 1.01, partials   # a gradient 1% off: within no tolerance
+
+    monkeypatch.setattr(kernel, "policy_loss_fwd", wrong)
+    inputs = _policy_inputs()
+    with pytest.warns(RuntimeWarning, match=r"policy_loss.*mismatch: float32 d_logp"):
+        with dispatch.recording() as used:
+            loss, grad = _loss_and_grad("auto", inputs)
+    assert used == {"policy_loss": "torch"}
+    ref_loss, ref_grad = _loss_and_grad("torch", inputs)
+    assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # once per process: the second call neither checks nor warns
+        _loss_and_grad("auto", inputs)
+
+
+@pytest.mark.interpret
+def test_failing_kernel_falls_back_to_torch(cuda_path, monkeypatch):
+    from spiral_fast.kernels import logprobs as kernel
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(kernel, "token_logprobs_fwd", failing)
+    hidden, weight = torch.randn(6, 16, requires_grad=True), torch.randn(40, 16)
+    targets = torch.randint(0, 40, (6,))
+    with pytest.warns(RuntimeWarning, match=r"token_logprobs.*error: float32: RuntimeError: CUDA error"):
+        with dispatch.recording() as used:
+            logp = sf.token_logprobs(hidden, weight, targets, backend="auto")
+    assert used == {"token_logprobs": "torch"}
+    assert torch.equal(logp, sf.token_logprobs(hidden, weight, targets, backend="torch"))
+    # the other ops are checked on their own, when first used
+    assert "logprobs_from_logits" not in dispatch._STATUS
+
+
+@pytest.mark.interpret
+def test_self_check_off_trusts_triton(cuda_path, monkeypatch):
+    from spiral_fast.kernels import policy_loss as kernel
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(kernel, "policy_loss_fwd", failing)
+    monkeypatch.setenv("SPIRAL_FAST_SELF_CHECK", "0")
+    with pytest.raises(RuntimeError, match="injected"):
+        _loss_and_grad("auto", _policy_inputs())
+
+
+def test_explicit_backends_and_cpu_auto_are_not_checked(monkeypatch):
+    dispatch.reset()
+    monkeypatch.setattr("spiral_fast.ops.self_check.check_op", lambda op, device: pytest.fail("checked"))
+    with dispatch.recording() as used:
+        _loss_and_grad("auto", _policy_inputs())
+        _loss_and_grad("torch", _policy_inputs())
+    assert used == {"policy_loss": "torch"}
+
+
+@pytest.mark.interpret
+def test_self_check_reports_errors_per_op(monkeypatch):
+    from spiral_fast.kernels import tree_attention as kernel
+
+    monkeypatch.setattr(kernel, "tree_attention_bwd", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
+    status = sf.ops.self_check.check_op("tree_attention", torch.device("cpu"))
+    assert status == "error: float32: ValueError: bad"
+    with pytest.raises(ValueError, match="op must be one of"):
+        sf.ops.self_check.check_op("attention", torch.device("cpu"))
+
+
+@pytest.mark.interpret
+@pytest.mark.slow
+def test_self_check_all_ops_ok_under_the_interpreter():
+    rng = torch.get_rng_state()
+    result = sf.self_check("cpu")
+    assert result == {op: "ok" for op in ("token_logprobs", "logprobs_from_logits", "tree_attention", "policy_loss")}
+    assert torch.equal(rng, torch.get_rng_state())   # the caller's random stream is untouched
+
+
+def test_step_metrics_name_the_backend_of_each_op():
+    from training_cases import random_batch, tiny_model
+
+    out = sf.step(tiny_model("qwen2"), random_batch(8, problems=2, max_g=2, old=True))
+    used = {k for k, v in out.metrics.items() if k.startswith("backend/") and v == 1.0}
+    assert {"backend/token_logprobs/torch", "backend/policy_loss/torch"} <= used
