@@ -92,7 +92,8 @@ _TYPE_NAMES = {"float": NUM, "int": (int,), "str": (str,), "bool": (bool,), "tup
 def _algorithm_schema() -> dict:
     out = {}
     for f in dataclasses.fields(SpiralConfig):
-        types = sum((_TYPE_NAMES[t.strip()] for t in str(f.type).split("|")), ())
+        # an annotation this table does not know: any TOML value, SpiralConfig checks it
+        types = sum((_TYPE_NAMES.get(t.strip(), (object,)) for t in str(f.type).split("|")), ())
         default = list(f.default) if isinstance(f.default, tuple) else "none" if f.default is None else f.default
         out[f.name] = (default, types, f"spiral_fast.SpiralConfig.{f.name}")
     return out
