@@ -56,7 +56,7 @@ SCHEMA = {
         "temperature": (1.0, NUM, "sampling temperature (the paper: 1.0; = algorithm.temperature)"),
         "dynamic_sampling": (True, (bool,), "drop problems whose advantages are all 0 and sample more (the paper)"),
         "max_extra_rounds": (4, (int,), "extra sampling rounds per step to refill dropped problems"),
-        "gpu_memory_utilization": (0.35, NUM, "engine vllm: share of the GPU the engine reserves (weights + KV "
+        "gpu_memory_utilization": (0.6, NUM, "engine vllm: share of the GPU the engine reserves (weights + KV "
                                               "cache); the rest is the trainer's"),
     },
     "algorithm": None,  # filled from SpiralConfig below
