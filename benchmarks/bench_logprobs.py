@@ -116,7 +116,7 @@ def _run(compare, group, peer, fn, shape, device, dtype, rounds, warmup):
     if peer in NOTES:
         extra["note"] = NOTES[peer]
     if peer == "spiral_fast":
-        extra["impl"] = f"backend {resolved_logprob_backend(device)}"
+        extra["impl"] = resolved_backends(make_step(fn, shape, device, dtype))
     # bf16 peers round logits and gradients differently (and CCE filters tiny gradients): 5e-2
     rel = 1e-3 if dtype == torch.float32 else 5e-2
     compare(group, peer, step, device=device, rounds=rounds, warmup=warmup, rel=rel,
@@ -124,12 +124,13 @@ def _run(compare, group, peer, fn, shape, device, dtype, rounds, warmup):
             **extra)
 
 
-def resolved_logprob_backend(device) -> str:
-    """What token_logprobs' backend="auto" runs on this device."""
-    from spiral_fast._utils import resolve_backend
-    from spiral_fast.ops.logprobs.op import BACKENDS
+def resolved_backends(fn) -> str:
+    """The backend each spiral_fast op resolved to in one call of ``fn`` (e.g. "token_logprobs=triton")."""
+    from spiral_fast.ops import dispatch
 
-    return resolve_backend("auto", torch.device(device), BACKENDS)
+    with dispatch.recording() as used:
+        fn()
+    return ", ".join(f"{op}={backend}" for op, backend in sorted(used.items()))
 
 
 @pytest.mark.parametrize("peer", list(CPU_PEERS))

@@ -16,8 +16,7 @@ import torch
 
 import spiral_fast as sf
 from presets import SPIRAL
-from spiral_fast._utils import resolve_backend
-from spiral_fast.ops.tree_attention.op import BACKENDS as TREE_BACKENDS
+from spiral_fast.ops import dispatch
 from spiral_fast.packing import native
 
 TEMPLATE_TOKENS = 24  # rendered aggregation template header ("Here are K solutions to ...")
@@ -107,6 +106,13 @@ def packed_step(model, packed, weights):
     return loss
 
 
+def resolved_backends(fn) -> str:
+    """The backend each spiral_fast op resolved to in one call of ``fn``."""
+    with dispatch.recording() as used:
+        fn()
+    return ", ".join(f"{op}={backend}" for op, backend in sorted(used.items()))
+
+
 def loss_and_grads(model, fn):
     """A callable running ``fn`` once from zero gradients: {"loss", one entry per parameter}."""
     def values():
@@ -149,7 +155,7 @@ def test_spiral_forward_backward(compare, peer, kv_heads, device):
         packed = (trie if peer == "spiral_fast" else sf.pack_sequences(seqs, share="none")).to(device)
         fn = lambda: packed_step(model, packed, weights)  # noqa: E731
         note = f"{packed.num_tokens} packed tokens"
-        impl = f"tree_attention backend {resolve_backend('auto', torch.device(device), TREE_BACKENDS)}"
+        impl = resolved_backends(lambda: (fn(), model.zero_grad(set_to_none=True)))
     sf_packed = trie.to(device)
     # fp32 on the CPU: summation order only; bf16 on CUDA: peers round activations differently
     rel = 1e-3 if device == "cpu" else 5e-2

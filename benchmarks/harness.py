@@ -96,7 +96,8 @@ def check_same_values(group: str, peer: str, got: dict, want: dict, rel: float) 
     worst = 0.0
     for name in want:
         g, w = got[name].detach().double().cpu(), want[name].detach().double().cpu()
-        assert g.shape == w.shape, f"{group}: {peer}'s {name} has shape {tuple(g.shape)}, spiral_fast's {tuple(w.shape)}"
+        assert g.shape == w.shape, (f"{group}: {peer}'s {name} has shape {tuple(g.shape)}, "
+                                    f"spiral_fast's {tuple(w.shape)}")
         scale = w.abs().max().item() if w.numel() else 0.0
         err = (g - w).abs().max().item() / scale if scale > 0 else float((g != w).any())
         assert err <= rel, (f"{group}: {peer} computes other values than spiral_fast: {name} differs by {err:.2e} of "

@@ -28,7 +28,10 @@ def assert_rows_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, flo
     logits (absolute error ~1e-7 |z|) no longer fix a softmax weight's relative digits. A row that
     is 0 in truth must be exactly 0.
     """
-    rows = lambda t: t.detach().double().reshape(t.shape[0], -1) if t.dim() else t.detach().double().reshape(1, 1)  # noqa: E731
+    def rows(x):
+        x = x.detach().double()
+        return x.reshape(x.shape[0], -1) if x.dim() else x.reshape(1, 1)
+
     o, t, lo = rows(out), rows(ref64), rows(ref_lowp)
     if o.numel() == 0:
         return

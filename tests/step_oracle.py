@@ -175,8 +175,9 @@ def oracle_step(model, problems: list, config) -> tuple[torch.Tensor, dict]:
     for s in traces + aggs:
         s["logp"], s["entropy"] = response_logprobs(model, s["prompt"], s["response"], config.temperature)
     stats = dict(clip_low=0, clip_high=0, clip_ambiguous=0, ratio=0.0, kl=0.0, entropy=0.0)
-    trace_loss = config.trace_coef * role_loss(traces, config, stats) if traces else torch.zeros((), dtype=torch.float64)
-    agg_loss = config.agg_coef * role_loss(aggs, config, stats) if aggs else torch.zeros((), dtype=torch.float64)
+    zero = torch.zeros((), dtype=torch.float64)
+    trace_loss = config.trace_coef * role_loss(traces, config, stats) if traces else zero
+    agg_loss = config.agg_coef * role_loss(aggs, config, stats) if aggs else zero
     trace_tokens = sum(len(s["response"]) for s in traces)
     agg_tokens = sum(len(s["response"]) for s in aggs)
     tokens = trace_tokens + agg_tokens

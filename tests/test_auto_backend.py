@@ -1,13 +1,15 @@
-"""Which backend ``backend="auto"`` picks on each device (DESIGN.md: Triton on CUDA tensors, the torch
-path on the CPU), for every public op with a backend choice, told apart by their outputs: each case
-first checks that the candidate backends give different bits on its inputs, then that auto's output
-is bit for bit the expected backend's (a wrong pick cannot pass)."""
+"""Which backend ``backend="auto"`` picks on each device (DESIGN.md: Triton on CUDA tensors once its
+self-check passed, the torch path on the CPU), for every public op with a backend choice, told apart
+by their outputs: each case first checks that the candidate backends give different bits on its
+inputs, then that auto's output is bit for bit the expected backend's (a wrong pick cannot pass) and
+that the dispatcher recorded that backend."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import spiral_fast as sf
+from spiral_fast.ops import dispatch
 
 
 def _logprob_inputs(device):
@@ -54,13 +56,21 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a.detach().cpu(), b.detach().cpu())
 
 
+def _auto(run, device):
+    """auto's output and the backends the dispatcher says it used."""
+    with dispatch.recording() as used:
+        out = run(device, "auto")
+    return out, set(used.values())
+
+
 @pytest.mark.interpret
 @pytest.mark.parametrize("op", list(OPS))
 def test_auto_picks_torch_on_the_cpu(op):
     run = OPS[op]
     torch_out, triton_out = run("cpu", "torch"), run("cpu", "triton")  # triton under TRITON_INTERPRET=1
     assert not _same_bits(torch_out, triton_out)  # the two are told apart on these inputs
-    assert _same_bits(run("cpu", "auto"), torch_out)
+    out, used = _auto(run, "cpu")
+    assert _same_bits(out, torch_out) and used == {"torch"}
 
 
 @pytest.mark.gpu
@@ -69,4 +79,5 @@ def test_auto_picks_triton_on_cuda(op):
     run = OPS[op]
     torch_out, triton_out = run("cuda", "torch"), run("cuda", "triton")
     assert not _same_bits(torch_out, triton_out)
-    assert _same_bits(run("cuda", "auto"), triton_out)
+    out, used = _auto(run, "cuda")  # Triton once its self-check passed (a GPU where it fails: a real failure)
+    assert _same_bits(out, triton_out) and used == {"triton"}

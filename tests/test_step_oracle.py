@@ -18,6 +18,7 @@ from spiral_fast import ProblemRollout, SpiralBatch, SpiralConfig
 from step_oracle import oracle_step
 from training_cases import assert_grads_close, grads, random_problem_kwargs, tiny_model
 
+
 def f32(values):
     """Round log-probs to float32 as ProblemRollout stores them: oracle and step read the same numbers."""
     if isinstance(values, list):
@@ -97,7 +98,8 @@ def test_step_matches_oracle(fn, kind, lm_bias, batch_kw, config_kw):
     assert math.isclose(out.loss.item(), loss, rel_tol=1e-5, abs_tol=1e-7), (out.loss.item(), loss)
     assert_grads_close(g, g_want, rel=1e-4)
     for key in EXACT:
-        assert math.isclose(out.metrics[key], want[key], rel_tol=1e-9, abs_tol=1e-12), (key, out.metrics[key], want[key])
+        assert math.isclose(out.metrics[key], want[key], rel_tol=1e-9, abs_tol=1e-12), (key, out.metrics[key],
+                                                                                      want[key])
     for key in CLIP:  # token counts; a 0-advantage token outside the range may count on either side
         slack = want["clip_ambiguous"] / want["tokens_trained"]
         assert abs(out.metrics[key] - want[key]) <= slack + 1e-12, (key, out.metrics[key], want[key], slack)
