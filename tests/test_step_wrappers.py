@@ -1,6 +1,7 @@
-"""Wrapped models in spiral_fast.step / step_reference / batch_logprobs: FSDP2 and DDP on two gloo ranks (each with its own problems)
-against one process on all of them (same loss, gradients and SGD update), torch.compile'd models,
-and clear errors for the wrappers the step cannot drive."""
+"""Wrapped models in spiral_fast.step / step_reference / batch_logprobs: FSDP2 and DDP on two gloo
+ranks (each with its own problems) against one process on all of them (same loss, gradients and SGD
+update, same log-probs), torch.compile'd models, and clear errors for the wrappers the step cannot
+drive."""
 import os
 import sys
 
