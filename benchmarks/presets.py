@@ -47,6 +47,16 @@ SPIRAL["layout-small"] = SpiralShape("layout-small", problems=4, prompt_tokens=2
                                      sets=4, set_size=4, aggregations=4, agg_tokens=128)
 
 
+# parallel-encoded aggregation (issue 11): the paper's shape (N1=8 traces, n=4 sets of K=4, N2=4
+# aggregations, 4096-token traces and aggregations; the head is 64 tokens, see bench_parallel.py) and
+# its CPU-scaled copies (256/512/1024-token traces and aggregations)
+SPIRAL["paper"] = SpiralShape("paper", problems=1, prompt_tokens=256, traces=8, trace_tokens=4096,
+                              sets=4, set_size=4, aggregations=4, agg_tokens=4096)
+for _n in (256, 512, 1024):
+    SPIRAL[f"paper-cpu-{_n}"] = SpiralShape(f"paper-cpu-{_n}", problems=1, prompt_tokens=64, traces=8,
+                                            trace_tokens=_n, sets=4, set_size=4, aggregations=4, agg_tokens=_n)
+
+
 # the SPIRAL algorithm (issue 3): advantages of a batch of problems, and the fused loss over packed rows
 @dataclass(frozen=True)
 class AdvantageShape:

@@ -16,6 +16,8 @@ lse - E_p[z], and the target's z_t; ``spiral_fast.ops.logprobs.op`` turns them i
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -302,9 +304,13 @@ def _vocab_splits(n_blocks: int, v_blocks: int, device: torch.device) -> int:
 
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
-        return 132
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    return torch.cuda.get_device_properties(idx).multi_processor_count
+        return 132   # an H100/H200 (the offline sm_90 compile check calls launchers on CPU tensors)
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def _merge_splits(m, s, t, zt, want_entropy):

@@ -30,6 +30,8 @@ _DEMO_HELP = {
     "max_extra_rounds": "dynamic sampling: extra rollouts per iteration at most",
     "engine": "sampler: transformers generate ('hf') or an in-process vLLM engine synced after every step "
               "('vllm'; needs vLLM, see README; the model then has attention heads of size 32)",
+    "aggregation": "'text' (traces rendered into the aggregation prompt) or 'parallel' (read as keys and "
+                   "values; HF engine)",
 }
 
 _EVAL_HELP = {

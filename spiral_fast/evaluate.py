@@ -7,6 +7,7 @@ Token ids are plain Python ints throughout.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Hashable, Sequence
@@ -19,9 +20,10 @@ ENGINES = ("hf", "vllm")
 
 
 def _count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    # numbers.Integral: numpy integers count too; bool is an int subclass but never a count
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return value
+    return int(value)
 
 
 def _pass_at_k_one(n: int, c: int, k: int) -> float:
@@ -64,8 +66,9 @@ def pass_at_k(num_samples, num_correct, k: int):
     per-problem estimates (take ``.mean()`` for the benchmark's pass@k).
     Raises ValueError if k < 1, k > n, c < 0 or c > n.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
+    k = int(k)
     ns, cs = _as_list("num_samples", num_samples), _as_list("num_correct", num_correct)
     scalar = ns is None and cs is None
     if ns is not None and cs is not None and len(ns) != len(cs):

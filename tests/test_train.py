@@ -50,7 +50,9 @@ def test_three_steps_metrics_checkpoints_and_resume_equal_to_uninterrupted(tmp_p
     ckpt = os.path.join(whole, "checkpoint-3")
     assert {"adapter", "dcp", "rng", "scheduler.pt", "state.json"} <= set(os.listdir(ckpt))
     with open(os.path.join(ckpt, "state.json")) as fh:
-        assert json.load(fh) == {"step": 3, "data_position": 6, "world_size": 1}
+        state = json.load(fh)
+    # 2 problems a step, more where dynamic sampling replaced dropped ones
+    assert state["step"] == 3 and state["world_size"] == 1 and state["data_position"] >= 6
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -27,7 +27,7 @@ def test_sections_and_algorithm_keys_follow_spiral_config():
     assert list(SCHEMA["algorithm"]) == [f.name for f in dataclasses.fields(SpiralConfig)]
     assert set(SCHEMA["rollout"]) == {"engine", "problems_per_step", "num_traces", "set_size", "num_sets",
                                       "num_aggregations", "max_new_tokens", "agg_max_new_tokens", "temperature",
-                                      "dynamic_sampling", "max_extra_rounds"}
+                                      "dynamic_sampling", "max_extra_rounds", "gpu_memory_utilization"}
 
 
 def test_defaults_are_the_papers(files):
@@ -59,6 +59,7 @@ def test_defaults_are_the_papers(files):
     pytest.param(["rollout.num_traces=4", "rollout.set_size=3", "rollout.num_sets=5"], r"rollout.num_sets",
                  id="too-many-distinct-sets"),
     pytest.param(["optim.betas=[0.9]"], r"optim.betas", id="betas"),
+    pytest.param(["rollout.gpu_memory_utilization=1.5"], r"rollout.gpu_memory_utilization", id="vllm-share"),
     pytest.param(["optim.lr=0"], r"optim.lr must be > 0", id="lr"),
     pytest.param(["eval.pass_k=[1, 16]"], r"eval.pass_k", id="pass-k-over-population"),
     pytest.param(["prompts.search=\"solve it\""], r"prompts.search must contain \{problem\}", id="search-placeholder"),

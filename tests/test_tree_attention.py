@@ -36,9 +36,11 @@ def forest_params(names=None):
 
 
 def make_inputs(name, dtype=torch.float64, device="cpu", forests=FORESTS):
-    """(packed, q, k, v, dO) for a named forest: q [T, Hq, D], k/v [T, Hkv, D], dO like q."""
-    seqs, share, hq, hkv, d = forests[name]
-    packed = spiral_fast.pack_sequences(seqs, share=share).to(device)
+    """(packed, q, k, v, dO) for a named forest: q [T, Hq, D], k/v [T, Hkv, D], dO like q. A forest
+    entry may carry two more items, the `contexts` and `share_limits` of a DAG layout
+    (test_parallel_layout.py)."""
+    seqs, share, hq, hkv, d, *dag = forests[name]
+    packed = spiral_fast.pack_sequences(seqs, share=share, **dict(zip(("contexts", "share_limits"), dag))).to(device)
     t = packed.num_tokens
     gen = torch.Generator().manual_seed(len(name))
     q, k, v = (torch.randn(t, h, d, generator=gen, dtype=torch.float64) for h in (hq, hkv, hkv))

@@ -17,7 +17,8 @@ STEP_IMPLS = ("step", "reference")
 METHODS = ("spiral", "grpo")
 ENGINES = ("hf", "vllm")  # spiral_fast.rollout's samplers
 # fields with a fixed set of values (the CLI turns each into --name {choices})
-CHOICES = {"step_impl": STEP_IMPLS, "method": METHODS, "engine": ENGINES}
+AGGREGATIONS = ("text", "parallel")  # SpiralConfig.aggregation
+CHOICES = {"step_impl": STEP_IMPLS, "method": METHODS, "engine": ENGINES, "aggregation": AGGREGATIONS}
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class DemoConfig:
     `engine`: the sampler, "hf" (transformers generate) or "vllm" (a ``spiral_fast.VLLMSampler``
     synced after every step; its model has attention heads of size 32, the smallest vLLM's CPU
     attention runs).
+    `aggregation`: "text" (the paper: the aggregator reads x and its set's traces as a rendered
+    prompt) or "parallel" (parallel-encoded aggregation: it reads them as keys and values, then the
+    head [sep, pick]; ``SpiralConfig(aggregation="parallel")``; HF engine only).
     """
 
     iterations: int = 150
@@ -58,6 +62,7 @@ class DemoConfig:
     dynamic_sampling: bool = False
     max_extra_rounds: int = 4
     engine: str = "hf"
+    aggregation: str = "text"
 
     def __post_init__(self):
         for f in fields(self):
@@ -73,6 +78,9 @@ class DemoConfig:
                 raise ValueError(f"{f.name} must be one of {CHOICES[f.name]}, got {value!r}")
         if self.set_size > self.traces:
             raise ValueError(f"set_size must be <= traces ({self.traces}), got {self.set_size}")
+        if self.aggregation == "parallel" and self.engine != "hf":
+            raise ValueError(f"aggregation='parallel' needs engine='hf' (vLLM cannot merge KV caches), "
+                             f"got engine={self.engine!r}")
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,14 @@ def train_demo(config: DemoConfig, *, on_iteration: Callable[[dict], None] | Non
         torch.set_num_threads(threads)
 
 
+def _aggregation_args(task, config: DemoConfig) -> dict:
+    """rollout's aggregation arguments: the text template, or the head read after the traces' K/V."""
+    tok = task.tokenizer
+    if config.aggregation == "parallel":
+        return dict(aggregation="parallel", agg_head=[tok.sep_id, tok.pick_id])
+    return dict(template=task.template)
+
+
 def spiral_rollout(model, task, problems, config: DemoConfig, generator):
     """SPIRAL rollouts of `problems` (N traces, M sets of K, G aggregations; one-token responses):
     (SpiralBatch, metrics)."""
@@ -119,7 +135,7 @@ def spiral_rollout(model, task, problems, config: DemoConfig, generator):
     batch = spiral_fast.rollout(
         model, [task.prompt(p) for p in problems],
         reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z),
-        template=task.template, num_traces=config.traces, num_sets=config.sets,
+        **_aggregation_args(task, config), num_traces=config.traces, num_sets=config.sets,
         set_size=config.set_size, num_aggregations=config.aggregations,
         temperature=config.temperature, max_new_tokens=1, pad_token_id=task.tokenizer.pad_id,
         generator=generator, engine=config.engine)
@@ -232,7 +248,9 @@ def _loop(config: DemoConfig, task, model, sampler, generator, on_iteration, pro
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     step_fn = spiral_fast.step if config.step_impl == "step" else spiral_fast.step_reference
     collect, overrides = METHOD_SETUPS[config.method]
-    step_config = spiral_fast.SpiralConfig(temperature=config.temperature, **overrides)
+    # GRPO's single-trace rows have no aggregation: its batches are text mode whatever `aggregation`
+    aggregation = config.aggregation if config.method == "spiral" else "text"
+    step_config = spiral_fast.SpiralConfig(temperature=config.temperature, aggregation=aggregation, **overrides)
 
     def sample(count):
         return collect(model if sampler is None else sampler, task, task.sample_problems(count, generator), config,

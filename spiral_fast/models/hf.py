@@ -74,8 +74,13 @@ def check_model(model, packed: PackedBatch | None = None):
     if packed is not None:
         max_pos = getattr(cfg, "max_position_embeddings", None)
         if max_pos is not None and packed.max_context > max_pos:
-            i = int(torch.nonzero(packed.host.seq_lengths > max_pos)[0])
-            raise ValueError(f"sequences[{i}] has {int(packed.host.seq_lengths[i])} tokens, more than the model's "
+            host = packed.host
+            # a DAG's sequences may start past 0 (an aggregation head after its traces): their last position
+            ends = [int(host.position_ids[host.token_index(i)[-1]]) + 1 for i in range(host.num_sequences)]
+            i = next(i for i, e in enumerate(ends) if e > max_pos)
+            n = int(host.seq_lengths[i])
+            where = f" at positions {ends[i] - n}..{ends[i] - 1}" if ends[i] != n else ""
+            raise ValueError(f"sequences[{i}] has {n} tokens{where}, more than the model's "
                              f"max_position_embeddings={max_pos}")
         vocab = getattr(cfg, "vocab_size", None)
         ids = packed.host.input_ids
@@ -91,6 +96,9 @@ def packed_hidden_states(model, packed: PackedBatch) -> torch.Tensor:
 
     Runs the base model once over the unique tokens `packed.input_ids[None]` with each token's own
     position (`packed.position_ids`), attention along the prefix tree (spiral_fast.tree_attention).
+    A DAG batch (`pack_sequences(..., contexts=...)`, parallel-encoded aggregation) runs the same way:
+    an aggregation head and its responses attend to their traces' keys and values at positions from
+    p_j = |x| + max |y_i| on, and their loss backpropagates through those keys and values.
     With `spiral_fast.token_logprobs(hidden[rows.hidden_index], lm_head.weight, rows.target)` this
     gives every sequence's token log-probs. Gradients flow into shared prefixes once.
     The model's attention implementation is switched to "spiral_fast" for the forward and restored

@@ -44,10 +44,16 @@ class PackedBatch:
                                root -> seq_segment[i], each segment whole
     seq_lengths [S] int64
     prediction_rows            `PredictionRows`, R = sum(len_i - 1) rows ordered by (seq, pos)
+    segment_ancestors          None for a forest (ancestors follow segment_parent); for a DAG
+                               (`pack_sequences(..., contexts=...)`) a tuple, per segment, of the
+                               sorted indices of every segment it sees besides itself (each < g, its
+                               tokens before g's). segment_parent is then the parent within the
+                               segment's own forest, and seq_segment the last segment of sequence i's
+                               own tokens (the context segments are not on that path).
 
     Attention semantics: a token of segment g sees every token of the ancestor segments of g and,
-    causally, the tokens of g up to itself. Equality compares every field (tensors by value),
-    never the per-batch cache.
+    causally, the tokens of g up to itself. max_context is the largest position + 1 (a forest: the
+    longest sequence). Equality compares every field (tensors by value), never the per-batch cache.
     """
 
     input_ids: torch.Tensor
@@ -64,6 +70,7 @@ class PackedBatch:
     max_context: int
     dedup_ratio: float
     share: str
+    segment_ancestors: tuple | None = None
     _host: "PackedBatch | None" = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
 
@@ -109,7 +116,8 @@ class PackedBatch:
     def __eq__(self, other) -> bool:
         if not isinstance(other, PackedBatch):
             return NotImplemented
-        scalars = ("num_tokens", "num_segments", "num_sequences", "max_seqlen", "max_context", "dedup_ratio", "share")
+        scalars = ("num_tokens", "num_segments", "num_sequences", "max_seqlen", "max_context", "dedup_ratio", "share",
+                   "segment_ancestors")
         if any(getattr(self, n) != getattr(other, n) for n in scalars):
             return False
         pairs = [(getattr(self, n), getattr(other, n)) for n in _TENSOR_FIELDS]
@@ -118,6 +126,11 @@ class PackedBatch:
 
     __hash__ = object.__hash__
 
+    @property
+    def is_dag(self) -> bool:
+        """Whether some segment sees segments off its parent chain (parallel-encoded aggregation)."""
+        return self.segment_ancestors is not None
+
 
 def _row_offsets(batch: PackedBatch) -> torch.Tensor:
     """[S+1] start of each sequence's prediction rows (host tensor)."""
@@ -125,9 +138,10 @@ def _row_offsets(batch: PackedBatch) -> torch.Tensor:
     return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
 
 
-def assemble(fields, seq_lengths: torch.Tensor, share: str) -> PackedBatch:
+def assemble(fields, seq_lengths: torch.Tensor, share: str, segment_ancestors: tuple | None = None) -> PackedBatch:
     """`PackedBatch` from a builder's fields (input_ids, position_ids, cu_seqlens, segment_parent,
-    seq_segment, hidden_index, target, seq, pos) and `seq_lengths [S] int64`."""
+    seq_segment, hidden_index, target, seq, pos), `seq_lengths [S] int64` and, for a DAG, the
+    per-segment ancestor tuples."""
     input_ids, position_ids, cu_seqlens, segment_parent, seq_segment, *rows = fields
     num_tokens = input_ids.numel()
     seg_lengths = cu_seqlens[1:] - cu_seqlens[:-1]
@@ -143,7 +157,8 @@ def assemble(fields, seq_lengths: torch.Tensor, share: str) -> PackedBatch:
         num_segments=seg_lengths.numel(),
         num_sequences=seq_lengths.numel(),
         max_seqlen=int(seg_lengths.max()),
-        max_context=int(seq_lengths.max()),
+        max_context=int(position_ids.max()) + 1,
         dedup_ratio=float(seq_lengths.sum()) / num_tokens,
         share=share,
+        segment_ancestors=segment_ancestors,
     )

@@ -16,12 +16,13 @@ Template = Callable[["list[int]", "list[list[int]]"], "list[int]"]
 ENGINES = ("hf", "vllm")
 
 
-def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, template: Template,
+def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, template: Template | None = None,
             num_traces: int = 4, num_sets: int = 4, set_size: int = 2, num_aggregations: int = 2,
             temperature: float = 1.0, max_new_tokens: int = 64,
             agg_max_new_tokens: int | None = None, eos_token_id: int | None = None,
             pad_token_id: int = 0, generator: torch.Generator | None = None,
-            behaviour_logprobs: bool = True, engine: str = "hf"):
+            behaviour_logprobs: bool = True, engine: str = "hf", aggregation: str = "text",
+            agg_head: Sequence[int] | None = None):
     """Sample one SPIRAL batch for P problems.
 
     For each problem prompt x (token ids): N = num_traces traces y_i ~ pi(.|x); M = num_sets sets of
@@ -37,6 +38,11 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
     ``max_new_tokens`` (``agg_max_new_tokens`` for aggregations, default the same).
     behaviour_logprobs: attach the sampler's per-token log-probs as old log-probs (cheap: from the
     logits generate already computed); False leaves them None (the step is then on-policy).
+    aggregation: "text" (a_j rendered by ``template``) or "parallel" (parallel-encoded aggregation,
+    HF engine only: ``template`` stays None and each set's aggregator reads x and its traces as
+    merged keys and values, then the head ``agg_head`` (token ids, non-empty) at positions from
+    p_j = |x| + max_{i in S_j} |y_i| on; ``agg_prompts[j]`` holds the head alone; train with
+    ``SpiralConfig(aggregation="parallel")``; see ``spiral_fast.rollout.parallel``).
     Returns a :class:`spiral_fast.SpiralBatch` of P :class:`spiral_fast.ProblemRollout`.
     """
     from spiral_fast.training.batch import ProblemRollout, SpiralBatch
@@ -53,6 +59,15 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
         raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
     check_set_sizes(num_traces, num_sets, set_size, distinct=True)  # before any sampling
     agg_max_new_tokens = max_new_tokens if agg_max_new_tokens is None else agg_max_new_tokens
+    if aggregation == "parallel":
+        from spiral_fast.rollout.parallel import check_parallel_args
+
+        head = check_parallel_args(model, prompts, template, agg_head, engine, max_new_tokens, agg_max_new_tokens)
+    elif aggregation != "text":
+        raise ValueError(f"aggregation must be 'text' or 'parallel', got {aggregation!r}")
+    elif template is None or agg_head is not None:
+        raise ValueError("aggregation='text' renders a_j with template (required); agg_head is for "
+                         f"aggregation='parallel', got template={template!r}, agg_head={agg_head!r}")
     if engine == "hf":
         from spiral_fast.rollout.hf import sample_hf as sample
     else:
@@ -66,9 +81,14 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
         sets = draw_sets(num_traces, num_sets, set_size, generator=generator, distinct=True)
         own = traces[p * num_traces:(p + 1) * num_traces]
         all_sets.append(sets)
-        agg_prompts += [template(x, [own[i] for i in s]) for s in sets]
-    aggs, agg_lp = sample(model, agg_prompts, num_aggregations, max_new_tokens=agg_max_new_tokens,
-                          **common)
+        agg_prompts += [list(head) if aggregation == "parallel" else template(x, [own[i] for i in s]) for s in sets]
+    if aggregation == "parallel":
+        from spiral_fast.rollout.parallel import sample_parallel_hf
+
+        aggs, agg_lp = sample_parallel_hf(model, prompts, traces, all_sets, head, num_aggregations,
+                                          max_new_tokens=agg_max_new_tokens, **common)
+    else:
+        aggs, agg_lp = sample(model, agg_prompts, num_aggregations, max_new_tokens=agg_max_new_tokens, **common)
 
     problems = []
     for p, x in enumerate(prompts):

@@ -79,12 +79,12 @@ def load(path: str, *, model, optimizer, scheduler, rank: int) -> dict:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-    options = StateDictOptions(ignore_frozen_params=True)
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=options)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))
+    dcp.load(state, checkpoint_id=os.path.join(path, "dcp"))  # raises if a trainable key is missing
+    # strict=False: the frozen base weights are not in the checkpoint (they are model.path's)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=options)
+                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
     scheduler.load_state_dict(torch.load(os.path.join(path, "scheduler.pt"), weights_only=True))
     rng = os.path.join(path, "rng", f"rank{rank}.pt")
     if os.path.isfile(rng):

@@ -55,6 +55,8 @@ SCHEMA = {
         "temperature": (1.0, NUM, "sampling temperature (the paper: 1.0; = algorithm.temperature)"),
         "dynamic_sampling": (True, (bool,), "drop problems whose advantages are all 0 and sample more (the paper)"),
         "max_extra_rounds": (4, (int,), "extra sampling rounds per step to refill dropped problems"),
+        "gpu_memory_utilization": (0.35, NUM, "engine vllm: share of the GPU the engine reserves (weights + KV "
+                                              "cache); the rest is the trainer's"),
     },
     "algorithm": None,  # filled from SpiralConfig below
     "optim": {
@@ -90,7 +92,7 @@ def _algorithm_schema() -> dict:
     out = {}
     for f in dataclasses.fields(SpiralConfig):
         types = sum((_TYPE_NAMES[t.strip()] for t in str(f.type).split("|")), ())
-        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        default = list(f.default) if isinstance(f.default, tuple) else "none" if f.default is None else f.default
         out[f.name] = (default, types, f"spiral_fast.SpiralConfig.{f.name}")
     return out
 
@@ -215,6 +217,9 @@ def _check_values(cfg) -> None:
     positive("train", "save_every", "eval_every", "seed", low=0)
     positive("eval", "rsa_population", "rsa_set_size", "num_problems")
     positive("eval", "rsa_steps", low=0)
+    if not 0 < cfg.rollout.gpu_memory_utilization < 1:
+        raise ValueError(f"config key rollout.gpu_memory_utilization must be in (0, 1), "
+                         f"got {cfg.rollout.gpu_memory_utilization!r}")
     if not cfg.optim.lr > 0:
         raise ValueError(f"config key optim.lr must be > 0, got {cfg.optim.lr!r}")
     betas = cfg.optim.betas

@@ -49,7 +49,8 @@ class Sampler:
         if self.engine == "vllm":
             from spiral_fast import VLLMSampler
 
-            self.target = VLLMSampler(self.copy or model, seed=cfg.train.seed)
+            self.target = VLLMSampler(self.copy or model, seed=cfg.train.seed,
+                                      gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
         else:
             self.target = self.copy or model
 
@@ -265,6 +266,8 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
             log.warning(notice)
         if ckpt is not None:
             tqdm.write(f"resumed from {ckpt} (step {start})")
+        elif resume:
+            tqdm.write(f"--resume: no checkpoint in {out_dir}, starting at step 1")
     stream = ProblemStream(len(run.train_rows), t.seed, position)
     rows = []
     bar = tqdm(range(start + 1, t.steps + 1), desc="spiral train", disable=not progress or run.rank != 0,

@@ -3,7 +3,9 @@ flattening into the CSR tensors of ``spiral_advantages`` and the trained sequenc
 
 Vocabulary: P problems; per problem N traces y_i, M sets, G_j aggregations z_jg of set j. A
 *trained sequence* is prompt + response: x + y_i (trace role, only for traces in some set) or
-a_j + z_jg (aggregator role); its trained tokens are the response tokens.
+a_j + z_jg (aggregator role); its trained tokens are the response tokens. In parallel mode
+(``SpiralConfig(aggregation="parallel")``) a_j is the head h_j alone, and h_j + z_jg attends to the
+trace sequences of its set (their keys and values) instead of a textual copy.
 """
 from __future__ import annotations
 
@@ -70,7 +72,9 @@ class ProblemRollout:
     """The rollouts of one problem, normalised to CPU tensors on construction.
 
     prompt: token ids of x [Lx]. traces: N responses y_i (prompt excluded). sets: M tuples of
-    distinct trace indices. agg_prompts: M rendered aggregation prompts a_j. aggregations: per set,
+    distinct trace indices. agg_prompts: M rendered aggregation prompts a_j (for
+    ``SpiralConfig(aggregation="parallel")``: the head h_j alone, no copy of x or the traces; the
+    order of a set's members then does not matter). aggregations: per set,
     G_j >= 1 responses z_jg to a_j. rewards: per set, G_j finite floats. Optional per response
     token (float, same length as the response): trace_old_logprobs [N], agg_old_logprobs [M][G_j]
     (behaviour policy; without them the step is on-policy) and, beyond the issue,
@@ -228,7 +232,11 @@ class TrainedSequences:
     position of each sequence); num_trace: the first num_trace sequences are trace role;
     seq_adv [Q] float32; old_logp / ref_logp [R] float32 over the trained tokens in (seq, pos)
     order, with old_given [R] bool (False: on-policy, use the current log-prob) and ref_logp None
-    when any sequence lacks reference log-probs.
+    when any sequence lacks reference log-probs. contexts: None (text mode) or, in parallel mode,
+    per sequence None (a trace) or the indices of the trace sequences x + y_i, i in S_j, that the
+    aggregation sequence h_j + z_jg attends to (``pack_sequences(..., contexts=...)``);
+    share_limits: None or, in parallel mode, |x| for a trace (each member trace is its own keys, see
+    ``pack_sequences(share_limits=...)``) and None for an aggregation sequence.
     """
     tokens: list
     prompt_lens: torch.Tensor
@@ -237,6 +245,8 @@ class TrainedSequences:
     old_logp: torch.Tensor
     old_given: torch.Tensor
     ref_logp: torch.Tensor | None
+    contexts: list | None = None
+    share_limits: list | None = None
 
     @property
     def response_lens(self) -> torch.Tensor:
@@ -312,13 +322,25 @@ class SpiralBatch:
                 or bool(adv.trace[flat.trace_start[p]:flat.trace_start[p + 1]].any())]
         return (SpiralBatch(kept) if kept else None), len(self.problems) - len(kept)
 
-    def trained_sequences(self, items, agg_adv: torch.Tensor, trace_adv: torch.Tensor) -> TrainedSequences:
+    def trained_sequences(self, items, agg_adv: torch.Tensor, trace_adv: torch.Tensor, *,
+                          aggregation: str = "text") -> TrainedSequences:
         """The trained sequences of the given work items, in item order within each role.
 
         items: problem indices p (the whole problem) or pairs (p, part) with part "traces" (its
         trace-role sequences) or a set index j (the aggregation responses of set j).
         agg_adv [A] / trace_adv [N]: global advantages (``spiral_advantages(...).agg / .trace``).
+        aggregation: "text" (aggregation sequences a_j + z_jg) or "parallel" (h_j + z_jg with the
+        contexts of their sets' traces; items must then be whole problems).
         """
+        if aggregation not in ("text", "parallel"):
+            raise ValueError(f"aggregation must be 'text' or 'parallel', got {aggregation!r}")
+        parallel = aggregation == "parallel"
+        if parallel and any(not isinstance(item, int) for item in items):
+            bad = next(item for item in items if not isinstance(item, int))
+            raise ValueError(f"aggregation='parallel' needs whole problems as items (a set needs its traces), "
+                             f"got {bad!r}")
+        trace_row = {}  # (p, i) -> index of x + y_i among the trace-role sequences
+        contexts = []  # per aggregation-role sequence: its set's trace rows (parallel mode)
         flat = self.advantage_inputs()
         agg_adv, trace_adv = agg_adv.detach().float().cpu(), trace_adv.detach().float().cpu()
         roles = {TRACE: [], AGG: []}  # (tokens, prompt_len, adv, old, ref, response_len)
@@ -327,6 +349,7 @@ class SpiralBatch:
             pr = self.problems[p]
             if part in (None, "traces"):
                 for i in pr.trained_traces():
+                    trace_row[p, i] = len(roles[TRACE])
                     roles[TRACE].append((torch.cat([pr.prompt, pr.traces[i]]), pr.prompt.numel(),
                                          trace_adv[flat.trace_start[p] + i],
                                          pr.trace_old_logprobs[i] if pr.trace_old_logprobs else None,
@@ -336,6 +359,7 @@ class SpiralBatch:
             for j, zs in enumerate(pr.aggregations):
                 for g, z in enumerate(zs):
                     if part is None or part == j:
+                        contexts.append([trace_row[p, i] for i in pr.sets[j]] if parallel else None)
                         roles[AGG].append((torch.cat([pr.agg_prompts[j], z]), pr.agg_prompts[j].numel(),
                                            agg_adv[a], pr.agg_old_logprobs[j][g] if pr.agg_old_logprobs else None,
                                            pr.agg_ref_logprobs[j][g] if pr.agg_ref_logprobs else None, z.numel()))
@@ -350,4 +374,6 @@ class SpiralBatch:
             num_trace=len(roles[TRACE]),
             seq_adv=torch.stack([r[2] for r in rows]) if rows else torch.zeros(0),
             old_logp=cat(old, torch.float32), old_given=cat(given, torch.bool),
-            ref_logp=cat([r[4] for r in rows], torch.float32) if has_ref and rows else None)
+            ref_logp=cat([r[4] for r in rows], torch.float32) if has_ref and rows else None,
+            contexts=[None] * len(roles[TRACE]) + contexts if parallel else None,
+            share_limits=[r[1] for r in roles[TRACE]] + [None] * len(roles[AGG]) if parallel else None)

@@ -17,6 +17,9 @@ def _number(name, value, *, low=0.0, strict=False, allow_none=False):
         raise ValueError(f"{name} must be a finite number {bound}{' or None' if allow_none else ''}, got {value!r}")
 
 
+AGGREGATIONS = ("text", "parallel")
+
+
 @dataclass(frozen=True)
 class SpiralConfig:
     """Hyper-parameters of ``spiral_fast.step`` / ``spiral_fast.step_reference``.
@@ -43,6 +46,13 @@ class SpiralConfig:
     max_grad_norm: gradient-norm clipping before ``optimizer.step()`` (None: none).
     gradient_checkpointing: recompute each decoder layer in backward (HF model in train mode).
     logprob_backend: ``backend`` of ``spiral_fast.token_logprobs`` ("auto", "torch", "triton").
+    aggregation: "text" (the paper: ``agg_prompts[j]`` is the whole rendered prompt a_j, traces
+    repeated as text) or "parallel" (parallel-encoded aggregation: ``agg_prompts[j]`` is the head h_j
+    alone; h_j and z_jg attend to x and to the keys and values of the traces y_i, i in S_j, at
+    positions from p_j = |x| + max_{i in S_j} |y_i| on; each trace is encoded once per problem and the
+    aggregation loss backpropagates through the traces' keys and values; the order of a set's
+    members does not matter, as attention with fixed positions is invariant to it). In parallel
+    mode a problem is never cut across micro-batches (its sets need its traces).
     """
     agg_coef: float = 1.0
     trace_coef: float = 1.0
@@ -61,6 +71,7 @@ class SpiralConfig:
     max_grad_norm: float | None = 1.0
     gradient_checkpointing: bool = False
     logprob_backend: str = "auto"
+    aggregation: str = "text"
 
     def __post_init__(self):
         _number("agg_coef", self.agg_coef)
@@ -72,7 +83,8 @@ class SpiralConfig:
         _number("max_grad_norm", self.max_grad_norm, strict=True, allow_none=True)
         for name, choices in (("estimator", ESTIMATORS), ("scale", SCALES), ("trace_credit", TRACE_CREDITS),
                               ("agg_baseline", AGG_BASELINES),
-                              ("normalizer", NORMALIZERS), ("logprob_backend", ("auto", "torch", "triton"))):
+                              ("normalizer", NORMALIZERS), ("logprob_backend", ("auto", "torch", "triton")),
+                              ("aggregation", AGGREGATIONS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
         check_clip(self.clip)

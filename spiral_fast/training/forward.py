@@ -11,13 +11,16 @@ def lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
-def response_logprobs(model, tokens: list, prompt_lens: torch.Tensor, config, *, return_entropy: bool = False):
+def response_logprobs(model, tokens: list, prompt_lens: torch.Tensor, config, *, return_entropy: bool = False,
+                      contexts: list | None = None, share_limits: list | None = None):
     """Log-probs (and entropies) of the response tokens of Q sequences in one packed forward.
 
     tokens: Q int64 tensors (prompt + response); prompt_lens [Q] int64: the first response
     position of each sequence. ``pack_sequences`` (trie: shared prefixes encoded once),
     ``packed_hidden_states``, then ``token_logprobs`` at ``config.temperature`` with the LM head's
-    weight and bias (``config.logprob_backend``; logits are never formed).
+    weight and bias (``config.logprob_backend``; logits are never formed). contexts: None, or
+    per sequence None or the sequences it attends to (parallel-encoded aggregation: a DAG layout,
+    ``pack_sequences(..., contexts=..., share_limits=...)``).
     Returns (logp [R] float32, entropy [R] float32 or None, packed); R = sum of response lengths,
     rows in (sequence, position) order, on the model's device; grad follows torch.is_grad_enabled().
     """
@@ -28,7 +31,8 @@ def response_logprobs(model, tokens: list, prompt_lens: torch.Tensor, config, *,
     weight, bias = lm_head(model)
     device = weight.device
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    packed = pack_sequences(tokens, share="trie", max_positions=max_pos)
+    packed = pack_sequences(tokens, share="trie", max_positions=max_pos, contexts=contexts,
+                            share_limits=share_limits)
     rows = packed.prediction_rows
     keep = rows.pos >= prompt_lens[rows.seq]  # response positions, in (seq, pos) order
     hidden_index, target = rows.hidden_index[keep].to(device), rows.target[keep].to(device)

@@ -32,9 +32,12 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
     most ``config.max_tokens_per_micro_batch`` unique tokens (whole problems, a problem over budget
     cut into its trace block and per-set blocks), each packed into a prefix tree and run through
     ``packed_hidden_states`` and ``token_logprobs`` (``config.logprob_backend``) under
-    ``torch.no_grad``. Only those config fields matter. The model is used in its current mode
-    (call ``model.eval()`` first if it has dropout). Wrapped models as in ``step``: FSDP2 (every
-    rank passes its own problems; the forwards run inside the root's hooks), DDP, torch.compile.
+    ``torch.no_grad``. Only those config fields and ``config.aggregation`` matter: in parallel mode
+    z_jg is scored given h_j over the keys and values of x and the traces of set j (a DAG layout,
+    problems never cut), as ``step`` trains it and parallel-mode ``rollout`` samples it. The model
+    is used in its current mode (call ``model.eval()`` first if it has dropout). Wrapped models as
+    in ``step``: FSDP2 (every rank passes its own problems; the forwards run inside the root's
+    hooks), DDP, torch.compile.
 
     Fill reference log-probs: ``ProblemRollout(..., trace_ref_logprobs=out.traces[p],
     agg_ref_logprobs=out.aggregations[p])``. Returns ``BatchLogprobs`` of CPU float32 tensors.
@@ -46,29 +49,36 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
     check_inputs(model, batch, config)
     traces = [[None] * len(pr.traces) for pr in batch.problems]
     aggregations = [[[None] * len(zs) for zs in pr.aggregations] for pr in batch.problems]
+    parallel = config.aggregation == "parallel"
     with torch.no_grad():
-        bins = micro_batches(batch, config.max_tokens_per_micro_batch, all_traces=True)
+        bins = micro_batches(batch, config.max_tokens_per_micro_batch, all_traces=True, cut=not parallel)
         for b in range(forward_rounds(len(bins), wrapped.fsdp_root)):
             # b >= len(bins): a stand-in forward (result unused) joining the other ranks' FSDP2 all-gathers
             items = bins[min(b, len(bins) - 1)]
-            slots, tokens, prompt_lens = [], [], []
+            slots, tokens, prompt_lens, contexts, limits = [], [], [], [], []
             for item in items:
                 p, part = (item, None) if isinstance(item, int) else item
                 pr = batch.problems[p]
+                first_trace = len(tokens)  # x + y_i is row first_trace + i (parallel mode: items are whole)
                 if part in (None, "traces"):
                     for i, y in enumerate(pr.traces):
                         slots.append((traces[p], i))
                         tokens.append(torch.cat([pr.prompt, y]))
                         prompt_lens.append(pr.prompt.numel())
+                        contexts.append(None)
+                        limits.append(pr.prompt.numel())  # each member trace is its own keys
                 for j, zs in enumerate(pr.aggregations):
                     if part in (None, j):
                         for g, z in enumerate(zs):
                             slots.append((aggregations[p][j], g))
                             tokens.append(torch.cat([pr.agg_prompts[j], z]))
                             prompt_lens.append(pr.agg_prompts[j].numel())
+                            contexts.append([first_trace + i for i in pr.sets[j]] if parallel else None)
+                            limits.append(None)
             prompt_lens = torch.tensor(prompt_lens, dtype=torch.int64)
-            logp, _, _ = within_forward(wrapped.fsdp_root,
-                                        lambda: response_logprobs(model, tokens, prompt_lens, config))
+            logp, _, _ = within_forward(wrapped.fsdp_root, lambda: response_logprobs(
+                model, tokens, prompt_lens, config, contexts=contexts if parallel else None,
+                share_limits=limits if parallel else None))
             if b >= len(bins):
                 continue
             lens = [t.numel() - n for t, n in zip(tokens, prompt_lens.tolist())]

@@ -38,7 +38,7 @@ def split_problems(sizes: list[int], budget: int) -> list[list[int]]:
     return sorted(out, key=lambda b: b[0])
 
 
-def micro_batches(batch, budget: int, *, all_traces: bool = False) -> list[list]:
+def micro_batches(batch, budget: int, *, all_traces: bool = False, cut: bool = True) -> list[list]:
     """Work items of ``SpiralBatch.trained_sequences`` per micro-batch of at most ``budget`` unique
     tokens (upper bounds, see ``ProblemRollout.part_sizes``), balanced by ``split_problems``.
     all_traces: size the trace blocks with every trace, also those in no set (``batch_logprobs``).
@@ -47,11 +47,12 @@ def micro_batches(batch, budget: int, *, all_traces: bool = False) -> list[list]
     prompts); a problem over budget is cut into its parts, the trace block (x + traces) and one
     block per set (a_j + its G_j responses), each keeping its own shared prefix. A part over budget
     gets a micro-batch of its own. Normalisers are global, so the cut changes no loss or gradient.
+    cut=False keeps every problem whole (parallel-encoded aggregation: a set attends to its traces).
     """
     items, sizes = [], []
     for p, pr in enumerate(batch.problems):
         parts = pr.part_sizes(all_traces=all_traces)
-        if sum(parts.values()) <= budget:
+        if sum(parts.values()) <= budget or not cut:
             items.append(p)
             sizes.append(sum(parts.values()))
         else:

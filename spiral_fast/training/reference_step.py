@@ -1,6 +1,7 @@
 """``step_reference``: the naive twin of ``step`` and its end-to-end oracle.
 
-Every trained sequence runs alone through the model with full logits, log_softmax and gather;
+Every trained sequence runs alone through the model with full logits, log_softmax and gather
+(in parallel mode, an aggregation sequence over its concatenated context with a dense mask);
 the loss is ``policy_loss_reference`` (one autograd graph) with the same global normalisers as
 ``step``; one backward over the whole batch. No prefix sharing, no fused log-probs, no
 micro-batches: memory grows with the sum of all sequence lengths times the vocabulary.
@@ -16,9 +17,34 @@ from spiral_fast.training.step import StepOutput
 from spiral_fast.training.wrappers import average_gradients, forward_rounds, unwrap
 
 
+def parallel_context(tokens: list, prompt_lens: list, context: list, k: int):
+    """The concatenated context of aggregation sequence k in parallel mode, for a plain HF forward.
+
+    tokens[c] = x + y_i for c in `context` (prompt_lens[c] = |x|), tokens[k] = h_j + z_jg.
+    Returns (ids [n], position_ids [n], allowed [n, n] bool): ids = x, y_i in `context` order,
+    h_j + z_jg; positions 0.. for x, |x|.. for each y_i, p_j = max_c len(tokens[c]) on for h_j + z_jg;
+    x causal, each y_i sees x and itself causally, h_j + z_jg sees everything before it.
+    """
+    x = tokens[context[0]][:prompt_lens[context[0]]]
+    parts = [x] + [tokens[c][prompt_lens[c]:] for c in context] + [tokens[k]]
+    lx, p = x.numel(), max(tokens[c].numel() for c in context)
+    pos = [torch.arange(lx)] + [torch.arange(lx, lx + y.numel()) for y in parts[1:-1]]
+    pos.append(torch.arange(p, p + tokens[k].numel()))
+    part = torch.repeat_interleave(torch.arange(len(parts)), torch.tensor([t.numel() for t in parts]))
+    idx = torch.arange(part.numel())
+    causal = idx[None, :] <= idx[:, None]
+    sees = (part[:, None] == part[None, :]) | (part[None, :] == 0) | (part[:, None] == len(parts) - 1)
+    return torch.cat(parts), torch.cat(pos), causal & sees
+
+
 def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     """Same contract and result as ``spiral_fast.step`` (loss, gradients, metrics up to float
-    rounding), computed the plain way: model(input_ids=sequence[None]).logits per sequence."""
+    rounding), computed the plain way: model(input_ids=sequence[None]).logits per sequence.
+
+    With ``config.aggregation="parallel"`` each aggregation response runs alone over its whole
+    context (x, its set's traces, h_j, z_jg concatenated) with an explicit dense 4-D mask and
+    position ids (``parallel_context``): the traces are re-encoded per response, so the gradient
+    through their keys and values is summed by autograd rather than by the shared DAG."""
     from spiral_fast.algorithm.reference import policy_loss_reference
     from spiral_fast.models.lora import unwrap_peft
 
@@ -28,14 +54,24 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
     model = wrapped.fsdp_root or inner  # an FSDP2 model's own forward gathers its weights
     adv = advantages(batch, config)
     counts = global_counts(batch, adv.set_value, adv.gated)
-    seqs = batch.trained_sequences(range(len(batch)), adv.agg, adv.trace)
+    seqs = batch.trained_sequences(range(len(batch)), adv.agg, adv.trace, aggregation=config.aggregation)
     device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
     logps, entropies = [], []
     rounds = forward_rounds(len(seqs.tokens), wrapped.fsdp_root)  # before any forward: a collective
     with activation_checkpointing(model, config.gradient_checkpointing):
-        for tokens, start in zip(seqs.tokens, seqs.prompt_lens.tolist()):
+        for k, (tokens, start) in enumerate(zip(seqs.tokens, seqs.prompt_lens.tolist())):
             ids = tokens.to(device)
-            logits = model(input_ids=ids[None], use_cache=False).logits[0, start - 1:-1].float()
+            context = seqs.contexts[k] if seqs.contexts is not None else None
+            if context is None:
+                logits = model(input_ids=ids[None], use_cache=False).logits[0, start - 1:-1].float()
+            else:
+                full, pos, allowed = parallel_context(seqs.tokens, seqs.prompt_lens.tolist(), context, k)
+                mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+                out = model(input_ids=full[None].to(device), position_ids=pos[None].to(device),
+                            attention_mask=mask[None, None].to(device), use_cache=False)
+                first = full.numel() - ids.numel()  # where h_j + z_jg starts in the concatenated context
+                logits = out.logits[0, first + start - 1:-1].float()
             lsm = torch.log_softmax(logits / config.temperature, dim=-1)
             logps.append(lsm.gather(1, ids[start:, None]).squeeze(1))
             entropies.append(-(lsm.exp() * lsm).sum(-1).detach())

@@ -32,7 +32,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     ``packed_hidden_states``, ``token_logprobs`` of the response tokens with the model's LM head
     (weight and bias of ``model.get_output_embeddings()``; logits are never formed), the two role
     losses of ``policy_loss`` with global normalisers, backward. Without behaviour log-probs the
-    step is on-policy (old = current, detached).
+    step is on-policy (old = current, detached). With ``config.aggregation="parallel"`` the packed
+    batch is a DAG: h_j + z_jg attends to the keys and values of x + y_i, i in S_j (one forward
+    serves both roles; each trace is encoded once per problem; problems are never cut).
 
     optimizer None: gradients accumulate in ``.grad`` like ``loss.backward()``. With an optimizer:
     clip to ``config.max_grad_norm``, ``optimizer.step()``, ``optimizer.zero_grad()``.
@@ -71,7 +73,7 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
         torch.cuda.reset_peak_memory_stats(device)
     adv = advantages(batch, config)
     counts = global_counts(batch, adv.set_value, adv.gated)
-    bins = micro_batches(batch, config.max_tokens_per_micro_batch)
+    bins = micro_batches(batch, config.max_tokens_per_micro_batch, cut=config.aggregation == "text")
     scale = float(world_size())
     parts_sum, stat_sum = torch.zeros(2, device=device), torch.zeros(4, device=device)
     entropy_sum = torch.zeros((), device=device)
@@ -85,11 +87,13 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
             # i >= len(bins): a stand-in forward/backward (zero loss) joining the other ranks' FSDP2 collectives
             real = i < len(bins)
             items = bins[i] if real else bins[-1]
-            seqs = batch.trained_sequences(items, adv.agg, adv.trace)
+            seqs = batch.trained_sequences(items, adv.agg, adv.trace, aggregation=config.aggregation)
             # trained rows in (seq, pos) order, the order of the old log-probs; the LM head is read
-            # inside the forward: under FSDP2 that is where the root's parameters are unsharded
+            # inside the forward: under FSDP2 that is where the root's parameters are unsharded.
+            # Parallel mode: a DAG, each h_j + z_jg over the keys and values of its set's traces
             logp, entropy, packed = within_forward(wrapped.fsdp_root, lambda: response_logprobs(
-                model, seqs.tokens, seqs.prompt_lens, config, return_entropy=True))
+                model, seqs.tokens, seqs.prompt_lens, config, return_entropy=True, contexts=seqs.contexts,
+                share_limits=seqs.share_limits))
             old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
             ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
             loss, parts, stats = role_losses(policy_loss, logp, seqs, old, ref, counts, config)

@@ -9,6 +9,11 @@ A token i of segment g attends to token j iff j's segment h is g or an ancestor 
 Segments are in DFS pre-order, so the subtree of h is the contiguous segment range
 [h, subtree_end[h]); in token terms, j may be seen by exactly the tokens i with
 j <= i < token_subtree_end[j]: one gather per token decides the mask (used by FlexAttention).
+
+A DAG batch (`packed.segment_ancestors`, parallel-encoded aggregation) lists each segment's
+ancestors explicitly; they still precede it in token order, so "j <= i" still covers causality
+and every per-segment layout (gathered contexts, block tables) is built from the same ancestor
+lists. Subtrees are then not intervals: FlexAttention reads a [G, G] segment visibility instead.
 """
 from __future__ import annotations
 
@@ -72,12 +77,24 @@ def _host_lists(packed):
 
 
 def ancestor_chains(packed) -> list[list[int]]:
-    """For each segment g, its ancestors root first (not g itself); from the parent pointers."""
+    """For each segment g, its ancestors in increasing order (not g itself): from the parent pointers
+    for a forest (root first), `segment_ancestors` for a DAG."""
+    if packed.host.segment_ancestors is not None:
+        return [list(a) for a in packed.host.segment_ancestors]
     _, parent = _host_lists(packed)
     chains: list[list[int]] = []
     for g, p in enumerate(parent):
         chains.append([] if p < 0 else chains[p] + [p])
     return chains
+
+
+def segment_visibility(packed) -> torch.Tensor:
+    """[G, G] bool (host): visible[g, h] iff g's tokens may see h's tokens (h == g or an ancestor)."""
+    num_seg = packed.host.num_segments
+    visible = torch.eye(num_seg, dtype=torch.bool)
+    for g, chain in enumerate(ancestor_chains(packed)):
+        visible[g, chain] = True
+    return visible
 
 
 def token_segments(packed) -> torch.Tensor:
@@ -88,6 +105,9 @@ def token_segments(packed) -> torch.Tensor:
 
 
 def _build_subtree_end(packed) -> torch.Tensor:
+    if packed.is_dag:
+        raise ValueError("packed is a DAG (parallel-encoded aggregation): its subtrees are not token intervals; "
+                         "use segment_visibility")
     cu, parent = _host_lists(packed)
     end = [g + 1 for g in range(len(parent))]
     size = [1] * len(parent)
@@ -186,9 +206,12 @@ def build_block_tables(packed, block_m: int, block_n: int) -> BlockTables:
         for qs, qe in q_blocks[g]:
             fwd.append(ancestors + [k_first[g] + i for i, (ks, _) in enumerate(k_blocks[g]) if ks <= qe - 1])
     descendants: list[list[int]] = [[] for _ in range(num_seg)]  # query blocks of strict descendants
-    for g in range(num_seg - 1, -1, -1):
-        if parent[g] >= 0:
-            descendants[parent[g]] = list(range(q_first[g], q_first[g + 1])) + descendants[g] + descendants[parent[g]]
+    for g, chain in enumerate(chains):  # increasing g: in a forest, each list in DFS pre-order
+        if chain and chain[-1] >= g:
+            # the kernels' in-tile mask is "key <= query": an ancestor must precede its descendants
+            raise ValueError(f"segment {g} has ancestor {chain[-1]} at or after it: ancestors must precede")
+        for h in chain:
+            descendants[h].extend(range(q_first[g], q_first[g + 1]))
     rev: list[list[int]] = []  # per key block: query blocks that see it
     for g in range(num_seg):
         for ks, ke in k_blocks[g]:

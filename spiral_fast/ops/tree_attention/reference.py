@@ -2,8 +2,8 @@
 `torch` backend (the same math, at the cost of the allowed query-key pairs only).
 
 Shapes: T packed tokens, Hq query heads, Hkv key/value heads (Hq a multiple of Hkv), D head dim.
-A token of segment g attends to every token of every ancestor segment of g and, causally, to the
-tokens of g up to and including itself:
+A token of segment g attends to every token of every ancestor segment of g (its parent chain, or a
+DAG's explicit ancestors) and, causally, to the tokens of g up to and including itself:
     out[i, h] = sum_j softmax_j(scale * q[i, h] . k[j, h // (Hq/Hkv)] over allowed j) v[j, h // (Hq/Hkv)]
 """
 from __future__ import annotations
@@ -11,16 +11,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from spiral_fast.ops.tree_attention.layout import ancestor_chains, segment_contexts, token_segments
+from spiral_fast.ops.tree_attention.layout import segment_contexts, segment_visibility, token_segments
 
 
 def _build_dense_mask(packed) -> torch.Tensor:
     host = packed.host
-    num_seg = host.num_segments
-    chains = ancestor_chains(host)
-    visible = torch.eye(num_seg, dtype=torch.bool)  # visible[g, h]: g's tokens may see h's tokens
-    for g, chain in enumerate(chains):
-        visible[g, chain] = True
+    visible = segment_visibility(host)  # visible[g, h]: g's tokens may see h's tokens
     seg = token_segments(host)
     idx = torch.arange(host.num_tokens)
     causal = idx[None, :] <= idx[:, None]
@@ -32,7 +28,8 @@ def _build_dense_mask(packed) -> torch.Tensor:
 def tree_mask(packed) -> torch.Tensor:
     """[T, T] bool on packed's device: mask[i, j] is True iff query token i may attend to key token j.
 
-    Built from the parent pointers alone (not from the DFS-order shortcuts the kernels use), cached.
+    Built from the ancestor lists alone (parent pointers, or a DAG's `segment_ancestors`), not from
+    the DFS-order shortcuts the kernels use; cached.
     """
     return packed.cached(("tree_attention", "dense_mask"), _build_dense_mask)
 

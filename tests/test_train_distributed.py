@@ -1,0 +1,79 @@
+"""spiral-fast train under FSDP2: 2 CPU processes (gloo, LoRA, fully_shard per decoder layer) against
+1 process on the same problems and seed: same loss and the same updated adapter within 1e-5; a
+world-size-2 checkpoint resumed at world size 1 continues like the 1-process run."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from helpers import free_port
+from train_fixtures import setup
+
+TWO = ["rollout.problems_per_step=4", "rollout.dynamic_sampling=false", "rollout.max_new_tokens=3",
+       "rollout.agg_max_new_tokens=3", "train.save_every=1"]
+
+
+def _args(config, overrides, *extra):
+    args = ["--config", config, "--no-progress"]
+    for o in overrides:
+        args += ["--set", o]
+    return args + list(extra)
+
+
+def _rank_main(rank, world, port, config, overrides, tests_dir):
+    sys.path.insert(0, tests_dir)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from spiral_fast.train.__main__ import main
+
+    try:
+        main(_args(config, overrides))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def metrics(output):
+    with open(os.path.join(output, "metrics.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def adapter(path):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(path, "adapter", "adapter_model.safetensors"))
+
+
+@pytest.mark.slow  # two spawned processes + three tiny runs: ~1 min on a quiet 2-core CPU
+def test_fsdp2_two_ranks_equal_one_process_and_resume_at_world_size_one(tmp_path):
+    config, overrides = setup(str(tmp_path))
+    two, one = str(tmp_path / "two"), str(tmp_path / "one")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    mp.spawn(_rank_main, args=(2, free_port(), config, overrides + TWO + [f'train.output="{two}"', "train.steps=1"],
+                               tests_dir), nprocs=2, join=True)
+    from spiral_fast.train.__main__ import main
+
+    main(_args(config, overrides + TWO + [f'train.output="{one}"', "train.steps=2"]))
+    rows_two, rows_one = metrics(two), metrics(one)
+    assert [r["step"] for r in rows_two] == [1]
+    for key in ("loss", "agg_loss", "trace_loss", "tokens_trained", "agg_reward_mean", "grad_norm", "problems",
+                "trace_tokens_sampled", "agg_tokens_sampled"):
+        assert abs(rows_two[0][key] - rows_one[0][key]) <= 1e-5 * max(1.0, abs(rows_one[0][key])), key
+    with open(os.path.join(two, "checkpoint-1", "state.json")) as fh:
+        assert json.load(fh)["world_size"] == 2
+    a2, a1 = adapter(os.path.join(two, "checkpoint-1")), adapter(os.path.join(one, "checkpoint-1"))
+    assert a2.keys() == a1.keys() and a1
+    for k in a1:
+        torch.testing.assert_close(a2[k], a1[k], rtol=0, atol=1e-5)
+
+    main(_args(config, overrides + TWO + [f'train.output="{two}"', "train.steps=2"], "--resume"))
+    rows_two = metrics(two)
+    assert [r["step"] for r in rows_two] == [1, 2]
+    for key in ("loss", "agg_loss", "trace_loss", "tokens_trained", "grad_norm"):
+        assert abs(rows_two[1][key] - rows_one[1][key]) <= 1e-5 * max(1.0, abs(rows_one[1][key])), key
+    a2, a1 = adapter(os.path.join(two, "checkpoint-2")), adapter(os.path.join(one, "checkpoint-2"))
+    for k in a1:
+        torch.testing.assert_close(a2[k], a1[k], rtol=0, atol=1e-5)
