@@ -47,10 +47,12 @@ def test_tiny_demo_writes_png_and_metric_lines(tmp_path, capsys):
     (["profile-memory", "--impls", "step,fast"], "--impls"),
     (["profile-memory", "--device", "cpu", "--snapshot", "snaps"], "--snapshot needs a CUDA"),
     (["profile-memory", "--model", "/nonexistent/model-dir"], "--model"),
-    (["train"], "invalid choice"),
+    (["fly"], "invalid choice"),
+    (["train"], "--config"),
     ([], "required"),
 ], ids=["iterations-0", "iterations-word", "impl", "set-size", "lr", "contexts-word",
-        "contexts-short", "impls", "snapshot-cpu", "model-missing", "unknown-command", "no-command"])
+        "contexts-short", "impls", "snapshot-cpu", "model-missing", "unknown-command", "train-no-config",
+        "no-command"])
 def test_bad_arguments_fail_clearly(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
