@@ -63,9 +63,26 @@ def file_rendezvous(directory) -> str:
     return "file://" + os.path.join(os.path.abspath(directory), "rendezvous")
 
 
+def spawn_with_free_port(fn, make_args, nprocs: int, attempts: int = 3) -> None:
+    """``torch.multiprocessing.spawn(fn, args=make_args(port), nprocs=nprocs)`` on a ``free_port``,
+    retried on a new port when another process took it first (for code that rendezvouses through
+    MASTER_PORT, e.g. the training command's ``init_process_group()``)."""
+    import torch.multiprocessing as mp
+
+    for attempt in range(attempts):
+        try:
+            mp.spawn(fn, args=make_args(free_port()), nprocs=nprocs, join=True)
+            return
+        except mp.ProcessRaisedException as exc:
+            text = str(exc).lower()
+            if attempt == attempts - 1 or not ("eaddrinuse" in text or "address already in use" in text):
+                raise
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (MASTER_PORT). Another process may take it
-    before the rendezvous binds it: prefer ``file_rendezvous`` where the process group allows."""
+    before the rendezvous binds it: prefer ``file_rendezvous`` where the process group allows, else
+    ``spawn_with_free_port``."""
     import socket
 
     with socket.socket() as s:

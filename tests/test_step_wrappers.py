@@ -1,6 +1,7 @@
-"""Wrapped models in spiral_fast.step / step_reference / batch_logprobs: FSDP2 and DDP on two gloo ranks (each with its own problems)
-against one process on all of them (same loss, gradients and SGD update), torch.compile'd models,
-and clear errors for the wrappers the step cannot drive."""
+"""Wrapped models in spiral_fast.step / step_reference / batch_logprobs: FSDP2 and DDP on two gloo
+ranks (each with its own problems) against one process on all of them (same loss, gradients and SGD
+update, same log-probs), torch.compile'd models, and clear errors for the wrappers the step cannot
+drive."""
 import os
 import sys
 
@@ -11,7 +12,7 @@ import torch.multiprocessing as mp
 
 import spiral_fast
 from spiral_fast import SpiralBatch, SpiralConfig
-from helpers import free_port
+from helpers import file_rendezvous
 from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 PROBLEMS = 5  # odd: the ranks get different numbers of problems, tokens, sequences and micro-batches
@@ -55,10 +56,9 @@ def _run(wrap, step_fn, batch):
     return out.loss, out.metrics, g, params, after.metrics["grad_norm"]
 
 
-def _rank_main(rank: int, world: int, port: int, out_dir: str, tests_dir: str):
+def _rank_main(rank: int, world: int, out_dir: str, tests_dir: str):
     sys.path.insert(0, tests_dir)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=file_rendezvous(out_dir), rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         batch = share(random_batch(11, problems=PROBLEMS, max_g=3, old=True), rank, world)
@@ -74,7 +74,7 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str, tests_dir: str):
 @pytest.mark.slow  # two spawned processes importing transformers: ~30 s on a quiet 2-core CPU
 def test_fsdp2_and_ddp_on_two_gloo_ranks_equal_one_process(tmp_path):
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path), tests_dir), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, str(tmp_path), tests_dir), nprocs=2, join=True)
     batch = random_batch(11, problems=PROBLEMS, max_g=3, old=True)
     loss, metrics, g_whole, params, norm = _run(lambda m: m, spiral_fast.step, batch)
     for rank in range(2):

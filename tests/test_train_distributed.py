@@ -7,9 +7,8 @@ import sys
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from helpers import free_port
+from helpers import spawn_with_free_port
 from train_fixtures import setup
 
 TWO = ["rollout.problems_per_step=4", "rollout.dynamic_sampling=false", "rollout.max_new_tokens=3",
@@ -52,8 +51,9 @@ def test_fsdp2_two_ranks_equal_one_process_and_resume_at_world_size_one(tmp_path
     config, overrides = setup(str(tmp_path))
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    mp.spawn(_rank_main, args=(2, free_port(), config, overrides + TWO + [f'train.output="{two}"', "train.steps=1"],
-                               tests_dir), nprocs=2, join=True)
+    run_args = overrides + TWO + [f'train.output="{two}"', "train.steps=1"]
+    # the training command rendezvouses through MASTER_PORT (env://): a port race is retried
+    spawn_with_free_port(_rank_main, lambda port: (2, port, config, run_args, tests_dir), nprocs=2)
     from spiral_fast.train.__main__ import main
 
     main(_args(config, overrides + TWO + [f'train.output="{one}"', "train.steps=2"]))

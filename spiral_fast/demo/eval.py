@@ -89,7 +89,8 @@ def evaluate_demo(model, demo_config, config: EvalConfig = EvalConfig()) -> Eval
     """pass@k, majority vote@k and RSA of `model` on the toy task of `demo_config` (base, digits).
 
     Deterministic for config.seed: the problems, the set draws and the sampling are all seeded
-    (torch's global RNG is forked, so the caller's is left alone).
+    (torch's global RNG is forked, so the caller's is left alone). RSA renders text-mode
+    aggregation prompts (the task's template), whatever ``demo_config.aggregation`` trained.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)

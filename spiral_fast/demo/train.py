@@ -175,7 +175,7 @@ def grpo_rollout(model, task, problems, config: DemoConfig, generator):
     prompts = [task.prompt(p) for p in problems]
     sample = sample_hf if config.engine == "hf" else sample_vllm
     responses, lps = sample(model, prompts, r, max_new_tokens=1, temperature=config.temperature,
-                               eos_token_id=None, pad_token_id=task.tokenizer.pad_id, logprobs=True)
+                            eos_token_id=None, pad_token_id=task.tokenizer.pad_id, logprobs=True)
     rows = []
     for p, (problem, x) in enumerate(zip(problems, prompts)):
         group, group_lp = responses[p * r:(p + 1) * r], lps[p * r:(p + 1) * r]

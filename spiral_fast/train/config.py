@@ -22,9 +22,9 @@ NUM = (int, float)
 # (default, accepted types, doc); "none" in the types tuple: the string "none" means None
 SCHEMA = {
     "model": {
-        "path": ("", (str,), "a local Hugging Face model directory holding a tokenizer with a chat template"),
-        "dtype": ("bfloat16", (str,), 'parameter dtype: "bfloat16", "float16", "float32" or "auto" (the checkpoint\'s)'),
-        "gradient_checkpointing": (False, (bool,), "recompute each decoder layer in backward (= algorithm.gradient_checkpointing)"),
+        "path": ("", (str,), "a local Hugging Face model directory with a tokenizer that has a chat template"),
+        "dtype": ("bfloat16", (str,), 'parameter dtype: "bfloat16", "float16", "float32" or "auto"'),
+        "gradient_checkpointing": (False, (bool,), "recompute each decoder layer in backward (= algorithm.*)"),
     },
     "lora": {
         "rank": (32, (int,), "LoRA rank (the paper: 32); 0 = full fine-tuning"),
@@ -38,7 +38,7 @@ SCHEMA = {
     "prompts": {
         "search": (prompts.SEARCH, (str,), "search prompt with {problem} (default: step by step, final \\boxed{})"),
         "aggregation": (prompts.AGGREGATION, (str,), "aggregation prompt with {problem} and {candidates} (PAPER.md)"),
-        "candidate": (prompts.CANDIDATE, (str,), "one candidate inside {candidates}, with {index} (1-based), {solution}"),
+        "candidate": (prompts.CANDIDATE, (str,), "one entry of {candidates}: {index} (1-based), {solution}"),
     },
     "reward": {
         "kind": ("math", (str,), '"math" (math-verify where installed, else normalised exact match) or "exact"'),
@@ -51,11 +51,12 @@ SCHEMA = {
         "num_sets": (4, (int,), "distinct sets per problem K (the paper: 4)"),
         "num_aggregations": (4, (int,), "aggregation responses per set N2 (the paper: 4)"),
         "max_new_tokens": (4096, (int,), "longest search trace (the paper: 4096)"),
-        "agg_max_new_tokens": (4096, (int, "none"), "longest aggregation response (the paper: 4096); none = max_new_tokens"),
+        "agg_max_new_tokens": (4096, (int, "none"), "longest aggregation response (the paper: 4096); "
+                                                     "none = max_new_tokens"),
         "temperature": (1.0, NUM, "sampling temperature (the paper: 1.0; = algorithm.temperature)"),
         "dynamic_sampling": (True, (bool,), "drop problems whose advantages are all 0 and sample more (the paper)"),
         "max_extra_rounds": (4, (int,), "extra sampling rounds per step to refill dropped problems"),
-        "gpu_memory_utilization": (0.35, NUM, "engine vllm: share of the GPU the engine reserves (weights + KV "
+        "gpu_memory_utilization": (0.6, NUM, "engine vllm: share of the GPU the engine reserves (weights + KV "
                                               "cache); the rest is the trainer's"),
     },
     "algorithm": None,  # filled from SpiralConfig below
@@ -91,7 +92,8 @@ _TYPE_NAMES = {"float": NUM, "int": (int,), "str": (str,), "bool": (bool,), "tup
 def _algorithm_schema() -> dict:
     out = {}
     for f in dataclasses.fields(SpiralConfig):
-        types = sum((_TYPE_NAMES[t.strip()] for t in str(f.type).split("|")), ())
+        # an annotation this table does not know: any TOML value, SpiralConfig checks it
+        types = sum((_TYPE_NAMES.get(t.strip(), (object,)) for t in str(f.type).split("|")), ())
         default = list(f.default) if isinstance(f.default, tuple) else "none" if f.default is None else f.default
         out[f.name] = (default, types, f"spiral_fast.SpiralConfig.{f.name}")
     return out
@@ -227,7 +229,8 @@ def _check_values(cfg) -> None:
         raise ValueError(f"config key optim.betas must be a pair of floats in [0, 1), got {betas!r}")
     tm = cfg.lora.target_modules
     if isinstance(tm, list) and not (tm and all(isinstance(m, str) for m in tm)):
-        raise ValueError(f"config key lora.target_modules must be \"all-linear\" or a non-empty list of names, got {tm!r}")
+        raise ValueError(f"config key lora.target_modules must be \"all-linear\" or a non-empty list of names, "
+                         f"got {tm!r}")
     pass_k = cfg.eval.pass_k
     if not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= cfg.eval.rsa_population for k in pass_k):
         raise ValueError(f"config key eval.pass_k must list ints in [1, eval.rsa_population="

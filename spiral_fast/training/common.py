@@ -9,6 +9,7 @@ import torch
 
 from spiral_fast.training.batch import SpiralBatch, TrainedSequences
 from spiral_fast.training.config import SpiralConfig
+from spiral_fast.training.wrappers import average_gradients
 
 
 def world_size() -> int:
@@ -202,16 +203,9 @@ def finish(model, optimizer, config: SpiralConfig) -> float | None:
     if optimizer is None:
         return None
     params = [p for p in model.parameters() if p.grad is not None]
-    world = world_size()
-    if world > 1 and params and not _is_dtensor(params[0].grad):
+    if world_size() > 1 and params and not _is_dtensor(params[0].grad):
         # the loss was scaled by the world size: the average over ranks is the whole-batch gradient
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        torch.distributed.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
-            offset += p.grad.numel()
+        average_gradients(model)
     norm = None
     if config.max_grad_norm is not None and params:
         norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
