@@ -143,7 +143,7 @@ def _tree_attention_launches(requests):
     from spiral_fast.kernels import tree_attention as K
     from spiral_fast.ops.tree_attention.backend_triton import configs
 
-    tables = [torch.zeros(8, dtype=torch.int32) for _ in range(10)]
+    tables = [torch.zeros(8, dtype=torch.int32) for _ in range(12)]
     for label, dtype, tf32 in _dtype_cases():
         if tf32 is False:
             continue   # float32 attention always runs IEEE dots: one float32 case
@@ -155,7 +155,7 @@ def _tree_attention_launches(requests):
             lse = torch.zeros(_HQ, _T)
             for fwd, bwd in configs(d, dtype, interpret=False):
                 with _recording(requests, f"{label} D={d}"):
-                    K.tree_attention_fwd(q, k, v, *tables[:7], 0.1, **fwd)
+                    K.tree_attention_fwd(q, k, v, *tables[:6], 0.1, **fwd)
                     K.tree_attention_bwd(q, q, k, v, q, lse, *tables, 0.1, **bwd)
 
 

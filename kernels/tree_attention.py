@@ -7,11 +7,14 @@ log-sum-exp; dQ walks the same table, dK/dV walk the reverse table (query blocks
 so every dK/dV tile has one owner and needs no atomics (GQA: the owner loops over the query heads
 of its KV head).
 Each list holds its unmasked pairs first (a full key block wholly before the query block's first row:
-no tree or causal test needed), then from `*_mid` on the pairs that need the in-tile mask.
+no tree or causal test needed), then from `*_mid` on the pairs that need the in-tile mask. The
+kernels walk each entry's block token range (start, end) rather than its block index, so a loop step
+reads its bounds directly (no index -> bound dependent load) and pipelined loops can prefetch; an
+unmasked key entry reads only its start (its block is full).
 
 Layouts: q/o [T, Hq, D], k/v [T, Hkv, D] (last dim contiguous), lse/delta [Hq, T] float32 in the
-log2 domain. Tables (int32): q_start/q_end/q_ptr/q_mid [NQ(+1)], kv_list, k_start/k_end/k_ptr/k_mid
-[NK(+1)], q_list.
+log2 domain. Tables (int32): q_start/q_end/q_ptr/q_mid [NQ(+1)], kv_start/kv_end [pairs],
+k_start/k_end/k_ptr/k_mid [NK(+1)], ql_start/ql_end [pairs].
 """
 from __future__ import annotations
 
@@ -49,11 +52,24 @@ def _store_rows(ptr, x, offs, row_valid, head, stride_t, stride_h, offs_d, d_val
 
 @triton.jit
 def _block_rows(start_ptr, end_ptr, blk, BLOCK: tl.constexpr):
-    """Token indices of block `blk` (BLOCK wide from its start) and which of them lie before its end."""
+    """Token indices of entry `blk` of a (start, end) table (BLOCK wide from its start) and which of them
+    lie before its end: a block of the grid, or a block-list entry."""
     start = tl.load(start_ptr + blk).to(tl.int64)
     end = tl.load(end_ptr + blk).to(tl.int64)
     offs = start + tl.arange(0, BLOCK)
     return offs, offs < end
+
+
+@triton.jit
+def _key_rows(kv_start_ptr, kv_end_ptr, e, BLOCK_N: tl.constexpr, MASK: tl.constexpr):
+    """`_block_rows` of key-list entry e; an unmasked entry's key block is full (the tables guarantee
+    it), so its end is not loaded: one load per step."""
+    if MASK:
+        offs_n, n_valid = _block_rows(kv_start_ptr, kv_end_ptr, e, BLOCK_N)
+    else:
+        offs_n = tl.load(kv_start_ptr + e).to(tl.int64) + tl.arange(0, BLOCK_N)
+        n_valid = tl.full([BLOCK_N], 1, tl.int1)
+    return offs_n, n_valid
 
 
 @triton.jit
@@ -68,11 +84,11 @@ def _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, s
 
 
 @triton.jit
-def _fwd_step(q, m_i, l_i, acc, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+def _fwd_step(q, m_i, l_i, acc, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
               stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
               BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr):
-    """Online-softmax update of one query block with key block c."""
-    offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, c, BLOCK_N)
+    """Online-softmax update of one query block with the key block of list entry e."""
+    offs_n, n_valid = _key_rows(kv_start_ptr, kv_end_ptr, e, BLOCK_N, MASK)
     k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
     v = _load_rows(v_ptr, offs_n, n_valid, kv_head, stride_vt, stride_vh, offs_d, d_valid)
     s = _dot(q, tl.trans(k), IEEE) * qk_scale
@@ -92,7 +108,7 @@ def _fwd_step(q, m_i, l_i, acc, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr,
 @triton.jit
 def _tree_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
-    q_start_ptr, q_end_ptr, q_blk_ptr, q_mid_ptr, kv_list_ptr, k_start_ptr, k_end_ptr,
+    q_start_ptr, q_end_ptr, q_blk_ptr, q_mid_ptr, kv_start_ptr, kv_end_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
     qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -113,13 +129,11 @@ def _tree_attention_fwd_kernel(
     e_mid = tl.load(q_mid_ptr + blk)
     e_hi = tl.load(q_blk_ptr + blk + 1)
     for e in range(e_lo, e_mid):
-        c = tl.load(kv_list_ptr + e).to(tl.int64)
-        m_i, l_i, acc = _fwd_step(q, m_i, l_i, acc, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+        m_i, l_i, acc = _fwd_step(q, m_i, l_i, acc, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
                                   stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
                                   BLOCK_N, IEEE, False)
     for e in range(e_mid, e_hi):
-        c = tl.load(kv_list_ptr + e).to(tl.int64)
-        m_i, l_i, acc = _fwd_step(q, m_i, l_i, acc, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+        m_i, l_i, acc = _fwd_step(q, m_i, l_i, acc, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
                                   stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
                                   BLOCK_N, IEEE, True)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -129,11 +143,11 @@ def _tree_attention_fwd_kernel(
 
 
 @triton.jit
-def _dq_step(dq, q, do, lse, delta, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+def _dq_step(dq, q, do, lse, delta, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
              stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
              BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr):
-    """dQ contribution of key block c to one query block (unscaled)."""
-    offs_n, n_valid = _block_rows(k_start_ptr, k_end_ptr, c, BLOCK_N)
+    """dQ contribution of the key block of list entry e to one query block (unscaled)."""
+    offs_n, n_valid = _key_rows(kv_start_ptr, kv_end_ptr, e, BLOCK_N, MASK)
     k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
     v = _load_rows(v_ptr, offs_n, n_valid, kv_head, stride_vt, stride_vh, offs_d, d_valid)
     p = tl.math.exp2(_dot(q, tl.trans(k), IEEE) * qk_scale - lse[:, None])
@@ -146,7 +160,7 @@ def _dq_step(dq, q, do, lse, delta, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_
 @triton.jit
 def _tree_attention_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr,
-    q_start_ptr, q_end_ptr, q_blk_ptr, q_mid_ptr, kv_list_ptr, k_start_ptr, k_end_ptr,
+    q_start_ptr, q_end_ptr, q_blk_ptr, q_mid_ptr, kv_start_ptr, kv_end_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dqt, stride_dqh, stride_lh,
     qk_scale, sm_scale,
@@ -167,22 +181,20 @@ def _tree_attention_bwd_dq_kernel(
     e_mid = tl.load(q_mid_ptr + blk)
     e_hi = tl.load(q_blk_ptr + blk + 1)
     for e in range(e_lo, e_mid):
-        c = tl.load(kv_list_ptr + e).to(tl.int64)
-        dq = _dq_step(dq, q, do, lse, delta, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+        dq = _dq_step(dq, q, do, lse, delta, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
                       stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale, BLOCK_N, IEEE, False)
     for e in range(e_mid, e_hi):
-        c = tl.load(kv_list_ptr + e).to(tl.int64)
-        dq = _dq_step(dq, q, do, lse, delta, c, offs_m, k_ptr, v_ptr, k_start_ptr, k_end_ptr, kv_head,
+        dq = _dq_step(dq, q, do, lse, delta, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
                       stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale, BLOCK_N, IEEE, True)
     _store_rows(dq_ptr, dq * sm_scale, offs_m, m_valid, head, stride_dqt, stride_dqh, offs_d, d_valid)
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr, q_end_ptr, head,
+def _dkdv_step(dk, dv, k, v, e, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, ql_start_ptr, ql_end_ptr, head,
                stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid, qk_scale,
                BLOCK_M: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr):
-    """dK (unscaled) and dV contributions of query block b to one key block."""
-    offs_m, m_valid = _block_rows(q_start_ptr, q_end_ptr, b, BLOCK_M)
+    """dK (unscaled) and dV contributions of the query block of list entry e to one key block."""
+    offs_m, m_valid = _block_rows(ql_start_ptr, ql_end_ptr, e, BLOCK_M)
     # padded query rows load q = dO = lse = delta = 0: p = 1 there but dV += p dO = 0 and dS = 0
     q, do, lse, delta = _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt,
                                          stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid)
@@ -198,7 +210,7 @@ def _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_p
 @triton.jit
 def _tree_attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr,
-    q_start_ptr, q_end_ptr, k_start_ptr, k_end_ptr, k_blk_ptr, k_mid_ptr, q_list_ptr,
+    k_start_ptr, k_end_ptr, k_blk_ptr, k_mid_ptr, ql_start_ptr, ql_end_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
     stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
     qk_scale, sm_scale,
@@ -222,14 +234,12 @@ def _tree_attention_bwd_dkdv_kernel(
     for g in range(GROUP):
         head = kv_head * GROUP + g
         for e in range(e_lo, e_mid):
-            b = tl.load(q_list_ptr + e).to(tl.int64)
-            dk, dv = _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr,
-                                q_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
+            dk, dv = _dkdv_step(dk, dv, k, v, e, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, ql_start_ptr,
+                                ql_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
                                 d_valid, qk_scale, BLOCK_M, IEEE, False)
         for e in range(e_mid, e_hi):
-            b = tl.load(q_list_ptr + e).to(tl.int64)
-            dk, dv = _dkdv_step(dk, dv, k, v, b, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, q_start_ptr,
-                                q_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
+            dk, dv = _dkdv_step(dk, dv, k, v, e, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, ql_start_ptr,
+                                ql_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
                                 d_valid, qk_scale, BLOCK_M, IEEE, True)
     _store_rows(dk_ptr, dk * sm_scale, offs_n, n_valid, kv_head, stride_dkt, stride_dkh, offs_d, d_valid)
     _store_rows(dv_ptr, dv, offs_n, n_valid, kv_head, stride_dvt, stride_dvh, offs_d, d_valid)
@@ -266,7 +276,7 @@ def _head_dim_block(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end, scale: float, *,
+def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, q_mid, kv_start, kv_end, scale: float, *,
                        block_m: int, block_n: int, num_warps: int = 4, num_stages: int = 2):
     """Forward over the forward block table. q [T, Hq, D], k/v [T, Hkv, D] -> (o [T, Hq, D] in q's
     dtype, lse [Hq, T] float32, log2 domain). The table must be built for (block_m, block_n)."""
@@ -276,7 +286,7 @@ def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, q_mid, kv_list, k_start, 
     grid = (q_start.numel(), hq)
     with device_guard(q.device):
         _tree_attention_fwd_kernel[grid](
-            q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end,
+            q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_start, kv_end,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
             lse.stride(0), scale * _LOG2E,
             GROUP=hq // k.shape[1], HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
@@ -285,9 +295,9 @@ def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, q_mid, kv_list, k_start, 
     return o, lse
 
 
-def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end, k_blk, k_mid,
-                       q_list,
-                       scale: float, *, block_m: int, block_n: int, num_warps: int = 4, num_stages: int = 2):
+def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_start, kv_end, k_start, k_end, k_blk,
+                       k_mid, ql_start, ql_end, scale: float, *, block_m: int, block_n: int, num_warps: int = 4,
+                       num_stages: int = 2):
     """Backward: (dq, dk, dv) in the inputs' dtypes. Tables (both directions) built for (block_m, block_n)."""
     t, hq, d = q.shape
     hkv = k.shape[1]
@@ -301,12 +311,12 @@ def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_lis
         # delta = rowsum(dO * O) in float32: the softmax-Jacobian term shared by dQ and dK
         delta = _delta(o, do)
         _tree_attention_bwd_dq_kernel[(q_start.numel(), hq)](
-            q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, q_mid, kv_list, k_start, k_end,
+            q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, q_mid, kv_start, kv_end,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
             dq.stride(0), dq.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
         )
         _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hkv)](
-            q, k, v, do, dk, dv, lse, delta, q_start, q_end, k_start, k_end, k_blk, k_mid, q_list,
+            q, k, v, do, dk, dv, lse, delta, k_start, k_end, k_blk, k_mid, ql_start, ql_end,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
             dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
         )

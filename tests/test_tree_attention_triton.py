@@ -13,18 +13,24 @@ from spiral_fast.ops.tree_attention.reference import tree_mask
 def visited_pairs(tables, mask: torch.Tensor, block_n: int, reverse: bool) -> torch.Tensor:
     """[T, T] int: how often each (query, key) pair that the in-tile rule (key <= query) allows is
     visited. Entries before the `mid` split skip the in-tile mask: check that every pair of such a
-    tile is allowed by the tree `mask` and that its key block is full."""
+    tile is allowed by the tree `mask` and that its key block is full. The per-entry token ranges the
+    kernels walk must be those of the listed block."""
     count = torch.zeros_like(mask, dtype=torch.int64)
     q_start, q_end, k_start, k_end = (x.tolist() for x in (tables.q_start, tables.q_end, tables.k_start, tables.k_end))
     ptr, mid, lst = (tables.k_ptr, tables.k_mid, tables.q_list) if reverse else (tables.q_ptr, tables.q_mid,
                                                                                    tables.kv_list)
     ptr, mid, lst = ptr.tolist(), mid.tolist(), lst.tolist()
+    ranges = (tables.q_list_start, tables.q_list_end) if reverse else (tables.kv_list_start, tables.kv_list_end)
+    entry_start, entry_end = (x.tolist() for x in ranges)
+    assert len(entry_start) == len(entry_end) == len(lst)
     for owner in range(len(ptr) - 1):
         assert ptr[owner] <= mid[owner] <= ptr[owner + 1]
         for e in range(ptr[owner], ptr[owner + 1]):
             b, c = (lst[e], owner) if reverse else (owner, lst[e])
             rows = torch.arange(q_start[b], q_end[b])
             cols = torch.arange(k_start[c], k_end[c])
+            listed = (q_start[b], q_end[b]) if reverse else (k_start[c], k_end[c])
+            assert (entry_start[e], entry_end[e]) == listed
             if e < mid[owner]:
                 assert len(cols) == block_n and bool(mask[rows[:, None], cols[None, :]].all())
             count[rows[:, None], cols[None, :]] += (cols[None, :] <= rows[:, None]).long()

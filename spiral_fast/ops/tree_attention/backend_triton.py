@@ -31,7 +31,7 @@ def configs(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) ->
     # K/V loads; the backward holds two fp32 accumulators per program, so smaller tiles. Chosen by
     # compiling for sm_90 offline (``python -m spiral_fast.kernels.compile_check``): wgmma, no spills.
     # The backward's two stages overlap the next block's loads with this block's dots (its loads
-    # depend on an index read from the block list, so one stage leaves them exposed); one stage is
+    # depend on the token range read from the block list, so one stage leaves them exposed); one stage is
     # kept as the A/B peer (SPIRAL_FAST_TREE_BWD_STAGES=1). 32-row key blocks: with the GQA group loop
     # inside the dK/dV program, 64-row ones spilled 112 B (two stages) to 312 B (one stage) at D = 128.
     # Not yet timed on a GPU.
@@ -54,8 +54,9 @@ def _configs(head_dim: int, dtype: torch.dtype) -> tuple[dict, dict]:
 
 
 def _table_args(tables, reverse: bool):
-    args = [tables.q_start, tables.q_end, tables.q_ptr, tables.q_mid, tables.kv_list, tables.k_start, tables.k_end]
-    return args + [tables.k_ptr, tables.k_mid, tables.q_list] if reverse else args
+    args = [tables.q_start, tables.q_end, tables.q_ptr, tables.q_mid, tables.kv_list_start, tables.kv_list_end]
+    rev = [tables.k_start, tables.k_end, tables.k_ptr, tables.k_mid, tables.q_list_start, tables.q_list_end]
+    return args + rev if reverse else args
 
 
 class _TreeAttention(torch.autograd.Function):

@@ -56,6 +56,10 @@ class BlockTables:
     block of every descendant segment (the reverse table of the dK/dV pass); masked ones from k_mid[c].
     Blocks are numbered longest list first, so the programs with most work start first (a shared
     prompt's key blocks are seen by every query block below them).
+    kv_list_start/kv_list_end [num_pairs] int32: token range of the key block of each kv_list entry
+    (k_start[kv_list], k_end[kv_list]); q_list_start/q_list_end [num_pairs] likewise for q_list. The
+    kernels walk these, not the indices: a step reads its block's bounds directly (no index -> bound
+    dependent load), so a pipelined loop can prefetch the next block's rows.
     """
 
     q_start: torch.Tensor
@@ -68,6 +72,10 @@ class BlockTables:
     k_ptr: torch.Tensor
     k_mid: torch.Tensor
     q_list: torch.Tensor
+    kv_list_start: torch.Tensor
+    kv_list_end: torch.Tensor
+    q_list_start: torch.Tensor
+    q_list_end: torch.Tensor
     num_pairs: int  # total (query block, key block) visits: the work of one pass
 
 
@@ -230,12 +238,15 @@ def build_block_tables(packed, block_m: int, block_n: int) -> BlockTables:
 
     def i32(x):
         return torch.tensor(x, dtype=torch.int32)
-
+    q_ranges = [flat_q[b] for b in q_order]  # token range of each (renumbered) block
+    k_ranges = [flat_k[c] for c in k_order]
     return BlockTables(
-        q_start=i32([flat_q[b][0] for b in q_order]), q_end=i32([flat_q[b][1] for b in q_order]),
+        q_start=i32([r[0] for r in q_ranges]), q_end=i32([r[1] for r in q_ranges]),
         q_ptr=i32(q_ptr), q_mid=i32(q_mid), kv_list=i32(kv_list),
-        k_start=i32([flat_k[c][0] for c in k_order]), k_end=i32([flat_k[c][1] for c in k_order]),
+        k_start=i32([r[0] for r in k_ranges]), k_end=i32([r[1] for r in k_ranges]),
         k_ptr=i32(k_ptr), k_mid=i32(k_mid), q_list=i32(q_list),
+        kv_list_start=i32([k_ranges[c][0] for c in kv_list]), kv_list_end=i32([k_ranges[c][1] for c in kv_list]),
+        q_list_start=i32([q_ranges[b][0] for b in q_list]), q_list_end=i32([q_ranges[b][1] for b in q_list]),
         num_pairs=len(kv_list),
     )
 
