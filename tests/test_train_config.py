@@ -73,6 +73,8 @@ def test_defaults_are_the_papers(files):
     pytest.param(["data.train=\"/nonexistent.jsonl\""], r"data.train: file", id="missing-train-file"),
     pytest.param(["data.eval=\"/nonexistent.jsonl\""], r"data.eval: file", id="missing-eval-file"),
     pytest.param(["rollout"], r"--set must be section.key=value", id="malformed-set"),
+    pytest.param(["algorithm.aggregation=\"parallel\""], r"algorithm.aggregation must be \"text\"",
+                 id="parallel-not-in-train"),
 ])
 def test_config_errors_name_the_key(files, overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -247,6 +247,12 @@ def _check_values(cfg) -> None:
         raise ValueError(f"config key rollout.num_sets must be <= C(num_traces, set_size) = "
                          f"{comb(cfg.rollout.num_traces, cfg.rollout.set_size)} (distinct sets), "
                          f"got {cfg.rollout.num_sets}")
+    if cfg.algorithm.aggregation != "text":
+        # the command renders aggregation prompts as text (prompts.aggregation with the candidates):
+        # training them in parallel mode would read a whole text prompt as the head
+        raise ValueError(f"config key algorithm.aggregation must be \"text\" for spiral-fast train "
+                         f"(parallel mode is available through spiral_fast.rollout / spiral_fast.step), "
+                         f"got {cfg.algorithm.aggregation!r}")
     prompts.check_templates(cfg.prompts)
 
 
