@@ -4,6 +4,7 @@ Imported by ops, packing, training and (sparingly) kernels; imports nothing heav
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -113,3 +114,15 @@ def resolve_backend(backend: str, device: torch.device, choices: Sequence[str]) 
                 "triton is imported (or CUDA tensors)"
             )
     return backend
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op thread count set to ``count`` inside the block, restored after (tiny models
+    on a shared CPU run faster on one thread: a pool only contends)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

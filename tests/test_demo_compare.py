@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import spiral_fast
+from spiral_fast._utils import torch_threads
 from spiral_fast.demo.eval import EvalConfig, evaluate_demo, load_demo, save_demo
 from spiral_fast.demo.model import tiny_qwen2
 from spiral_fast.demo.task import ToyTask
@@ -18,10 +19,8 @@ TINY_EVAL = dict(problems=4, samples=4, population=3, steps=2, votes=4)
 def _one_thread():
     """One intra-op thread: the models are tiny, and a thread pool on a shared CPU only contends
     (the demo does the same; measured 10x slower with 2 threads on the loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def _model(task, seed=0):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import spiral_fast
+from spiral_fast._utils import torch_threads
 from spiral_fast.demo.model import tiny_qwen2
 from spiral_fast.evaluate import RSAResult, majority_vote, pass_at_k, recursive_aggregation
 
@@ -15,10 +16,8 @@ from spiral_fast.evaluate import RSAResult, majority_vote, pass_at_k, recursive_
 def _one_thread():
     """One intra-op thread: the models are tiny, and a thread pool on a shared CPU only contends
     (the demo does the same; measured 10x slower with 2 threads on the loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def _enumerated_pass_at_k(n, c, k):

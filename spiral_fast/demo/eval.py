@@ -92,12 +92,10 @@ def evaluate_demo(model, demo_config, config: EvalConfig = EvalConfig()) -> Eval
     (torch's global RNG is forked, so the caller's is left alone). RSA renders text-mode
     aggregation prompts (the task's template), whatever ``demo_config.aggregation`` trained.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    from spiral_fast._utils import torch_threads
+
+    with torch_threads(config.threads):
         return _evaluate(model, demo_config, config)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _evaluate(model, demo_config, config: EvalConfig) -> EvalResult:

@@ -111,12 +111,10 @@ def train_demo(config: DemoConfig, *, on_iteration: Callable[[dict], None] | Non
     (spread of R_j across sets: how much the traces in a set matter). Then dropped (problems
     dropped by dynamic sampling, 0 without it), trained_problems, loss and the step's metrics.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    from spiral_fast._utils import torch_threads
+
+    with torch_threads(config.threads):
         return _train(config, on_iteration, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _aggregation_args(task, config: DemoConfig) -> dict:
