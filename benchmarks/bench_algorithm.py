@@ -19,14 +19,6 @@ import spiral_fast
 from presets import ALGORITHM_ADV, ALGORITHM_LOSS
 
 
-@pytest.fixture
-def one_cpu_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def trim_heap() -> None:
     """Return freed heap memory to the OS (glibc) before a CPU peak-RSS measurement: otherwise a peer
     reuses what the previous peer freed and its peak reads near 0, whatever it allocates."""

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import spiral_fast as sf
-from bench_algorithm import one_cpu_thread  # noqa: F401 (fixture)
 from bench_step import VOCAB, _malloc_trim, spiral_batch, tiny_qwen2
 from presets import SPIRAL
 from spiral_fast.training.microbatch import micro_batches

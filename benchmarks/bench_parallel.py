@@ -97,19 +97,9 @@ CASES = [pytest.param(f"paper-cpu-{n}", "cpu", torch.float32, id=f"cpu-fp32-L{n}
 CASES.append(pytest.param("paper", "cuda", torch.bfloat16, id="cuda-bf16-L4096", marks=pytest.mark.gpu))
 
 
-@pytest.fixture
-def one_thread():
-    # on a shared, loaded CPU an intra-op thread pool contends for cores (the demo measured 15-45x
-    # slower steps with 2 threads under load): one thread makes the side-by-side ratios meaningful
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("preset,device,dtype", CASES)
 @pytest.mark.parametrize("peer", list(PEERS))
-def test_step_parallel_vs_text(compare, one_thread, peer, preset, device, dtype):
+def test_step_parallel_vs_text(compare, one_cpu_thread, peer, preset, device, dtype):
     shape = SPIRAL[preset]
     mode, config = PEERS[peer]
     batch = paper_batch(shape, aggregation=mode)

@@ -51,3 +51,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.write_line(harness.format_table(harness.RECORDS))
     path = harness.dump(harness.RECORDS)
     terminalreporter.write_line(f"(records written to {path})")
+
+
+@pytest.fixture
+def one_cpu_thread():
+    """One intra-op thread for the test: on a shared, loaded CPU a thread pool contends for the cores
+    (steps measured 15-45x slower with 2 threads under load), which would make side-by-side ratios noise."""
+    from spiral_fast._utils import torch_threads
+
+    with torch_threads(1):
+        yield

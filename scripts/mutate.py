@@ -176,7 +176,7 @@ def main(argv=None) -> int:
             rows.append((m.name, verdict, detail, secs))
             print(f"{m.name}: {verdict} ({detail}) [{secs:.0f} s]", flush=True)
             shutil.rmtree(dest)
-    print(f"\n| mutation | result | tests | seconds |\n| --- | --- | --- | --- |")
+    print("\n| mutation | result | tests | seconds |\n| --- | --- | --- | --- |")
     for name, verdict, detail, secs in rows:
         print(f"| {name} | {verdict} | {detail} | {secs:.0f} |")
     print(f"\ntotal {time.perf_counter() - t_all:.0f} s")

@@ -104,7 +104,7 @@ def pack_dag(seqs: list[torch.Tensor], contexts: list[tuple[int, ...]], share: b
     roots = [k for k, c in enumerate(contexts) if not c]
     groups: dict[tuple, list[int]] = {}  # (ancestor segments, position offset) -> sequences, in order
     tree = native.pack_layout([seqs[k] for k in roots], share, builder=builder)
-    t_cu, t_parent, t_seqseg = tree[2].tolist(), tree[3].tolist(), tree[4].tolist()
+    t_parent, t_seqseg = tree[3].tolist(), tree[4].tolist()
     chains = _chains(t_parent)
     root_pos = {k: r for r, k in enumerate(roots)}
     for k, ctx in enumerate(contexts):
