@@ -42,10 +42,8 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
     Fill reference log-probs: ``ProblemRollout(..., trace_ref_logprobs=out.traces[p],
     agg_ref_logprobs=out.aggregations[p])``. Returns ``BatchLogprobs`` of CPU float32 tensors.
     """
-    from spiral_fast.models.lora import unwrap_peft
-
-    wrapped = unwrap(model)  # DDP, torch.compile; an FSDP2 root's hooks run around each forward
-    model = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
+    wrapped = unwrap(model)  # DDP, torch.compile, LoRA; an FSDP2 root's hooks run around each forward
+    model = wrapped.model
     check_inputs(model, batch, config)
     traces = [[None] * len(pr.traces) for pr in batch.problems]
     aggregations = [[[None] * len(zs) for zs in pr.aggregations] for pr in batch.problems]

@@ -46,10 +46,8 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
     position ids (``parallel_context``): the traces are re-encoded per response, so the gradient
     through their keys and values is summed by autograd rather than by the shared DAG."""
     from spiral_fast.algorithm.reference import policy_loss_reference
-    from spiral_fast.models.lora import unwrap_peft
-
-    wrapped = unwrap(model)  # DDP, torch.compile
-    inner = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
+    wrapped = unwrap(model)  # DDP, torch.compile, LoRA (runs as its wrapped model, adapters active)
+    inner = wrapped.model
     check_args(inner, batch, config, optimizer)
     model = wrapped.fsdp_root or inner  # an FSDP2 model's own forward gathers its weights
     adv = advantages(batch, config)

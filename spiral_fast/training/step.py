@@ -62,11 +62,10 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     """
     from spiral_fast.models.hf import ATTN_NAME, register as register_attention
     from spiral_fast.algorithm.policy_loss import policy_loss
-    from spiral_fast.models.lora import unwrap_peft
     from spiral_fast.ops import dispatch
 
-    wrapped = unwrap(model)  # DDP, torch.compile; an FSDP2 root's hooks run around each forward
-    model = unwrap_peft(wrapped.model)  # a LoRA PeftModel runs as its wrapped model, adapters active
+    wrapped = unwrap(model)  # DDP, torch.compile, LoRA; an FSDP2 root's hooks run around each forward
+    model = wrapped.model
     check_args(model, batch, config, optimizer)
     device = lm_head(model)[0].device
     if device.type == "cuda":

@@ -27,8 +27,9 @@ class Unwrapped:
 def unwrap(model) -> Unwrapped:
     """Peel ``torch.compile`` (``OptimizedModule._orig_mod``: same parameters; the step's forward is
     its own, so compiling the wrapper's forward changes nothing) and ``DistributedDataParallel``
-    (``.module``; its gradient averaging is done once by the step instead). FSDP2 modules stay as
-    they are (see ``within_forward``). FSDP1 and ``DataParallel`` raise ValueError."""
+    (``.module``; its gradient averaging is done once by the step instead), then a LoRA ``PeftModel``
+    (``models.lora.unwrap_peft``). FSDP2 modules stay as they are (see ``within_forward``). FSDP1 and
+    ``DataParallel`` raise ValueError."""
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
     average = False
@@ -49,7 +50,10 @@ def unwrap(model) -> Unwrapped:
         raise ValueError("model is wrapped with FSDP1 (FullyShardedDataParallel), whose flat parameters the step "
                          "cannot read: shard it with FSDP2 (torch.distributed.fsdp.fully_shard on each decoder "
                          "layer and on the model) instead")
-    return Unwrapped(model, _fsdp2_root(model), average)
+    from spiral_fast.models.lora import unwrap_peft
+
+    # a LoRA PeftModel runs as the model it wraps, adapters active (an FSDP2 root stays the outer module)
+    return Unwrapped(unwrap_peft(model), _fsdp2_root(model), average)
 
 
 def within_forward(root: torch.nn.Module | None, fn: Callable[[], tuple]):
