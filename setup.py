@@ -1,4 +1,4 @@
-"""Build script: the Python package, `kernels/` shipped as `spiral_fast.kernels`, and the optional
+"""Build script: the Python package (Triton kernels in `spiral_fast/kernels/`) and the optional
 C++ extension `spiral_fast._native` (csrc/, pybind11) that builds packed layouts on the host.
 
 The extension is optional: where no compiler is available the build goes on without it and
@@ -39,8 +39,7 @@ if Pybind11Extension is not None and sources:
     )
 
 setup(
-    packages=find_packages(include=["spiral_fast", "spiral_fast.*"]) + ["spiral_fast.kernels"],
-    package_dir={"spiral_fast.kernels": "kernels"},
+    packages=find_packages(include=["spiral_fast", "spiral_fast.*"]),
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -5,8 +5,7 @@
 #                                        then the peer benchmarks; prints LAST one table: measured time
 #                                        next to the roofline prediction (docs/roofline.md) per kernel
 #                                        and A/B pair
-# Builds and installs nothing: kernels/ is linked in as spiral_fast.kernels and the repository root put on
-# PYTHONPATH (the C++ layout extension is not built there: the pure-Python builder gives identical
+# Builds and installs nothing: the repository root is put on PYTHONPATH (the C++ layout extension is not built there: the pure-Python builder gives identical
 # layouts). Liger Kernel / Cut Cross-Entropy wheels are used when carried in .whl/ (see the device README).
 # Logs land in $OUT when set (the device tool returns them), else /tmp/spiral_fast_gpu.
 set -uo pipefail
@@ -23,10 +22,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if ! python3 -c "import spiral_fast.kernels" 2>/dev/null; then
-  # a plain copy of the repository (the device's): make kernels/ importable as spiral_fast.kernels
-  [[ -e spiral_fast/kernels ]] || ln -s ../kernels spiral_fast/kernels
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ! python3 -c "import spiral_fast" 2>/dev/null; then
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # a plain copy of the repository (the device's)
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"

@@ -9,8 +9,7 @@ installed package. A mutation no test catches is reported as SURVIVED and the sc
     python scripts/mutate.py --full          # every mutation against the whole of tests/
     python scripts/mutate.py -k gate --count # some mutations, counting every failing test
 
-The copy gets ``kernels/`` at ``spiral_fast/kernels`` (what setup.py's package_dir maps) and
-PYTHONPATH at its root; before testing, the script checks that ``spiral_fast``, its kernels and
+The copy gets PYTHONPATH at its root; before testing, the script checks that ``spiral_fast``, its kernels and
 the mutated module are imported from the copy, and the baseline (unmutated copy) must pass.
 """
 from __future__ import annotations
@@ -59,7 +58,7 @@ MUTATIONS = [
              "inside = (local >= 0) & (local < z.shape[1])", "inside = (local > 0) & (local < z.shape[1])",
              ("tests/test_logprobs_boundaries.py", "tests/test_logprobs.py"), occurrence=1,
              why="a target in a vocabulary chunk's first column gets no one-hot gradient (torch backend)"),
-    Mutation("triton-block-first-column-loses-gradient", "kernels/logprobs.py",
+    Mutation("triton-block-first-column-loses-gradient", "spiral_fast/kernels/logprobs.py",
              "offs_v[None, :] == tgt[:, None], temperature",
              "(offs_v[None, :] == tgt[:, None]) & (offs_v[None, :] % BLOCK_V != 0), temperature",
              ("tests/test_logprobs_boundaries.py", "tests/test_logprobs_triton.py"),
@@ -86,7 +85,7 @@ MUTATIONS = [
 
 
 def copy_repo(dest: Path) -> None:
-    """Tracked and untracked-not-ignored files, the built extension, and kernels/ as spiral_fast.kernels."""
+    """Tracked and untracked-not-ignored files and the built extension."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
                            capture_output=True).stdout.decode().split("\0")
     for rel in filter(None, files):
@@ -96,7 +95,6 @@ def copy_repo(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
     for ext in (ROOT / "spiral_fast").glob("_native*"):
         shutil.copy2(ext, dest / "spiral_fast" / ext.name)
-    shutil.copytree(dest / "kernels", dest / "spiral_fast" / "kernels")
 
 
 def apply(dest: Path, m: Mutation) -> None:
@@ -108,9 +106,6 @@ def apply(dest: Path, m: Mutation) -> None:
                          f"needs occurrence {m.occurrence}: update the mutation to the code")
     i = starts[m.occurrence]
     path.write_text(text[:i] + m.new + text[i + len(m.old):])
-    for mirror in (dest / "spiral_fast" / "kernels" / Path(m.path).relative_to("kernels"),) if m.path.startswith(
-            "kernels/") else ():
-        shutil.copy2(path, mirror)
 
 
 def environment(dest: Path) -> dict:
@@ -122,7 +117,7 @@ def environment(dest: Path) -> dict:
 def check_imports(dest: Path, m: Mutation | None) -> None:
     """spiral_fast, spiral_fast.kernels and the mutated module must come from the copy."""
     modules = ["spiral_fast", "spiral_fast.kernels"]
-    if m is not None and m.path.endswith(".py") and not m.path.startswith("kernels/"):
+    if m is not None and m.path.endswith(".py"):
         modules.append(m.path[:-3].replace("/", ".").removesuffix(".__init__"))
     code = "import importlib, sys\nfor name in sys.argv[1:]:\n    print(importlib.import_module(name).__file__)"
     out = subprocess.run([sys.executable, "-c", code, *modules], cwd="/", env=environment(dest), check=True,

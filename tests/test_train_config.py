@@ -68,7 +68,8 @@ def test_defaults_are_the_papers(files):
     pytest.param(["prompts.candidate=\"{solution}\""], r"prompts.candidate must contain \{index\}",
                  id="candidate-placeholder"),
     pytest.param(["rollout.temperature=0.7", "algorithm.temperature=1.0"],
-                 r"algorithm.temperature=1.0 and rollout.temperature=0.7", id="alias-conflict"),
+                 r"algorithm.temperature=1.0 and rollout.temperature=0.7 are one value, given twice by --set",
+                 id="alias-conflict"),
     pytest.param(["model.path=\"/nonexistent/model\""], r"model.path", id="missing-model-dir"),
     pytest.param(["data.train=\"/nonexistent.jsonl\""], r"data.train: file", id="missing-train-file"),
     pytest.param(["data.eval=\"/nonexistent.jsonl\""], r"data.eval: file", id="missing-eval-file"),
@@ -117,3 +118,86 @@ def test_example_config_is_valid(files, tmp_path):
     cfg = load_config(os.path.join(root, "examples", "spiral_qwen3_4b.toml"),
                       [f'model.path="{model}"', f'data.train="{data}"', f'data.eval="{data}"'])
     assert cfg.lora.rank == 32 and cfg.rollout.problems_per_step == 256
+
+
+# (algorithm name, other section, a value, a different value) for the three aliased values (issue 16)
+ALIAS_PAIRS = [
+    pytest.param("temperature", "rollout", 0.7, 0.9, id="temperature"),
+    pytest.param("max_grad_norm", "optim", 0.5, 2.0, id="max_grad_norm"),
+    pytest.param("gradient_checkpointing", "model", True, False, id="gradient_checkpointing"),
+]
+
+
+def _toml(v) -> str:
+    return "true" if v is True else "false" if v is False else repr(v)
+
+
+def _with_file_values(files, table: dict) -> str:
+    """The fixture's config file plus `table` ({section: {key: value}})."""
+    path, tmp = files
+    text = open(path).read()
+    for section, keys in table.items():
+        body = "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items())
+        if f"[{section}]\n" in text:
+            text = text.replace(f"[{section}]\n", f"[{section}]\n{body}")
+        else:
+            text += f"[{section}]\n{body}"
+    out = tmp / "aliases.toml"
+    out.write_text(text)
+    return str(out)
+
+
+def _both(cfg, key, other):
+    return getattr(cfg.algorithm, key), getattr(getattr(cfg, other), key)
+
+
+@pytest.mark.parametrize("key, other, value, different", ALIAS_PAIRS)
+def test_alias_set_on_the_command_line_overrides_the_file_for_both_names(files, key, other, value, different):
+    both_in_file = _with_file_values(files, {"algorithm": {key: value}, other: {key: value}})
+    for name in (f"algorithm.{key}", f"{other}.{key}"):
+        cfg = load_config(both_in_file, [f"{name}={_toml(different)}"])
+        assert _both(cfg, key, other) == (different, different), name
+        assert cfg.raw["algorithm"][key] == cfg.raw[other][key] == different
+
+
+@pytest.mark.parametrize("key, other, value, different", ALIAS_PAIRS)
+def test_alias_conflict_is_an_error_only_within_one_source(files, key, other, value, different):
+    conflicting_file = _with_file_values(files, {"algorithm": {key: value}, other: {key: different}})
+    with pytest.raises(ValueError, match=rf"algorithm.{key}=.* and {other}.{key}=.* given twice by the config file"):
+        load_config(conflicting_file)
+    with pytest.raises(ValueError, match=rf"algorithm.{key}=.* and {other}.{key}=.* given twice by --set"):
+        load_config(files[0], [f"algorithm.{key}={_toml(value)}", f"{other}.{key}={_toml(different)}"])
+    # the same value under both names, in one source, is fine
+    cfg = load_config(files[0], [f"algorithm.{key}={_toml(value)}", f"{other}.{key}={_toml(value)}"])
+    assert _both(cfg, key, other) == (value, value)
+    # the file gives one name, the command line the other: the command line wins, no error
+    one_in_file = _with_file_values(files, {other: {key: value}})
+    cfg = load_config(one_in_file, [f"algorithm.{key}={_toml(different)}"])
+    assert _both(cfg, key, other) == (different, different)
+
+
+@pytest.mark.parametrize("example", sorted(os.listdir(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "examples"))))
+def test_examples_set_each_aliased_value_once_and_take_overrides(files, tmp_path, example):
+    import tomllib
+
+    if not example.endswith(".toml"):
+        pytest.skip("not a config")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "examples", example)
+    with open(path, "rb") as fh:
+        raw = tomllib.load(fh)
+    from spiral_fast.train.config import ALIASES
+
+    for key, other in ALIASES.items():
+        assert not (key in raw.get("algorithm", {}) and key in raw.get(other, {})), f"{example} sets {key} twice"
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"problem": "1 + 1", "answer": "2"}\n')
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    base = [f'model.path="{model}"', f'data.train="{data}"', f'data.eval="{data}"']
+    cfg = load_config(path, base + ["model.gradient_checkpointing=false", "rollout.temperature=0.5",
+                                    "algorithm.max_grad_norm=3.0"])
+    assert (cfg.algorithm.gradient_checkpointing, cfg.model.gradient_checkpointing) == (False, False)
+    assert (cfg.algorithm.temperature, cfg.rollout.temperature) == (0.5, 0.5)
+    assert (cfg.algorithm.max_grad_norm, cfg.optim.max_grad_norm) == (3.0, 3.0)

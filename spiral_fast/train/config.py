@@ -6,7 +6,8 @@ the paper states a value) and its documentation; ``algorithm`` is every ``Spiral
 own name, derived from the dataclass. TOML has no null: a key whose value may be None takes the
 string "none". Three values have two names, one per section where users look for them:
 rollout.temperature = algorithm.temperature, optim.max_grad_norm = algorithm.max_grad_norm,
-model.gradient_checkpointing = algorithm.gradient_checkpointing; give either (both only if equal).
+model.gradient_checkpointing = algorithm.gradient_checkpointing. A source (the file, or the command line)
+gives either name, or both with one value; a ``--set`` of either name overrides the file's value for both.
 """
 from __future__ import annotations
 
@@ -127,27 +128,11 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return section, key, value
 
 
-def load_config(path: str | None, overrides=()) -> SimpleNamespace:
-    """The run's configuration: defaults <- the TOML file at ``path`` <- ``overrides``
-    (``section.key=value`` strings). Returns a namespace of sections (``cfg.rollout.num_traces``);
-    ``cfg.algorithm`` is the ``SpiralConfig``; ``cfg.raw`` the merged dict (written to the output).
-    ValueError naming the key for an unknown section or key, a wrong type, a bad value, a missing
-    file; nothing is loaded."""
-    given: dict = {}
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ValueError(f"config file {path!r} does not exist")
-        with open(path, "rb") as fh:
-            try:
-                given = tomllib.load(fh)
-            except tomllib.TOMLDecodeError as err:
-                raise ValueError(f"config file {path!r} is not valid TOML: {err}") from None
-    for text in overrides:
-        section, key, value = parse_override(text)
-        given.setdefault(section, {})
-        if not isinstance(given[section], dict):
-            raise ValueError(f"config section [{section}] must be a table, got {given[section]!r}")
-        given[section][key] = value
+_NOT_GIVEN = object()
+
+
+def _check_keys(given: dict) -> None:
+    """ValueError naming the key for an unknown section or key, or a value of the wrong type."""
     for section, table in given.items():
         if section not in SCHEMA:
             raise ValueError(f"unknown config section [{section}]; sections: {list(SCHEMA)}")
@@ -159,15 +144,45 @@ def load_config(path: str | None, overrides=()) -> SimpleNamespace:
             types = SCHEMA[section][key][1]
             if not _type_ok(value, types):
                 raise ValueError(f"config key {section}.{key} must be {_type_names(types)}, got {value!r}")
+
+
+def load_config(path: str | None, overrides=()) -> SimpleNamespace:
+    """The run's configuration: defaults <- the TOML file at ``path`` <- ``overrides``
+    (``section.key=value`` strings). Returns a namespace of sections (``cfg.rollout.num_traces``);
+    ``cfg.algorithm`` is the ``SpiralConfig``; ``cfg.raw`` the merged dict (written to the output).
+    ValueError naming the key for an unknown section or key, a wrong type, a bad value, a missing
+    file; nothing is loaded."""
+    from_file: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ValueError(f"config file {path!r} does not exist")
+        with open(path, "rb") as fh:
+            try:
+                from_file = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as err:
+                raise ValueError(f"config file {path!r} is not valid TOML: {err}") from None
+    from_cli: dict = {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        from_cli.setdefault(section, {})[key] = value
+    for source in (from_file, from_cli):
+        _check_keys(source)
+    given = {s: dict(t) for s, t in from_file.items()}
+    for section, table in from_cli.items():
+        given.setdefault(section, {}).update(table)
     for key, other in ALIASES.items():
-        a, b = given.get("algorithm", {}), given.get(other, {})
-        if key in a and key in b and a[key] != b[key]:
-            raise ValueError(f"config keys algorithm.{key}={a[key]!r} and {other}.{key}={b[key]!r} are one value: "
-                             "give one of them")
-        if key in a or key in b:
-            a_val = a.get(key, b.get(key))
-            given.setdefault("algorithm", {})[key] = a_val
-            given.setdefault(other, {})[key] = a_val
+        # One value, two names: a single source (the file, or the command line) may not give the
+        # two names different values; the command line's value wins over the file's for both names.
+        value = _NOT_GIVEN
+        for source, where in ((from_file, "the config file"), (from_cli, "--set")):
+            a, b = source.get("algorithm", {}), source.get(other, {})
+            if key in a and key in b and a[key] != b[key]:
+                raise ValueError(f"config keys algorithm.{key}={a[key]!r} and {other}.{key}={b[key]!r} are one value, "
+                                 f"given twice by {where}: give one of them")
+            value = a.get(key, b.get(key, value))
+        if value is not _NOT_GIVEN:
+            given.setdefault("algorithm", {})[key] = value
+            given.setdefault(other, {})[key] = value
     raw = {s: {k: spec[0] for k, spec in keys.items()} | given.get(s, {}) for s, keys in SCHEMA.items()}
     raw["algorithm"] |= {k: raw[s][k] for k, s in ALIASES.items() if k not in given.get("algorithm", {})}
     def value(section, key, v):  # "none" -> None where None is allowed; lists of the algorithm -> tuples

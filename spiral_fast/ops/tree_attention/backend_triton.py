@@ -1,4 +1,4 @@
-"""`triton` backend: autograd Function over the block-table kernels in `kernels/tree_attention.py`."""
+"""`triton` backend: autograd Function over the block-table kernels in `spiral_fast/kernels/tree_attention.py`."""
 from __future__ import annotations
 
 import os
