@@ -17,7 +17,7 @@ import torch
 import spiral_fast as sf
 from bench_step import VOCAB, _malloc_trim, spiral_batch, tiny_qwen2
 from presets import SPIRAL
-from spiral_fast.training.microbatch import micro_batches
+from spiral_fast.policy_step.microbatch import micro_batches
 
 TEMPERATURE = 0.7  # not 1: the temperature must reach every peer's log-softmax
 

@@ -18,7 +18,7 @@ import torch
 
 import spiral_fast as sf
 from presets import SPIRAL
-from spiral_fast.training.microbatch import micro_batches
+from spiral_fast.policy_step.microbatch import micro_batches
 
 VOCAB = 4096
 TEMPLATE_TOKENS = 24  # rendered aggregation template header ("Here are K solutions to ...")

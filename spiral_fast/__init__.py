@@ -27,15 +27,15 @@ _EXPORTS = {
     "tree_attention": "spiral_fast.ops.tree_attention.op",
     "packed_hidden_states": "spiral_fast.models",
     # the training step
-    "ProblemRollout": "spiral_fast.training.batch",
-    "SpiralBatch": "spiral_fast.training.batch",
-    "SpiralConfig": "spiral_fast.training.config",
-    "StepOutput": "spiral_fast.training.step",
-    "step": "spiral_fast.training.step",
-    "step_reference": "spiral_fast.training.reference_step",
+    "ProblemRollout": "spiral_fast.policy_step.batch",
+    "SpiralBatch": "spiral_fast.policy_step.batch",
+    "SpiralConfig": "spiral_fast.policy_step.config",
+    "StepOutput": "spiral_fast.policy_step.step",
+    "step": "spiral_fast.policy_step.step",
+    "step_reference": "spiral_fast.policy_step.reference_step",
     # log-probs of every response of a batch (issue 8)
-    "batch_logprobs": "spiral_fast.training.logprobs",
-    "BatchLogprobs": "spiral_fast.training.logprobs",
+    "batch_logprobs": "spiral_fast.policy_step.logprobs",
+    "BatchLogprobs": "spiral_fast.policy_step.logprobs",
     # vLLM sampling with weight sync (issue 9; vLLM is imported when a sampler is built)
     "VLLMSampler": "spiral_fast.rollout.vllm",
     # GPU readiness: each Triton op against its torch path (issue 12)
@@ -43,7 +43,8 @@ _EXPORTS = {
 }
 
 # Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
-_SUBMODULES = {"algorithm", "cli", "evaluate", "kernels", "models", "ops", "packing", "rollout", "training"}
+_SUBMODULES = {"algorithm", "cli", "evaluate", "kernels", "models", "ops", "packing", "policy_step", "recipe", "rollout",
+               "tasks"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
@@ -71,8 +72,8 @@ if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.ops.tree_attention.op import tree_attention
     from spiral_fast.packing import PackedBatch, PredictionRows, pack_sequences
     from spiral_fast.rollout.vllm import VLLMSampler
-    from spiral_fast.training.batch import ProblemRollout, SpiralBatch
-    from spiral_fast.training.config import SpiralConfig
-    from spiral_fast.training.logprobs import BatchLogprobs, batch_logprobs
-    from spiral_fast.training.reference_step import step_reference
-    from spiral_fast.training.step import StepOutput, step
+    from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
+    from spiral_fast.policy_step.config import SpiralConfig
+    from spiral_fast.policy_step.logprobs import BatchLogprobs, batch_logprobs
+    from spiral_fast.policy_step.reference_step import step_reference
+    from spiral_fast.policy_step.step import StepOutput, step

@@ -262,7 +262,7 @@ _COMMANDS = {"demo": _run_demo, "eval": _run_eval, "profile-memory": _run_profil
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
-        from spiral_fast.train.__main__ import main as train_main
+        from spiral_fast.train import main as train_main
 
         train_main(argv[1:])
         return

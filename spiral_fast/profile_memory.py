@@ -71,7 +71,7 @@ def case_batch(vocab_size: int, context: int, set_size: int, num_sets: int,
     import torch
 
     from spiral_fast.rollout import AggregationTemplate
-    from spiral_fast.training.batch import ProblemRollout, SpiralBatch
+    from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
 
     if context <= PROMPT_LEN + set_size:
         raise ValueError(f"context must exceed {PROMPT_LEN + set_size} (prompt + one token per "

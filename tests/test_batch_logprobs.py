@@ -6,7 +6,7 @@ import torch
 
 import spiral_fast
 from spiral_fast import SpiralConfig
-from spiral_fast.training.microbatch import micro_batches
+from spiral_fast.policy_step.microbatch import micro_batches
 from training_cases import random_batch, tiny_model
 
 

@@ -81,7 +81,7 @@ def test_three_steps_metrics_checkpoints_and_resume_equal_to_uninterrupted(tmp_p
 
 
 def test_config_is_written_and_reloads(tmp_path):
-    from spiral_fast.train.config import load_config, to_toml
+    from spiral_fast.recipe.config import load_config, to_toml
 
     config, overrides = setup(str(tmp_path))
     cfg = load_config(config, overrides + ["algorithm.clip=\"none\"", "algorithm.length_gate=[3, \"none\"]",

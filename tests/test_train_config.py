@@ -6,7 +6,7 @@ import os
 import pytest
 
 from spiral_fast import SpiralConfig
-from spiral_fast.train.config import SCHEMA, load_config, parse_override
+from spiral_fast.recipe.config import SCHEMA, load_config, parse_override
 
 SECTIONS = ["model", "lora", "data", "prompts", "reward", "rollout", "algorithm", "optim", "train", "eval"]
 
@@ -83,8 +83,8 @@ def test_config_errors_name_the_key(files, overrides, match):
 
 
 def test_missing_or_invalid_file_and_errors_come_before_loading(files, monkeypatch):
-    from spiral_fast.train import loop
-    from spiral_fast.train.__main__ import main
+    from spiral_fast.recipe import loop
+    from spiral_fast.train import main
 
     with pytest.raises(ValueError, match="config file '/nonexistent.toml' does not exist"):
         load_config("/nonexistent.toml")
@@ -187,7 +187,7 @@ def test_examples_set_each_aliased_value_once_and_take_overrides(files, tmp_path
     path = os.path.join(root, "examples", example)
     with open(path, "rb") as fh:
         raw = tomllib.load(fh)
-    from spiral_fast.train.config import ALIASES
+    from spiral_fast.recipe.config import ALIASES
 
     for key, other in ALIASES.items():
         assert not (key in raw.get("algorithm", {}) and key in raw.get(other, {})), f"{example} sets {key} twice"

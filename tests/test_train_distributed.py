@@ -27,7 +27,7 @@ def _rank_main(rank, world, port, config, overrides, tests_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
     torch.set_num_threads(1)
-    from spiral_fast.train.__main__ import main
+    from spiral_fast.train import main
 
     try:
         main(_args(config, overrides))
@@ -54,7 +54,7 @@ def test_fsdp2_two_ranks_equal_one_process_and_resume_at_world_size_one(tmp_path
     run_args = overrides + TWO + [f'train.output="{two}"', "train.steps=1"]
     # the training command rendezvouses through MASTER_PORT (env://): a port race is retried
     spawn_with_free_port(_rank_main, lambda port: (2, port, config, run_args, tests_dir), nprocs=2)
-    from spiral_fast.train.__main__ import main
+    from spiral_fast.train import main
 
     main(_args(config, overrides + TWO + [f'train.output="{one}"', "train.steps=2"]))
     rows_two, rows_one = metrics(two), metrics(one)

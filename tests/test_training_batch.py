@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from spiral_fast import ProblemRollout, SpiralBatch, SpiralConfig
-from spiral_fast.training.microbatch import micro_batches, split_problems
+from spiral_fast.policy_step.microbatch import micro_batches, split_problems
 from training_cases import random_batch, random_problem_kwargs
 
 

@@ -166,7 +166,7 @@ def grpo_rollout(model, task, problems, config: DemoConfig, generator):
     """
     from spiral_fast.rollout.hf import sample_hf
     from spiral_fast.rollout.vllm import sample_vllm
-    from spiral_fast.training.batch import ProblemRollout, SpiralBatch
+    from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
 
     del generator  # no sets to draw
     r = config.traces + config.sets * config.aggregations
@@ -200,7 +200,7 @@ def informative_batch(batch, resample: Callable[[int], object], *, target: int, 
 
     Returns (SpiralBatch of the kept problems in sampling order, or None if none, number dropped).
     """
-    from spiral_fast.training.batch import SpiralBatch
+    from spiral_fast.policy_step.batch import SpiralBatch
 
     kept, dropped = [], 0
     for extra in range(max_extra_rounds + 1):

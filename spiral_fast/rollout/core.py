@@ -45,7 +45,7 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
     ``SpiralConfig(aggregation="parallel")``; see ``spiral_fast.rollout.parallel``).
     Returns a :class:`spiral_fast.SpiralBatch` of P :class:`spiral_fast.ProblemRollout`.
     """
-    from spiral_fast.training.batch import ProblemRollout, SpiralBatch
+    from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")

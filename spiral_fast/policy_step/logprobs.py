@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from spiral_fast.training.common import check_inputs
-from spiral_fast.training.config import SpiralConfig
-from spiral_fast.training.forward import response_logprobs
-from spiral_fast.training.microbatch import micro_batches
-from spiral_fast.training.wrappers import forward_rounds, unwrap, within_forward
+from spiral_fast.policy_step.common import check_inputs
+from spiral_fast.policy_step.config import SpiralConfig
+from spiral_fast.policy_step.forward import response_logprobs
+from spiral_fast.policy_step.microbatch import micro_batches
+from spiral_fast.policy_step.wrappers import forward_rounds, unwrap, within_forward
 
 
 @dataclass(frozen=True)

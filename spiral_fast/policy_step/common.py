@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from spiral_fast.training.batch import SpiralBatch, TrainedSequences
-from spiral_fast.training.config import SpiralConfig
-from spiral_fast.training.wrappers import average_gradients
+from spiral_fast.policy_step.batch import SpiralBatch, TrainedSequences
+from spiral_fast.policy_step.config import SpiralConfig
+from spiral_fast.policy_step.wrappers import average_gradients
 
 
 def world_size() -> int:

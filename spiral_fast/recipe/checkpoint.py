@@ -50,7 +50,7 @@ def save(output: str, step: int, *, model, optimizer, scheduler, data_position: 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     from spiral_fast.models.lora import is_peft_model
-    from spiral_fast.train.distributed import barrier, trainable_state
+    from spiral_fast.recipe.distributed import barrier, trainable_state
 
     path = os.path.join(output, f"checkpoint-{step}")
     os.makedirs(os.path.join(path, "rng"), exist_ok=True)

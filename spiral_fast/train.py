@@ -19,8 +19,8 @@ def build_parser(prog: str = "spiral-fast train") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "spiral-fast train") -> list[dict]:
     """Parse the command line, check the whole config (ValueError before any model is loaded), train."""
-    from spiral_fast.train.config import load_config
-    from spiral_fast.train.loop import train
+    from spiral_fast.recipe.config import load_config
+    from spiral_fast.recipe.loop import train
 
     args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args.config, args.overrides)

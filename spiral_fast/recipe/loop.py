@@ -55,7 +55,7 @@ class Sampler:
             self.target = self.copy or model
 
     def sync(self, model) -> None:
-        from spiral_fast.train.distributed import sync_copy
+        from spiral_fast.recipe.distributed import sync_copy
 
         if self.copy is not None:
             sync_copy(self.copy, model)
@@ -73,10 +73,10 @@ class Run:
     def __init__(self, cfg):
         from transformers import AutoTokenizer
 
-        from spiral_fast.train import distributed
-        from spiral_fast.train.data import load_jsonl
-        from spiral_fast.train.prompts import Prompts
-        from spiral_fast.train.rewards import REWARDS, has_math_verify
+        from spiral_fast.recipe import distributed
+        from spiral_fast.recipe.data import load_jsonl
+        from spiral_fast.recipe.prompts import Prompts
+        from spiral_fast.recipe.rewards import REWARDS, has_math_verify
 
         self.cfg = cfg
         self.rank, self.world, self.device = distributed.init(cfg.train.device)
@@ -144,7 +144,7 @@ class Run:
         dynamic sampling, problems whose advantages are all 0 are dropped and more are sampled, up
         to rollout.max_extra_rounds extra rounds."""
         from spiral_fast import SpiralBatch
-        from spiral_fast.train.distributed import sum_ints
+        from spiral_fast.recipe.distributed import sum_ints
 
         r = self.cfg.rollout
         kept, last, need = [], [], r.problems_per_step
@@ -178,7 +178,7 @@ class Run:
         """Recursive self-aggregation on the eval problems (rank 0), pass@k and majority vote of its
         step-0 population: {"eval/rsa_acc_t": ..., "eval/pass@k": ..., "eval/majority": ...}."""
         from spiral_fast import evaluate as ev
-        from spiral_fast.train.rewards import extract_answer, normalize
+        from spiral_fast.recipe.rewards import extract_answer, normalize
 
         e = self.cfg.eval
         answers = [row["answer"] for row in self.eval_rows]
@@ -244,9 +244,9 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
     import spiral_fast
     from tqdm import tqdm
 
-    from spiral_fast.train import checkpoint
-    from spiral_fast.train.config import to_toml
-    from spiral_fast.train.data import ProblemStream
+    from spiral_fast.recipe import checkpoint
+    from spiral_fast.recipe.config import to_toml
+    from spiral_fast.recipe.data import ProblemStream
 
     run = Run(cfg)
     out_dir, t = cfg.train.output, cfg.train
@@ -287,7 +287,7 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
         if t.eval_every and run.eval_rows and step % t.eval_every == 0:
             if run.rank == 0:
                 row.update(run.evaluate(step))
-            from spiral_fast.train.distributed import barrier
+            from spiral_fast.recipe.distributed import barrier
 
             barrier()
         logger.write(row)

@@ -16,8 +16,8 @@ import os
 import tomllib
 from types import SimpleNamespace
 
-from spiral_fast.train import prompts
-from spiral_fast.training.config import SpiralConfig
+from spiral_fast.recipe import prompts
+from spiral_fast.policy_step.config import SpiralConfig
 
 NUM = (int, float)
 # (default, accepted types, doc); "none" in the types tuple: the string "none" means None

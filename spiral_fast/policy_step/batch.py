@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from spiral_fast.training.config import SpiralConfig
+from spiral_fast.policy_step.config import SpiralConfig
 
 TRACE, AGG = 0, 1  # roles
 
@@ -312,7 +312,7 @@ class SpiralBatch:
         number dropped); when every problem is dropped there is no batch to return (a
         ``SpiralBatch`` holds at least one problem): the result is (None, len(self)).
         """
-        from spiral_fast.training.common import advantages
+        from spiral_fast.policy_step.common import advantages
 
         if not isinstance(config, SpiralConfig):
             raise ValueError(f"config must be a spiral_fast.SpiralConfig, got {type(config).__name__}")
