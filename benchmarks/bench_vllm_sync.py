@@ -33,7 +33,7 @@ WORKLOAD = dict(prompts=16, prompt_tokens=64, samples=4, new_tokens=32)
 
 
 def build(name: str, seed: int = 0):
-    from spiral_fast.demo.model import tiny_qwen2
+    from spiral_fast.recipe.tiny_model import tiny_qwen2
 
     kw = dict(MODELS[name])
     vocab = kw.pop("vocab_size")

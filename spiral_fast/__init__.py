@@ -38,6 +38,13 @@ _EXPORTS = {
     "BatchLogprobs": "spiral_fast.policy_step.logprobs",
     # vLLM sampling with weight sync (issue 9; vLLM is imported when a sampler is built)
     "VLLMSampler": "spiral_fast.rollout.vllm",
+    # the sampler interface and its Hugging Face sampler (issue 17)
+    "Sampler": "spiral_fast.rollout.sampler",
+    "HFSampler": "spiral_fast.rollout.sampler",
+    # tasks: prompts, aggregation template and reward (issue 17)
+    "Task": "spiral_fast.tasks.base",
+    "ToyTask": "spiral_fast.tasks.toy",
+    "MathTask": "spiral_fast.tasks.math",
     # GPU readiness: each Triton op against its torch path (issue 12)
     "self_check": "spiral_fast.ops.self_check",
 }
@@ -71,7 +78,11 @@ if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.ops.self_check import self_check
     from spiral_fast.ops.tree_attention.op import tree_attention
     from spiral_fast.packing import PackedBatch, PredictionRows, pack_sequences
+    from spiral_fast.rollout.sampler import HFSampler, Sampler
     from spiral_fast.rollout.vllm import VLLMSampler
+    from spiral_fast.tasks.base import Task
+    from spiral_fast.tasks.math import MathTask
+    from spiral_fast.tasks.toy import ToyTask
     from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
     from spiral_fast.policy_step.config import SpiralConfig
     from spiral_fast.policy_step.logprobs import BatchLogprobs, batch_logprobs

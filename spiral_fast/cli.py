@@ -3,11 +3,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from spiral_fast.demo.eval import EvalConfig
-from spiral_fast.demo.train import CHOICES, METHODS, DemoConfig
+import torch
+from tqdm import tqdm
+
+from spiral_fast import profile_memory as pm
+from spiral_fast.recipe.demo import CHOICES, METHODS, DemoConfig, load_demo, run_compare, save_demo, train_demo
+from spiral_fast.recipe.plots import plot_history
+from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo, format_table, plot_eval
+from spiral_fast.recipe.tiny_model import tiny_qwen2
+from spiral_fast.tasks.toy import ToyTask
+from spiral_fast.train import main as train_main
 
 _DEMO_HELP = {
     "iterations": "training iterations (rollout + one optimizer step each)",
@@ -44,6 +53,8 @@ _EVAL_HELP = {
     "temperature": "sampling temperature",
     "votes": "majority vote@k: random orderings of the samples averaged over",
     "threads": "torch intra-op threads (1 is fastest for the tiny model on a shared CPU)",
+    "max_new_tokens": "longest sampled trace (the toy task answers in one token)",
+    "agg_max_new_tokens": "longest RSA aggregation (default: max_new_tokens)",
 }
 
 
@@ -155,7 +166,6 @@ def _config(parser, config_cls, args, prefix: str = ""):
 
 
 def _log_row(row, method: str = "") -> None:
-    from tqdm import tqdm
 
     spiral = (f"agg_reward {row['agg_reward']:.3f}  set_value {row['set_value']:.3f} "
               f"(std {row['set_value_std']:.3f})  " if "agg_reward" in row else f"reward {row['reward']:.3f}  ")
@@ -172,11 +182,7 @@ def _summary(history, what: str) -> str:
 
 
 def _run_demo(args, parser) -> None:
-    import time
 
-    from spiral_fast.demo.eval import format_table, plot_eval, save_demo
-    from spiral_fast.demo.plot import plot_history
-    from spiral_fast.demo.train import run_compare, train_demo
 
     config = _config(parser, DemoConfig, args)
     eval_config = _config(parser, EvalConfig, args, "eval_")
@@ -205,9 +211,6 @@ def _run_demo(args, parser) -> None:
 
 
 def _run_eval(args, parser) -> None:
-    from spiral_fast.demo.eval import evaluate_demo, format_table, load_demo, plot_eval
-    from spiral_fast.demo.model import tiny_qwen2
-    from spiral_fast.demo.task import ToyTask
 
     eval_config = _config(parser, EvalConfig, args)
     if args.model is not None:
@@ -230,9 +233,7 @@ def _run_eval(args, parser) -> None:
 
 
 def _run_profile(args, parser) -> None:
-    import torch
 
-    from spiral_fast import profile_memory as pm
 
     bad = [i for i in args.impls if i not in pm.IMPLS]
     if bad:
@@ -262,7 +263,6 @@ _COMMANDS = {"demo": _run_demo, "eval": _run_eval, "profile-memory": _run_profil
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
-        from spiral_fast.train import main as train_main
 
         train_main(argv[1:])
         return

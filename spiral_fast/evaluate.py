@@ -14,9 +14,11 @@ from typing import Callable, Hashable, Sequence
 
 import torch
 
+from spiral_fast.rollout.sampler import as_sampler
+from spiral_fast.rollout.sets import draw_sets
+
 # score_fn(problem_index, response_tokens) -> float in [0, 1]: the verifier of one response.
 ScoreFn = Callable[[int, "list[int]"], float]
-ENGINES = ("hf", "vllm")
 
 
 def _count(name: str, value) -> int:
@@ -108,16 +110,6 @@ class RSAResult:
     populations: list
 
 
-def _sampler(engine: str):
-    if engine == "hf":
-        from spiral_fast.rollout.hf import sample_hf
-
-        return sample_hf
-    from spiral_fast.rollout.vllm import sample_vllm
-
-    return sample_vllm
-
-
 def _check_int(name: str, value, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -127,7 +119,7 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
                           population: int = 8, set_size: int = 4, steps: int = 10,
                           temperature: float = 1.0, max_new_tokens: int = 64,
                           agg_max_new_tokens: int | None = None, eos_token_id: int | None = None,
-                          pad_token_id: int = 0, engine: str = "hf",
+                          pad_token_id: int = 0, engine: str | None = None,
                           generator: torch.Generator | None = None) -> RSAResult:
     """Recursive self-aggregation as the paper runs it, for P problems.
 
@@ -138,16 +130,14 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
     ``max_new_tokens``): these responses are population t+1. Every response r of problem p is
     scored by ``score_fn(p, r)`` in [0, 1]; ``accuracy[t]`` is the mean score of population t.
 
-    model: a HF causal LM or a ``peft.PeftModel`` (``engine="hf"``), or a
-    ``spiral_fast.VLLMSampler`` (``engine="vllm"``). All requests of a step go
+    model: a :class:`spiral_fast.rollout.Sampler` (``HFSampler``, ``VLLMSampler``), or a plain HF
+    causal LM / ``peft.PeftModel`` (sampled with ``HFSampler``); ``engine`` ("hf" | "vllm" | None)
+    is still accepted and must match the sampler. All requests of a step go
     in one batched call. Sampling is plain at ``temperature`` (HF: torch's global RNG, so seed it
     with ``torch.manual_seed``); ``generator`` drives the set draws.
     Raises ValueError naming the argument on bad input.
     """
-    from spiral_fast.rollout.sets import draw_sets
-
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    sampler = as_sampler(model, engine, pad_token_id=pad_token_id)
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
         raise ValueError(f"prompts must be a non-empty list of non-empty token lists, got {prompts!r}")
     prompts = [list(map(int, p)) for p in prompts]
@@ -167,9 +157,7 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
         raise ValueError(f"template must be callable, got {template!r}")
     if not callable(score_fn):
         raise ValueError(f"score_fn must be callable, got {score_fn!r}")
-    sample = _sampler(engine)
-    common = dict(temperature=temperature, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                  logprobs=False)
+    common = dict(temperature=temperature, eos_token_id=eos_token_id, logprobs=False)
 
     def scored(responses: list[list[int]]) -> tuple[list, float]:
         per_problem = [responses[p * population:(p + 1) * population] for p in range(len(prompts))]
@@ -182,7 +170,7 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
                 total += s
         return per_problem, total / len(responses)
 
-    responses, _ = sample(model, prompts, population, max_new_tokens=max_new_tokens, **common)
+    responses, _ = sampler.generate(prompts, population, max_new_tokens=max_new_tokens, **common)
     current, acc = scored(responses)
     populations, accuracy = [current], [acc]
     for _ in range(steps):
@@ -191,8 +179,8 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
             # RSA draws each set on its own (sets may repeat), unlike SPIRAL's distinct sets
             for s in draw_sets(population, population, set_size, generator=generator, distinct=False):
                 agg_prompts.append(template(x, [current[p][i] for i in s]))
-        responses, _ = sample(model, agg_prompts, 1,
-                              max_new_tokens=agg_max_new_tokens or max_new_tokens, **common)
+        responses, _ = sampler.generate(agg_prompts, 1, max_new_tokens=agg_max_new_tokens or max_new_tokens,
+                                        **common)
         current, acc = scored(responses)
         populations.append(current)
         accuracy.append(acc)

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from spiral_fast.recipe.command import train
+from spiral_fast.recipe.config import load_config
+
 
 def build_parser(prog: str = "spiral-fast train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -19,9 +22,6 @@ def build_parser(prog: str = "spiral-fast train") -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, prog: str = "spiral-fast train") -> list[dict]:
     """Parse the command line, check the whole config (ValueError before any model is loaded), train."""
-    from spiral_fast.recipe.config import load_config
-    from spiral_fast.recipe.loop import train
-
     args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args.config, args.overrides)
     return train(cfg, resume=args.resume, progress=not args.no_progress)

@@ -59,7 +59,7 @@ class _SessionSampler:
     @classmethod
     def get(cls):
         import spiral_fast
-        from spiral_fast.demo.model import tiny_qwen2
+        from spiral_fast.recipe.tiny_model import tiny_qwen2
 
         if cls.sampler is None or cls.sampler._llm is None:
             model = tiny_qwen2(VLLM_MODEL["vocab_size"], seed=0,

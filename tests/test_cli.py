@@ -61,7 +61,7 @@ def test_bad_arguments_fail_clearly(argv, message, capsys):
 
 
 def test_demo_options_mirror_the_config():
-    from spiral_fast.demo.train import DemoConfig
+    from spiral_fast.recipe.demo import DemoConfig
 
     args = build_parser().parse_args(["demo", "--base", "5"])
     assert {f.name: getattr(args, f.name) for f in fields(DemoConfig)} == asdict(DemoConfig(base=5))
@@ -69,7 +69,7 @@ def test_demo_options_mirror_the_config():
 
 def test_demo_engine_option():
     from spiral_fast.cli import build_parser
-    from spiral_fast.demo.train import DemoConfig
+    from spiral_fast.recipe.demo import DemoConfig
 
     assert build_parser().parse_args(["demo", "--engine", "vllm"]).engine == "vllm"
     assert build_parser().parse_args(["demo"]).engine == "hf"

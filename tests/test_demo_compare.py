@@ -4,12 +4,12 @@ import torch
 
 import spiral_fast
 from spiral_fast._utils import torch_threads
-from spiral_fast.demo.eval import EvalConfig, evaluate_demo, load_demo, save_demo
-from spiral_fast.demo.model import tiny_qwen2
-from spiral_fast.demo.task import ToyTask
+from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo
+from spiral_fast.recipe.tiny_model import tiny_qwen2
+from spiral_fast.tasks.toy import ToyTask
 from training_cases import assert_grads_close, grads
-from spiral_fast.demo.train import (METHOD_SETUPS, DemoConfig, grpo_rollout, run_compare, spiral_rollout,
-                                    train_demo)
+from spiral_fast.recipe.demo import DemoConfig, demo_settings, load_demo, run_compare, save_demo, train_demo
+from spiral_fast.recipe.loop import METHOD_SETUPS, grpo_rollout, spiral_rollout
 
 TINY = dict(iterations=2, problems=2, traces=3, sets=2, set_size=2, aggregations=2, hidden_size=16, layers=1)
 TINY_EVAL = dict(problems=4, samples=4, population=3, steps=2, votes=4)
@@ -33,8 +33,8 @@ def test_grpo_matches_spiral_response_tokens_and_scores_traces_alone():
     model = _model(task)
     problems = task.sample_problems(3, torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    spiral, _ = spiral_rollout(model, task, problems, config, torch.Generator().manual_seed(0))
-    grpo, metrics = grpo_rollout(model, task, problems, config, None)
+    spiral, _ = spiral_rollout(model, task, problems, demo_settings(config), torch.Generator().manual_seed(0))
+    grpo, metrics = grpo_rollout(model, task, problems, demo_settings(config), None)
     for s, g, problem in zip(spiral.problems, grpo.problems, problems):
         spiral_tokens = sum(y.numel() for y in s.traces) + sum(z.numel() for zs in s.aggregations for z in zs)
         (group,) = g.aggregations
@@ -54,7 +54,7 @@ def test_grpo_step_is_the_plain_grpo_gradient(impl):
     problems = task.sample_problems(2, torch.Generator().manual_seed(1))
     model = _model(task, seed=1)
     torch.manual_seed(1)
-    batch, _ = grpo_rollout(model, task, problems, config, None)
+    batch, _ = grpo_rollout(model, task, problems, demo_settings(config), None)
     _, overrides = METHOD_SETUPS["grpo"]
     step_config = spiral_fast.SpiralConfig(scale="none", estimator="grpo", **overrides)
     getattr(spiral_fast, impl)(model, batch, config=step_config)

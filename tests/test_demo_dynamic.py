@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import spiral_fast
-from spiral_fast.demo.train import DemoConfig, informative_batch, train_demo
+from spiral_fast.recipe.demo import DemoConfig, train_demo
+from spiral_fast.recipe.loop import informative_batch
 
 TINY = dict(iterations=3, problems=2, traces=3, sets=2, set_size=2, aggregations=2, hidden_size=16, layers=1)
 
@@ -48,7 +49,7 @@ def _tags(batch):
 def test_refills_to_the_target_in_sampling_order():
     config = spiral_fast.SpiralConfig()
     source = _Source([(10, False), (11, True), (12, True), (13, True)])
-    batch, dropped = informative_batch(_batch([(0, True), (1, False), (2, True), (3, False)]), source,
+    batch, dropped, _ = informative_batch(_batch([(0, True), (1, False), (2, True), (3, False)]), source,
                                        target=4, max_extra_rounds=3, config=config)
     # round 0 keeps 0 and 2; round 1 asks for 2 (10 dropped, 11 kept); round 2 asks for 1 (12 kept)
     assert _tags(batch) == [0, 2, 11, 12] and dropped == 3 and source.calls == [2, 1]
@@ -57,18 +58,18 @@ def test_refills_to_the_target_in_sampling_order():
 def test_rounds_are_bounded_and_all_dropped_gives_none():
     config = spiral_fast.SpiralConfig()
     source = _Source([(t, False) for t in range(10, 30)])
-    batch, dropped = informative_batch(_batch([(0, False), (1, True)]), source, target=2,
+    batch, dropped, _ = informative_batch(_batch([(0, False), (1, True)]), source, target=2,
                                        max_extra_rounds=2, config=config)
     assert _tags(batch) == [1] and dropped == 1 + 1 + 1 and source.calls == [1, 1]
     source = _Source([(t, False) for t in range(10, 30)])
-    batch, dropped = informative_batch(_batch([(0, False), (1, False)]), source, target=2,
+    batch, dropped, _ = informative_batch(_batch([(0, False), (1, False)]), source, target=2,
                                        max_extra_rounds=1, config=config)
     assert batch is None and dropped == 4 and source.calls == [2]
 
 
 def test_a_full_first_round_samples_nothing_more():
     source = _Source([])
-    batch, dropped = informative_batch(_batch([(0, True), (1, True)]), source, target=2,
+    batch, dropped, _ = informative_batch(_batch([(0, True), (1, True)]), source, target=2,
                                        max_extra_rounds=5, config=spiral_fast.SpiralConfig())
     assert _tags(batch) == [0, 1] and dropped == 0 and source.calls == []
 

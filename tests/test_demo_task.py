@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from spiral_fast.demo.task import ToyTask, ToyTokenizer
-from spiral_fast.demo.train import DemoConfig
+from spiral_fast.tasks.toy import ToyTask, ToyTokenizer
+from spiral_fast.recipe.demo import DemoConfig
 
 
 def test_tokenizer_round_trip_and_unknown_word():

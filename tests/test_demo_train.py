@@ -1,8 +1,8 @@
 """The demo's training loop: seeded determinism, metrics, and the plot."""
 import pytest
 
-from spiral_fast.demo.plot import plot_history
-from spiral_fast.demo.train import DemoConfig, run_demo
+from spiral_fast.recipe.plots import plot_history
+from spiral_fast.recipe.demo import DemoConfig, run_demo
 
 TINY = dict(iterations=2, problems=2, traces=3, sets=2, set_size=2, aggregations=2, hidden_size=16, layers=1)
 

@@ -8,7 +8,7 @@ import torch
 
 import spiral_fast
 from spiral_fast._utils import torch_threads
-from spiral_fast.demo.model import tiny_qwen2
+from spiral_fast.recipe.tiny_model import tiny_qwen2
 from spiral_fast.evaluate import RSAResult, majority_vote, pass_at_k, recursive_aggregation
 
 
@@ -203,6 +203,6 @@ def test_rsa_sets_are_drawn_independently():
 
 
 def test_rsa_vllm_engine_dispatches_to_the_vllm_sampler():
-    # engine="vllm" goes through spiral_fast.rollout.vllm.sample_vllm, which takes a VLLMSampler
+    # engine="vllm" needs a VLLMSampler: a plain HF model is refused (as_sampler)
     with pytest.raises(ValueError, match="VLLMSampler"):
         _rsa(_model(), _Recorder(), seed=0, engine="vllm")

@@ -57,8 +57,8 @@ def test_lora_step_trains_only_the_adapters():
 
 
 def test_lora_rollout_hf_logprobs_are_the_adapted_policy():
-    from spiral_fast.demo.model import tiny_qwen2
-    from spiral_fast.demo.task import ToyTask
+    from spiral_fast.recipe.tiny_model import tiny_qwen2
+    from spiral_fast.tasks.toy import ToyTask
 
     task = ToyTask(base=4, num_digits=1)
     base = tiny_qwen2(len(task.tokenizer), seed=2, hidden_size=32, num_layers=1)

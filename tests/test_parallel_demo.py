@@ -2,7 +2,7 @@
 import pytest
 
 from spiral_fast.cli import build_parser, main
-from spiral_fast.demo.train import DemoConfig, run_demo
+from spiral_fast.recipe.demo import DemoConfig, run_demo
 
 TINY = dict(iterations=2, problems=2, traces=3, sets=2, set_size=2, aggregations=2, hidden_size=16, layers=1)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import spiral_fast
-from spiral_fast.demo.model import tiny_qwen2
-from spiral_fast.demo.task import ToyTask
+from spiral_fast.recipe.tiny_model import tiny_qwen2
+from spiral_fast.tasks.toy import ToyTask
 from spiral_fast.rollout import AggregationTemplate, draw_sets
 
 

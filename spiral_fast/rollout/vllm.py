@@ -13,6 +13,8 @@ import shutil
 import tempfile
 import time
 
+from spiral_fast.rollout.sampler import Sampler
+
 # Config fields that fix the shapes of every weight: a sync must match them.
 _SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                  "intermediate_size", "head_dim", "tie_word_embeddings")
@@ -53,7 +55,7 @@ def _head_dim(config) -> int | None:
     return head_dim
 
 
-class VLLMSampler:
+class VLLMSampler(Sampler):
     """An in-process ``vllm.LLM`` for ``rollout(sampler, ..., engine="vllm")`` and
     ``recursive_aggregation(sampler, ..., engine="vllm")``, with weight sync.
 
@@ -70,6 +72,8 @@ class VLLMSampler:
     ValueError for a model vLLM cannot load, ``sync`` with another architecture or vocabulary, and
     prompts with token ids outside the vocabulary.
     """
+
+    engine = "vllm"
 
     def __init__(self, model, *, dtype="auto", max_model_len=None, enable_prefix_caching=True, seed=0,
                  **engine_kwargs):
@@ -237,23 +241,7 @@ class VLLMSampler:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def __del__(self):
         if getattr(self, "_tmpdir", None) is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
-
-def sample_vllm(sampler, prompts: list[list[int]], num_samples: int, *, max_new_tokens: int,
-                temperature: float, eos_token_id, pad_token_id: int, logprobs: bool):
-    """Same contract as sample_hf through a :class:`VLLMSampler` (pad_token_id unused: nothing is
-    padded). The engine's prefix cache shares x between the N trace requests, a_j between the G
-    aggregation requests and x between the M aggregation prompts of a problem."""
-    if not isinstance(sampler, VLLMSampler):
-        raise ValueError(f"engine='vllm' samples through a spiral_fast.VLLMSampler, got {type(sampler).__name__}")
-    return sampler.generate(prompts, num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                            eos_token_id=eos_token_id, logprobs=logprobs)

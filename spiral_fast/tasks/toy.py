@@ -22,7 +22,8 @@ from typing import Sequence
 
 import torch
 
-from spiral_fast.rollout import AggregationTemplate
+from spiral_fast.rollout.sets import AggregationTemplate
+from spiral_fast.tasks.base import SampledProblems, Task
 
 SPECIALS = ("<pad>", "|", "?", "pick")
 
@@ -56,8 +57,8 @@ class ToyTokenizer:
 
 
 @dataclass(frozen=True)
-class ToyTask:
-    """base B (digits 0..B-1), num_digits L per problem."""
+class ToyTask(Task):
+    """base B (digits 0..B-1), num_digits L per problem. Responses are one token long: no EOS."""
 
     base: int = 4
     num_digits: int = 1
@@ -71,6 +72,10 @@ class ToyTask:
     @property
     def tokenizer(self) -> ToyTokenizer:
         return ToyTokenizer(self.base)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_id
 
     @property
     def template(self) -> AggregationTemplate:
@@ -110,3 +115,21 @@ class ToyTask:
         if picked is None or picked not in [self.trace_answer(y) for y in set_traces]:
             return 0.0
         return float(picked == self.answer(problem))
+
+    def score(self, problem: Sequence[int], response: Sequence[int]) -> float:
+        return float(self.trace_correct(problem, response))
+
+    def answer_of(self, response: Sequence[int]) -> int | None:
+        return self.trace_answer(response)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def describe(self, problem: Sequence[int]) -> tuple[str, str]:
+        return self.decode(self.prompt(problem)), str(self.answer(problem))
+
+    def train_problems(self, seed: int, position: int = 0) -> SampledProblems:
+        return SampledProblems(self.sample_problems, seed, position)
+
+    def eval_problems(self, count: int, seed: int = 0) -> list:
+        return self.sample_problems(count, torch.Generator().manual_seed(seed))

@@ -1,17 +1,18 @@
-"""`spiral-fast eval`: the paper's test-time evaluation of a demo model on the toy task.
-
-pass@k and majority vote over k traces (k = 1..samples), and recursive self-aggregation (RSA)
-over its steps, all through :mod:`spiral_fast.evaluate`; plus saving / loading a demo model.
+"""The paper's test-time scaling evaluation of a model on a task: pass@k and majority vote over k
+traces (k = 1..samples), and recursive self-aggregation (RSA) over its steps, all through
+:mod:`spiral_fast.evaluate` (``spiral-fast eval`` on the toy task, the real-model comparison).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
-CONFIG_FILE = "spiral_demo.json"  # next to the weights: the DemoConfig the model was trained with
+from spiral_fast._utils import torch_threads
+from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
+from spiral_fast.rollout.sampler import as_sampler
+from spiral_fast.tasks.toy import ToyTask
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class EvalConfig:
     temperature: float = 1.0
     votes: int = 32
     threads: int = 1
+    max_new_tokens: int = 1
+    agg_max_new_tokens: int | None = None
 
     def __post_init__(self):
         for f in fields(self):
@@ -46,7 +49,7 @@ class EvalConfig:
             elif f.name == "seed":
                 if not isinstance(value, int):
                     raise ValueError(f"seed must be an int, got {value!r}")
-            elif not (f.name == "set_size" and value is None) and not (isinstance(value, int) and value >= 1):
+            elif not (f.name in ("set_size", "agg_max_new_tokens") and value is None) and not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{f.name} must be an int >= 1, got {value!r}")
         if self.set_size is not None and self.set_size > self.population:
             raise ValueError(f"set_size must be <= population ({self.population}), got {self.set_size}")
@@ -62,29 +65,6 @@ class EvalResult:
     rsa: list
 
 
-def save_demo(model, config, path) -> Path:
-    """Write the model (``save_pretrained``) and its DemoConfig (JSON) into the folder `path`."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    (path / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
-    return path
-
-
-def load_demo(path):
-    """(model, DemoConfig) from a folder written by :func:`save_demo` (``--save DIR``)."""
-    from transformers import AutoModelForCausalLM
-
-    from spiral_fast.demo.train import DemoConfig
-
-    path = Path(path)
-    if not (path / CONFIG_FILE).is_file():
-        raise ValueError(f"model must be a folder written by `spiral-fast demo --save`, "
-                         f"but {path / CONFIG_FILE} does not exist")
-    config = DemoConfig(**json.loads((path / CONFIG_FILE).read_text()))
-    return AutoModelForCausalLM.from_pretrained(path), config
-
-
 def evaluate_demo(model, demo_config, config: EvalConfig = EvalConfig()) -> EvalResult:
     """pass@k, majority vote@k and RSA of `model` on the toy task of `demo_config` (base, digits).
 
@@ -92,44 +72,51 @@ def evaluate_demo(model, demo_config, config: EvalConfig = EvalConfig()) -> Eval
     (torch's global RNG is forked, so the caller's is left alone). RSA renders text-mode
     aggregation prompts (the task's template), whatever ``demo_config.aggregation`` trained.
     """
-    from spiral_fast._utils import torch_threads
-
-    with torch_threads(config.threads):
-        return _evaluate(model, demo_config, config)
-
-
-def _evaluate(model, demo_config, config: EvalConfig) -> EvalResult:
-    from spiral_fast.demo.task import ToyTask
-    from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
-    from spiral_fast.rollout.hf import sample_hf
-
     task = ToyTask(base=demo_config.base, num_digits=demo_config.digits)
-    tok = task.tokenizer
     set_size = config.set_size or demo_config.set_size
     if set_size > config.population:
         raise ValueError(f"set_size must be <= population ({config.population}), got {set_size}")
     generator = torch.Generator().manual_seed(config.seed)
     problems = task.sample_problems(config.problems, generator)
+    with torch_threads(config.threads):
+        return evaluate_task(model, task, problems, config, set_size=set_size, generator=generator)
+
+
+def evaluate_task(sampler, task, problems: list, config: EvalConfig, *, set_size: int | None = None,
+                  generator: torch.Generator | None = None) -> EvalResult:
+    """pass@k and majority vote@k over ``config.samples`` traces per problem (``task.score``,
+    ``task.answer_of``), and RSA (population ``config.population``, sets of ``set_size`` or
+    ``config.set_size``, ``config.steps`` steps) of ``sampler`` (a Sampler or an HF model) on
+    ``problems`` of ``task``. Seeded by ``config.seed`` (torch's global RNG is forked)."""
+    sampler = as_sampler(sampler, pad_token_id=task.pad_token_id)
+    set_size = set_size or config.set_size
+    if set_size is None or set_size > config.population:
+        raise ValueError(f"set_size must be an int <= population ({config.population}), got {set_size}")
+    generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
     prompts = [task.prompt(p) for p in problems]
     n = config.samples
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        traces, _ = sample_hf(model, prompts, n, max_new_tokens=1, temperature=config.temperature,
-                              eos_token_id=None, pad_token_id=tok.pad_id, logprobs=False)
+        traces, _ = sampler.generate(prompts, n, max_new_tokens=config.max_new_tokens,
+                                     temperature=config.temperature, eos_token_id=task.eos_token_id, logprobs=False)
         rsa = recursive_aggregation(
-            model, prompts, template=task.template,
-            score_fn=lambda p, r: float(task.trace_correct(problems[p], r)),
-            population=config.population, set_size=set_size, steps=config.steps,
-            temperature=config.temperature, max_new_tokens=1, pad_token_id=tok.pad_id,
-            generator=generator)
-    answers = [[task.trace_answer(y) for y in traces[p * n:(p + 1) * n]] for p in range(len(problems))]
-    correct = [sum(a == task.answer(x) for a in row) for x, row in zip(problems, answers)]
-    pass_k = [float(pass_at_k(n, correct, k).mean()) for k in range(1, n + 1)]
+            sampler, prompts, template=task.template, score_fn=lambda p, r: float(task.score(problems[p], r)),
+            population=config.population, set_size=set_size, steps=config.steps, temperature=config.temperature,
+            max_new_tokens=config.max_new_tokens, agg_max_new_tokens=config.agg_max_new_tokens,
+            eos_token_id=task.eos_token_id, generator=generator)
+    rows = [traces[p * n:(p + 1) * n] for p in range(len(problems))]
+    right = [[task.score(x, y) == 1.0 for y in row] for x, row in zip(problems, rows)]
+    answers = [[task.answer_of(y) for y in row] for row in rows]
+    pass_k = [float(pass_at_k(n, [sum(r) for r in right], k).mean()) for k in range(1, n + 1)]
     orders = [torch.randperm(n, generator=generator).tolist() for _ in range(config.votes)]
     majority = []
     for k in range(1, n + 1):
-        hits = sum(majority_vote([row[i] for i in order[:k]]) == task.answer(x)
-                   for x, row in zip(problems, answers) for order in orders)
+        hits = 0
+        for ans, ok in zip(answers, right):
+            for order in orders:
+                winner = majority_vote([ans[i] for i in order[:k]])
+                # the vote is right when a right response gave the winning answer
+                hits += winner is not None and any(ans[i] == winner and ok[i] for i in order[:k])
         majority.append(hits / (len(problems) * len(orders)))
     return EvalResult(pass_at_k=pass_k, majority=majority, rsa=list(rsa.accuracy))
 

@@ -1,0 +1,189 @@
+"""``spiral-fast train``: a run of the one loop (``recipe.loop``) built from a TOML config
+(``recipe.config``): the model (a local HF folder or a ``.gguf`` file, with a LoRA), the
+``MathTask``, the sampler, AdamW with a warm-up, metrics, samples, evaluation and checkpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from tqdm import tqdm
+
+from spiral_fast import __version__
+from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
+from spiral_fast.recipe import checkpoint, distributed
+from spiral_fast.recipe.config import to_toml
+from spiral_fast.recipe.loop import RolloutSettings, Trainer, problem_seed, train_loop
+from spiral_fast.recipe.model_loading import load_model
+from spiral_fast.rollout.sampler import HFSampler
+from spiral_fast.tasks.data import load_jsonl
+from spiral_fast.tasks.math import MathTask
+from spiral_fast.tasks.rewards import has_math_verify
+
+log = logging.getLogger("spiral_fast.train")
+
+
+def rollout_settings(cfg) -> RolloutSettings:
+    r = cfg.rollout
+    return RolloutSettings(problems=r.problems_per_step, traces=r.num_traces, sets=r.num_sets, set_size=r.set_size,
+                           aggregations=r.num_aggregations, max_new_tokens=r.max_new_tokens,
+                           agg_max_new_tokens=r.agg_max_new_tokens, temperature=r.temperature, method=r.method,
+                           dynamic_sampling=r.dynamic_sampling, max_extra_rounds=r.max_extra_rounds,
+                           seed=cfg.train.seed, behaviour_logprobs=r.behaviour_logprobs)
+
+
+def build_sampler(cfg, model, task, world: int):
+    """The model itself (one process, HF), an unsharded copy refreshed by ``sync`` (FSDP2, HF), or a
+    ``VLLMSampler`` in ``rollout.dtype`` (default: ``model.dtype``)."""
+    if cfg.rollout.engine == "vllm":
+        from spiral_fast.rollout.vllm import VLLMSampler  # vLLM is optional
+
+        dtype = cfg.rollout.dtype or cfg.model.dtype
+        source = HFSampler(model, copy=True).model if world > 1 else model
+        return VLLMSampler(source, seed=cfg.train.seed, dtype=dtype,
+                           gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
+    return HFSampler(model, pad_token_id=task.pad_token_id, copy=world > 1)
+
+
+class MetricsLog:
+    """OUTPUT/metrics.jsonl (one JSON line per step), OUTPUT/samples.jsonl and TensorBoard where
+    installed; rank 0 only."""
+
+    def __init__(self, output: str, enabled: bool):
+        self.path = os.path.join(output, "metrics.jsonl")
+        self.samples = os.path.join(output, "samples.jsonl")
+        self.enabled, self.tb = enabled, None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(output, "tensorboard"))
+            except ImportError:  # tensorboard not installed
+                self.tb = None
+
+    def truncate(self, step: int) -> None:
+        """Keep the lines of steps <= step (a resumed run rewrites what came after its checkpoint)."""
+        for path in (self.path, self.samples):
+            if not self.enabled or not os.path.isfile(path):
+                continue
+            with open(path) as fh:
+                rows = [line for line in fh if line.strip() and json.loads(line)["step"] <= step]
+            with open(path, "w") as fh:
+                fh.writelines(rows)
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, row["step"])
+            self.tb.flush()
+
+    def write_samples(self, lines: list[dict]) -> None:
+        if self.enabled and lines:
+            with open(self.samples, "a") as fh:
+                fh.writelines(json.dumps(line) + "\n" for line in lines)
+
+
+def evaluate_run(sampler, task, problems: list, cfg, step: int) -> dict:
+    """Recursive self-aggregation on ``problems``, pass@k and majority vote of its step-0
+    population: {"eval/rsa_acc_t": ..., "eval/pass@k": ..., "eval/majority": ...}."""
+    e, r = cfg.eval, cfg.rollout
+    torch.manual_seed(problem_seed(cfg.train.seed, "eval", step))
+    res = recursive_aggregation(
+        sampler, [task.prompt(p) for p in problems], template=task.template,
+        score_fn=lambda p, resp: task.score(problems[p], resp), population=e.rsa_population,
+        set_size=e.rsa_set_size, steps=e.rsa_steps, temperature=r.temperature, max_new_tokens=r.max_new_tokens,
+        agg_max_new_tokens=r.agg_max_new_tokens, eos_token_id=task.eos_token_id, pad_token_id=task.pad_token_id,
+        generator=torch.Generator().manual_seed(cfg.train.seed))
+    out = {f"eval/rsa_acc_{t}": a for t, a in enumerate(res.accuracy)}
+    first = res.populations[0]
+    correct = [sum(task.score(problems[p], resp) == 1.0 for resp in rows) for p, rows in enumerate(first)]
+    for k in e.pass_k:
+        out[f"eval/pass@{k}"] = float(pass_at_k([len(rows) for rows in first], correct, k).mean())
+    votes = []
+    for p, rows in enumerate(first):
+        answers = [task.answer_of(resp) for resp in rows]
+        winner = majority_vote(answers)
+        votes.append(winner is not None and any(a == winner and task.score(problems[p], resp) == 1.0
+                                                for a, resp in zip(answers, rows)))
+    out["eval/majority"] = sum(votes) / len(votes)
+    return out
+
+
+def sample_lines(task, batch, problems: list, step: int) -> list[dict]:
+    """One samples.jsonl line per problem of ``batch`` (``problems``: the task's problem of each,
+    or None): step, problem, answer, traces [str], sets [[int]], aggregations [[str]] (per set),
+    rewards [[float]]."""
+    lines = []
+    for pr, problem in zip(batch.problems, problems):
+        text, answer = task.describe(problem) if problem is not None else (task.decode(pr.prompt.tolist()), "")
+        lines.append({"step": step, "problem": text, "answer": answer,
+                      "traces": [task.decode(y.tolist()) for y in pr.traces],
+                      "sets": [list(s) for s in pr.sets],
+                      "aggregations": [[task.decode(z.tolist()) for z in zs] for zs in pr.aggregations],
+                      "rewards": [list(rs) for rs in pr.rewards]})
+    return lines
+
+
+def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
+    """Run ``cfg`` (``load_config``); returns the metrics rows of the steps run (every rank)."""
+    rank, world, device = distributed.init(cfg.train.device)
+    model, tokenizer = load_model(cfg, device)
+    task = MathTask(tokenizer, load_jsonl(cfg.data.train),
+                    load_jsonl(cfg.data.eval)[:cfg.eval.num_problems] if cfg.data.eval else [],
+                    search=cfg.prompts.search, aggregation=cfg.prompts.aggregation, candidate=cfg.prompts.candidate,
+                    reward=cfg.reward.kind)
+    sampler = build_sampler(cfg, model, task, world)
+    if world > 1:
+        distributed.shard(model, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                  weight_decay=cfg.optim.weight_decay)
+    warmup = cfg.optim.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    trainer = Trainer(model=model, sampler=sampler, task=task, settings=rollout_settings(cfg), config=cfg.algorithm,
+                      optimizer=optimizer, scheduler=scheduler, rank=rank, world=world, device=device)
+    out_dir, t = cfg.train.output, cfg.train
+    start, position = 0, 0
+    ckpt = checkpoint.latest(out_dir) if resume else None
+    if ckpt is not None:
+        state = checkpoint.load(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
+        start, position = state["step"], state["data_position"]
+        sampler.sync(model)
+    logger = MetricsLog(out_dir, rank == 0)
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "config.toml"), "w") as fh:
+            fh.write(f"# spiral_fast {__version__}, world size {world}\n" + to_toml(cfg.raw))
+        logger.truncate(start)
+        if cfg.reward.kind == "math" and not has_math_verify():
+            log.warning("reward 'math': math-verify is not installed, using the normalised exact match of the final "
+                        "answer (pip install math-verify)")
+        if ckpt is not None:
+            tqdm.write(f"resumed from {ckpt} (step {start})")
+        elif resume:
+            tqdm.write(f"--resume: no checkpoint in {out_dir}, starting at step 1")
+    source = task.train_problems(t.seed, position)
+
+    def after_step(row: dict) -> None:
+        if t.eval_every and task.eval_rows and row["step"] % t.eval_every == 0:
+            if rank == 0:
+                row.update(evaluate_run(sampler, task, task.eval_rows, cfg, row["step"]))
+            distributed.barrier()
+        if t.log_samples_every and row["step"] % t.log_samples_every == 0 and trainer.last_batch is not None:
+            logger.write_samples(sample_lines(task, trainer.last_batch, trainer.last_problems, row["step"]))
+        logger.write(row)
+        if (t.save_every and row["step"] % t.save_every == 0) or row["step"] == t.steps:
+            checkpoint.save(out_dir, row["step"], model=model, optimizer=optimizer, scheduler=scheduler,
+                            data_position=source.position, tokenizer=tokenizer, rank=rank, world=world)
+
+    try:
+        return train_loop(trainer, source, steps=t.steps, start=start, progress=progress, desc="spiral train",
+                          on_step=after_step)
+    finally:
+        sampler.close()

@@ -1,0 +1,222 @@
+"""``spiral-fast demo``: the one training loop (``recipe.loop``) on the toy task with a tiny random model.
+
+Two methods (``DemoConfig.method``): "spiral" trains both roles on SPIRAL rollouts; "grpo" trains
+single traces, each scored on its own answer, with GRPO's group advantage, on the same number of
+sampled response tokens per problem. ``run_compare`` trains both from the
+same seed and evaluates them with pass@k, majority vote and recursive self-aggregation.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from spiral_fast._utils import torch_threads
+from spiral_fast.policy_step.config import SpiralConfig
+from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo
+from spiral_fast.recipe.loop import METHODS, STEP_IMPLS as STEP_FUNCTIONS, RolloutSettings, Trainer, train_loop
+from spiral_fast.recipe.tiny_model import tiny_qwen2
+from spiral_fast.rollout.sampler import ENGINES, HFSampler
+from spiral_fast.tasks.toy import ToyTask
+
+# fields with a fixed set of values (the CLI turns each into --name {choices})
+STEP_IMPLS = tuple(STEP_FUNCTIONS)
+CONFIG_FILE = "spiral_demo.json"  # next to the weights: the DemoConfig the model was trained with
+AGGREGATIONS = ("text", "parallel")  # SpiralConfig.aggregation
+CHOICES = {"step_impl": STEP_IMPLS, "method": METHODS, "engine": ENGINES, "aggregation": AGGREGATIONS}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of `spiral-fast demo` (the CLI exposes each field as --field-name).
+
+    Per iteration: `problems` problems, N=`traces` traces each, M=`sets` sets of K=`set_size`
+    traces, G=`aggregations` aggregation responses per set; then one step of `step_impl`
+    ("step" = spiral_fast.step, "reference" = spiral_fast.step_reference) with AdamW at `lr`.
+    `threads`: torch intra-op threads during the run (restored after). One is fastest here: the
+    model is tiny, and on a shared CPU a thread pool contends for cores (measured: the same step
+    took 3-9 s with 2 threads on a loaded 2-core machine, 0.2 s with 1).
+    `method`: "spiral", or "grpo" (see :func:`grpo_rollout`: N + M*G single traces per problem).
+    `dynamic_sampling`: drop the problems whose advantages are all zero and sample more until the
+    batch holds `problems` informative ones, for at most `max_extra_rounds` extra rollouts per
+    iteration (the paper's dynamic sampling; an iteration that finds none makes no step).
+    `engine`: the sampler, "hf" (transformers generate) or "vllm" (a ``spiral_fast.VLLMSampler``
+    synced after every step; its model has attention heads of size 32, the smallest vLLM's CPU
+    attention runs).
+    `aggregation`: "text" (the paper: the aggregator reads x and its set's traces as a rendered
+    prompt) or "parallel" (parallel-encoded aggregation: it reads them as keys and values, then the
+    head [sep, pick]; ``SpiralConfig(aggregation="parallel")``; HF engine only).
+    """
+
+    iterations: int = 150
+    seed: int = 0
+    problems: int = 8
+    traces: int = 8
+    sets: int = 4
+    set_size: int = 3
+    aggregations: int = 4
+    base: int = 6
+    digits: int = 1
+    lr: float = 2e-3
+    temperature: float = 1.0
+    hidden_size: int = 64
+    layers: int = 2
+    step_impl: str = "step"
+    threads: int = 1
+    method: str = "spiral"
+    dynamic_sampling: bool = False
+    max_extra_rounds: int = 4
+    engine: str = "hf"
+    aggregation: str = "text"
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("lr", "temperature"):
+                if not (isinstance(value, (int, float)) and value > 0):
+                    raise ValueError(f"{f.name} must be > 0, got {value!r}")
+            elif f.type == "int" and f.name != "seed" and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{f.name} must be an int >= 1, got {value!r}")
+            elif f.type == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be a bool, got {value!r}")
+            elif f.name in CHOICES and value not in CHOICES[f.name]:
+                raise ValueError(f"{f.name} must be one of {CHOICES[f.name]}, got {value!r}")
+        if self.set_size > self.traces:
+            raise ValueError(f"set_size must be <= traces ({self.traces}), got {self.set_size}")
+        if self.aggregation == "parallel" and self.engine != "hf":
+            raise ValueError(f"aggregation='parallel' needs engine='hf' (vLLM cannot merge KV caches), "
+                             f"got engine={self.engine!r}")
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """A finished demo run: the trained model, its toy task and one metrics dict per iteration."""
+
+    model: object
+    task: object
+    history: list
+
+
+def run_demo(config: DemoConfig, *, on_iteration: Callable[[dict], None] | None = None,
+             progress: bool = True) -> list[dict]:
+    """Train a tiny random Qwen2 on the toy task; returns one metrics dict per iteration
+    (``train_demo(...).history``)."""
+    return train_demo(config, on_iteration=on_iteration, progress=progress).history
+
+
+def train_demo(config: DemoConfig, *, on_iteration: Callable[[dict], None] | None = None,
+               progress: bool = True) -> DemoRun:
+    """Train a tiny random Qwen2 on the toy task with ``config.method``; returns a :class:`DemoRun`.
+
+    Deterministic for a given config.seed (model init, problems, sets and sampling are all seeded).
+    Metrics per iteration, over the iteration's first rollout (before any dynamic sampling, so
+    they estimate the current policy): reward (mean reward the method trains on); trace_acc
+    (share of right traces); with "spiral" also agg_reward (mean r_jg), set_value (mean over sets
+    of R_j = mean_g r_jg: equal to agg_reward since every set has G responses) and set_value_std
+    (spread of R_j across sets: how much the traces in a set matter). Then dropped (problems
+    dropped by dynamic sampling, 0 without it), trained_problems, loss and the step's metrics.
+    """
+    with torch_threads(config.threads):
+        return _train(config, on_iteration, progress)
+
+
+def demo_settings(config: DemoConfig) -> RolloutSettings:
+    """The loop's rollout settings of a demo config (one-token responses, global-RNG sampling)."""
+    tok = ToyTask(base=config.base).tokenizer
+    return RolloutSettings(problems=config.problems, traces=config.traces, sets=config.sets, set_size=config.set_size,
+                           aggregations=config.aggregations, max_new_tokens=1, temperature=config.temperature,
+                           method=config.method, dynamic_sampling=config.dynamic_sampling,
+                           max_extra_rounds=config.max_extra_rounds, aggregation=config.aggregation,
+                           agg_head=(tok.sep_id, tok.pick_id) if config.aggregation == "parallel" else None)
+
+
+def demo_row(row: dict, *, synced: bool = False) -> dict:
+    """The demo's metrics row from the loop's: iteration (from 0), the rollout metrics, dropped,
+    trained_problems, loss, step/<metric> for the step's metrics, sync_seconds (``synced``: a vLLM
+    sampler), seconds (whole iteration)."""
+    rollout_keys = ("reward", "agg_reward", "set_value", "set_value_std", "trace_acc")
+    out = {"iteration": row["step"] - 1, **{k: row[k] for k in rollout_keys if k in row},
+           "dropped": int(row["problems_dropped"]), "trained_problems": int(row["problems"]), "loss": row["loss"]}
+    skip = set(rollout_keys) | {"step", "problems", "problems_dropped", "problems_sampled", "rounds", "lr", "loss",
+                                "trace_tokens_sampled", "agg_tokens_sampled", "seconds_rollout", "seconds_step",
+                                "seconds_sync"}
+    out.update({f"step/{k}": float(v) for k, v in row.items() if k not in skip and isinstance(v, (int, float))})
+    if synced and row["problems"] > 0:  # a vLLM engine took the new weights
+        out["sync_seconds"] = row["seconds_sync"]
+    out["seconds"] = row["seconds_rollout"] + row["seconds_step"] + row["seconds_sync"]
+    return out
+
+
+def _train(config: DemoConfig, on_iteration, progress: bool) -> DemoRun:
+    task = ToyTask(base=config.base, num_digits=config.digits)
+    torch.manual_seed(config.seed)  # generate() samples from the global RNG
+    heads = {}
+    if config.engine == "vllm":  # vLLM's CPU attention has no head size below 32: heads of 32
+        h = max(1, config.hidden_size // 32)
+        heads = dict(num_heads=h, num_kv_heads=h // 2 if h % 2 == 0 else h)
+    model = tiny_qwen2(len(task.tokenizer), seed=config.seed, hidden_size=config.hidden_size,
+                       num_layers=config.layers, **heads)
+    model.train()
+    if config.engine == "vllm":
+        from spiral_fast.rollout.vllm import VLLMSampler  # vLLM is optional
+
+        sampler = VLLMSampler(model, dtype="float32", seed=config.seed, kv_cache_memory_bytes=64 << 20)
+    else:
+        sampler = HFSampler(model, pad_token_id=task.pad_token_id)
+    trainer = Trainer(model=model, sampler=sampler, task=task, settings=demo_settings(config),
+                      config=SpiralConfig(temperature=config.temperature, aggregation=config.aggregation),
+                      optimizer=torch.optim.AdamW(model.parameters(), lr=config.lr),
+                      step_fn=STEP_FUNCTIONS[config.step_impl])
+    trainer.generator.manual_seed(config.seed)
+    history = []
+
+    def on_step(row: dict) -> None:
+        history.append(demo_row(row, synced=config.engine == "vllm"))
+        if on_iteration is not None:
+            on_iteration(history[-1])
+
+    try:
+        train_loop(trainer, task.train_problems(config.seed), steps=config.iterations, progress=progress,
+                   desc=f"{config.method} demo", on_step=on_step)
+    finally:
+        sampler.close()
+    return DemoRun(model=model, task=task, history=history)
+
+
+def save_demo(model, config, path) -> Path:
+    """Write the model (``save_pretrained``) and its DemoConfig (JSON) into the folder `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    (path / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    return path
+
+
+def load_demo(path):
+    """(model, DemoConfig) from a folder written by :func:`save_demo` (``--save DIR``)."""
+    path = Path(path)
+    if not (path / CONFIG_FILE).is_file():
+        raise ValueError(f"model must be a folder written by `spiral-fast demo --save`, "
+                         f"but {path / CONFIG_FILE} does not exist")
+    config = DemoConfig(**json.loads((path / CONFIG_FILE).read_text()))
+    return AutoModelForCausalLM.from_pretrained(path), config
+
+
+def run_compare(config: DemoConfig, eval_config=None, *, baseline: str = "grpo",
+                on_iteration: Callable[[str, dict], None] | None = None, progress: bool = True):
+    """Train the same tiny model from the same seed with SPIRAL and with `baseline` (same loop,
+    ``replace(config, method=...)``), then evaluate both with
+    :func:`spiral_fast.recipe.scaling.evaluate_demo`. Returns {method: (DemoRun, EvalResult)}."""
+    if baseline not in METHODS or baseline == "spiral":
+        raise ValueError(f"baseline must be one of {[m for m in METHODS if m != 'spiral']}, got {baseline!r}")
+    eval_config = EvalConfig() if eval_config is None else eval_config
+    out = {}
+    for method in ("spiral", baseline):
+        run = train_demo(replace(config, method=method), progress=progress,
+                         on_iteration=None if on_iteration is None else (lambda row, m=method: on_iteration(m, row)))
+        out[method] = (run, evaluate_demo(run.model, config, eval_config))
+    return out
