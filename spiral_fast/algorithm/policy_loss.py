@@ -167,7 +167,7 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     term = -min(ratio * A_q, clamp(ratio, 1 - clip[0], 1 + clip[1]) * A_q)
            + kl_coef * (exp(ref - logp) - (ref - logp) - 1)   (KL only with ref_logp);
     clip None: term = -ratio * A_q (+ KL), the plain importance-weighted policy gradient (with
-    normalizer "constant" and constant 1: the unclipped token-sum loss of Tinker / PAPER.md);
+    normalizer "constant" and constant 1: the unclipped token-sum loss of Tinker, docs/paper.md);
     loss = sum_t seq_weight[q] * term_t / norm, with the normaliser
     - "token-mean": norm = total_tokens (default R, this call's rows);
     - "seq-mean-token-mean": norm = seq_tokens[q] * total_sequences (mean per sequence, then the
