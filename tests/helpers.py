@@ -5,7 +5,7 @@ import torch
 
 
 def assert_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, floor: float = 1e-6, name: str = "out"):
-    """STYLE.md's accuracy rule: the fast path's error against float64 truth may be at most
+    """The accuracy rule of docs/testing.md: the fast path's error against float64 truth may be at most
     ``mult`` times plain PyTorch's own error in the op's dtype, plus ``floor``."""
     out = out.double()
     ref64 = ref64.double()
@@ -18,7 +18,7 @@ def assert_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, floor: f
 
 def assert_rows_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, floor: float = 1e-5,
                                  global_floor: float = 1e-9, name: str = "out"):
-    """STYLE.md's rule on a scale that sees small entries: every row (every entry of a 1-D tensor)
+    """The accuracy rule (docs/testing.md) on a scale that sees small entries: every row (every entry of a 1-D tensor)
     is divided by its own largest true entry, then the fast path's largest error against float64
     truth may be at most ``mult`` times plain PyTorch's largest error plus ``floor``.
 

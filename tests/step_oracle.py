@@ -1,6 +1,6 @@
 """An oracle of one SPIRAL training step that shares nothing with spiral_fast but the model.
 
-Written from the formulas (DESIGN.md, PAPER.md, the docstrings of ``SpiralConfig``,
+Written from the formulas (docs/paper.md, the docstrings of ``SpiralConfig``,
 ``spiral_advantages`` and ``policy_loss``) in plain Python loops over problems, sets, responses
 and tokens: no packing, no fused op, no shared helper of the package. Input: the keyword
 arguments of each ``ProblemRollout`` (plain lists) and a config object, read field by field.

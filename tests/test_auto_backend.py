@@ -1,4 +1,4 @@
-"""Which backend ``backend="auto"`` picks on each device (DESIGN.md: Triton on CUDA tensors once its
+"""Which backend ``backend="auto"`` picks on each device (``spiral_fast.ops.dispatch``: Triton on CUDA tensors once its
 self-check passed, the torch path on the CPU), for every public op with a backend choice, told apart
 by their outputs: each case first checks that the candidate backends give different bits on its
 inputs, then that auto's output is bit for bit the expected backend's (a wrong pick cannot pass) and

@@ -140,7 +140,7 @@ def _relative_error(x: torch.Tensor, truth: torch.Tensor) -> float:
 @pytest.mark.interpret
 @pytest.mark.parametrize("dtype", [
     pytest.param(torch.float16, id="float16"),
-    # bf16 tl.dot is wrong under the interpreter (FACTS.md): the bf16 case needs a GPU
+    # bf16 tl.dot is wrong under the interpreter (docs/platform_notes.md): the bf16 case needs a GPU
     pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.gpu),
 ])
 def test_low_precision_gradients_survive_a_tiny_upstream_gradient(triton_device, dtype):

@@ -1,6 +1,6 @@
 """Issue 8 in the step: the length gate (advantages, gated_frac) on a hand-made problem, and
-PAPER.md's unclipped token-sum loss (clip=None, normalizer="constant", loss_constant=1) against a
-per-sequence full-logit forward with the paper's advantages computed by hand."""
+the unclipped token-sum loss of docs/paper.md (clip=None, normalizer="constant", loss_constant=1)
+against a per-sequence full-logit forward with the paper's advantages computed by hand."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""token_logprobs / logprobs_from_logits, torch backend: against the float64 reference (STYLE.md's
+"""token_logprobs / logprobs_from_logits, torch backend: against the float64 reference (docs/testing.md's
 tolerance rule), gradcheck, adversarial rows, ignored rows, odd shapes and input validation.
 
 Shapes: N tokens (any leading dims), H hidden, V vocab. Chunk sizes are shrunk by a fixture so that
@@ -61,7 +61,7 @@ def check_linear(hidden, weight, bias, targets, *, backend, temperature=1.0, gl=
                  row_floor=1e-4):
     """Fast path vs float64 truth vs reference in the input dtype: logp, entropy, dH, dW, db.
 
-    logp and entropy: STYLE.md's rule with the absolute ``floor``. Gradients: the rule on each row's
+    logp and entropy: docs/testing.md's rule with the absolute ``floor``. Gradients: the rule on each row's
     own scale (dW rows span ~1e-9 to ~30) with the relative ``row_floor``, so a wrong small row cannot
     hide under an absolute floor (a row summing terms of both signs keeps ~1e-5 relative digits in
     float32, hence 1e-4).

@@ -1,7 +1,7 @@
 """token_logprobs with every target on purpose at the first or last column of a vocabulary chunk
 (torch backend) or block (Triton), and token rows on both sides of a token-chunk / block boundary,
 for every chunk size the op can choose; against the float64 reference (tests/test_logprobs.py's
-check_linear: STYLE.md's rule, gradients row by row).
+check_linear: the accuracy rule of docs/testing.md, gradients row by row).
 
 Random targets hit a chunk's first column only by chance; an off-by-one there (the target's
 one-hot gradient dropped or doubled) is exactly the bug a boundary produces.

@@ -90,12 +90,12 @@ def test_registered_without_mask_function():
 
 
 def test_attn_implementation_restored_on_error(monkeypatch):
-    import spiral_fast.ops.tree_attention.op as op
+    import spiral_fast.models.hf as hf
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(op, "tree_attention", boom)
+    monkeypatch.setattr(hf, "tree_attention", boom)
     model = tiny_model("llama")
     with pytest.raises(RuntimeError, match="boom"):
         sf.packed_hidden_states(model, sf.pack_sequences([[1, 2]]))

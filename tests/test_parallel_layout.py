@@ -207,7 +207,7 @@ def test_triton_on_dags_matches_reference(name, dtype, triton_device):
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("name", dag_params(["dag-tiny", "dag-unshared"]))
 def test_flex_forward_on_dags_matches_reference(name):
-    # FlexAttention has no CPU backward (FACTS.md); its DAG mask is checked here, gradients on CUDA
+    # FlexAttention has no CPU backward (docs/platform_notes.md); its DAG mask is checked here, gradients on CUDA
     check_backend_against_reference(name, "flex", torch.float32, grads=False, forests=DAGS)
 
 

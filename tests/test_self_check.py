@@ -3,6 +3,8 @@
 The CUDA decision path runs here on the CPU: ``dispatch.prefers_triton`` (the predicate "auto would
 pick Triton on this device") is replaced, and kernels run under the interpreter. A failing and a
 wrong kernel are injected; auto must warn once, naming the op and the reason, and use torch.
+Each op registers its own check with ``spiral_fast.ops.self_check`` (issue 17); ``self_check()``
+(``spiral_fast.packing.self_check``) runs every registered one.
 """
 from __future__ import annotations
 
@@ -13,6 +15,10 @@ import torch
 
 import spiral_fast as sf
 from spiral_fast.ops import dispatch
+from spiral_fast.ops import self_check as registry
+from spiral_fast.packing.self_check import self_check
+
+OPS = ("token_logprobs", "logprobs_from_logits", "tree_attention", "policy_loss")
 
 
 @pytest.fixture
@@ -119,19 +125,48 @@ def test_self_check_reports_errors_per_op(monkeypatch):
     from spiral_fast.kernels import tree_attention as kernel
 
     monkeypatch.setattr(kernel, "tree_attention_bwd", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
-    status = sf.ops.self_check.check_op("tree_attention", torch.device("cpu"))
+    status = registry.check_op("tree_attention", torch.device("cpu"))
     assert status == "error: float32: ValueError: bad"
     with pytest.raises(ValueError, match="op must be one of"):
-        sf.ops.self_check.check_op("attention", torch.device("cpu"))
+        registry.check_op("attention", torch.device("cpu"))
+
+
+@pytest.fixture
+def extra_op():
+    """A made-up op whose registered check always finds a mismatch (unregistered afterwards)."""
+    def check(device, dtype, gen):
+        raise registry.Mismatch(f"{registry.dtype_name(dtype)} out: made up")
+
+    registry.register_self_check("made_up", check, dtypes=registry.float32_only)
+    yield "made_up"
+    del registry._REGISTRY["made_up"]
+
+
+def test_a_registered_op_is_checked_by_self_check_and_auto(extra_op, cuda_path):
+    assert set(OPS) <= set(registry.registered())
+    assert registry.check_op(extra_op, torch.device("cpu")) == "mismatch: float32 out: made up"
+    with pytest.warns(RuntimeWarning, match="made_up failed its self-check.*mismatch: float32 out: made up"):
+        assert dispatch.resolve(extra_op, "auto", torch.device("cpu"), ("torch", "triton")) == "torch"
+
+
+def test_auto_without_a_registered_check_runs_torch(cuda_path):
+    with pytest.warns(RuntimeWarning, match="no self-check registered for unknown_op"):
+        assert dispatch.resolve("unknown_op", "auto", torch.device("cpu"), ("torch", "triton")) == "torch"
 
 
 @pytest.mark.interpret
 @pytest.mark.slow
 def test_self_check_all_ops_ok_under_the_interpreter():
     rng = torch.get_rng_state()
-    result = sf.self_check("cpu")
-    assert result == {op: "ok" for op in ("token_logprobs", "logprobs_from_logits", "tree_attention", "policy_loss")}
+    result = self_check("cpu")
+    assert result == {op: "ok" for op in OPS}
     assert torch.equal(rng, torch.get_rng_state())   # the caller's random stream is untouched
+
+
+@pytest.mark.xfail(strict=False, reason="until spiral_fast/__init__.py exports self_check from "
+                   "spiral_fast.packing.self_check (issue 17)")
+def test_public_self_check_is_the_all_ops_one():
+    assert sf.self_check is self_check
 
 
 def test_step_metrics_name_the_backend_of_each_op():

@@ -20,7 +20,7 @@ CASES = [
     ("qwen2", True, dict(max_g=2, old=True, ref=True), dict(kl_coef=0.05, normalizer="seq-mean-token-mean", **OLD)),
     ("qwen2", False, dict(max_g=3), dict(estimator="rloo", scale="none", trace_credit="sum", normalizer="constant",
                                          loss_constant=64.0, agg_baseline="problem")),
-    # issue 8: the length gate, no clipping, and PAPER.md's unclipped token-sum loss
+    # issue 8: the length gate, no clipping, and the unclipped token-sum loss of docs/paper.md
     ("qwen2", False, dict(max_g=3, old=True), dict(length_gate=3)),
     ("llama", True, dict(max_g=3, old=True, ref=True), dict(length_gate=(2, None), kl_coef=0.05, scale="std")),
     ("qwen2", False, dict(max_g=3, old=True), dict(clip=None)),

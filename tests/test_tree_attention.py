@@ -57,7 +57,7 @@ def run_with_grads(fn, q, k, v, do):
 
 
 def check_backend_against_reference(name, backend, dtype, device="cpu", grads=True, forests=FORESTS):
-    """STYLE.md's rule: backend error vs float64 truth <= 2 x the reference's own error in `dtype` + floor,
+    """docs/testing.md's rule: backend error vs float64 truth <= 2 x the reference's own error in `dtype` + floor,
     the floor being 1e-6 plus a few ulps of the largest true value (see `_floor`)."""
     packed, q, k, v, do = make_inputs(name, torch.float64, device, forests)
 
@@ -143,7 +143,7 @@ def test_torch_backend_matches_reference(name, dtype):
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("name", forest_params(["shared-gqa", "deep-chain-1tok", "unshared"]))
 def test_flex_forward_on_cpu_matches_reference(name):
-    # FlexAttention has no CPU backward (FACTS.md): the CPU covers the mask, CUDA the gradients
+    # FlexAttention has no CPU backward (docs/platform_notes.md): the CPU covers the mask, CUDA the gradients
     check_backend_against_reference(name, "flex", torch.float32, grads=False)
 
 

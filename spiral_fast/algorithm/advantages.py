@@ -96,7 +96,7 @@ def spiral_advantages(rewards, agg_set, set_problem, set_members, set_offsets, t
     Groups: the aggregator group of a response is every aggregation response of its set
     (agg_baseline "set", the paper's) or of its problem ("problem": problem =
     set_problem[agg_set[a]]); the set group is every set of the same problem. The defaults are
-    the paper's (PAPER.md): grpo, no std scaling, mean credit, the set's own responses as baseline.
+    the paper's (docs/paper.md): grpo, no std scaling, mean credit, the set's own responses as baseline.
     - estimator "grpo": x - mean(group). "rloo": x - mean of the other members of the group.
     - scale "std": divide by (std(group) + eps), std unbiased as ``torch.std``; applies to both
       estimators (rloo is then divided by the std of the whole group, the leave-one-out

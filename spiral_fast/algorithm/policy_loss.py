@@ -13,6 +13,7 @@ import torch
 
 from spiral_fast._utils import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device, check_tensor
 from spiral_fast.ops import dispatch
+from spiral_fast.ops.self_check import compare, float32_only, randn, register_self_check
 from spiral_fast.algorithm.reference import NORMALIZERS, seq_coefficients
 
 BACKENDS = ("torch", "triton")
@@ -166,7 +167,7 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     term = -min(ratio * A_q, clamp(ratio, 1 - clip[0], 1 + clip[1]) * A_q)
            + kl_coef * (exp(ref - logp) - (ref - logp) - 1)   (KL only with ref_logp);
     clip None: term = -ratio * A_q (+ KL), the plain importance-weighted policy gradient (with
-    normalizer "constant" and constant 1: the unclipped token-sum loss of Tinker / PAPER.md);
+    normalizer "constant" and constant 1: the unclipped token-sum loss of Tinker, docs/paper.md);
     loss = sum_t seq_weight[q] * term_t / norm, with the normaliser
     - "token-mean": norm = total_tokens (default R, this call's rows);
     - "seq-mean-token-mean": norm = seq_tokens[q] * total_sequences (mean per sequence, then the
@@ -203,3 +204,27 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     stats = PolicyLossStats(clip_frac_low=sums[1] / rows, clip_frac_high=sums[2] / rows,
                             ratio_mean=sums[3] / rows, kl_mean=sums[4] / rows)
     return loss, stats
+
+
+def _check_policy_loss(device, dtype, gen):
+    """Self-check of the Triton path against the torch path (``spiral_fast.ops.self_check``)."""
+    rows, seqs = 300, 7
+    logp = randn(gen, rows, device=device, scale=0.5) - 1.0
+    old = logp + randn(gen, rows, device=device, scale=0.3)
+    ref = logp + randn(gen, rows, device=device, scale=0.3)
+    token_seq = torch.randint(0, seqs, (rows,), generator=gen).to(device)
+    adv, weight = randn(gen, seqs, device=device), randn(gen, seqs, device=device).abs()
+    upstream = torch.randn((), generator=gen).item()
+    results = []
+    for backend in ("triton", "torch"):
+        leaf = logp.detach().requires_grad_()
+        loss, stats = policy_loss(leaf, old, token_seq, adv, weight, ref_logp=ref, kl_coef=0.05, backend=backend)
+        (grad,) = torch.autograd.grad(loss * upstream, leaf)
+        results.append([loss.detach(), grad, stats.clip_frac_low, stats.clip_frac_high, stats.ratio_mean,
+                        stats.kl_mean])
+    # the torch path is float32 too (no float64 twin): the kernel must agree with it to the floor
+    compare(("loss", "d_logp", "clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean"), dtype,
+            results[0], results[1], results[1])
+
+
+register_self_check("policy_loss", _check_policy_loss, dtypes=float32_only)

@@ -27,6 +27,8 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from spiral_fast.kernels.tree_attention_configs import configs
+
 SM90_SHARED_LIMIT = 232_448
 SM90_REGISTER_LIMIT = 255
 ARCH = 90
@@ -113,10 +115,17 @@ def _dtype_cases():
             ("fp32-tf32", torch.float32, True), ("fp32-ieee", torch.float32, False)]
 
 
+def _kernel(name: str):
+    """The kernel module ``spiral_fast.kernels.<name>`` (they import triton: imported here, once
+    ``TRITON_INTERPRET`` is checked unset, not at the top of this module)."""
+    from spiral_fast.kernels import logprobs, policy_loss, tree_attention
+    return {"logprobs": logprobs, "policy_loss": policy_loss, "tree_attention": tree_attention}[name]
+
+
 def _logprob_launches(requests):
     import torch
 
-    from spiral_fast.kernels import logprobs as K
+    K = _kernel("logprobs")
 
     for label, dtype, tf32 in _dtype_cases():
         hidden = torch.randn(_N, _H, dtype=dtype)
@@ -140,8 +149,7 @@ def _logprob_launches(requests):
 def _tree_attention_launches(requests):
     import torch
 
-    from spiral_fast.kernels import tree_attention as K
-    from spiral_fast.ops.tree_attention.backend_triton import configs
+    K = _kernel("tree_attention")
 
     tables = [torch.zeros(8, dtype=torch.int32) for _ in range(12)]
     for label, dtype, tf32 in _dtype_cases():
@@ -162,7 +170,7 @@ def _tree_attention_launches(requests):
 def _policy_loss_launches(requests):
     import torch
 
-    from spiral_fast.kernels import policy_loss as K
+    K = _kernel("policy_loss")
 
     rows, seqs = 4096, 64
     logp = torch.randn(rows)

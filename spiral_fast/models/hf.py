@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from spiral_fast.ops.tree_attention.op import tree_attention
 from spiral_fast.packing import PackedBatch
 
 ATTN_NAME = "spiral_fast"
@@ -18,8 +19,6 @@ _PACKED_KWARG = "spiral_packed"
 def spiral_fast_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers attention function: query [1, Hq, T, D], key/value [1, Hkv, T, D] ->
     (attn_output [1, T, Hq, D], None), attending along the packed tree of `kwargs["spiral_packed"]`."""
-    from spiral_fast.ops.tree_attention.op import tree_attention
-
     packed = kwargs.get(_PACKED_KWARG)
     if not isinstance(packed, PackedBatch):
         raise ValueError(

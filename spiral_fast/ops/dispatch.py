@@ -2,8 +2,9 @@
 
 ``resolve(op, backend, device, choices)`` maps ``"auto"`` to a concrete backend. Where auto would pick
 Triton (CUDA tensors, Triton installed), the op's Triton path is first checked once per process
-against its torch path on small random inputs (``spiral_fast.ops.self_check``); an op that errors or
-mismatches gets one ``RuntimeWarning`` naming it and the reason, and runs on torch from then on.
+against its torch path on small random inputs, by the check its module registered with
+``spiral_fast.ops.self_check``; an op that errors or mismatches (or has no registered check) gets one
+``RuntimeWarning`` naming it and the reason, and runs on torch from then on.
 ``SPIRAL_FAST_SELF_CHECK=0`` skips the check. Explicit backends are never second-guessed.
 
 ``recording()`` collects which backend each op resolved to (the step reports it in its metrics).
@@ -18,6 +19,7 @@ from typing import Sequence
 import torch
 
 from spiral_fast._utils import resolve_backend, triton_available
+from spiral_fast.ops import self_check
 
 _STATUS: dict[str, str] = {}     # op -> self-check status ("ok" | "mismatch: ..." | "error: ..."), per process
 _RECORDERS: list[dict] = []
@@ -51,9 +53,11 @@ def _triton_trusted(op: str, device: torch.device) -> bool:
     if not self_check_enabled():
         return True
     if op not in _STATUS:
-        from spiral_fast.ops.self_check import check_op
-
-        _STATUS[op] = status = check_op(op, device)
+        if op in self_check.registered():
+            status = self_check.check_op(op, device)
+        else:
+            status = f"error: no self-check registered for {op}"
+        _STATUS[op] = status
         if status != "ok":
             warnings.warn(f"spiral_fast: the Triton path of {op} failed its self-check on {device} ({status}); "
                           f"backend='auto' runs {op} on torch from now on in this process "

@@ -1,84 +1,121 @@
-"""``self_check``: run each Triton op against its torch path on small random inputs, on one device.
+"""Self-check registry: each op registers, next to its definition, a check of its Triton path
+against its torch path on small random inputs; ``check_op`` runs one on one device.
 
-Per op and input dtype, outputs and gradients (random upstream gradients on every output) of
-``backend="triton"`` are compared with float64 truth from ``backend="torch"``, under STYLE.md's rule:
+``register_self_check(op, check, dtypes=...)``: ``check(device, dtype, gen)`` builds inputs from the
+seeded generator ``gen`` and raises ``Mismatch`` (via ``compare``) when the Triton path is off.
+Outputs and gradients (random upstream gradients on every output) of ``backend="triton"`` are
+compared with float64 truth from ``backend="torch"`` under the accuracy rule of docs/testing.md:
 ``|triton - truth| <= 2 |torch in the dtype - truth| + floor``. A kernel that raises gives
 ``"error: ..."``, one outside the tolerance ``"mismatch: ..."``. Inputs come from a private seeded
 generator (the caller's RNG stream is untouched); gradients are enabled and autocast is off inside.
 
-Under the CPU interpreter bf16 ``tl.dot`` is wrong (FACTS.md), so on a CPU the dot-based ops
-(token log-probs, tree attention) are checked in float32 and float16 only.
+Under the CPU interpreter bf16 ``tl.dot`` is wrong (docs/platform_notes.md), so on a CPU the
+dot-based ops register ``dtypes=dot_dtypes`` and are checked in float32 and float16 only.
+
+This module imports no op: ``backend="auto"`` (``dispatch``) looks up the check of the op that is
+resolving, whose module has therefore registered it. ``self_check`` here checks the ops registered
+so far; ``spiral_fast.self_check()`` (``spiral_fast.packing.self_check``) first imports every op
+module, where the layers allow it.
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import torch
 
-OPS = ("token_logprobs", "logprobs_from_logits", "tree_attention", "policy_loss")
 _FLOOR = 1e-4   # relative to the truth's largest magnitude: float32 kernels differ from it by ~1e-6
 
+Check = Callable[[torch.device, torch.dtype, torch.Generator], None]
 
-class _Mismatch(Exception):
-    pass
+
+class Mismatch(Exception):
+    """Raised by a check when the Triton path is outside the tolerance."""
+
+
+def every_dtype(device: torch.device) -> tuple[torch.dtype, ...]:
+    return (torch.float32, torch.float16, torch.bfloat16)
+
+
+def dot_dtypes(device: torch.device) -> tuple[torch.dtype, ...]:
+    """Dtypes of an op built on ``tl.dot``: no bfloat16 under the CPU interpreter."""
+    return every_dtype(device) if device.type == "cuda" else (torch.float32, torch.float16)
+
+
+def float32_only(device: torch.device) -> tuple[torch.dtype, ...]:
+    return (torch.float32,)
+
+
+_REGISTRY: dict[str, tuple[Check, Callable[[torch.device], Sequence[torch.dtype]]]] = {}
+
+
+def register_self_check(op: str, check: Check, *,
+                        dtypes: Callable[[torch.device], Sequence[torch.dtype]] = every_dtype) -> None:
+    """Register ``check`` as the self-check of ``op`` (run over ``dtypes(device)``); a module that is
+    imported again replaces its own entry."""
+    _REGISTRY[op] = (check, dtypes)
+
+
+def registered() -> tuple[str, ...]:
+    """The ops with a registered self-check, in registration order."""
+    return tuple(_REGISTRY)
 
 
 def self_check(device=None) -> dict[str, str]:
-    """Check every Triton op against its torch path on ``device`` (default: the current CUDA device,
-    else the CPU, where Triton needs TRITON_INTERPRET=1 set before it is imported).
-
-    Returns ``{op name: "ok" | "mismatch: ..." | "error: ..."}`` with one entry per op
-    (``token_logprobs`` and ``tree_attention`` forward and backward, ``logprobs_from_logits``,
-    ``policy_loss``), each over float32, float16 and bfloat16 inputs (bf16 not for dot-based ops on
-    a CPU). Never raises for a failing op.
-    """
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    return {op: check_op(op, device) for op in OPS}
+    """``{op: check_op(op, device)}`` for every registered op (those whose modules are imported);
+    ``device`` defaults to ``default_device()``. ``spiral_fast.self_check`` imports all of them first."""
+    device = default_device() if device is None else torch.device(device)
+    return {op: check_op(op, device) for op in registered()}
 
 
 def check_op(op: str, device: torch.device) -> str:
-    """Self-check status of one op (see ``self_check``)."""
-    if op not in OPS:
-        raise ValueError(f"op must be one of {list(OPS)}, got {op!r}")
+    """Self-check status of one registered op on ``device``: ``"ok" | "mismatch: ..." | "error: ..."``.
+
+    Raises ``ValueError`` for an op with no registered check (its module was not imported).
+    """
+    if op not in _REGISTRY:
+        raise ValueError(f"op must be one of {list(_REGISTRY)} (the ops whose modules are imported), got {op!r}")
+    check, dtypes = _REGISTRY[op]
+    device = torch.device(device)
     gen = torch.Generator().manual_seed(0)
-    dtypes = (torch.float32,) if op == "policy_loss" else _dtypes(op, device)
+    dtypes = tuple(dtypes(device))
     dtype = dtypes[0]
     try:
         with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
             for dtype in dtypes:
-                _CHECKS[op](device, dtype, gen)
-    except _Mismatch as exc:
+                check(device, dtype, gen)
+    except Mismatch as exc:
         return f"mismatch: {exc}"
     except Exception as exc:  # noqa: BLE001 - any failure of the kernel path is the finding
         return f"error: {dtype_name(dtype)}: {type(exc).__name__}: {exc}"
     return "ok"
 
 
+def default_device() -> torch.device:
+    """The current CUDA device, else the CPU (where Triton needs TRITON_INTERPRET=1 set before import)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _dtypes(op: str, device: torch.device):
-    if device.type != "cuda" and op in ("token_logprobs", "tree_attention"):
-        return (torch.float32, torch.float16)
-    return (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _randn(gen, *shape, device, scale=1.0):
+def randn(gen: torch.Generator, *shape, device, scale: float = 1.0) -> torch.Tensor:
+    """Standard normal draws from ``gen`` (on the CPU, then moved), times ``scale``."""
     return torch.randn(*shape, generator=gen).mul_(scale).to(device)
 
 
-def _compare(what: str, dtype, fast, truth, lowp, *, mult=2.0):
-    """STYLE.md's rule on each pair of tensors; raises _Mismatch naming the first that fails."""
+def compare(what: Sequence[str], dtype, fast, truth, lowp, *, mult: float = 2.0) -> None:
+    """The accuracy rule on each (fast, truth, low-precision torch) triple; raises ``Mismatch``
+    naming the first that fails."""
     for name, f, t, low in zip(what, fast, truth, lowp):
         if f.shape != t.shape:
-            raise _Mismatch(f"{dtype_name(dtype)} {name}: shape {tuple(f.shape)} != {tuple(t.shape)}")
+            raise Mismatch(f"{dtype_name(dtype)} {name}: shape {tuple(f.shape)} != {tuple(t.shape)}")
         t = t.double()
         err = float((f.double() - t).abs().max()) if f.numel() else 0.0
         tol = mult * (float((low.double() - t).abs().max()) if low.numel() else 0.0)
         tol += _FLOOR * (float(t.abs().max()) if t.numel() else 0.0) + 1e-7
         if not err <= tol:   # also catches NaN
-            raise _Mismatch(f"{dtype_name(dtype)} {name}: max error {err:.3g} > tolerance {tol:.3g}")
+            raise Mismatch(f"{dtype_name(dtype)} {name}: max error {err:.3g} > tolerance {tol:.3g}")
 
 
 def _run(fn, leaves, upstream):
@@ -90,90 +127,12 @@ def _run(fn, leaves, upstream):
     return [o.detach() for o in outs] + list(grads)
 
 
-def _three_ways(fn, inputs, upstream, dtype):
-    """fn on (triton, dtype), (torch, float64), (torch, dtype) leaves."""
+def three_ways(fn, inputs, upstream, dtype):
+    """Outputs and input gradients of ``fn(*leaves, backend=...)`` on (triton, dtype),
+    (torch, float64) and (torch, dtype) leaves: the (fast, truth, lowp) arguments of ``compare``."""
     def leaves(dt):
         return [x.detach().to(dt).requires_grad_() for x in inputs]
 
     return (_run(lambda *a: fn(*a, backend="triton"), leaves(dtype), upstream),
             _run(lambda *a: fn(*a, backend="torch"), leaves(torch.float64), upstream),
             _run(lambda *a: fn(*a, backend="torch"), leaves(dtype), upstream))
-
-
-def _check_token_logprobs(device, dtype, gen):
-    from spiral_fast.ops.logprobs.op import token_logprobs
-
-    # on a GPU over one 128-wide block of every kind; under the interpreter (16 x 64 x 32 blocks) small
-    n, h, v = (150, 80, 300) if device.type == "cuda" else (20, 40, 130)
-    targets = torch.randint(0, v, (n,), generator=gen).to(device)
-    targets[3::7] = -100
-    inputs = [_randn(gen, n, h, device=device), _randn(gen, v, h, device=device, scale=3.0 / h ** 0.5),
-              _randn(gen, v, device=device)]
-    upstream = [_randn(gen, n, device=device).double(), _randn(gen, n, device=device).double()]
-
-    def fn(hidden, weight, bias, backend):
-        return token_logprobs(hidden, weight, targets, bias=bias, temperature=0.7, return_entropy=True,
-                              backend=backend)
-
-    _compare(("logp", "entropy", "d_hidden", "d_weight", "d_bias"), dtype,
-             *_three_ways(fn, inputs, upstream, dtype))
-
-
-def _check_logprobs_from_logits(device, dtype, gen):
-    from spiral_fast.ops.logprobs.op import logprobs_from_logits
-
-    n, v = (29, 1100) if device.type == "cuda" else (9, 130)   # over one row block (1024 on a GPU, 64 here)
-    targets = torch.randint(0, v, (n,), generator=gen).to(device)
-    targets[2::5] = -100
-    inputs = [_randn(gen, n, v, device=device, scale=3.0)]
-    upstream = [_randn(gen, n, device=device).double(), _randn(gen, n, device=device).double()]
-
-    def fn(logits, backend):
-        return logprobs_from_logits(logits, targets, temperature=1.3, return_entropy=True, backend=backend)
-
-    _compare(("logp", "entropy", "d_logits"), dtype, *_three_ways(fn, inputs, upstream, dtype))
-
-
-def _check_tree_attention(device, dtype, gen):
-    from spiral_fast.ops.tree_attention.op import tree_attention
-    from spiral_fast.packing import pack_sequences
-
-    # a shared prompt with three branches (one a single token) and an unrelated sequence
-    long = 150 if device.type == "cuda" else 30   # over one (64-token on a GPU) block of every kind
-    prompt = list(range(1, long))
-    packed = pack_sequences([prompt + [50, 51, 52], prompt + [60] * long, prompt + [70], [80] * 25]).to(device)
-    t, hq, hkv, d = packed.num_tokens, 4, 2, 64
-    inputs = [_randn(gen, t, hq, d, device=device), _randn(gen, t, hkv, d, device=device),
-              _randn(gen, t, hkv, d, device=device)]
-    upstream = [_randn(gen, t, hq, d, device=device).double()]
-
-    def fn(q, k, v, backend):
-        return tree_attention(q, k, v, packed, backend=backend)
-
-    _compare(("out", "dq", "dk", "dv"), dtype, *_three_ways(fn, inputs, upstream, dtype))
-
-
-def _check_policy_loss(device, dtype, gen):
-    from spiral_fast.algorithm.policy_loss import policy_loss
-
-    rows, seqs = 300, 7
-    logp = _randn(gen, rows, device=device, scale=0.5) - 1.0
-    old = logp + _randn(gen, rows, device=device, scale=0.3)
-    ref = logp + _randn(gen, rows, device=device, scale=0.3)
-    token_seq = torch.randint(0, seqs, (rows,), generator=gen).to(device)
-    adv, weight = _randn(gen, seqs, device=device), _randn(gen, seqs, device=device).abs()
-    upstream = torch.randn((), generator=gen).item()
-    results = []
-    for backend in ("triton", "torch"):
-        leaf = logp.detach().requires_grad_()
-        loss, stats = policy_loss(leaf, old, token_seq, adv, weight, ref_logp=ref, kl_coef=0.05, backend=backend)
-        (grad,) = torch.autograd.grad(loss * upstream, leaf)
-        results.append([loss.detach(), grad, stats.clip_frac_low, stats.clip_frac_high, stats.ratio_mean,
-                        stats.kl_mean])
-    # the torch path is float32 too (no float64 twin): the kernel must agree with it to the floor
-    _compare(("loss", "d_logp", "clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean"), dtype,
-             results[0], results[1], results[1])
-
-
-_CHECKS = {"token_logprobs": _check_token_logprobs, "logprobs_from_logits": _check_logprobs_from_logits,
-           "tree_attention": _check_tree_attention, "policy_loss": _check_policy_loss}

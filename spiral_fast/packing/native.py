@@ -2,21 +2,20 @@
 the pure-Python reference when the extension was not compiled. Both return the same fields."""
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from spiral_fast.packing import reference
 
+try:
+    from spiral_fast import _native as _extension
+except ImportError:  # no compiler at install time: same results, slower
+    _extension = None
 
-@functools.lru_cache(maxsize=None)
+
 def _native():
-    try:
-        from spiral_fast import _native
-    except ImportError:  # no compiler at install time: same results, slower
-        return None
-    # an extension left over from an older build (before `pip install -e .` rebuilt it) is not used
-    return _native if hasattr(_native, "pack_layout") else None
+    """The compiled extension, or None; one left over from an older build (before `pip install -e .`
+    rebuilt it) is not used."""
+    return _extension if hasattr(_extension, "pack_layout") else None
 
 
 def native_available() -> bool:

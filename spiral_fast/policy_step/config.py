@@ -29,7 +29,7 @@ class SpiralConfig:
     "token-mean"; "seq-mean-token-mean" = mean over the role's sequences of their token means;
     "constant" = sum / ``loss_constant``, default the role's token count).
     Advantages: ``spiral_fast.spiral_advantages`` with estimator / scale / trace_credit /
-    agg_baseline / eps; the defaults are the paper's (PAPER.md): grpo, no std scaling, a trace
+    agg_baseline / eps; the defaults are the paper's (docs/paper.md): grpo, no std scaling, a trace
     credited with the mean of its sets' advantages, each aggregation response against its own set.
     length_gate (the paper's Appendix A): None, an int L, or a pair (trace_L, agg_L) of ints or
     None; a trace (aggregation response) of more than trace_L (agg_L) response tokens with a
@@ -38,7 +38,7 @@ class SpiralConfig:
     temperature divides the logits; clip = (eps_low, eps_high) of the PPO ratio, or None for no
     clipping (the plain importance-weighted policy gradient); kl_coef weighs the
     k3 KL to reference log-probs (``ProblemRollout(trace_ref_logprobs=..., agg_ref_logprobs=...)``).
-    The unclipped token-sum loss of PAPER.md (Tinker's importance-sampling loss,
+    The unclipped token-sum loss of docs/paper.md (Tinker's importance-sampling loss,
     -sum over tokens of exp(logp - logp_old) * A) is
     ``SpiralConfig(clip=None, normalizer="constant", loss_constant=1)``.
     max_tokens_per_micro_batch: budget of unique (prefix-shared) tokens per forward; whole problems

@@ -1,7 +1,7 @@
 """The training command's configuration: one TOML file (read with ``tomllib``), overridable key by
 key with ``--set section.key=value`` (the value parsed as TOML), checked before any model loads.
 
-Every section and key is listed in ``SCHEMA`` with its default (the paper's run, PAPER.md, where
+Every section and key is listed in ``SCHEMA`` with its default (the paper's run, docs/paper.md, where
 the paper states a value) and its documentation; ``algorithm`` is every ``SpiralConfig`` field by its
 own name, derived from the dataclass. TOML has no null: a key whose value may be None takes the
 string "none". Three values have two names, one per section where users look for them:
@@ -42,7 +42,8 @@ SCHEMA = {
     },
     "prompts": {
         "search": (prompts.SEARCH, (str,), "search prompt with {problem} (default: step by step, final \\boxed{})"),
-        "aggregation": (prompts.AGGREGATION, (str,), "aggregation prompt with {problem} and {candidates} (PAPER.md)"),
+        "aggregation": (prompts.AGGREGATION, (str,),
+                        "aggregation prompt with {problem} and {candidates} (docs/paper.md)"),
         "candidate": (prompts.CANDIDATE, (str,), "one entry of {candidates}: {index} (1-based), {solution}"),
     },
     "reward": {

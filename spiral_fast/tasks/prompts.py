@@ -1,6 +1,6 @@
 """Prompt templates of the training command, rendered into the tokenizer's chat template.
 
-The default texts follow PAPER.md: the search prompt asks for step-by-step reasoning and a final
+The default texts follow docs/paper.md: the search prompt asks for step-by-step reasoning and a final
 answer in ``\\boxed{}``; the aggregation prompt shows the problem and the numbered candidates and
 asks the model to check them, keep what is right and write one self-consistent final solution.
 Placeholders are replaced in one pass (``{problem}``, ``{candidates}``, ``{index}``, ``{solution}``),

@@ -18,6 +18,7 @@ from torch.autograd.function import once_differentiable
 from spiral_fast._utils import check_index_range, check_same_device, check_tensor
 from spiral_fast.ops import dispatch
 from spiral_fast.ops.logprobs import chunked
+from spiral_fast.ops.self_check import compare, dot_dtypes, randn, register_self_check, three_ways
 
 BACKENDS = ("torch", "triton")
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -208,3 +209,38 @@ def logprobs_from_logits(logits, targets, *, temperature=1.0, ignore_index=-100,
     opts = LogprobOptions(float(temperature), int(ignore_index), return_entropy, backend)
     out = _LogitsLogprobs.apply(logits.reshape(-1, vocab), targets.reshape(-1), opts)
     return _finish(out, targets.shape)
+
+
+# Self-checks of the Triton paths against the torch paths (``spiral_fast.ops.self_check``).
+
+def _check_token_logprobs(device, dtype, gen):
+    # on a GPU over one 128-wide block of every kind; under the interpreter (16 x 64 x 32 blocks) small
+    n, h, v = (150, 80, 300) if device.type == "cuda" else (20, 40, 130)
+    targets = torch.randint(0, v, (n,), generator=gen).to(device)
+    targets[3::7] = -100
+    inputs = [randn(gen, n, h, device=device), randn(gen, v, h, device=device, scale=3.0 / h ** 0.5),
+              randn(gen, v, device=device)]
+    upstream = [randn(gen, n, device=device).double(), randn(gen, n, device=device).double()]
+
+    def fn(hidden, weight, bias, backend):
+        return token_logprobs(hidden, weight, targets, bias=bias, temperature=0.7, return_entropy=True,
+                              backend=backend)
+
+    compare(("logp", "entropy", "d_hidden", "d_weight", "d_bias"), dtype, *three_ways(fn, inputs, upstream, dtype))
+
+
+def _check_logprobs_from_logits(device, dtype, gen):
+    n, v = (29, 1100) if device.type == "cuda" else (9, 130)   # over one row block (1024 on a GPU, 64 here)
+    targets = torch.randint(0, v, (n,), generator=gen).to(device)
+    targets[2::5] = -100
+    inputs = [randn(gen, n, v, device=device, scale=3.0)]
+    upstream = [randn(gen, n, device=device).double(), randn(gen, n, device=device).double()]
+
+    def fn(logits, backend):
+        return logprobs_from_logits(logits, targets, temperature=1.3, return_entropy=True, backend=backend)
+
+    compare(("logp", "entropy", "d_logits"), dtype, *three_ways(fn, inputs, upstream, dtype))
+
+
+register_self_check("token_logprobs", _check_token_logprobs, dtypes=dot_dtypes)
+register_self_check("logprobs_from_logits", _check_logprobs_from_logits)

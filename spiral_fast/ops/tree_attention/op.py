@@ -1,4 +1,10 @@
-"""`tree_attention`: attention over a prefix-shared packed batch (validation and backend dispatch)."""
+"""`tree_attention`: attention over a prefix-shared packed batch (validation and backend dispatch).
+
+The packed batch is a `spiral_fast.packing.PackedBatch`; the packing layer sits above this one, so it
+is recognised here by the attributes the backends read (`num_tokens`, `device`, `host`, `cached`), not
+imported. Its self-check is registered in `spiral_fast.packing.self_check`, next to the packer that
+builds its inputs (importing `spiral_fast.packing` registers it).
+"""
 from __future__ import annotations
 
 import math
@@ -7,15 +13,18 @@ import torch
 
 from spiral_fast._utils import check_same_device, check_tensor
 from spiral_fast.ops import dispatch
+from spiral_fast.ops.tree_attention.backend_flex import tree_attention_flex
+from spiral_fast.ops.tree_attention.backend_triton import tree_attention_triton
+from spiral_fast.ops.tree_attention.backend_varlen import tree_attention_varlen
+from spiral_fast.ops.tree_attention.reference import tree_attention_segments
 
 BACKENDS = ("torch", "varlen", "flex", "triton")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_PACKED_ATTRS = ("num_tokens", "device", "host", "cached")   # what the backends read of a PackedBatch
 
 
 def _validate(q, k, v, packed, scale):
-    from spiral_fast.packing import PackedBatch
-
-    if not isinstance(packed, PackedBatch):
+    if not all(hasattr(packed, name) for name in _PACKED_ATTRS):
         raise ValueError(f"packed must be a PackedBatch (from spiral_fast.pack_sequences), got {type(packed).__name__}")
     check_tensor("q", q, ndim=3, dtypes=_DTYPES)
     t, hq, d = q.shape
@@ -58,17 +67,9 @@ def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed, *,
     scale = _validate(q, k, v, packed, scale)
     backend = dispatch.resolve("tree_attention", backend, q.device, BACKENDS, triton_ok=q.dtype != torch.float64)
     if backend == "torch":
-        from spiral_fast.ops.tree_attention.reference import tree_attention_segments
-
         return tree_attention_segments(q, k, v, packed, scale)
     if backend == "varlen":
-        from spiral_fast.ops.tree_attention.backend_varlen import tree_attention_varlen
-
         return tree_attention_varlen(q, k, v, packed, scale)
     if backend == "flex":
-        from spiral_fast.ops.tree_attention.backend_flex import tree_attention_flex
-
         return tree_attention_flex(q, k, v, packed, scale)
-    from spiral_fast.ops.tree_attention.backend_triton import tree_attention_triton
-
     return tree_attention_triton(q, k, v, packed, scale)
