@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from spiral_fast._version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -46,7 +46,7 @@ _EXPORTS = {
     "ToyTask": "spiral_fast.tasks.toy",
     "MathTask": "spiral_fast.tasks.math",
     # GPU readiness: each Triton op against its torch path (issue 12)
-    "self_check": "spiral_fast.ops.self_check",
+    "self_check": "spiral_fast.packing.self_check",
 }
 
 # Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.algorithm.policy_loss import PolicyLossStats, policy_loss
     from spiral_fast.models import packed_hidden_states
     from spiral_fast.ops.logprobs.op import logprobs_from_logits, token_logprobs
-    from spiral_fast.ops.self_check import self_check
+    from spiral_fast.packing.self_check import self_check
     from spiral_fast.ops.tree_attention.op import tree_attention
     from spiral_fast.packing import PackedBatch, PredictionRows, pack_sequences
     from spiral_fast.rollout.sampler import HFSampler, Sampler

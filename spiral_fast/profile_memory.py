@@ -18,6 +18,14 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM
+
+from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
+from spiral_fast.policy_step.reference_step import step_reference
+from spiral_fast.policy_step.step import step
+from spiral_fast.rollout.sets import AggregationTemplate
+
 IMPLS = ("step", "reference")
 PROMPT_LEN = 32  # problem prompt x
 RESPONSE_LEN = 16  # each aggregation response z_jg
@@ -70,8 +78,6 @@ def case_batch(vocab_size: int, context: int, set_size: int, num_sets: int,
     rewards alternating 0/1 (non-zero advantages)."""
     import torch
 
-    from spiral_fast.rollout import AggregationTemplate
-    from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
 
     if context <= PROMPT_LEN + set_size:
         raise ValueError(f"context must exceed {PROMPT_LEN + set_size} (prompt + one token per "
@@ -104,11 +110,6 @@ def run_case(case: Case) -> dict:
     """Measure one case in this process (the parent runs it in a fresh subprocess)."""
     if case.impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {case.impl!r}")
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    import spiral_fast
-
     device = torch.device(case.device)
     cuda = device.type == "cuda"
     if not cuda:
@@ -122,7 +123,7 @@ def run_case(case: Case) -> dict:
     model.to(device).train()
     batch = case_batch(config.vocab_size, case.context, case.set_size, case.num_sets,
                        case.num_aggregations)
-    step_fn = spiral_fast.step if case.impl == "step" else spiral_fast.step_reference
+    step_fn = step if case.impl == "step" else step_reference
     if cuda:
         torch.cuda.synchronize(device)
         baseline = torch.cuda.memory_allocated(device)

@@ -21,6 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "spiral_fast"
 # package prefix -> rank (the final layout; a module belongs to its longest matching prefix)
 LAYERS = {
     "spiral_fast._utils": 0,
+    "spiral_fast.distributed": 0,   # every torch.distributed helper (torch only)
     "spiral_fast._native": 0,       # the compiled packing extension (csrc/), no Python imports
     "spiral_fast.kernels": 0,
     "spiral_fast.ops": 1,

@@ -17,6 +17,9 @@ import re
 
 import torch
 
+from spiral_fast.models.lora import is_peft_model
+from spiral_fast.recipe.distributed import barrier, trainable_state
+
 STATE = "state.json"
 
 
@@ -48,9 +51,6 @@ def save(output: str, step: int, *, model, optimizer, scheduler, data_position: 
     """Write ``output/checkpoint-STEP`` (every rank calls this: the saves are collectives)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    from spiral_fast.models.lora import is_peft_model
-    from spiral_fast.recipe.distributed import barrier, trainable_state
 
     path = os.path.join(output, f"checkpoint-{step}")
     os.makedirs(os.path.join(path, "rng"), exist_ok=True)

@@ -10,13 +10,14 @@ import os
 import torch
 from tqdm import tqdm
 
-from spiral_fast import __version__
+from spiral_fast._version import __version__
 from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
 from spiral_fast.recipe import checkpoint, distributed
 from spiral_fast.recipe.config import to_toml
 from spiral_fast.recipe.loop import RolloutSettings, Trainer, problem_seed, train_loop
 from spiral_fast.recipe.model_loading import load_model
 from spiral_fast.rollout.sampler import HFSampler
+from spiral_fast.rollout.vllm import VLLMSampler  # imports vLLM only when a sampler is built
 from spiral_fast.tasks.data import load_jsonl
 from spiral_fast.tasks.math import MathTask
 from spiral_fast.tasks.rewards import has_math_verify
@@ -37,8 +38,6 @@ def build_sampler(cfg, model, task, world: int):
     """The model itself (one process, HF), an unsharded copy refreshed by ``sync`` (FSDP2, HF), or a
     ``VLLMSampler`` in ``rollout.dtype`` (default: ``model.dtype``)."""
     if cfg.rollout.engine == "vllm":
-        from spiral_fast.rollout.vllm import VLLMSampler  # vLLM is optional
-
         dtype = cfg.rollout.dtype or cfg.model.dtype
         source = HFSampler(model, copy=True).model if world > 1 else model
         return VLLMSampler(source, seed=cfg.train.seed, dtype=dtype,

@@ -21,6 +21,7 @@ from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo
 from spiral_fast.recipe.loop import METHODS, STEP_IMPLS as STEP_FUNCTIONS, RolloutSettings, Trainer, train_loop
 from spiral_fast.recipe.tiny_model import tiny_qwen2
 from spiral_fast.rollout.sampler import ENGINES, HFSampler
+from spiral_fast.rollout.vllm import VLLMSampler  # imports vLLM only when a sampler is built
 from spiral_fast.tasks.toy import ToyTask
 
 # fields with a fixed set of values (the CLI turns each into --name {choices})
@@ -162,8 +163,6 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> DemoRun:
                        num_layers=config.layers, **heads)
     model.train()
     if config.engine == "vllm":
-        from spiral_fast.rollout.vllm import VLLMSampler  # vLLM is optional
-
         sampler = VLLMSampler(model, dtype="float32", seed=config.seed, kv_cache_memory_bytes=64 << 20)
     else:
         sampler = HFSampler(model, pad_token_id=task.pad_token_id)

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 
+from spiral_fast.models.lora import is_peft_model, merged_state_dict, unwrap_peft
 from spiral_fast.rollout.sampler import Sampler
 
 # Config fields that fix the shapes of every weight: a sync must match them.
@@ -104,8 +105,6 @@ class VLLMSampler(Sampler):
     # ---- building -----------------------------------------------------------------------------
     def _materialise(self, model):
         """(directory, transformers config) of ``model``; model objects are written to a temp dir."""
-        from spiral_fast.models.lora import is_peft_model
-
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
             if not os.path.isfile(os.path.join(path, "config.json")):
@@ -132,8 +131,6 @@ class VLLMSampler(Sampler):
     @staticmethod
     def _hf_weights(model):
         """(wrapped PreTrainedModel, {HF name: tensor}) with LoRA adapters merged in."""
-        from spiral_fast.models.lora import merged_state_dict, unwrap_peft
-
         base = unwrap_peft(model)
         return base, (merged_state_dict(model) if base is not model else base.state_dict())
 
@@ -202,8 +199,6 @@ class VLLMSampler(Sampler):
         ValueError for a model whose architecture or vocabulary differs from the engine's.
         """
         from transformers import PreTrainedModel
-
-        from spiral_fast.models.lora import is_peft_model
 
         llm = self.llm
         if not (isinstance(model, PreTrainedModel) or is_peft_model(model)):
