@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from spiral_fast import profile_memory as pm
+from spiral_fast.recipe.command import evaluate_config
+from spiral_fast.recipe.config import load_config
 from spiral_fast.recipe.demo import CHOICES, METHODS, DemoConfig, load_demo, run_compare, save_demo, train_demo
 from spiral_fast.recipe.plots import plot_history
 from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo, format_table, plot_eval
@@ -125,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None, metavar="DIR",
                     help="folder written by `spiral-fast demo --save` (default: a fresh random model "
                          "with the demo's default settings, seeded by --seed)")
+    ev.add_argument("--config", default=None, metavar="TOML",
+                    help="instead of a demo model: the model of a `spiral-fast train` config (model.path, LoRA "
+                         "adapter of --checkpoint) on its data.eval problems, sampled with rollout.engine and "
+                         "rollout.max_new_tokens / agg_max_new_tokens")
+    ev.add_argument("--checkpoint", default=None, metavar="DIR",
+                    help="with --config: a checkpoint-STEP folder of that run (default: the base model)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="with --config: override one config key (repeatable)")
+    ev.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     _add_options(ev, EvalConfig, _EVAL_HELP)
     ev.add_argument("--out", default="spiral_eval.png", help="path of the PNG plot")
 
@@ -213,6 +225,16 @@ def _run_demo(args, parser) -> None:
 def _run_eval(args, parser) -> None:
 
     eval_config = _config(parser, EvalConfig, args)
+    if args.config is not None:
+        if args.model is not None:
+            parser.error("give --config or --model, not both")
+        cfg = load_config(args.config, args.overrides)
+        name = "base model" if args.checkpoint is None else Path(args.checkpoint).name
+        if eval_config.set_size is None:
+            parser.error("--set-size is required with --config")
+        result = evaluate_config(cfg, eval_config, checkpoint_dir=args.checkpoint)
+        _report({name: result}, args)
+        return
     if args.model is not None:
         try:
             model, demo_config = load_demo(args.model)
@@ -227,9 +249,17 @@ def _run_eval(args, parser) -> None:
     set_size = eval_config.set_size or demo_config.set_size
     if set_size > eval_config.population:
         parser.error(f"--set-size {set_size} must be <= --population {eval_config.population}")
-    result = evaluate_demo(model, demo_config, eval_config)
-    print(format_table({name: result}))
-    print(f"plot written to {plot_eval({name: result}, args.out)}")
+    _report({name: evaluate_demo(model, demo_config, eval_config)}, args)
+
+
+def _report(results: dict, args) -> None:
+    """The table, the PNG and (--json) the results as JSON."""
+    print(format_table(results))
+    print(f"plot written to {plot_eval(results, args.out)}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({k: asdict(v) for k, v in results.items()}, indent=1) + "\n")
+        print(f"results written to {args.json}")
 
 
 def _run_profile(args, parser) -> None:

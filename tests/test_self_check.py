@@ -163,7 +163,6 @@ def test_self_check_all_ops_ok_under_the_interpreter():
     assert torch.equal(rng, torch.get_rng_state())   # the caller's random stream is untouched
 
 
-                   "spiral_fast.packing.self_check (issue 17)")
 def test_public_self_check_is_the_all_ops_one():
     assert sf.self_check is self_check
 

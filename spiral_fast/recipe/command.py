@@ -16,6 +16,7 @@ from spiral_fast.recipe import checkpoint, distributed
 from spiral_fast.recipe.config import to_toml
 from spiral_fast.recipe.loop import RolloutSettings, Trainer, problem_seed, train_loop
 from spiral_fast.recipe.model_loading import load_model
+from spiral_fast.recipe.scaling import EvalConfig, EvalResult, evaluate_task
 from spiral_fast.rollout.sampler import HFSampler
 from spiral_fast.rollout.vllm import VLLMSampler  # imports vLLM only when a sampler is built
 from spiral_fast.tasks.data import load_jsonl
@@ -129,14 +130,45 @@ def sample_lines(task, batch, problems: list, step: int) -> list[dict]:
     return lines
 
 
+def build_task(cfg, tokenizer) -> MathTask:
+    """The run's MathTask: data.train, the first eval.num_problems rows of data.eval, prompts, reward."""
+    return MathTask(tokenizer, load_jsonl(cfg.data.train),
+                    load_jsonl(cfg.data.eval)[:cfg.eval.num_problems] if cfg.data.eval else [],
+                    search=cfg.prompts.search, aggregation=cfg.prompts.aggregation, candidate=cfg.prompts.candidate,
+                    reward=cfg.reward.kind)
+
+
+def evaluate_config(cfg, config: EvalConfig, *, checkpoint_dir: str | None = None) -> EvalResult:
+    """Test-time scaling (pass@k, majority vote@k, RSA per step: ``recipe.scaling.evaluate_task``) of
+    the model of ``cfg`` (with the LoRA adapter of ``checkpoint_dir``/adapter when given, else the
+    base model) on the first ``config.problems`` problems of data.eval, sampled with
+    rollout.engine. ``config.max_new_tokens`` / ``agg_max_new_tokens`` come from the rollout
+    section."""
+    from dataclasses import replace
+
+    rank, world, device = distributed.init(cfg.train.device)
+    model, tokenizer = load_model(cfg, device, adapter=None if checkpoint_dir is None else
+                                  os.path.join(checkpoint_dir, "adapter"))
+    model.eval()
+    task = build_task(cfg, tokenizer)
+    if not task.eval_rows:
+        raise ValueError("config key data.eval is required to evaluate")
+    task.eval_rows = load_jsonl(cfg.data.eval)
+    problems = task.eval_problems(config.problems)
+    config = replace(config, max_new_tokens=cfg.rollout.max_new_tokens,
+                     agg_max_new_tokens=cfg.rollout.agg_max_new_tokens)
+    sampler = build_sampler(cfg, model, task, world)
+    try:
+        return evaluate_task(sampler, task, problems, config)
+    finally:
+        sampler.close()
+
+
 def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
     """Run ``cfg`` (``load_config``); returns the metrics rows of the steps run (every rank)."""
     rank, world, device = distributed.init(cfg.train.device)
     model, tokenizer = load_model(cfg, device)
-    task = MathTask(tokenizer, load_jsonl(cfg.data.train),
-                    load_jsonl(cfg.data.eval)[:cfg.eval.num_problems] if cfg.data.eval else [],
-                    search=cfg.prompts.search, aggregation=cfg.prompts.aggregation, candidate=cfg.prompts.candidate,
-                    reward=cfg.reward.kind)
+    task = build_task(cfg, tokenizer)
     sampler = build_sampler(cfg, model, task, world)
     if world > 1:
         distributed.shard(model, device)

@@ -39,14 +39,19 @@ def hf_folder(cfg) -> str:
     return resolve_model_path(model_source(cfg.model.path), dtype)
 
 
-def load_model(cfg, device):
+def load_model(cfg, device, *, adapter: str | None = None):
     """(model, tokenizer): the HF causal LM of model.path in model.dtype, with a LoRA (peft) of
-    lora.rank unless 0, in train mode on ``device``."""
+    lora.rank unless 0 (``adapter``: a saved adapter folder to load instead of a fresh LoRA), in
+    train mode on ``device``."""
     folder = hf_folder(cfg)
     dtype = "auto" if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    if cfg.lora.rank > 0:
+    if adapter is not None:
+        from peft import PeftModel  # optional: only a LoRA run needs peft
+
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    elif cfg.lora.rank > 0:
         from peft import LoraConfig, get_peft_model  # optional: only a LoRA run needs peft
 
         torch.manual_seed(cfg.train.seed)  # the adapters' init
