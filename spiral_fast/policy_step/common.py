@@ -7,22 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
+from spiral_fast.distributed import all_reduce_sum, average_gradients, is_dtensor, sum_floats, world_size
 from spiral_fast.policy_step.batch import SpiralBatch, TrainedSequences
 from spiral_fast.policy_step.config import SpiralConfig
-from spiral_fast.policy_step.wrappers import average_gradients
-
-
-def world_size() -> int:
-    """Ranks of the default process group (1 outside torch.distributed)."""
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks (identity on one process): one collective."""
-    if world_size() > 1:
-        torch.distributed.all_reduce(x)
-    return x
 
 
 def check_args(model, batch, config, optimizer) -> None:
@@ -114,11 +101,8 @@ def global_counts(batch: SpiralBatch, set_value: torch.Tensor, gated: int = 0) -
         agg_seqs += sum(len(zs) for zs in pr.aggregations)
         agg_tokens += sum(z.numel() for zs in pr.aggregations for z in zs)
     rewards = batch.advantage_inputs().rewards.double()
-    local = torch.tensor([trace_tokens, agg_tokens, trace_seqs, agg_seqs, float(rewards.sum()), rewards.numel(),
-                          float(set_value.double().sum()), set_value.numel(), gated], dtype=torch.float64)
-    if world_size() > 1 and torch.distributed.get_backend() == "nccl":
-        local = local.cuda()
-    g = all_reduce_sum(local).tolist()
+    g = sum_floats([trace_tokens, agg_tokens, trace_seqs, agg_seqs, float(rewards.sum()), rewards.numel(),
+                    float(set_value.double().sum()), set_value.numel(), gated])
     return GlobalCounts(int(g[0]), int(g[1]), int(g[2]), int(g[3]), g[4] / g[5], g[6] / g[7], int(g[8]))
 
 
@@ -203,7 +187,7 @@ def finish(model, optimizer, config: SpiralConfig) -> float | None:
     if optimizer is None:
         return None
     params = [p for p in model.parameters() if p.grad is not None]
-    if world_size() > 1 and params and not _is_dtensor(params[0].grad):
+    if world_size() > 1 and params and not is_dtensor(params[0].grad):
         # the loss was scaled by the world size: the average over ranks is the whole-batch gradient
         average_gradients(model)
     norm = None
@@ -212,14 +196,6 @@ def finish(model, optimizer, config: SpiralConfig) -> float | None:
     optimizer.step()
     optimizer.zero_grad()
     return norm
-
-
-def _is_dtensor(t) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # torch built without distributed
-        return False
-    return isinstance(t, DTensor)
 
 
 METRIC_SUMS = ("trace_loss", "agg_loss", "clip_low", "clip_high", "ratio", "kl", "entropy", "unique_tokens",

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
+from spiral_fast.distributed import average_gradients
 from spiral_fast.policy_step.common import (activation_checkpointing, advantages, check_args, finish,
                                          global_counts, metrics, role_losses, world_size)
 from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.policy_step.step import StepOutput
-from spiral_fast.policy_step.wrappers import average_gradients, forward_rounds, unwrap
+from spiral_fast.policy_step.wrappers import forward_rounds, unwrap
 
 
 def parallel_context(tokens: list, prompt_lens: list, context: list, k: int):

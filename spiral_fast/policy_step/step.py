@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
+from spiral_fast.distributed import average_gradients
 from spiral_fast.policy_step.common import (activation_checkpointing, advantages, attention_implementation, check_args,
                                          finish, global_counts, metrics, role_losses, world_size)
 from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.policy_step.forward import lm_head, response_logprobs
 from spiral_fast.policy_step.microbatch import micro_batches
-from spiral_fast.policy_step.wrappers import average_gradients, forward_rounds, unwrap, within_forward
+from spiral_fast.policy_step.wrappers import forward_rounds, unwrap, within_forward
 
 
 @dataclass(frozen=True)
