@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from spiral_fast.policy_step.advantages import advantages
 from spiral_fast.policy_step.config import SpiralConfig
 
 TRACE, AGG = 0, 1  # roles
@@ -312,8 +313,6 @@ class SpiralBatch:
         number dropped); when every problem is dropped there is no batch to return (a
         ``SpiralBatch`` holds at least one problem): the result is (None, len(self)).
         """
-        from spiral_fast.policy_step.common import advantages
-
         if not isinstance(config, SpiralConfig):
             raise ValueError(f"config must be a spiral_fast.SpiralConfig, got {type(config).__name__}")
         adv, flat = advantages(self, config), self.advantage_inputs()
