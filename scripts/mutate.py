@@ -42,13 +42,13 @@ class Mutation:
 STEP_TESTS = ("tests/test_step_oracle.py", "tests/test_step.py", "tests/test_advantages.py")
 
 MUTATIONS = [
-    Mutation("swap-role-coefficients-and-normalisers", "spiral_fast/policy_step/common.py",
-             "config.trace_coef, counts.trace_tokens, counts.trace_seqs),\n"
-             "             (slice(split, None), slice(seqs.num_trace, None), config.agg_coef, counts.agg_tokens, "
-             "counts.agg_seqs))",
-             "config.agg_coef, counts.agg_tokens, counts.agg_seqs),\n"
-             "             (slice(split, None), slice(seqs.num_trace, None), config.trace_coef, counts.trace_tokens, "
-             "counts.trace_seqs))",
+    Mutation("swap-role-coefficients-and-normalisers", "spiral_fast/policy_step/losses.py",
+             "config.trace_coef, counts.trace_tokens,\n              counts.trace_seqs),\n"
+             "             (\"agg\", slice(split, None), slice(seqs.num_trace, None), config.agg_coef, "
+             "counts.agg_tokens,\n              counts.agg_seqs))",
+             "config.agg_coef, counts.agg_tokens,\n              counts.agg_seqs),\n"
+             "             (\"agg\", slice(split, None), slice(seqs.num_trace, None), config.trace_coef, "
+             "counts.trace_tokens,\n              counts.trace_seqs))",
              ("tests/test_step_oracle.py", "tests/test_step.py"),
              why="the trace role weighed and normalised as the aggregator (shared by step and step_reference)"),
     Mutation("biased-std", "spiral_fast/algorithm/reference.py",
@@ -68,7 +68,7 @@ MUTATIONS = [
              "agg = group_advantage(rewards, agg_set, num_sets, **kw)",
              "agg = group_advantage(rewards, set_problem[agg_set], num_problems, **kw)", STEP_TESTS,
              why='agg_baseline="set" silently compares a response with its whole problem'),
-    Mutation("length-gate-off-by-one", "spiral_fast/policy_step/common.py",
+    Mutation("length-gate-off-by-one", "spiral_fast/policy_step/advantages.py",
              "hit = (torch.tensor(lengths, dtype=torch.int64) > limit) & (adv > 0)",
              "hit = (torch.tensor(lengths, dtype=torch.int64) >= limit) & (adv > 0)",
              ("tests/test_step_oracle.py", "tests/test_step.py"),

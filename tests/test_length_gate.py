@@ -8,7 +8,7 @@ import torch
 
 import spiral_fast
 from spiral_fast import ProblemRollout, SpiralBatch, SpiralConfig
-from spiral_fast.policy_step.common import advantages
+from spiral_fast.policy_step.advantages import advantages
 from training_cases import assert_grads_close, grads, tiny_model
 
 

@@ -4,7 +4,8 @@ gradient and the metrics, for every normaliser, both role coefficients != 1, KL,
 behaviour log-probs and every advantage option.
 
 ``step`` and ``step_reference`` share the advantages, normalisers, role losses and metrics of
-``training/common.py``; only an outside oracle sees a bug there."""
+``spiral_fast/policy_step/`` (advantages.py, counts.py, losses.py, metrics.py); only an outside
+oracle sees a bug there."""
 from __future__ import annotations
 
 import math

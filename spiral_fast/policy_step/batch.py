@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
+from spiral_fast.policy_step.advantages import advantages
 from spiral_fast.policy_step.config import SpiralConfig
 
 TRACE, AGG = 0, 1  # roles
@@ -258,6 +260,16 @@ class TrainedSequences:
         return int(lens[:self.num_trace].sum()), int(lens[self.num_trace:].sum())
 
 
+class _Row(NamedTuple):
+    """One trained sequence while ``SpiralBatch.trained_sequences`` collects them."""
+    tokens: torch.Tensor  # prompt + response
+    prompt_len: int
+    adv: torch.Tensor  # 0-dim float32: the sequence's advantage
+    old_logp: torch.Tensor | None  # [response_len] behaviour log-probs, None: on-policy
+    ref_logp: torch.Tensor | None  # [response_len] reference log-probs
+    response_len: int
+
+
 @dataclass(frozen=True, eq=False)
 class SpiralBatch:
     """A batch of problems: ``SpiralBatch([ProblemRollout(...), ...])``, P >= 1.
@@ -312,8 +324,6 @@ class SpiralBatch:
         number dropped); when every problem is dropped there is no batch to return (a
         ``SpiralBatch`` holds at least one problem): the result is (None, len(self)).
         """
-        from spiral_fast.policy_step.common import advantages
-
         if not isinstance(config, SpiralConfig):
             raise ValueError(f"config must be a spiral_fast.SpiralConfig, got {type(config).__name__}")
         adv, flat = advantages(self, config), self.advantage_inputs()
@@ -343,37 +353,39 @@ class SpiralBatch:
         contexts = []  # per aggregation-role sequence: its set's trace rows (parallel mode)
         flat = self.advantage_inputs()
         agg_adv, trace_adv = agg_adv.detach().float().cpu(), trace_adv.detach().float().cpu()
-        roles = {TRACE: [], AGG: []}  # (tokens, prompt_len, adv, old, ref, response_len)
+        roles = {TRACE: [], AGG: []}  # role -> its _Row list
         for item in items:
             p, part = (item, None) if isinstance(item, int) else item
             pr = self.problems[p]
             if part in (None, "traces"):
                 for i in pr.trained_traces():
                     trace_row[p, i] = len(roles[TRACE])
-                    roles[TRACE].append((torch.cat([pr.prompt, pr.traces[i]]), pr.prompt.numel(),
-                                         trace_adv[flat.trace_start[p] + i],
-                                         pr.trace_old_logprobs[i] if pr.trace_old_logprobs else None,
-                                         pr.trace_ref_logprobs[i] if pr.trace_ref_logprobs else None,
-                                         pr.traces[i].numel()))
+                    roles[TRACE].append(_Row(tokens=torch.cat([pr.prompt, pr.traces[i]]), prompt_len=pr.prompt.numel(),
+                                             adv=trace_adv[flat.trace_start[p] + i],
+                                             old_logp=pr.trace_old_logprobs[i] if pr.trace_old_logprobs else None,
+                                             ref_logp=pr.trace_ref_logprobs[i] if pr.trace_ref_logprobs else None,
+                                             response_len=pr.traces[i].numel()))
             a = flat.agg_start[p]
             for j, zs in enumerate(pr.aggregations):
                 for g, z in enumerate(zs):
                     if part is None or part == j:
                         contexts.append([trace_row[p, i] for i in pr.sets[j]] if parallel else None)
-                        roles[AGG].append((torch.cat([pr.agg_prompts[j], z]), pr.agg_prompts[j].numel(),
-                                           agg_adv[a], pr.agg_old_logprobs[j][g] if pr.agg_old_logprobs else None,
-                                           pr.agg_ref_logprobs[j][g] if pr.agg_ref_logprobs else None, z.numel()))
+                        roles[AGG].append(_Row(
+                            tokens=torch.cat([pr.agg_prompts[j], z]), prompt_len=pr.agg_prompts[j].numel(),
+                            adv=agg_adv[a], old_logp=pr.agg_old_logprobs[j][g] if pr.agg_old_logprobs else None,
+                            ref_logp=pr.agg_ref_logprobs[j][g] if pr.agg_ref_logprobs else None,
+                            response_len=z.numel()))
                     a += 1
         rows = roles[TRACE] + roles[AGG]
-        old = [r[3] if r[3] is not None else torch.zeros(r[5]) for r in rows]
-        given = [torch.full((r[5],), r[3] is not None) for r in rows]
-        has_ref = all(r[4] is not None for r in rows)
+        old = [r.old_logp if r.old_logp is not None else torch.zeros(r.response_len) for r in rows]
+        given = [torch.full((r.response_len,), r.old_logp is not None) for r in rows]
+        has_ref = all(r.ref_logp is not None for r in rows)
         cat = lambda parts, dtype: torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)  # noqa: E731
         return TrainedSequences(
-            tokens=[r[0] for r in rows], prompt_lens=torch.tensor([r[1] for r in rows], dtype=torch.int64),
+            tokens=[r.tokens for r in rows], prompt_lens=torch.tensor([r.prompt_len for r in rows], dtype=torch.int64),
             num_trace=len(roles[TRACE]),
-            seq_adv=torch.stack([r[2] for r in rows]) if rows else torch.zeros(0),
+            seq_adv=torch.stack([r.adv for r in rows]) if rows else torch.zeros(0),
             old_logp=cat(old, torch.float32), old_given=cat(given, torch.bool),
-            ref_logp=cat([r[4] for r in rows], torch.float32) if has_ref and rows else None,
+            ref_logp=cat([r.ref_logp for r in rows], torch.float32) if has_ref and rows else None,
             contexts=[None] * len(roles[TRACE]) + contexts if parallel else None,
-            share_limits=[r[1] for r in roles[TRACE]] + [None] * len(roles[AGG]) if parallel else None)
+            share_limits=[r.prompt_len for r in roles[TRACE]] + [None] * len(roles[AGG]) if parallel else None)

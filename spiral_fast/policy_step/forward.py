@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from spiral_fast.models import packed_hidden_states
+from spiral_fast.ops.logprobs.op import token_logprobs
+from spiral_fast.packing import pack_sequences
+
 
 def lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight [V, H], bias [V] or None) of the model's output embeddings."""
@@ -24,10 +28,6 @@ def response_logprobs(model, tokens: list, prompt_lens: torch.Tensor, config, *,
     Returns (logp [R] float32, entropy [R] float32 or None, packed); R = sum of response lengths,
     rows in (sequence, position) order, on the model's device; grad follows torch.is_grad_enabled().
     """
-    from spiral_fast.models import packed_hidden_states
-    from spiral_fast.ops.logprobs.op import token_logprobs
-    from spiral_fast.packing import pack_sequences
-
     weight, bias = lm_head(model)
     device = weight.device
     max_pos = getattr(model.config, "max_position_embeddings", None)

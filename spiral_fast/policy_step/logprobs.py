@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from spiral_fast.policy_step.common import check_inputs
 from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.policy_step.forward import response_logprobs
 from spiral_fast.policy_step.microbatch import micro_batches
+from spiral_fast.policy_step.validate import check_inputs
 from spiral_fast.policy_step.wrappers import forward_rounds, unwrap, within_forward
 
 

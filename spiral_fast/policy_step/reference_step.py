@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import torch
 
-from spiral_fast.policy_step.common import (activation_checkpointing, advantages, check_args, finish,
-                                         global_counts, metrics, role_losses, world_size)
+from spiral_fast.algorithm.reference import policy_loss_reference
+from spiral_fast.distributed import world_size
+from spiral_fast.policy_step.advantages import advantages
 from spiral_fast.policy_step.config import SpiralConfig
+from spiral_fast.policy_step.counts import global_counts
+from spiral_fast.policy_step.losses import role_losses
+from spiral_fast.policy_step.metrics import MetricSums, metrics
+from spiral_fast.policy_step.model_context import activation_checkpointing
+from spiral_fast.policy_step.optimizer import finish
 from spiral_fast.policy_step.step import StepOutput
-from spiral_fast.policy_step.wrappers import average_gradients, forward_rounds, unwrap
+from spiral_fast.policy_step.validate import check_args
+from spiral_fast.policy_step.wrappers import forward_rounds, unwrap
 
 
 def parallel_context(tokens: list, prompt_lens: list, context: list, k: int):
@@ -45,7 +52,6 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
     context (x, its set's traces, h_j, z_jg concatenated) with an explicit dense 4-D mask and
     position ids (``parallel_context``): the traces are re-encoded per response, so the gradient
     through their keys and values is summed by autograd rather than by the shared DAG."""
-    from spiral_fast.algorithm.reference import policy_loss_reference
     wrapped = unwrap(model)  # DDP, torch.compile, LoRA (runs as its wrapped model, adapters active)
     inner = wrapped.model
     check_args(inner, batch, config, optimizer)
@@ -80,13 +86,11 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
         logp = torch.cat(logps)
         old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
         ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
-        loss, parts, stat_sums = role_losses(policy_loss_reference, logp, seqs, old, ref, counts, config)
+        loss, loss_sums = role_losses(policy_loss_reference, logp, seqs, old, ref, counts, config)
         (loss * world_size() + stand_in).backward()
-    if wrapped.average_grads and optimizer is None and world_size() > 1:
-        average_gradients(model)
-    grad_norm = finish(model, optimizer, config)
-    seq_tokens = float(sum(t.numel() for t in seqs.tokens))
-    sums = torch.cat([torch.stack(parts), stat_sums, torch.cat(entropies).sum()[None],
-                      torch.tensor([seq_tokens, seq_tokens], device=device)])
-    out = metrics(sums, counts, 1, grad_norm, device)
+    grad_norm = finish(model, optimizer, config, ddp=wrapped.average_grads)
+    seq_tokens = sum(t.numel() for t in seqs.tokens)  # nothing shared: every sequence token is encoded
+    sums = loss_sums + MetricSums(entropy=torch.cat(entropies).sum(), unique_tokens=seq_tokens,
+                                  sequence_tokens=seq_tokens, micro_batches=1)
+    out = metrics(sums, counts, grad_norm, device)
     return StepOutput(loss=torch.tensor(out["loss"]), metrics=out)

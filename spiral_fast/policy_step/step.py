@@ -6,12 +6,21 @@ from dataclasses import dataclass
 
 import torch
 
-from spiral_fast.policy_step.common import (activation_checkpointing, advantages, attention_implementation, check_args,
-                                         finish, global_counts, metrics, role_losses, world_size)
+from spiral_fast.algorithm.policy_loss import policy_loss
+from spiral_fast.distributed import world_size
+from spiral_fast.models.hf import ATTN_NAME, register as register_attention
+from spiral_fast.ops import dispatch
+from spiral_fast.policy_step.advantages import advantages
 from spiral_fast.policy_step.config import SpiralConfig
+from spiral_fast.policy_step.counts import global_counts
 from spiral_fast.policy_step.forward import lm_head, response_logprobs
+from spiral_fast.policy_step.losses import role_losses
+from spiral_fast.policy_step.metrics import MetricSums, metrics
 from spiral_fast.policy_step.microbatch import micro_batches
-from spiral_fast.policy_step.wrappers import average_gradients, forward_rounds, unwrap, within_forward
+from spiral_fast.policy_step.model_context import activation_checkpointing, attention_implementation
+from spiral_fast.policy_step.optimizer import finish
+from spiral_fast.policy_step.validate import check_args
+from spiral_fast.policy_step.wrappers import forward_rounds, unwrap, within_forward
 
 
 @dataclass(frozen=True)
@@ -60,10 +69,6 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     spiral_fast op of the step ran on (e.g. ``backend/token_logprobs/triton``; "auto" falls back to
     torch for an op whose Triton path failed its self-check, see ``spiral_fast.self_check``).
     """
-    from spiral_fast.models.hf import ATTN_NAME, register as register_attention
-    from spiral_fast.algorithm.policy_loss import policy_loss
-    from spiral_fast.ops import dispatch
-
     wrapped = unwrap(model)  # DDP, torch.compile, LoRA; an FSDP2 root's hooks run around each forward
     model = wrapped.model
     check_args(model, batch, config, optimizer)
@@ -74,9 +79,7 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     counts = global_counts(batch, adv.set_value, adv.gated)
     bins = micro_batches(batch, config.max_tokens_per_micro_batch, cut=config.aggregation == "text")
     scale = float(world_size())
-    parts_sum, stat_sum = torch.zeros(2, device=device), torch.zeros(4, device=device)
-    entropy_sum = torch.zeros((), device=device)
-    unique = seq_tokens = 0
+    sums = MetricSums()
     if config.gradient_checkpointing:
         register_attention()
     attn = ATTN_NAME if config.gradient_checkpointing else None
@@ -95,20 +98,12 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
                 share_limits=seqs.share_limits))
             old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
             ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
-            loss, parts, stats = role_losses(policy_loss, logp, seqs, old, ref, counts, config)
+            loss, loss_sums = role_losses(policy_loss, logp, seqs, old, ref, counts, config)
             (loss * (scale if real else 0.0)).backward()
-            if not real:
-                continue
-            parts_sum += torch.stack(parts)
-            stat_sum += stats
-            entropy_sum += entropy.detach().sum()
-            unique += packed.num_tokens
-            seq_tokens += int(packed.seq_lengths.sum())
-    if wrapped.average_grads and optimizer is None and world_size() > 1:
-        average_gradients(model)  # a DDP model's .grad after loss.backward(); with an optimizer finish() does it
-    grad_norm = finish(model, optimizer, config)
-    sums = torch.cat([parts_sum, stat_sum, entropy_sum[None],
-                      torch.tensor([unique, seq_tokens], dtype=torch.float32, device=device)])
-    out = metrics(sums, counts, len(bins), grad_norm, device)
+            if real:
+                sums = sums + loss_sums + MetricSums(entropy=entropy.detach().sum(), unique_tokens=packed.num_tokens,
+                                                     sequence_tokens=int(packed.seq_lengths.sum()), micro_batches=1)
+    grad_norm = finish(model, optimizer, config, ddp=wrapped.average_grads)
+    out = metrics(sums, counts, grad_norm, device)
     out.update({f"backend/{op}/{name}": 1.0 for op, name in sorted(backends.items())})
     return StepOutput(loss=torch.tensor(out["loss"]), metrics=out)

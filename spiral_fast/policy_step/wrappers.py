@@ -12,6 +12,9 @@ from typing import Callable
 
 import torch
 
+from spiral_fast.distributed import max_int, world_size
+from spiral_fast.models.lora import unwrap_peft
+
 
 @dataclass(frozen=True)
 class Unwrapped:
@@ -50,8 +53,6 @@ def unwrap(model) -> Unwrapped:
         raise ValueError("model is wrapped with FSDP1 (FullyShardedDataParallel), whose flat parameters the step "
                          "cannot read: shard it with FSDP2 (torch.distributed.fsdp.fully_shard on each decoder "
                          "layer and on the model) instead")
-    from spiral_fast.models.lora import unwrap_peft
-
     # a LoRA PeftModel runs as the model it wraps, adapters active (an FSDP2 root stays the outer module)
     return Unwrapped(unwrap_peft(model), _fsdp2_root(model), average)
 
@@ -72,29 +73,12 @@ def within_forward(root: torch.nn.Module | None, fn: Callable[[], tuple]):
         del root.forward
 
 
-def average_gradients(model: torch.nn.Module) -> None:
-    """Average the plain (non-DTensor) ``.grad`` of every parameter over the default process
-    group in one all-reduce (what DDP's reducer does after backward)."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    world = torch.distributed.get_world_size()
-    if not params or world == 1:
-        return
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
-        offset += p.grad.numel()
-
-
 def _check_ddp_group(ddp) -> None:
-    dist = torch.distributed
     group = getattr(ddp, "process_group", None)
-    if group is not None and dist.get_world_size(group) != dist.get_world_size():
-        raise ValueError(f"model is a DistributedDataParallel over a process group of {dist.get_world_size(group)} "
+    if group is not None and world_size(group) != world_size():
+        raise ValueError(f"model is a DistributedDataParallel over a process group of {world_size(group)} "
                          f"ranks, but spiral_fast.step sums its normalisers over the default group of "
-                         f"{dist.get_world_size()}: wrap the model over the default group")
+                         f"{world_size()}: wrap the model over the default group")
 
 
 def _fsdp2_root(model):
@@ -122,10 +106,4 @@ def forward_rounds(local: int, root) -> int:
     """How many forwards this rank runs: FSDP2 all-gathers each layer's weights in every forward and
     reduce-scatters its gradients in every backward, collectives that every rank must join, so under
     FSDP2 all ranks run the largest rank's count (the extra ones on a stand-in with zero loss)."""
-    if root is None or not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return local
-    n = torch.tensor([local], dtype=torch.int64)
-    if torch.distributed.get_backend() == "nccl":
-        n = n.cuda()
-    torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MAX)
-    return int(n.item())
+    return local if root is None else max_int(local)
