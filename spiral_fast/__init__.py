@@ -50,7 +50,7 @@ _EXPORTS = {
 }
 
 # Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
-_SUBMODULES = {"algorithm", "cli", "evaluate", "kernels", "models", "ops", "packing", "policy_step", "recipe", "rollout",
+_SUBMODULES = {"algorithm", "cli", "distributed", "evaluate", "kernels", "models", "ops", "packing", "policy_step", "recipe", "rollout",
                "tasks"}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -18,7 +18,8 @@ import re
 import torch
 
 from spiral_fast.models.lora import is_peft_model
-from spiral_fast.recipe.distributed import barrier, trainable_state
+from spiral_fast.distributed import barrier
+from spiral_fast.recipe.distributed import trainable_state
 
 STATE = "state.json"
 

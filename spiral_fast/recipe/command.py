@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from spiral_fast._version import __version__
+from spiral_fast.distributed import barrier
 from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
 from spiral_fast.recipe import checkpoint, distributed
 from spiral_fast.recipe.config import to_toml
@@ -205,7 +206,7 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
         if t.eval_every and task.eval_rows and row["step"] % t.eval_every == 0:
             if rank == 0:
                 row.update(evaluate_run(sampler, task, task.eval_rows, cfg, row["step"]))
-            distributed.barrier()
+            barrier()
         if t.log_samples_every and row["step"] % t.log_samples_every == 0 and trainer.last_batch is not None:
             logger.write_samples(sample_lines(task, trainer.last_batch, trainer.last_problems, row["step"]))
         logger.write(row)

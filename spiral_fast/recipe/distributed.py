@@ -1,5 +1,5 @@
-"""Processes of the training command: the process group under torchrun, FSDP2 sharding, the
-per-rank sampler and collectives of Python numbers.
+"""Processes of the training command: the process group under torchrun, FSDP2 sharding and the
+trainable state dict (the collectives themselves are in ``spiral_fast.distributed``).
 
 Under FSDP2 each rank samples its own share of the problems. HF ``generate`` cannot run on the
 sharded model (every forward all-gathers each layer, a collective all ranks must join, while ranks
@@ -63,17 +63,3 @@ def sync_copy(sampler_model, model) -> None:
     if missing:
         raise RuntimeError(f"sampling copy lacks {sorted(missing)[:3]}")
     sampler_model.load_state_dict(state, strict=False)
-
-
-def sum_ints(values: list[int], device: torch.device) -> list[int]:
-    """Element-wise sum over ranks (identity on one process)."""
-    if not torch.distributed.is_initialized():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
-    torch.distributed.all_reduce(t)
-    return [int(round(v)) for v in t.tolist()]
-
-
-def barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()

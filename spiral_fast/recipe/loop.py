@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from spiral_fast.recipe.distributed import sum_ints
+from spiral_fast.distributed import sum_ints
 from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
 from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.policy_step.logprobs import batch_logprobs
