@@ -22,6 +22,13 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """Element-wise max over ranks in place (identity on one process): one collective. Returns x."""
+    if world_size() > 1:
+        torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX)
+    return x
+
+
 def _number_device() -> torch.device:
     """Where a collective of Python numbers runs: CUDA under nccl, else the CPU."""
     if world_size() > 1 and torch.distributed.get_backend() == "nccl":

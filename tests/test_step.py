@@ -175,3 +175,21 @@ def test_bf16_step_on_cuda_gives_finite_metrics_and_grads():
     out = spiral_fast.step(model, batch, config=SpiralConfig(max_tokens_per_micro_batch=64))
     assert all(math.isfinite(v) for v in out.metrics.values())
     assert all(torch.isfinite(p.grad.float()).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("impl", ["step", "step_reference"])
+def test_behaviour_logprob_mismatch_is_reported(impl):
+    """logprob_mismatch_mean / _max: |old - new| over the trained tokens (traces in a set, every
+    aggregation response), computed by hand from batch_logprobs (the forward before the update)."""
+    model = tiny_model("qwen2", seed=3)
+    batch = random_batch(5, problems=2, old=True)
+    new = spiral_fast.batch_logprobs(model, batch)
+    diffs = torch.cat([(pr.trace_old_logprobs[i] - nt[i]).abs() for pr, nt in zip(batch.problems, new.traces)
+                       for i in pr.trained_traces()] +
+                      [(o - n).abs() for pr, na in zip(batch.problems, new.aggregations)
+                       for os_, ns in zip(pr.agg_old_logprobs, na) for o, n in zip(os_, ns)])
+    out = getattr(spiral_fast, impl)(model, batch, config=SpiralConfig())
+    assert math.isclose(out.metrics["logprob_mismatch_mean"], float(diffs.mean()), rel_tol=1e-4)
+    assert math.isclose(out.metrics["logprob_mismatch_max"], float(diffs.max()), rel_tol=1e-4)
+    on_policy = getattr(spiral_fast, impl)(model, random_batch(5, problems=2), config=SpiralConfig())
+    assert on_policy.metrics["logprob_mismatch_mean"] == on_policy.metrics["logprob_mismatch_max"] == 0.0

@@ -92,5 +92,6 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
     seq_tokens = sum(t.numel() for t in seqs.tokens)  # nothing shared: every sequence token is encoded
     sums = loss_sums + MetricSums(entropy=torch.cat(entropies).sum(), unique_tokens=seq_tokens,
                                   sequence_tokens=seq_tokens, micro_batches=1)
+    sums = sums + MetricSums.mismatch_of(old, logp, seqs.old_given.to(device))
     out = metrics(sums, counts, grad_norm, device)
     return StepOutput(loss=torch.tensor(out["loss"]), metrics=out)

@@ -61,7 +61,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     agg_loss, trace_loss, agg_reward_mean, set_value_mean, clip_frac_low / clip_frac_high /
     clip_frac, ratio_mean, kl_mean, entropy_mean, tokens_trained, trace_tokens, agg_tokens,
     unique_tokens (encoded), dedup_ratio (sequence tokens / unique tokens), micro_batches,
-    gated_frac (responses whose positive advantage ``config.length_gate`` set to 0, divided by the
+    logprob_mismatch_mean / logprob_mismatch_max (|behaviour - current| log-prob over the tokens that
+    have behaviour log-probs, at the step's forward before the update: how far the sampler's policy
+    is from the trainer's; 0 without behaviour log-probs), gated_frac (responses whose positive advantage ``config.length_gate`` set to 0, divided by the
     trained responses: traces in at least one set plus aggregation responses; 0 without a gate),
     grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only: the allocator peak of
     the step, whose start resets the peak statistics; omitted on the CPU). Under torch.distributed
@@ -103,6 +105,7 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
             if real:
                 sums = sums + loss_sums + MetricSums(entropy=entropy.detach().sum(), unique_tokens=packed.num_tokens,
                                                      sequence_tokens=int(packed.seq_lengths.sum()), micro_batches=1)
+                sums = sums + MetricSums.mismatch_of(old, logp, seqs.old_given.to(device))
     grad_norm = finish(model, optimizer, config, ddp=wrapped.average_grads)
     out = metrics(sums, counts, grad_norm, device)
     out.update({f"backend/{op}/{name}": 1.0 for op, name in sorted(backends.items())})
