@@ -28,7 +28,7 @@ def test_sections_and_algorithm_keys_follow_spiral_config():
     assert set(SCHEMA["rollout"]) == {"engine", "problems_per_step", "num_traces", "set_size", "num_sets",
                                       "num_aggregations", "max_new_tokens", "agg_max_new_tokens", "temperature",
                                       "dynamic_sampling", "max_extra_rounds", "gpu_memory_utilization", "method",
-                                      "dtype", "behaviour_logprobs"}
+                                      "dtype", "behaviour_logprobs", "kv_cache_gb"}
 
 
 def test_defaults_are_the_papers(files):

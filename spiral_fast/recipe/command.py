@@ -42,8 +42,9 @@ def build_sampler(cfg, model, task, world: int):
     if cfg.rollout.engine == "vllm":
         dtype = cfg.rollout.dtype or cfg.model.dtype
         source = HFSampler(model, copy=True).model if world > 1 else model
+        extra = {} if cfg.rollout.kv_cache_gb is None else {"kv_cache_memory_bytes": int(cfg.rollout.kv_cache_gb * 2**30)}
         return VLLMSampler(source, seed=cfg.train.seed, dtype=dtype,
-                           gpu_memory_utilization=cfg.rollout.gpu_memory_utilization)
+                           gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, **extra)
     return HFSampler(model, pad_token_id=task.pad_token_id, copy=world > 1)
 
 

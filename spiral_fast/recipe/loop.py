@@ -269,7 +269,7 @@ class Trainer:
             out = self.step_fn(self.model, batch, config=self.config, optimizer=self.optimizer)
             row.update(out.metrics)
             row.update(mismatch)  # "trainer": the step saw old = new; the sampler's mismatch is this
-        if self.scheduler is not None:
+        if self.scheduler is not None and batch is not None:  # the schedule counts optimizer steps
             self.scheduler.step()
         t2 = time.perf_counter()
         if batch is not None:

@@ -87,7 +87,9 @@ def evaluate_task(sampler, task, problems: list, config: EvalConfig, *, set_size
     """pass@k and majority vote@k over ``config.samples`` traces per problem (``task.score``,
     ``task.answer_of``), and RSA (population ``config.population``, sets of ``set_size`` or
     ``config.set_size``, ``config.steps`` steps) of ``sampler`` (a Sampler or an HF model) on
-    ``problems`` of ``task``. Seeded by ``config.seed`` (torch's global RNG is forked)."""
+    ``problems`` of ``task``. With ``samples == population`` the pass@k / majority samples are RSA's
+    step-0 population (one sampling instead of two). Seeded by ``config.seed`` (torch's global RNG
+    is forked)."""
     sampler = as_sampler(sampler, pad_token_id=task.pad_token_id)
     set_size = set_size or config.set_size
     if set_size is None or set_size > config.population:
@@ -97,14 +99,17 @@ def evaluate_task(sampler, task, problems: list, config: EvalConfig, *, set_size
     n = config.samples
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        traces, _ = sampler.generate(prompts, n, max_new_tokens=config.max_new_tokens,
-                                     temperature=config.temperature, eos_token_id=task.eos_token_id, logprobs=False)
+        traces = None
+        if n != config.population:  # else the samples are RSA's step-0 population (sampled once)
+            traces, _ = sampler.generate(prompts, n, max_new_tokens=config.max_new_tokens,
+                                         temperature=config.temperature, eos_token_id=task.eos_token_id,
+                                         logprobs=False)
         rsa = recursive_aggregation(
             sampler, prompts, template=task.template, score_fn=lambda p, r: float(task.score(problems[p], r)),
             population=config.population, set_size=set_size, steps=config.steps, temperature=config.temperature,
             max_new_tokens=config.max_new_tokens, agg_max_new_tokens=config.agg_max_new_tokens,
             eos_token_id=task.eos_token_id, generator=generator)
-    rows = [traces[p * n:(p + 1) * n] for p in range(len(problems))]
+    rows = rsa.populations[0] if traces is None else [traces[p * n:(p + 1) * n] for p in range(len(problems))]
     right = [[task.score(x, y) == 1.0 for y in row] for x, row in zip(problems, rows)]
     answers = [[task.answer_of(y) for y in row] for row in rows]
     pass_k = [float(pass_at_k(n, [sum(r) for r in right], k).mean()) for k in range(1, n + 1)]
