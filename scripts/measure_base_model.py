@@ -66,8 +66,8 @@ def lora_timing(model_path: str | None, tokens: int, threads: int, reps: int = 3
 
 def main(argv=None) -> None:
     from spiral_fast.models.loading import resolve_model_path, smollm2_gguf_path
-    from spiral_fast.train import prompts as P
-    from spiral_fast.train.rewards import has_math_verify, math_reward
+    from spiral_fast.tasks import prompts as P
+    from spiral_fast.tasks.rewards import has_math_verify, math_reward
 
     search_prompts = {"default": P.SEARCH, "terse": TERSE}
     agg_prompts = {"default": P.AGGREGATION, "terse": TERSE_AGG}
