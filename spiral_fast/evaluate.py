@@ -119,7 +119,7 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
                           population: int = 8, set_size: int = 4, steps: int = 10,
                           temperature: float = 1.0, max_new_tokens: int = 64,
                           agg_max_new_tokens: int | None = None, eos_token_id: int | None = None,
-                          pad_token_id: int = 0, engine: str | None = None,
+                          pad_token_id: int = 0, engine: str = "hf",
                           generator: torch.Generator | None = None) -> RSAResult:
     """Recursive self-aggregation as the paper runs it, for P problems.
 
@@ -131,8 +131,8 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
     scored by ``score_fn(p, r)`` in [0, 1]; ``accuracy[t]`` is the mean score of population t.
 
     model: a :class:`spiral_fast.rollout.Sampler` (``HFSampler``, ``VLLMSampler``), or a plain HF
-    causal LM / ``peft.PeftModel`` (sampled with ``HFSampler``); ``engine`` ("hf" | "vllm" | None)
-    is still accepted and must match the sampler. All requests of a step go
+    causal LM / ``peft.PeftModel`` (sampled with ``HFSampler``); ``engine``, the older switch, is
+    still accepted: "hf" (the default) takes any sampler, "vllm" needs a VLLMSampler. All requests of a step go
     in one batched call. Sampling is plain at ``temperature`` (HF: torch's global RNG, so seed it
     with ``torch.manual_seed``); ``generator`` drives the set draws.
     Raises ValueError naming the argument on bad input.

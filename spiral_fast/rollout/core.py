@@ -22,7 +22,7 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
             temperature: float = 1.0, max_new_tokens: int = 64,
             agg_max_new_tokens: int | None = None, eos_token_id: int | None = None,
             pad_token_id: int = 0, generator: torch.Generator | None = None,
-            behaviour_logprobs: bool = True, engine: str | None = None, aggregation: str = "text",
+            behaviour_logprobs: bool = True, engine: str = "hf", aggregation: str = "text",
             agg_head: Sequence[int] | None = None):
     """Sample one SPIRAL batch for P problems.
 
@@ -34,8 +34,8 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
     then all aggregations in a second one.
 
     model: a :class:`spiral_fast.rollout.Sampler` (``HFSampler``, ``VLLMSampler``), or, as before
-    samplers existed, a plain HF causal LM / PeftModel (sampled with ``HFSampler``); ``engine``
-    ("hf" | "vllm" | None: the sampler's own kind) is still accepted and must match the sampler.
+    samplers existed, a plain HF causal LM / PeftModel (sampled with ``HFSampler``). ``engine``, the
+    older switch, is still accepted: "hf" (the default) takes any sampler, "vllm" needs a VLLMSampler.
     Sampling is plain (no top-k/top-p) at ``temperature`` and draws from torch's global RNG (HF) or
     vLLM's seed; ``generator`` drives the set draws. Responses end at ``eos_token_id`` (kept) or at
     ``max_new_tokens`` (``agg_max_new_tokens`` for aggregations, default the same).
@@ -59,7 +59,7 @@ def rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, tem
     check_set_sizes(num_traces, num_sets, set_size, distinct=True)  # before any sampling
     agg_max_new_tokens = max_new_tokens if agg_max_new_tokens is None else agg_max_new_tokens
     if aggregation == "parallel":  # before the sampler: its errors name the parallel mode
-        kind = engine or getattr(model, "engine", "hf")
+        kind = "vllm" if engine == "vllm" else getattr(model, "engine", "hf")
         head = check_parallel_args(getattr(model, "model", model), prompts, template, agg_head, kind,
                                    max_new_tokens, agg_max_new_tokens)
     elif aggregation != "text":

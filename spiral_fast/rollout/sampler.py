@@ -92,10 +92,11 @@ class HFSampler(Sampler):
                 "bytes": sum(t.numel() * t.element_size() for t in state.values())}
 
 
-def as_sampler(model, engine: str | None = None, *, pad_token_id: int = 0) -> Sampler:
-    """A Sampler as given, or a plain HF model wrapped in an ``HFSampler`` (``engine="hf"``, the
-    older call form). ``engine="vllm"`` needs a ``spiral_fast.VLLMSampler``; engine None takes the
-    sampler's own kind. ValueError for an unknown engine or a mismatch."""
+def as_sampler(model, engine: str | None = "hf", *, pad_token_id: int = 0) -> Sampler:
+    """A Sampler as given, or a plain HF model wrapped in an ``HFSampler`` (the older call form).
+    ``engine``, the older switch, is checked, never needed: "hf" (the old default) or None take any
+    sampler; "vllm" needs a ``spiral_fast.VLLMSampler``. ValueError for an unknown engine or a
+    plain model with engine "vllm"."""
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if isinstance(model, Sampler):  # its own padding: pad_token_id is for a plain model
