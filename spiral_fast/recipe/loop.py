@@ -237,9 +237,11 @@ class Trainer:
             batch, dropped, rounds = first, 0, 1
         kept = len(batch) if batch is not None else 0
         problems = [pr for b in sampled if b is not None for pr in b.problems]
-        counts = sum_ints([kept, len(problems), dropped,
-                           sum(y.numel() for pr in problems for y in pr.traces),
-                           sum(z.numel() for pr in problems for zs in pr.aggregations for z in zs)], self.device)
+        trace_tokens = sum(y.numel() for pr in problems for y in pr.traces)
+        agg_tokens = sum(z.numel() for pr in problems for zs in pr.aggregations for z in zs)
+        if s.method == "grpo":  # the group of single traces sits in the aggregation slot (its trace is a copy)
+            trace_tokens, agg_tokens = agg_tokens, 0
+        counts = sum_ints([kept, len(problems), dropped, trace_tokens, agg_tokens], self.device)
         if counts[0] == 0:
             batch = None  # nothing informative anywhere: no step (AdamW would still move the weights)
         elif batch is None:
