@@ -126,3 +126,27 @@ def torch_threads(count: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def check_fields(config, *, choices: dict | None = None) -> None:
+    """ValueError naming the field of a settings dataclass whose value does not fit its annotation:
+    a float must be a number > 0, an int an int >= 1 (``seed``: any int), a bool a bool, a field in
+    ``choices`` one of its values; an ``X | None`` field may also be None."""
+    import dataclasses
+
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), str(f.type)
+        if value is None and "None" in kind:
+            continue
+        if choices and f.name in choices:
+            if value not in choices[f.name]:
+                raise ValueError(f"{f.name} must be one of {choices[f.name]}, got {value!r}")
+        elif kind.startswith("float"):
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{f.name} must be > 0, got {value!r}")
+        elif kind.startswith("bool"):
+            if not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be a bool, got {value!r}")
+        elif kind.startswith("int"):
+            if isinstance(value, bool) or not isinstance(value, int) or (f.name != "seed" and value < 1):
+                raise ValueError(f"{f.name} must be {'an int' if f.name == 'seed' else 'an int >= 1'}, got {value!r}")

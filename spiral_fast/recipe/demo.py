@@ -8,14 +8,14 @@ same seed and evaluates them with pass@k, majority vote and recursive self-aggre
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from spiral_fast._utils import torch_threads
+from spiral_fast._utils import check_fields, torch_threads
 from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo
 from spiral_fast.recipe.loop import METHODS, STEP_IMPLS as STEP_FUNCTIONS, RolloutSettings, Trainer, train_loop
@@ -75,17 +75,7 @@ class DemoConfig:
     aggregation: str = "text"
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("lr", "temperature"):
-                if not (isinstance(value, (int, float)) and value > 0):
-                    raise ValueError(f"{f.name} must be > 0, got {value!r}")
-            elif f.type == "int" and f.name != "seed" and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{f.name} must be an int >= 1, got {value!r}")
-            elif f.type == "bool" and not isinstance(value, bool):
-                raise ValueError(f"{f.name} must be a bool, got {value!r}")
-            elif f.name in CHOICES and value not in CHOICES[f.name]:
-                raise ValueError(f"{f.name} must be one of {CHOICES[f.name]}, got {value!r}")
+        check_fields(self, choices=CHOICES)
         if self.set_size > self.traces:
             raise ValueError(f"set_size must be <= traces ({self.traces}), got {self.set_size}")
         if self.aggregation == "parallel" and self.engine != "hf":

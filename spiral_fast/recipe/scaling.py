@@ -4,12 +4,12 @@ traces (k = 1..samples), and recursive self-aggregation (RSA) over its steps, al
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from spiral_fast._utils import torch_threads
+from spiral_fast._utils import check_fields, torch_threads
 from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
 from spiral_fast.rollout.sampler import as_sampler
 from spiral_fast.tasks.toy import ToyTask
@@ -41,16 +41,7 @@ class EvalConfig:
     agg_max_new_tokens: int | None = None
 
     def __post_init__(self):
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "temperature":
-                if not (isinstance(value, (int, float)) and value > 0):
-                    raise ValueError(f"temperature must be > 0, got {value!r}")
-            elif f.name == "seed":
-                if not isinstance(value, int):
-                    raise ValueError(f"seed must be an int, got {value!r}")
-            elif not (f.name in ("set_size", "agg_max_new_tokens") and value is None) and not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{f.name} must be an int >= 1, got {value!r}")
+        check_fields(self)
         if self.set_size is not None and self.set_size > self.population:
             raise ValueError(f"set_size must be <= population ({self.population}), got {self.set_size}")
 
