@@ -77,3 +77,40 @@ def test_fsdp2_two_ranks_equal_one_process_and_resume_at_world_size_one(tmp_path
     a2, a1 = adapter(os.path.join(two, "checkpoint-2")), adapter(os.path.join(one, "checkpoint-2"))
     for k in a1:
         torch.testing.assert_close(a2[k], a1[k], rtol=0, atol=1e-5)
+
+
+def _rank_main_signalled(rank, world, port, config, overrides, tests_dir):
+    """_rank_main, and rank 0 alone gets SIGTERM once step 1 is logged: both ranks must stop and save."""
+    import signal
+    import threading
+    import time
+
+    if rank == 0:
+        output = next(o.split("=", 1)[1].strip('"') for o in overrides if o.startswith("train.output="))
+
+        def send():
+            path = os.path.join(output, "metrics.jsonl")
+            while not (os.path.isfile(path) and os.path.getsize(path) > 0):
+                time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=send, daemon=True).start()
+    _rank_main(rank, world, port, config, overrides, tests_dir)
+
+
+@pytest.mark.slow  # two spawned processes, 1 or 2 tiny steps: ~30 s on a quiet 2-core CPU
+def test_sigterm_to_one_rank_stops_both_and_both_take_part_in_the_save(tmp_path):
+    config, overrides = setup(str(tmp_path))
+    out = str(tmp_path / "out")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    run_args = overrides + TWO + [f'train.output="{out}"', "train.steps=4", "train.save_every=0"]
+    spawn_with_free_port(_rank_main_signalled, lambda port: (2, port, config, run_args, tests_dir), nprocs=2)
+    rows = metrics(out)
+    n = rows[-1]["step"]
+    assert n <= 2  # stopped at step 1 or 2 of 4 (rank 1 learnt of the signal through the all-reduce)
+    ckpt = os.path.join(out, f"checkpoint-{n}")
+    with open(os.path.join(ckpt, "state.json")) as fh:
+        assert json.load(fh) == {"step": n, "data_position": 4 * n, "world_size": 2, "nonfinite_steps": 0}
+    assert {"rank0.pt", "rank1.pt", "rank0.json", "rank1.json"} <= set(os.listdir(os.path.join(ckpt, "rng")))
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= set(os.listdir(os.path.join(ckpt, "dcp")))
+    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == [f"checkpoint-{n}"]

@@ -88,10 +88,12 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
         ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
         loss, loss_sums = role_losses(policy_loss_reference, logp, seqs, old, ref, counts, config)
         (loss * world_size() + stand_in).backward()
-    grad_norm = finish(model, optimizer, config, ddp=wrapped.average_grads)
+    grad_norm, skipped = finish(model, optimizer, config, ddp=wrapped.average_grads, loss=loss.detach())
     seq_tokens = sum(t.numel() for t in seqs.tokens)  # nothing shared: every sequence token is encoded
     sums = loss_sums + MetricSums(entropy=torch.cat(entropies).sum(), unique_tokens=seq_tokens,
                                   sequence_tokens=seq_tokens, micro_batches=1)
     sums = sums + MetricSums.mismatch_of(old, logp, seqs.old_given.to(device))
     out = metrics(sums, counts, grad_norm, device)
+    if optimizer is not None:
+        out["nonfinite"] = float(skipped)
     return StepOutput(loss=torch.tensor(out["loss"]), metrics=out)

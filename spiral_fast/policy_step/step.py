@@ -46,7 +46,8 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     serves both roles; each trace is encoded once per problem; problems are never cut).
 
     optimizer None: gradients accumulate in ``.grad`` like ``loss.backward()``. With an optimizer:
-    clip to ``config.max_grad_norm``, ``optimizer.step()``, ``optimizer.zero_grad()``.
+    clip to ``config.max_grad_norm``, ``optimizer.step()`` (skipped when the step is non-finite),
+    ``optimizer.zero_grad()``.
     torch.distributed: each rank passes its share of the problems; normalisers are all-reduced
     once, the local loss is scaled by the world size so that averaging gradients over ranks
     (DDP / FSDP2 convention) gives the whole-batch gradient; with an optimizer and plain
@@ -65,7 +66,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     have behaviour log-probs, at the step's forward before the update: how far the sampler's policy
     is from the trainer's; 0 without behaviour log-probs), gated_frac (responses whose positive advantage ``config.length_gate`` set to 0, divided by the
     trained responses: traces in at least one set plus aggregation responses; 0 without a gate),
-    grad_norm (with an optimizer and clipping), peak_memory_bytes (CUDA only: the allocator peak of
+    grad_norm (with an optimizer and clipping), nonfinite (with an optimizer: 1.0 when the loss or the
+    gradient norm was inf or NaN on some rank: the optimizer did not step, the gradients were dropped,
+    the weights and optimizer state are unchanged; else 0.0), peak_memory_bytes (CUDA only: the allocator peak of
     the step, whose start resets the peak statistics; omitted on the CPU). Under torch.distributed
     micro_batches is the total over ranks. ``backend/<op>/<backend>`` = 1.0 for the backend each
     spiral_fast op of the step ran on (e.g. ``backend/token_logprobs/triton``; "auto" falls back to
@@ -106,7 +109,10 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
                 sums = sums + loss_sums + MetricSums(entropy=entropy.detach().sum(), unique_tokens=packed.num_tokens,
                                                      sequence_tokens=int(packed.seq_lengths.sum()), micro_batches=1)
                 sums = sums + MetricSums.mismatch_of(old, logp, seqs.old_given.to(device))
-    grad_norm = finish(model, optimizer, config, ddp=wrapped.average_grads)
+    grad_norm, skipped = finish(model, optimizer, config, ddp=wrapped.average_grads,
+                                 loss=torch.as_tensor(sums.trace_loss) + torch.as_tensor(sums.agg_loss))
     out = metrics(sums, counts, grad_norm, device)
+    if optimizer is not None:
+        out["nonfinite"] = float(skipped)
     out.update({f"backend/{op}/{name}": 1.0 for op, name in sorted(backends.items())})
     return StepOutput(loss=torch.tensor(out["loss"]), metrics=out)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import sys
 
 import torch
 from tqdm import tqdm
@@ -15,6 +17,7 @@ from spiral_fast.distributed import barrier
 from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
 from spiral_fast.recipe import checkpoint, distributed
 from spiral_fast.recipe.config import to_toml
+from spiral_fast.recipe.faults import NonFinite, Preemption
 from spiral_fast.recipe.loop import RolloutSettings, Trainer, problem_seed, train_loop
 from spiral_fast.recipe.model_loading import load_model
 from spiral_fast.recipe.scaling import EvalConfig, EvalResult, evaluate_task
@@ -137,7 +140,7 @@ def build_task(cfg, tokenizer) -> MathTask:
     return MathTask(tokenizer, load_jsonl(cfg.data.train),
                     load_jsonl(cfg.data.eval)[:cfg.eval.num_problems] if cfg.data.eval else [],
                     search=cfg.prompts.search, aggregation=cfg.prompts.aggregation, candidate=cfg.prompts.candidate,
-                    reward=cfg.reward.kind)
+                    reward=cfg.reward.kind, reward_timeout_s=cfg.reward.timeout_s)
 
 
 def evaluate_config(cfg, config: EvalConfig, *, checkpoint_dir: str | None = None) -> EvalResult:
@@ -182,12 +185,15 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
     trainer = Trainer(model=model, sampler=sampler, task=task, settings=rollout_settings(cfg), config=cfg.algorithm,
                       optimizer=optimizer, scheduler=scheduler, rank=rank, world=world, device=device)
     out_dir, t = cfg.train.output, cfg.train
-    start, position = 0, 0
-    ckpt = checkpoint.latest(out_dir) if resume else None
+    start, position, state = 0, 0, {}
+    ckpt = checkpoint.latest(out_dir) if resume else None  # the latest complete one (with state.json)
     if ckpt is not None:
         state = checkpoint.load(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
         start, position = state["step"], state["data_position"]
         sampler.sync(model)
+    nonfinite = NonFinite(t.max_nonfinite_steps, state.get("nonfinite_steps", 0))
+    preemption = Preemption(rank)
+    last_saved = [ckpt]
     logger = MetricsLog(out_dir, rank == 0)
     if rank == 0:
         os.makedirs(out_dir, exist_ok=True)
@@ -203,7 +209,8 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
             tqdm.write(f"--resume: no checkpoint in {out_dir}, starting at step 1")
     source = task.train_problems(t.seed, position)
 
-    def after_step(row: dict) -> None:
+    def after_step(row: dict) -> bool:
+        bad = nonfinite.count(row)
         if t.eval_every and task.eval_rows and row["step"] % t.eval_every == 0:
             if rank == 0:
                 row.update(evaluate_run(sampler, task, task.eval_rows, cfg, row["step"]))
@@ -211,12 +218,23 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
         if t.log_samples_every and row["step"] % t.log_samples_every == 0 and trainer.last_batch is not None:
             logger.write_samples(sample_lines(task, trainer.last_batch, trainer.last_problems, row["step"]))
         logger.write(row)
-        if (t.save_every and row["step"] % t.save_every == 0) or row["step"] == t.steps:
-            checkpoint.save(out_dir, row["step"], model=model, optimizer=optimizer, scheduler=scheduler,
-                            data_position=source.position, tokenizer=tokenizer, rank=rank, world=world)
+        nonfinite.check(row["step"], last_saved[0])  # NonFiniteError: no checkpoint of a bad state
+        stop = preemption.agreed()  # every rank, every step: a signal to one rank stops all
+        if not bad and (stop or (t.save_every and row["step"] % t.save_every == 0) or row["step"] == t.steps):
+            last_saved[0] = checkpoint.save(out_dir, row["step"], model=model, optimizer=optimizer,
+                                            scheduler=scheduler, data_position=source.position, tokenizer=tokenizer,
+                                            rank=rank, world=world, extra={"nonfinite_steps": nonfinite.total})
+        elif bad and (stop or row["step"] == t.steps) and rank == 0:
+            log.warning("step %d: no finite step since the last non-finite one, no checkpoint written", row["step"])
+        if stop and rank == 0:
+            name = signal.Signals(stop).name
+            tqdm.write(f"spiral-fast train: stopped by {name} after step {row['step']}; the latest complete "
+                       f"checkpoint is {last_saved[0] or 'none'}; continue with --resume", file=sys.stderr)
+        return bool(stop)
 
     try:
-        return train_loop(trainer, source, steps=t.steps, start=start, progress=progress, desc="spiral train",
-                          on_step=after_step)
+        with preemption:
+            return train_loop(trainer, source, steps=t.steps, start=start, progress=progress, desc="spiral train",
+                              on_step=after_step)
     finally:
         sampler.close()

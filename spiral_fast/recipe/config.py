@@ -48,6 +48,9 @@ SCHEMA = {
     },
     "reward": {
         "kind": ("math", (str,), '"math" (math-verify where installed, else normalised exact match) or "exact"'),
+        "timeout_s": (10.0, NUM + ("none",), "seconds one reward may take (math-verify can hang on adversarial output); "
+                                              "a reward that raises or takes longer scores 0 and is counted in the "
+                                              "metric reward_errors; none = no limit"),
     },
     "rollout": {
         "engine": ("hf", (str,), '"hf" (transformers generate) or "vllm" (spiral_fast.VLLMSampler)'),
@@ -89,6 +92,9 @@ SCHEMA = {
         "device": ("auto", (str,), '"auto" (cuda where available), "cpu" or "cuda"'),
         "log_samples_every": (1, (int,), "write each problem of the step to samples.jsonl every this many steps; "
                                          "0 = never"),
+        "max_nonfinite_steps": (3, (int,), "stop with an error after this many consecutive non-finite steps (loss or "
+                                           "gradient norm inf/NaN; such a step leaves the weights and optimizer "
+                                           "state unchanged)"),
     },
     "eval": {
         "rsa_population": (8, (int,), "recursive self-aggregation population (the paper: 8)"),
@@ -246,6 +252,9 @@ def _check_values(cfg) -> None:
     positive("optim", "warmup_steps", "weight_decay", low=0)
     positive("train", "steps")
     positive("train", "save_every", "eval_every", "seed", "log_samples_every", low=0)
+    positive("train", "max_nonfinite_steps")
+    if cfg.reward.timeout_s is not None and not cfg.reward.timeout_s > 0:
+        raise ValueError(f"config key reward.timeout_s must be > 0 or \"none\", got {cfg.reward.timeout_s!r}")
     if cfg.rollout.dtype not in (None, "bfloat16", "float16", "float32", "auto"):
         raise ValueError(f"config key rollout.dtype must be one of ['bfloat16', 'float16', 'float32', 'auto', 'none'], "
                          f"got {cfg.rollout.dtype!r}")

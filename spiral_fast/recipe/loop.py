@@ -217,10 +217,12 @@ class Trainer:
         """(SpiralBatch of this rank or None, row): the step's problems from ``source`` sampled, with
         dynamic sampling when configured. The row holds the first round's metrics (they estimate the
         current policy), and global counts: problems (trained), problems_sampled, problems_dropped,
-        rounds, trace_tokens_sampled, agg_tokens_sampled."""
+        rounds, trace_tokens_sampled, agg_tokens_sampled; reward_errors (rewards that raised or timed
+        out while sampling, scored 0) for a task that counts them (``MathTask.reward_errors``)."""
         s = self.settings
         sampled = []
         self._problem_of.clear()
+        errors = getattr(self.task, "reward_errors", None)  # a task that counts its failed rewards
 
         def resample(count: int):
             batch, _ = self.sample(source.take(count), step, len(sampled))
@@ -241,7 +243,8 @@ class Trainer:
         agg_tokens = sum(z.numel() for pr in problems for zs in pr.aggregations for z in zs)
         if s.method == "grpo":  # the group of single traces sits in the aggregation slot (its trace is a copy)
             trace_tokens, agg_tokens = agg_tokens, 0
-        counts = sum_ints([kept, len(problems), dropped, trace_tokens, agg_tokens], self.device)
+        counts = sum_ints([kept, len(problems), dropped, trace_tokens, agg_tokens,
+                           0 if errors is None else self.task.reward_errors - errors], self.device)
         if counts[0] == 0:
             batch = None  # nothing informative anywhere: no step (AdamW would still move the weights)
         elif batch is None:
@@ -253,6 +256,8 @@ class Trainer:
         row = dict(metrics, problems=float(counts[0]), problems_sampled=float(counts[1]),
                    problems_dropped=float(counts[2]), rounds=float(rounds), trace_tokens_sampled=float(counts[3]),
                    agg_tokens_sampled=float(counts[4]))
+        if errors is not None:
+            row["reward_errors"] = float(counts[5])
         return batch, row
 
     def train_step(self, source, step: int) -> dict:
@@ -271,10 +276,11 @@ class Trainer:
             out = self.step_fn(self.model, batch, config=self.config, optimizer=self.optimizer)
             row.update(out.metrics)
             row.update(mismatch)  # "trainer": the step saw old = new; the sampler's mismatch is this
-        if self.scheduler is not None and batch is not None:  # the schedule counts optimizer steps
+        stepped = batch is not None and not row.get("nonfinite")  # a non-finite step left the weights as they were
+        if self.scheduler is not None and stepped:  # the schedule counts optimizer steps
             self.scheduler.step()
         t2 = time.perf_counter()
-        if batch is not None:
+        if stepped:
             self.sampler.sync(self.model)
         t3 = time.perf_counter()
         row.update(seconds_rollout=t1 - t0, seconds_step=t2 - t1, seconds_sync=t3 - t2)
@@ -300,9 +306,10 @@ def with_trainer_logprobs(model, batch, config: SpiralConfig):
 
 
 def train_loop(trainer: Trainer, source, *, steps: int, start: int = 0, progress: bool = True, desc: str = "train",
-               on_step: Callable[[dict], None] | None = None) -> list[dict]:
+               on_step: Callable[[dict], object] | None = None) -> list[dict]:
     """Steps ``start + 1 .. steps`` of ``trainer`` on problems from ``source`` (``take(n)``); after
-    each, ``on_step(row)`` (logging, evaluation, checkpoints). Returns the rows. The progress bar
+    each, ``on_step(row)`` (logging, evaluation, checkpoints); a true value from it stops the loop
+    there (preemption). Returns the rows. The progress bar
     shows the reward and the seconds spent in each phase."""
     rows = []
     bar = tqdm(range(start + 1, steps + 1), desc=desc, disable=not progress or trainer.rank != 0, initial=start,
@@ -313,8 +320,8 @@ def train_loop(trainer: Trainer, source, *, steps: int, start: int = 0, progress
         bar.set_postfix(reward=f"{row.get('reward', 0.0):.3f}", loss=f"{row['loss']:+.4f}",
                         rollout=f"{row['seconds_rollout']:.1f}s", step=f"{row['seconds_step']:.1f}s",
                         sync=f"{row['seconds_sync']:.1f}s")
-        if on_step is not None:
-            on_step(row)
+        if on_step is not None and on_step(row):
+            break
     return rows
 
 

@@ -27,11 +27,13 @@ def sample_hf(model, prompts: list[list[int]], num_samples: int, *, max_new_toke
     ids = torch.tensor([[pad_token_id] * (width - len(p)) + p for p in rows], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=device)
     # top_k=0 / top_p=1.0: plain sampling at the temperature, so the behaviour policy is exactly
-    # softmax(logits / T) and the log-probs below are its own.
+    # softmax(logits / T) and the log-probs below are its own. remove_invalid_values: inf/NaN logits
+    # (diverged weights) are made finite for the draw instead of failing it; their log-probs stay
+    # non-finite, so the step that trains on them is skipped (``policy_step.optimizer.finish``).
     config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                               max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                               pad_token_id=pad_token_id, return_dict_in_generate=True,
-                              output_logits=logprobs)
+                              output_logits=logprobs, remove_invalid_values=True)
     was_training = model.training
     model.eval()
     try:
@@ -45,6 +47,9 @@ def sample_hf(model, prompts: list[list[int]], num_samples: int, *, max_new_toke
         # [rows, steps] log-prob of each sampled token; float32 whatever the model dtype.
         logits = torch.stack(out.logits, dim=1).float() / temperature
         token_lp = logits.log_softmax(-1).gather(-1, new[..., None])[..., 0].cpu()
+        # NaN logits (diverged weights): the token had no defined probability; -inf keeps the batch
+        # valid (batches refuse NaN) and the step on it non-finite, so it is skipped
+        token_lp = token_lp.nan_to_num(nan=float("-inf"), posinf=float("-inf"))
     new = new.cpu().tolist()
     for r, tokens in enumerate(new):
         n = _trim(tokens, eos_token_id)

@@ -3,32 +3,42 @@
 Problems are rows ``{"problem": str, "answer": str}`` (JSONL files, see ``tasks.data``). The search
 prompt and the aggregation prompt follow the paper (``tasks.prompts``); the reward checks the
 final answer of a response (last ``\\boxed{}``, else last number) with math-verify where installed,
-else by normalised exact match (``tasks.rewards``).
+else by normalised exact match (``tasks.rewards``). A reward that raises or runs past
+``reward_timeout_s`` scores 0 and is counted in ``MathTask.reward_errors``.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from spiral_fast.tasks.base import Task
 from spiral_fast.tasks.data import ProblemStream
 from spiral_fast.tasks.prompts import AGGREGATION, CANDIDATE, SEARCH, Prompts
-from spiral_fast.tasks.rewards import REWARDS, extract_answer, normalize
+from spiral_fast.tasks.rewards import REWARDS, RewardTimeout, call_with_timeout, extract_answer, normalize
+
+log = logging.getLogger("spiral_fast.tasks.math")
+SHOWN_CHARS = 200  # of a response whose reward failed, in the log
 
 
 class MathTask(Task):
     """tokenizer: a HF tokenizer with a chat template. train / eval: lists of problem rows.
     search / aggregation / candidate: the prompt texts (``tasks.prompts``). reward: "math" or
-    "exact" (``tasks.rewards.REWARDS``)."""
+    "exact" (``tasks.rewards.REWARDS``). reward_timeout_s: the longest a reward may take (None: no
+    limit); a reward that raises or takes longer scores 0, adds 1 to ``reward_errors`` and is logged
+    (a warning with the response cut to 200 characters) the first time each of the two happens."""
 
     def __init__(self, tokenizer, train: Sequence[dict], eval: Sequence[dict] = (), *, search: str = SEARCH,
-                 aggregation: str = AGGREGATION, candidate: str = CANDIDATE, reward: str = "math"):
+                 aggregation: str = AGGREGATION, candidate: str = CANDIDATE, reward: str = "math",
+                 reward_timeout_s: float | None = 10.0):
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {list(REWARDS)}, got {reward!r}")
         self.prompts = Prompts(tokenizer, search, aggregation, candidate)
         self.tokenizer = tokenizer
         self.train_rows, self.eval_rows = list(train), list(eval)
         self.reward_name = reward
-        self._reward = REWARDS[reward]
+        self.reward_timeout_s = reward_timeout_s
+        self.reward_errors = 0  # rewards that raised or timed out (scored 0), since construction
+        self._logged: set[str] = set()
         self.eos_token_id = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.eos_token_id or 0)
@@ -40,7 +50,20 @@ class MathTask(Task):
         return self.prompts.template(prompt, set_traces)
 
     def score(self, problem: dict, response) -> float:
-        return float(self._reward(self.decode(response), problem["answer"]))
+        text = self.decode(response)
+        try:
+            return float(call_with_timeout(REWARDS[self.reward_name], (text, problem["answer"]), self.reward_timeout_s))
+        except RewardTimeout as err:
+            kind, what = "timeout", f"timed out ({err})"
+        except Exception as err:  # a reward bug or math-verify on odd output: the run goes on
+            kind, what = "error", f"raised {type(err).__name__}: {err}"
+        self.reward_errors += 1
+        if kind not in self._logged:
+            self._logged.add(kind)
+            log.warning("reward %r %s on the response %r (cut to %d characters); scored 0. Further reward "
+                        "errors are counted in the metric reward_errors, not logged", self.reward_name, what,
+                        text[:SHOWN_CHARS], SHOWN_CHARS)
+        return 0.0
 
     def answer_of(self, response):
         found = extract_answer(self.decode(response))

@@ -4,11 +4,20 @@
 its final number; without it the fallback is the normalised exact match of that extracted answer
 (the training command logs that the fallback is in use). "exact" compares the whole normalised
 response with the answer. Rewards are 1.0 or 0.0.
+
+``call_with_timeout`` bounds a reward's time (math-verify can hang on adversarial output); ``MathTask``
+scores a reward that raises or times out 0 and counts it.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
+import queue
 import re
+import signal
+import threading
+import time
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
@@ -57,6 +66,19 @@ def has_math_verify() -> bool:
     return importlib.util.find_spec("math_verify") is not None
 
 
+@functools.cache
+def _accepts(fn, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _no_timeout(fn, name: str) -> dict:
+    """{name: None} where ``fn`` takes that keyword (math-verify >= 0.5), else {}."""
+    return {name: None} if _accepts(fn, name) else {}
+
+
 def math_reward(response: str, answer: str) -> float:
     """1.0 when the response's final answer (last ``\\boxed{}``, else last number) equals ``answer``."""
     got = extract_answer(response)
@@ -65,7 +87,11 @@ def math_reward(response: str, answer: str) -> float:
     if has_math_verify():
         from math_verify import parse, verify
 
-        return float(verify(parse(f"\\boxed{{{answer}}}"), parse(f"\\boxed{{{got}}}")))
+        # math-verify's own timeouts are SIGALRM-based (main thread only; they would also cancel the
+        # caller's timer): off, the caller bounds the time (``call_with_timeout``)
+        gold = parse(f"\\boxed{{{answer}}}", **_no_timeout(parse, "parsing_timeout"))
+        pred = parse(f"\\boxed{{{got}}}", **_no_timeout(parse, "parsing_timeout"))
+        return float(verify(gold, pred, **_no_timeout(verify, "timeout_seconds")))
     return float(normalize(got) == normalize(answer))
 
 
@@ -75,3 +101,49 @@ def exact_reward(response: str, answer: str) -> float:
 
 
 REWARDS = {"math": math_reward, "exact": exact_reward}
+
+
+class RewardTimeout(BaseException):
+    """A reward ran past its time limit. A BaseException, so that a reward's own ``except
+    Exception`` (math-verify's ``raise_on_error=False``) does not swallow it."""
+
+
+def call_with_timeout(fn, args: tuple, timeout_s: float | None):
+    """``fn(*args)``, or ``RewardTimeout`` once it has run ``timeout_s`` seconds (None: no limit).
+
+    In the main thread (Unix): a SIGALRM interval timer interrupts ``fn`` where it is, so a hung
+    pure-Python computation (sympy under math-verify) stops; an outer timer is re-armed afterwards.
+    Elsewhere ``fn`` runs in a daemon thread that is abandoned at the deadline (it may finish in the
+    background; its result is dropped)."""
+    if timeout_s is None:
+        return fn(*args)
+    if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+        def alarm(signum, frame):
+            raise RewardTimeout(f"took longer than {timeout_s:g} s")
+
+        previous = signal.signal(signal.SIGALRM, alarm)
+        outer, _ = signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        start = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if outer > 0:  # someone else's timer was running: give it what it has left
+                signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3))
+    box: queue.Queue = queue.Queue(maxsize=1)
+
+    def run():
+        try:
+            box.put((True, fn(*args)))
+        except BaseException as err:  # handed to the caller
+            box.put((False, err))
+
+    threading.Thread(target=run, daemon=True, name="spiral_fast-reward").start()
+    try:
+        ok, value = box.get(timeout=timeout_s)
+    except queue.Empty:
+        raise RewardTimeout(f"took longer than {timeout_s:g} s") from None
+    if not ok:
+        raise value
+    return value
