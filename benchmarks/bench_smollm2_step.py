@@ -69,7 +69,6 @@ def test_smoke_same_loss():
 
 
 def _slow_case(case, shape):
-    import pytest
     import harness
     _needs()
     r = run_case(case, shape)
@@ -78,7 +77,6 @@ def _slow_case(case, shape):
     if r.get("floor_seconds"):
         harness.record(f"SmolLM2 LoRA step {shape} cpu-fp32 (fresh process per case)", f"{case} mm floor",
                        r["floor_seconds"], None, flops=r["floor_flops"])
-    return pytest
 
 
 try:
