@@ -1,10 +1,13 @@
 """Fused per-token log-probs: forward+backward of logp = log_softmax(h @ W.T)[target] with a random
 per-token upstream gradient, spiral_fast against its peers on the same inputs.
 
-Peers: naive ``log_softmax(h @ W.T).gather``; ``F.linear_cross_entropy(reduction="none")``
-(logp = -loss); a TRL-style chunked selective log-softmax (logits materialised, log_softmax per
-chunk of rows); on CUDA also Liger Kernel's fused linear cross-entropy and Cut Cross-Entropy when
-importable. Rate: 8 N H V flops per forward+backward (forward 2NHV, backward dH + dW 4NHV, plus the
+Peers, imported from the packages users install (skipped where not installed): TRL's fused LM head
+(``trl.kernels.ChunkedLogProbFunction``, what ``trl.trainer.utils.add_fused_lm_head`` runs; log-probs
+and entropy as GRPOTrainer asks for) and its ``selective_log_softmax`` over full logits (its non-fused
+path); ``F.linear_cross_entropy(reduction="none")`` (logp = -loss); "naive" = what a plain
+transformers forward does, ``log_softmax(h @ W.T).gather``; on CUDA also Liger Kernel's fused linear
+cross-entropy and Cut Cross-Entropy. No peer is re-implemented. Shapes: cpu-small, the LM heads of
+SmolLM2-135M (V=49152, H=576) and Qwen3-4B (V=151936, H=2560; 512 tokens on the CPU, 16k on CUDA). Rate: 8 N H V flops per forward+backward (forward 2NHV, backward dH + dW 4NHV, plus the
 2NHV recompute that fused ops pay and the naive path does not — all peers are credited the same).
 
     pytest benchmarks/bench_logprobs.py            cpu-small (every peer) + GPU groups on CUDA
@@ -22,9 +25,6 @@ import torch.nn.functional as F
 import spiral_fast
 from presets import LM_HEAD
 
-TRL_ROW_CHUNK = 1024   # TRL loops over sequences; a 1k-token row chunk plays that role here
-
-
 def naive(h, w, t):
     return torch.log_softmax(h @ w.T, dim=-1).gather(-1, t[:, None]).squeeze(-1)
 
@@ -33,12 +33,19 @@ def linear_cross_entropy(h, w, t):
     return -F.linear_cross_entropy(h, w, t, reduction="none")
 
 
-def trl_chunked(h, w, t):
-    """TRL's selective_log_softmax idea: the logits exist in full; log_softmax runs per row chunk
-    in float32 so only one chunk's float32 log-softmax is alive at a time."""
-    logits = h @ w.T
-    return torch.cat([torch.log_softmax(chunk.float(), dim=-1).gather(-1, tc[:, None]).squeeze(-1)
-                      for chunk, tc in zip(logits.split(TRL_ROW_CHUNK), t.split(TRL_ROW_CHUNK))])
+def trl_fused_lm_head(h, w, t):
+    """TRL 1.16's fused LM head as ``add_fused_lm_head`` calls it under GRPOTrainer (outputs log-probs
+    and entropy; its default tile of 32768 tokens)."""
+    from trl.kernels import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+    return ChunkedLogProbFunction.apply(h, w, None, t, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0,
+                                        ("log_probs", "entropy"))[0]
+
+
+def trl_selective_log_softmax(h, w, t):
+    """TRL's non-fused path: full logits, then its ``selective_log_softmax``."""
+    from trl.trainer.utils import selective_log_softmax
+    return selective_log_softmax(h @ w.T, t)
 
 
 def spiral_fast_op(h, w, t):
@@ -56,9 +63,10 @@ def cut_cross_entropy(h, w, t):
     return -cce(h, w, t, reduction="none")
 
 
-CPU_PEERS = {"spiral_fast": spiral_fast_op, "naive": naive, "linear_cross_entropy": linear_cross_entropy,
-             "trl_chunked": trl_chunked}
-GPU_PEERS = {**CPU_PEERS, "liger": liger, "cut_cross_entropy": cut_cross_entropy}
+CPU_PEERS = {"spiral_fast": spiral_fast_op, "naive": naive, "linear_cross_entropy": linear_cross_entropy}
+OPTIONAL_PEERS = {"trl_fused_lm_head": trl_fused_lm_head, "trl_selective_log_softmax": trl_selective_log_softmax}
+CPU_ALL = {**CPU_PEERS, **OPTIONAL_PEERS}
+GPU_PEERS = {**CPU_ALL, "liger": liger, "cut_cross_entropy": cut_cross_entropy}
 NOTES = {"liger": "grads computed in forward, scaled by grad_output",
          "cut_cross_entropy": "default gradient filtering (filter_eps='auto')"}
 
@@ -133,18 +141,26 @@ def resolved_backends(fn) -> str:
     return ", ".join(f"{op}={backend}" for op, backend in sorted(used.items()))
 
 
-@pytest.mark.parametrize("peer", list(CPU_PEERS))
+@pytest.mark.parametrize("peer", list(CPU_ALL))
 def test_logprobs_cpu_small(compare, peer):
-    _run(compare, "logprobs cpu-small fp32", peer, CPU_PEERS[peer], LM_HEAD["cpu-small"], "cpu", torch.float32,
+    _run(compare, "logprobs cpu-small fp32", peer, CPU_ALL[peer], LM_HEAD["cpu-small"], "cpu", torch.float32,
          rounds=3, warmup=1)
 
 
+@pytest.mark.parametrize("preset", ["smollm2", "qwen3-4b-cpu"])
+@pytest.mark.parametrize("peer", list(CPU_ALL))
+def test_logprobs_real_shapes_cpu(compare, peer, preset, one_cpu_thread):
+    """The LM heads of SmolLM2-135M and Qwen3-4B (issue 19), fp32, one thread."""
+    shape = LM_HEAD[preset]
+    _run(compare, f"logprobs {preset} fp32", peer, CPU_ALL[peer], shape, "cpu", torch.float32, rounds=2, warmup=1)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("peer", list(CPU_PEERS))
+@pytest.mark.parametrize("peer", list(CPU_ALL))
 def test_logprobs_cpu_target(compare, peer, request):
     if "slow" not in (request.config.option.markexpr or ""):
         pytest.skip("the CPU target takes minutes per peer: run with -m slow")
-    _run(compare, "logprobs cpu-target fp32", peer, CPU_PEERS[peer], LM_HEAD["cpu-target"], "cpu", torch.float32,
+    _run(compare, "logprobs cpu-target fp32", peer, CPU_ALL[peer], LM_HEAD["cpu-target"], "cpu", torch.float32,
          rounds=1, warmup=1)
 
 
@@ -152,6 +168,13 @@ def test_logprobs_cpu_target(compare, peer, request):
 @pytest.mark.parametrize("peer", list(GPU_PEERS))
 def test_logprobs_qwen_bf16(compare, peer):
     _run(compare, "logprobs qwen2.5-7b bf16", peer, GPU_PEERS[peer], LM_HEAD["qwen2.5-7b"], "cuda", torch.bfloat16,
+         rounds=3, warmup=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("peer", list(GPU_PEERS))
+def test_logprobs_qwen3_4b_bf16(compare, peer):
+    _run(compare, "logprobs qwen3-4b bf16", peer, GPU_PEERS[peer], LM_HEAD["qwen3-4b"], "cuda", torch.bfloat16,
          rounds=3, warmup=1)
 
 

@@ -100,3 +100,35 @@ ATTENTION_HEADS = {
 }
 SPIRAL["attention-cpu"] = SpiralShape("attention-cpu", problems=1, prompt_tokens=64, traces=8, trace_tokens=128,
                                       sets=4, set_size=2, aggregations=4, agg_tokens=64)
+
+
+# issue 19: the whole step on the real model (SmolLM2-135M-Instruct, LoRA r=16, fp32) against TRL's GRPO actor
+# path; response lengths drawn uniformly from [lo, hi] per trace and per aggregation response
+@dataclass(frozen=True)
+class StepShape:
+    name: str
+    problems: int
+    prompt_tokens: tuple   # (lo, hi)
+    traces: int
+    trace_tokens: tuple
+    sets: int
+    set_size: int
+    aggregations: int
+    agg_tokens: tuple
+    trl_micro_batch: int   # TRL's per_device_train_batch_size (samples per forward)
+
+
+STEP = {
+    "smollm2": StepShape("smollm2", problems=2, prompt_tokens=(32, 64), traces=8, trace_tokens=(32, 64), sets=4,
+                         set_size=4, aggregations=4, agg_tokens=(32, 64), trl_micro_batch=8),
+    # traces and aggregation responses 4x longer (the aggregation prompts grow with the traces)
+    "smollm2-4x": StepShape("smollm2-4x", problems=2, prompt_tokens=(32, 64), traces=8, trace_tokens=(128, 256),
+                            sets=4, set_size=4, aggregations=4, agg_tokens=(128, 256), trl_micro_batch=8),
+}
+# the log-prob op at real LM-head shapes: SmolLM2-135M (V=49152, H=576) and Qwen3-4B (V=151936, H=2560)
+LM_HEAD["smollm2"] = LMHeadShape("smollm2", tokens=2048, hidden=576, vocab=49152)
+LM_HEAD["qwen3-4b-cpu"] = LMHeadShape("qwen3-4b-cpu", tokens=512, hidden=2560, vocab=151936)
+LM_HEAD["qwen3-4b"] = LMHeadShape("qwen3-4b", tokens=16384, hidden=2560, vocab=151936)
+# seconds per case: checks that every case runs and gives the same loss (tests of the benchmark itself)
+STEP["smoke"] = StepShape("smoke", problems=1, prompt_tokens=(8, 16), traces=4, trace_tokens=(8, 16), sets=2,
+                          set_size=2, aggregations=2, agg_tokens=(8, 16), trl_micro_batch=4)

@@ -43,6 +43,10 @@ class SpiralConfig:
     ``SpiralConfig(clip=None, normalizer="constant", loss_constant=1)``.
     max_tokens_per_micro_batch: budget of unique (prefix-shared) tokens per forward; whole problems
     go to one micro-batch, a problem over budget is cut into its trace block and per-set blocks.
+    "auto": the largest budget whose activation memory, estimated per token from the model's config
+    (``spiral_fast.policy_step.memory_estimate``), fits ``memory_budget_gb`` GiB; memory_budget_gb
+    None: ``memory_estimate.MEMORY_FRACTION`` (a quarter) of the memory the device has free at the
+    step (CUDA: ``torch.cuda.mem_get_info``; CPU: MemAvailable). memory_budget_gb is read only with "auto".
     max_grad_norm: gradient-norm clipping before ``optimizer.step()`` (None: none).
     gradient_checkpointing: recompute each decoder layer in backward (HF model in train mode).
     logprob_backend: ``backend`` of ``spiral_fast.token_logprobs`` ("auto", "torch", "triton").
@@ -67,7 +71,8 @@ class SpiralConfig:
     kl_coef: float = 0.0
     normalizer: str = "token-mean"
     loss_constant: float | None = None
-    max_tokens_per_micro_batch: int = 8192
+    max_tokens_per_micro_batch: int | str = 8192
+    memory_budget_gb: float | None = None
     max_grad_norm: float | None = 1.0
     gradient_checkpointing: bool = False
     logprob_backend: str = "auto"
@@ -100,7 +105,10 @@ class SpiralConfig:
             raise ValueError(f"length_gate must be None, an int >= 0 or a pair (trace_L, agg_L) of ints >= 0 or None, "
                              f"got {self.length_gate!r}")
         budget = self.max_tokens_per_micro_batch
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"max_tokens_per_micro_batch must be a positive int, got {budget!r}")
+        if budget != "auto" and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f'max_tokens_per_micro_batch must be a positive int or "auto", got {budget!r}')
+        _number("memory_budget_gb", self.memory_budget_gb, strict=True, allow_none=True)
+        if self.memory_budget_gb is not None:
+            object.__setattr__(self, "memory_budget_gb", float(self.memory_budget_gb))
         if not isinstance(self.gradient_checkpointing, bool):
             raise ValueError(f"gradient_checkpointing must be a bool, got {self.gradient_checkpointing!r}")

@@ -9,6 +9,7 @@ import torch
 
 from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.policy_step.forward import response_logprobs
+from spiral_fast.policy_step.memory_estimate import micro_batch_budget
 from spiral_fast.policy_step.microbatch import micro_batches
 from spiral_fast.policy_step.validate import check_inputs
 from spiral_fast.policy_step.wrappers import forward_rounds, unwrap, within_forward
@@ -49,7 +50,7 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
     aggregations = [[[None] * len(zs) for zs in pr.aggregations] for pr in batch.problems]
     parallel = config.aggregation == "parallel"
     with torch.no_grad():
-        bins = micro_batches(batch, config.max_tokens_per_micro_batch, all_traces=True, cut=not parallel)
+        bins = micro_batches(batch, micro_batch_budget(model, config), all_traces=True, cut=not parallel)
         for b in range(forward_rounds(len(bins), wrapped.fsdp_root)):
             # b >= len(bins): a stand-in forward (result unused) joining the other ranks' FSDP2 all-gathers
             items = bins[min(b, len(bins) - 1)]

@@ -16,6 +16,7 @@ from spiral_fast.policy_step.counts import global_counts
 from spiral_fast.policy_step.forward import lm_head, response_logprobs
 from spiral_fast.policy_step.losses import role_losses
 from spiral_fast.policy_step.metrics import MetricSums, metrics
+from spiral_fast.policy_step.memory_estimate import micro_batch_budget
 from spiral_fast.policy_step.microbatch import micro_batches
 from spiral_fast.policy_step.model_context import activation_checkpointing, attention_implementation
 from spiral_fast.policy_step.optimizer import finish
@@ -35,7 +36,8 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     """One SPIRAL training step of a Hugging Face decoder-only causal LM on a ``SpiralBatch``.
 
     Advantages (``spiral_advantages``, then ``config.length_gate``), then per micro-batch (at most
-    ``config.max_tokens_per_micro_batch`` unique tokens, balanced; whole problems, a problem over
+    ``config.max_tokens_per_micro_batch`` unique tokens, "auto": estimated from memory, see
+    ``SpiralConfig``; balanced; whole problems, a problem over
     budget cut into its trace block and per-set aggregation blocks, see ``microbatch.micro_batches``):
     ``pack_sequences`` (trie) of its trained sequences (x + y_i for traces in a set, a_j + z_jg),
     ``packed_hidden_states``, ``token_logprobs`` of the response tokens with the model's LM head
@@ -82,7 +84,7 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
         torch.cuda.reset_peak_memory_stats(device)
     adv = advantages(batch, config)
     counts = global_counts(batch, adv.set_value, adv.gated)
-    bins = micro_batches(batch, config.max_tokens_per_micro_batch, cut=config.aggregation == "text")
+    bins = micro_batches(batch, micro_batch_budget(model, config), cut=config.aggregation == "text")
     scale = float(world_size())
     sums = MetricSums()
     if config.gradient_checkpointing:
