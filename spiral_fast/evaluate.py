@@ -120,7 +120,8 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
                           temperature: float = 1.0, max_new_tokens: int = 64,
                           agg_max_new_tokens: int | None = None, eos_token_id: int | None = None,
                           pad_token_id: int = 0, engine: str = "hf",
-                          generator: torch.Generator | None = None) -> RSAResult:
+                          generator: torch.Generator | None = None,
+                          on_step: Callable[[int, float], None] | None = None) -> RSAResult:
     """Recursive self-aggregation as the paper runs it, for P problems.
 
     Step 0 samples ``population`` traces per problem x (``max_new_tokens``). Step t+1 draws, per
@@ -135,6 +136,7 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
     still accepted: "hf" (the default) takes any sampler, "vllm" needs a VLLMSampler. All requests of a step go
     in one batched call. Sampling is plain at ``temperature`` (HF: torch's global RNG, so seed it
     with ``torch.manual_seed``); ``generator`` drives the set draws.
+    ``on_step(t, accuracy[t])`` is called as each population is scored (progress reports).
     Raises ValueError naming the argument on bad input.
     """
     sampler = as_sampler(model, engine, pad_token_id=pad_token_id)
@@ -173,6 +175,8 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
     responses, _ = sampler.generate(prompts, population, max_new_tokens=max_new_tokens, **common)
     current, acc = scored(responses)
     populations, accuracy = [current], [acc]
+    if on_step is not None:
+        on_step(0, acc)
     for _ in range(steps):
         agg_prompts = []
         for p, x in enumerate(prompts):
@@ -184,4 +188,6 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
         current, acc = scored(responses)
         populations.append(current)
         accuracy.append(acc)
+        if on_step is not None:
+            on_step(len(accuracy) - 1, acc)
     return RSAResult(accuracy=accuracy, populations=populations)

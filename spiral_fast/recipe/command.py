@@ -164,7 +164,7 @@ def evaluate_config(cfg, config: EvalConfig, *, checkpoint_dir: str | None = Non
                      agg_max_new_tokens=cfg.rollout.agg_max_new_tokens)
     sampler = build_sampler(cfg, model, task, world)
     try:
-        return evaluate_task(sampler, task, problems, config)
+        return evaluate_task(sampler, task, problems, config, progress=True)
     finally:
         sampler.close()
 

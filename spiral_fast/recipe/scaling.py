@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from spiral_fast._utils import check_fields, torch_threads
 from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
@@ -74,13 +75,13 @@ def evaluate_demo(model, demo_config, config: EvalConfig = EvalConfig()) -> Eval
 
 
 def evaluate_task(sampler, task, problems: list, config: EvalConfig, *, set_size: int | None = None,
-                  generator: torch.Generator | None = None) -> EvalResult:
+                  generator: torch.Generator | None = None, progress: bool = False) -> EvalResult:
     """pass@k and majority vote@k over ``config.samples`` traces per problem (``task.score``,
     ``task.answer_of``), and RSA (population ``config.population``, sets of ``set_size`` or
     ``config.set_size``, ``config.steps`` steps) of ``sampler`` (a Sampler or an HF model) on
     ``problems`` of ``task``. With ``samples == population`` the pass@k / majority samples are RSA's
     step-0 population (one sampling instead of two). Seeded by ``config.seed`` (torch's global RNG
-    is forked)."""
+    is forked). ``progress``: a bar over the RSA populations with the latest accuracy."""
     sampler = as_sampler(sampler, pad_token_id=task.pad_token_id)
     set_size = set_size or config.set_size
     if set_size is None or set_size > config.population:
@@ -88,7 +89,13 @@ def evaluate_task(sampler, task, problems: list, config: EvalConfig, *, set_size
     generator = generator if generator is not None else torch.Generator().manual_seed(config.seed)
     prompts = [task.prompt(p) for p in problems]
     n = config.samples
-    with torch.random.fork_rng(devices=[]):
+    bar = tqdm(total=config.steps + 1, desc="RSA populations", disable=not progress)
+
+    def on_step(t: int, accuracy: float) -> None:
+        bar.update(1)
+        bar.set_postfix(step=t, accuracy=f"{accuracy:.3f}")
+
+    with torch.random.fork_rng(devices=[]), bar:
         torch.manual_seed(config.seed)
         traces = None
         if n != config.population:  # else the samples are RSA's step-0 population (sampled once)
@@ -99,7 +106,7 @@ def evaluate_task(sampler, task, problems: list, config: EvalConfig, *, set_size
             sampler, prompts, template=task.template, score_fn=lambda p, r: float(task.score(problems[p], r)),
             population=config.population, set_size=set_size, steps=config.steps, temperature=config.temperature,
             max_new_tokens=config.max_new_tokens, agg_max_new_tokens=config.agg_max_new_tokens,
-            eos_token_id=task.eos_token_id, generator=generator)
+            eos_token_id=task.eos_token_id, generator=generator, on_step=on_step)
     rows = rsa.populations[0] if traces is None else [traces[p * n:(p + 1) * n] for p in range(len(problems))]
     right = [[task.score(x, y) == 1.0 for y in row] for x, row in zip(problems, rows)]
     answers = [[task.answer_of(y) for y in row] for row in rows]
