@@ -89,3 +89,11 @@ def average_gradients(model: torch.nn.Module) -> None:
     for p in params:
         p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
         offset += p.grad.numel()
+
+
+def trainable_state(model, *, full: bool) -> dict:
+    """The trainable parameters' state dict (full tensors on every rank when ``full``: under FSDP2 a
+    collective every rank joins)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=full, ignore_frozen_params=True))

@@ -28,8 +28,7 @@ import shutil
 import torch
 
 from spiral_fast.models.lora import is_peft_model
-from spiral_fast.distributed import barrier
-from spiral_fast.recipe.distributed import trainable_state
+from spiral_fast.distributed import barrier, trainable_state
 
 STATE = "state.json"
 

@@ -1,10 +1,10 @@
-"""Processes of the training command: the process group under torchrun, FSDP2 sharding and the
-trainable state dict (the collectives themselves are in ``spiral_fast.distributed``).
+"""Processes of the training command: the process group under torchrun and FSDP2 sharding (the
+collectives and the gathered trainable state are in ``spiral_fast.distributed``).
 
 Under FSDP2 each rank samples its own share of the problems. HF ``generate`` cannot run on the
 sharded model (every forward all-gathers each layer, a collective all ranks must join, while ranks
 generate different numbers of tokens), so with engine "hf" each rank keeps an unsharded copy of the
-model for sampling, refreshed after each step from the full (all-gathered) trainable weights: the
+model for sampling (``HFSampler(copy=True)``), refreshed after each step from the full (all-gathered) trainable weights: the
 full weights are gathered once per step, not per generated token. With engine "vllm" each rank runs
 its own vLLM engine (``spiral_fast.VLLMSampler``), synced the same way.
 """
@@ -48,18 +48,3 @@ def shard(model, device: torch.device):
     fully_shard(base, mesh=mesh)
     return model
 
-
-def trainable_state(model, *, full: bool) -> dict:
-    """The trainable parameters' state dict (full tensors on every rank when ``full``)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=full, ignore_frozen_params=True))
-
-
-def sync_copy(sampler_model, model) -> None:
-    """Load the trained model's current trainable weights into the unsharded sampling copy."""
-    state = trainable_state(model, full=True)
-    missing = set(state) - set(sampler_model.state_dict())
-    if missing:
-        raise RuntimeError(f"sampling copy lacks {sorted(missing)[:3]}")
-    sampler_model.load_state_dict(state, strict=False)

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from spiral_fast.distributed import trainable_state
 from spiral_fast.rollout.hf import sample_hf
 
 ENGINES = ("hf", "vllm")
@@ -80,10 +81,8 @@ class HFSampler(Sampler):
     def sync(self, model) -> dict:
         if not self.copy:
             return {"seconds": 0.0, "bytes": 0}
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         start = time.perf_counter()
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, ignore_frozen_params=True))
+        state = trainable_state(model, full=True)
         missing = set(state) - set(self.model.state_dict())
         if missing:
             raise RuntimeError(f"the sampling copy lacks {sorted(missing)[:3]}")
