@@ -63,6 +63,25 @@ def file_rendezvous(directory) -> str:
     return "file://" + os.path.join(os.path.abspath(directory), "rendezvous")
 
 
+def end_rank() -> None:
+    """The last call of a spawned rank whose work succeeded: a barrier (no rank tears down its gloo
+    connections while a peer is still in a collective), ``destroy_process_group``, then an immediate
+    exit with status 0. CI saw a rank abort once after its results were saved ("terminate called
+    without an active exception", SIGABRT, 2026-12-06): a C++ thread still joinable when the
+    interpreter tore down. The test's results are in files by then, so skipping that teardown hides
+    nothing the test checks."""
+    import os
+    import sys
+
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def spawn_with_free_port(fn, make_args, nprocs: int, attempts: int = 3) -> None:
     """``torch.multiprocessing.spawn(fn, args=make_args(port), nprocs=nprocs)`` on a ``free_port``,
     retried on a new port when another process took it first (for code that rendezvouses through

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import spiral_fast
 from spiral_fast.algorithm.reference import NORMALIZERS
 from test_policy_loss import make_batch
-from helpers import file_rendezvous
+from helpers import end_rank, file_rendezvous
 
 ROWS, SEQS = 900, 11
 
@@ -89,6 +89,7 @@ def _rank_main(rank: int, world: int, out_dir: str):
             dist.all_reduce(theta.grad)
             results[normalizer] = (loss, theta.grad)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        end_rank()
     finally:
         dist.destroy_process_group()
 

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 import spiral_fast
 from spiral_fast import SpiralBatch, SpiralConfig
-from helpers import file_rendezvous
+from helpers import end_rank, file_rendezvous
 from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 PROBLEMS = 5  # odd: the ranks get different numbers of problems and tokens
@@ -38,6 +38,7 @@ def _rank_main(rank: int, world: int, out_dir: str, tests_dir: str):
         spiral_fast.step(model, batch, config=CONFIG, optimizer=opt)
         params = {n: p.detach().clone() for n, p in model.named_parameters()}
         torch.save((out.loss, out.metrics, g, params), os.path.join(out_dir, f"rank{rank}.pt"))
+        end_rank()
     finally:
         dist.destroy_process_group()
 

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 import spiral_fast
 from spiral_fast import SpiralBatch, SpiralConfig
-from helpers import file_rendezvous
+from helpers import end_rank, file_rendezvous
 from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 PROBLEMS = 5  # odd: the ranks get different numbers of problems, tokens, sequences and micro-batches
@@ -67,6 +67,7 @@ def _rank_main(rank: int, world: int, out_dir: str, tests_dir: str):
                    for fn in (spiral_fast.step, spiral_fast.step_reference)}
         logprobs = spiral_fast.batch_logprobs(_fsdp2(tiny_model("qwen2")), batch, config=CONFIG)
         torch.save((results, (logprobs.traces, logprobs.aggregations)), os.path.join(out_dir, f"rank{rank}.pt"))
+        end_rank()
     finally:
         dist.destroy_process_group()
 

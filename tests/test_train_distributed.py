@@ -31,8 +31,10 @@ def _rank_main(rank, world, port, config, overrides, tests_dir):
 
     try:
         main(_args(config, overrides))
+        assert not torch.distributed.is_initialized()  # the command ends the process group it started
     finally:
-        torch.distributed.destroy_process_group()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def metrics(output):

@@ -164,9 +164,11 @@ def evaluate_config(cfg, config: EvalConfig, *, checkpoint_dir: str | None = Non
                      agg_max_new_tokens=cfg.rollout.agg_max_new_tokens)
     sampler = build_sampler(cfg, model, task, world)
     try:
-        return evaluate_task(sampler, task, problems, config, progress=True)
+        results = evaluate_task(sampler, task, problems, config, progress=True)
     finally:
         sampler.close()
+    distributed.close()
+    return results
 
 
 def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
@@ -234,7 +236,9 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
 
     try:
         with preemption:
-            return train_loop(trainer, source, steps=t.steps, start=start, progress=progress, desc="spiral train",
+            rows = train_loop(trainer, source, steps=t.steps, start=start, progress=progress, desc="spiral train",
                               on_step=after_step)
     finally:
         sampler.close()
+    distributed.close()  # after a run that ended well on every rank (a failed rank's peers are stopped by torchrun)
+    return rows

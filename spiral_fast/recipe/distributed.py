@@ -14,6 +14,9 @@ import os
 
 import torch
 
+# whether ``init`` started the default process group (then ``close`` ends it; one the caller started is theirs)
+_STARTED = [False]
+
 
 def init(device: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device); under torchrun (WORLD_SIZE set) the default process group is
@@ -23,12 +26,24 @@ def init(device: str) -> tuple[int, int, torch.device]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+        _STARTED[0] = True
     rank = torch.distributed.get_rank() if world > 1 else 0
     if device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device(device)
+
+
+def close() -> None:
+    """End the default process group if ``init`` started it: a barrier (no rank tears down its
+    connections while a peer is still in a collective), then ``destroy_process_group`` (a process
+    that exits with the group alive can abort in the backend's teardown). Call it on every rank after
+    the last collective."""
+    if _STARTED[0] and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    _STARTED[0] = False
 
 
 def shard(model, device: torch.device):
