@@ -36,7 +36,7 @@ def run_case(case: str, shape: str, device: str = "cpu", threads: int = 1, timeo
 
 def table(results: list[dict]) -> str:
     """One line per case: time, peak RSS, ratios to TRL, ratio to the matmul floor, loss."""
-    trl = next((r for r in results if r["case"] == "trl"), None)
+    trl = next((r for r in results if r["case"].split("-")[0] == "trl"), None)
     lines = [f"{'case':<18} {'s':>8} {'x trl':>6} {'peak GB':>8} {'x trl':>6} {'added GB':>8} {'x floor':>7} "
              f"{'budget':>7} {'mb':>3}  loss"]
     for r in results:

@@ -14,6 +14,8 @@ actor path, its own functions: ``add_fused_lm_head`` on the base model, ``GRPOTr
 with loss_type "dapo", eps (0.2, 0.28), left-padded prompts and right-padded completions, micro-batches
 of ``trl_micro_batch`` samples each padded as one generation batch), hf_forward (a plain transformers
 forward: right-padded micro-batches, full [B, L, V] logits, log_softmax + gather), step_reference.
+``trl-4`` / ``hf_forward-2``: the peer with micro-batches of 4 / 2 samples instead of the preset's (at the
+4x-longer shape TRL's default 8 padded samples per forward need more than this machine's 24 GiB).
 Time: one call after a small warm-up step. Peak: the process's peak RSS (VmHWM; CUDA: allocator
 peak). spiral_fast cases also time the matmul floor: plain ``torch.mm`` calls with the FLOPs the step
 cannot avoid (every linear layer's forward and input gradient over the unique tokens, LoRA's
@@ -26,6 +28,7 @@ import json
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import MethodType, SimpleNamespace
 
@@ -242,6 +245,10 @@ def main(argv=None):
     warm_shape = type(shape)("warm", 1, (8, 8), 4, (8, 8), 1, 2, 2, (8, 8), 8)
     warm = spiral_batch(warm_shape, vocab, seed=1)
     case, extra = args.case, {}
+    peer, _, micro = case.partition("-")
+    if peer in ("trl", "hf_forward") and micro:
+        shape, case = replace(shape, trl_micro_batch=int(micro)), peer
+        extra["micro_batch_samples"] = int(micro)
     if case.startswith("spiral_fast") or case == "step_reference":
         budget = None if case in ("spiral_fast", "step_reference") else (
             "auto" if case.endswith("auto") else int(case.rsplit("-", 1)[1]))
@@ -281,7 +288,7 @@ def main(argv=None):
     from spiral_fast.packing import pack_sequences
     samples, n_all = grpo_samples(batch)
     unique = pack_sequences([torch.cat([p, c]) for p, c, _ in samples]).num_tokens
-    out = dict(case=case, shape=shape.name, device=device, threads=args.threads, seconds=seconds, peak_bytes=peak,
+    out = dict(case=args.case, shape=shape.name, device=device, threads=args.threads, seconds=seconds, peak_bytes=peak,
                peak_delta_bytes=peak - base, loss=loss, trained_tokens=n_all, unique_tokens=unique,
                padded_tokens=sum(p.numel() + c.numel() for p, c, _ in samples), **extra)
     if case.startswith("spiral_fast") and not args.no_floor:

@@ -8,9 +8,12 @@ here; a model can only be a PeftModel if the caller already imported peft.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
+
+from spiral_fast.ops.lora_linear import lora_linear
 
 
 def is_peft_model(model) -> bool:
@@ -75,3 +78,52 @@ def merged_state_dict(model) -> dict:
                         a in getattr(module, "lora_embedding_A", {}))
             state[f"{name}.weight"] = weight + delta if torch.is_tensor(delta) else weight
     return state
+
+
+def _fusable(module) -> bool:
+    """A PEFT LoRA ``Linear`` whose forward is exactly ``base(x) + lora_B(lora_A(x)) * scaling``: one
+    active adapter, not merged or disabled, no dropout, no variant (DoRA), no bias on the adapter, an
+    ``nn.Linear`` base layer."""
+    peft = sys.modules.get("peft")
+    lora_linear_type = getattr(getattr(getattr(peft, "tuners", None), "lora", None), "Linear", None)
+    if lora_linear_type is None or type(module) is not lora_linear_type:
+        return False
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    if module.disable_adapters or module.merged or len(active) != 1:
+        return False
+    a = active[0]
+    return (a not in getattr(module, "lora_variant", {}) and isinstance(module.lora_dropout[a], torch.nn.Identity)
+            and isinstance(module.get_base_layer(), torch.nn.Linear) and module.lora_B[a].bias is None
+            and module.lora_A[a].bias is None)
+
+
+def _fused_forward(module):
+    adapter = next(a for a in module.active_adapters if a in module.lora_A)
+    base, lora_a, lora_b = module.get_base_layer(), module.lora_A[adapter], module.lora_B[adapter]
+    original = type(module).forward
+
+    def forward(x, *args, **kwargs):
+        weights = (base.weight, lora_a.weight, lora_b.weight) + (() if base.bias is None else (base.bias,))
+        if args or kwargs or torch.is_autocast_enabled(x.device.type) or any(w.dtype != x.dtype for w in weights):
+            return original(module, x, *args, **kwargs)  # what the fused path does not cover: PEFT's own
+        return lora_linear(x, base.weight, base.bias, lora_a.weight, lora_b.weight, module.scaling[adapter])
+    return forward
+
+
+@contextlib.contextmanager
+def fused_lora_linears(model):
+    """Run every PEFT LoRA ``Linear`` of ``model`` that ``ops.lora_linear`` covers through it until
+    the context exits (then PEFT's own forward again); hold it through the backward when layers are
+    recomputed by activation checkpointing. Layers it does not cover (dropout, DoRA, several active
+    adapters, autocast, mixed dtypes) keep PEFT's forward. A model without peft: nothing changes."""
+    if sys.modules.get("peft") is None:
+        yield
+        return
+    patched = [m for m in model.modules() if _fusable(m) and "forward" not in vars(m)]
+    for m in patched:
+        m.forward = _fused_forward(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            vars(m).pop("forward", None)

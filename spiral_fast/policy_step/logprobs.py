@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from spiral_fast.models.lora import fused_lora_linears
 from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.policy_step.forward import response_logprobs
 from spiral_fast.policy_step.memory_estimate import micro_batch_budget
@@ -49,7 +50,7 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
     traces = [[None] * len(pr.traces) for pr in batch.problems]
     aggregations = [[[None] * len(zs) for zs in pr.aggregations] for pr in batch.problems]
     parallel = config.aggregation == "parallel"
-    with torch.no_grad():
+    with torch.no_grad(), fused_lora_linears(model):
         bins = micro_batches(batch, micro_batch_budget(model, config), all_traces=True, cut=not parallel)
         for b in range(forward_rounds(len(bins), wrapped.fsdp_root)):
             # b >= len(bins): a stand-in forward (result unused) joining the other ranks' FSDP2 all-gathers

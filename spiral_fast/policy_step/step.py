@@ -9,6 +9,7 @@ import torch
 from spiral_fast.algorithm.policy_loss import policy_loss
 from spiral_fast.distributed import world_size
 from spiral_fast.models.hf import ATTN_NAME, register as register_attention
+from spiral_fast.models.lora import fused_lora_linears
 from spiral_fast.ops import dispatch
 from spiral_fast.policy_step.advantages import advantages
 from spiral_fast.policy_step.config import SpiralConfig
@@ -90,8 +91,9 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
     if config.gradient_checkpointing:
         register_attention()
     attn = ATTN_NAME if config.gradient_checkpointing else None
+    # fused_lora_linears: PEFT's LoRA layers as one autograd node each (ops.lora_linear), forward and backward
     with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn), \
-            dispatch.recording() as backends:
+            fused_lora_linears(model), dispatch.recording() as backends:
         for i in range(forward_rounds(len(bins), wrapped.fsdp_root)):
             # i >= len(bins): a stand-in forward/backward (zero loss) joining the other ranks' FSDP2 collectives
             real = i < len(bins)
