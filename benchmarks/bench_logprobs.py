@@ -187,3 +187,43 @@ def test_bf16_matmul_rate(compare):
     b = torch.randn(v, h, device="cuda", dtype=torch.bfloat16)
     compare("bf16 matmul (floor)", "torch.mm", lambda: a @ b.T, device="cuda", rounds=10, warmup=3,
             flops=2 * n * h * v)
+
+
+def fresh_process_peak(peer: str, preset: str) -> int:
+    """Peak extra RSS (bytes) of one forward + backward of ``peer`` on ``preset`` in a new Python
+    process: the in-process groups above measure every peer after the first in a process whose
+    allocator already holds the pages earlier peers freed, which under-counts its peak."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys, torch; sys.path.insert(0, sys.argv[3]); torch.set_num_threads(1)\n"
+            "import bench_logprobs as b, harness\n"
+            "from presets import LM_HEAD\n"
+            "tiny = LM_HEAD['cpu-small'].__class__('warmup', tokens=64, hidden=32, vocab=256)\n"
+            "fn = b.CPU_ALL[sys.argv[1]]; b.make_step(fn, tiny, 'cpu', torch.float32)()\n"
+            "step = b.make_step(fn, LM_HEAD[sys.argv[2]], 'cpu', torch.float32)\n"
+            "print(json.dumps(harness.peak_memory(step)))\n")
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", code, peer, preset, here], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    # python benchmarks/bench_logprobs.py [preset ...]: each CPU peer's peak memory in its own process
+    import sys
+
+    for preset in sys.argv[1:] or ["smollm2", "qwen3-4b-cpu"]:
+        shape = LM_HEAD[preset]
+        print(f"== {preset}: N={shape.tokens} H={shape.hidden} V={shape.vocab}, fp32, peak extra RSS per peer "
+              f"(fresh process; the call only: dW [V, H] = {shape.vocab * shape.hidden * 4 / 2**20:.0f} MiB included, inputs not) ==")
+        base = None
+        for peer in CPU_ALL:
+            try:
+                peak = fresh_process_peak(peer, preset)
+            except Exception as exc:  # noqa: BLE001 - an optional peer missing: say so and go on
+                print(f"{peer:<28} unavailable: {str(exc)[-200:]}")
+                continue
+            base = peak if base is None else base
+            print(f"{peer:<28} {peak / 2**20:9.1f} MiB  {peak / base:5.2f}x spiral_fast", flush=True)

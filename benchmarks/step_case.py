@@ -19,7 +19,9 @@ forward: right-padded micro-batches, full [B, L, V] logits, log_softmax + gather
 Time: one call after a small warm-up step. Peak: the process's peak RSS (VmHWM; CUDA: allocator
 peak). spiral_fast cases also time the matmul floor: plain ``torch.mm`` calls with the FLOPs the step
 cannot avoid (every linear layer's forward and input gradient over the unique tokens, LoRA's
-adapters, the LM head's forward and hidden-state gradient over the trained tokens; no attention).
+adapters, the LM head's forward and hidden-state gradient over the trained tokens, and the tree
+attention's QK^T, PV and their input gradients over the pairs it computes; ``floor_seconds_no_attention``
+leaves the attention out, as the first measurements did).
 """
 from __future__ import annotations
 
@@ -164,8 +166,12 @@ def make_spiral(model, batch, budget, fn_name="step"):
     return lambda: float(fn(model, batch, config=config).loss), config
 
 
-def matmul_floor(model_config, unique: int, trained: int, device, dtype) -> tuple[float, float]:
-    """(seconds, flops) of plain torch.mm calls with the step's unavoidable FLOPs (see the docstring)."""
+def matmul_floor(model_config, unique: int, trained: int, device, dtype, attention_pairs: int = 0) -> tuple[float, float]:
+    """(seconds, flops) of plain torch.mm calls with the step's unavoidable FLOPs (see the docstring).
+
+    attention_pairs: the (query, key) pairs of the packed tree attention (sum over the unique tokens of
+    the keys each attends to); per layer and head they cost QK^T and PV forward and dQ, dK, dV, dP
+    backward: six [T, d] x [d, c] products (c = pairs / T), timed as such."""
     from spiral_fast.policy_step.memory_estimate import _dims
     d = _dims(model_config)
     h, i, q, kv = d["hidden"], d["intermediate"], d["q"], d["kv"]
@@ -177,6 +183,9 @@ def matmul_floor(model_config, unique: int, trained: int, device, dtype) -> tupl
         shapes += [(unique, fan_in, r), (unique, r, fan_out), (r, unique, fan_out), (unique, fan_out, r),
                    (fan_in, unique, r), (unique, r, fan_in)]                                   # LoRA fwd + bwd
     shapes = [s for s in shapes for _ in range(d["layers"])]
+    if attention_pairs:
+        head_dim, ctx = q // d["heads"], max(1, round(attention_pairs / unique))
+        shapes += [(unique, head_dim, ctx), (unique, ctx, head_dim)] * (3 * d["heads"] * d["layers"])
     vocab = model_config.vocab_size
     shapes += [(trained, h, vocab), (trained, vocab, h)]                                       # LM head, dH
     flops = sum(2 * m * k * n for m, k, n in shapes)
@@ -287,14 +296,18 @@ def main(argv=None):
     peak = peak_bytes(device)
     from spiral_fast.packing import pack_sequences
     samples, n_all = grpo_samples(batch)
-    unique = pack_sequences([torch.cat([p, c]) for p, c, _ in samples]).num_tokens
+    packed = pack_sequences([torch.cat([p, c]) for p, c, _ in samples])
+    unique = packed.num_tokens
+    pairs = int((packed.position_ids.long() + 1).sum())  # a trie: each token attends to its path from the root
     out = dict(case=args.case, shape=shape.name, device=device, threads=args.threads, seconds=seconds, peak_bytes=peak,
                peak_delta_bytes=peak - base, loss=loss, trained_tokens=n_all, unique_tokens=unique,
                padded_tokens=sum(p.numel() + c.numel() for p, c, _ in samples), **extra)
     if case.startswith("spiral_fast") and not args.no_floor:
         model.zero_grad(set_to_none=True)
         out["floor_seconds"], out["floor_flops"] = matmul_floor(model.config, unique, n_all, device,
-                                                                next(model.parameters()).dtype)
+                                                                next(model.parameters()).dtype, pairs)
+        out["floor_seconds_no_attention"], _ = matmul_floor(model.config, unique, n_all, device,
+                                                            next(model.parameters()).dtype)
     print("RESULT " + json.dumps(out), flush=True)
 
 

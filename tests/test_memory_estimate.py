@@ -42,6 +42,7 @@ def test_config_accepts():
     c = SpiralConfig(max_tokens_per_micro_batch="auto", memory_budget_gb=2)
     assert c.max_tokens_per_micro_batch == "auto" and c.memory_budget_gb == 2.0
     assert SpiralConfig().memory_budget_gb is None
+    assert SpiralConfig().max_tokens_per_micro_batch == "auto"  # the default since issue 19 (before: 8192)
     assert SpiralConfig(max_tokens_per_micro_batch=512).max_tokens_per_micro_batch == 512
 
 

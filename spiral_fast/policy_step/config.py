@@ -43,10 +43,12 @@ class SpiralConfig:
     ``SpiralConfig(clip=None, normalizer="constant", loss_constant=1)``.
     max_tokens_per_micro_batch: budget of unique (prefix-shared) tokens per forward; whole problems
     go to one micro-batch, a problem over budget is cut into its trace block and per-set blocks.
-    "auto": the largest budget whose activation memory, estimated per token from the model's config
-    (``spiral_fast.policy_step.memory_estimate``), fits ``memory_budget_gb`` GiB; memory_budget_gb
-    None: ``memory_estimate.MEMORY_FRACTION`` (a quarter) of the memory the device has free at the
-    step (CUDA: ``torch.cuda.mem_get_info``; CPU: MemAvailable). memory_budget_gb is read only with "auto".
+    "auto" (the default since issue 19, before it 8192): the largest budget whose activation memory,
+    estimated per token from the model's config (``spiral_fast.policy_step.memory_estimate``), fits
+    ``memory_budget_gb`` GiB; memory_budget_gb None: ``memory_estimate.MEMORY_FRACTION`` (15%) of
+    the memory the device has free at the step (CUDA: ``torch.cuda.mem_get_info``; CPU: MemAvailable);
+    a model without a transformers config gets 8192. memory_budget_gb is read only with "auto". The
+    budget changes only speed and memory, never the loss or the gradients.
     max_grad_norm: gradient-norm clipping before ``optimizer.step()`` (None: none).
     gradient_checkpointing: recompute each decoder layer in backward (HF model in train mode).
     logprob_backend: ``backend`` of ``spiral_fast.token_logprobs`` ("auto", "torch", "triton").
@@ -71,7 +73,7 @@ class SpiralConfig:
     kl_coef: float = 0.0
     normalizer: str = "token-mean"
     loss_constant: float | None = None
-    max_tokens_per_micro_batch: int | str = 8192
+    max_tokens_per_micro_batch: int | str = "auto"
     memory_budget_gb: float | None = None
     max_grad_norm: float | None = 1.0
     gradient_checkpointing: bool = False

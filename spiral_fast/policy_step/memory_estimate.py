@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import torch
 
-# memory_budget_gb=None: this share of the device's free memory. A quarter leaves room for what the
-# estimate does not model (allocator fragmentation, other processes, a sampler sharing the device)
-# and, on the benchmarks, costs no speed: above about a thousand tokens per forward the step's time
-# is its matmuls (benchmarks/RESULTS.md, "micro-batch budget").
-MEMORY_FRACTION = 0.25
+# memory_budget_gb=None: this share of the device's free memory. It leaves room for what the estimate
+# does not model: on the CPU glibc keeps freed pages between micro-batches (the peak over several
+# micro-batches measured 1.24-1.43x one micro-batch's estimate), other processes and a sampler share
+# the device. It costs no speed where it was measured: on the 2-core CPU (SmolLM2 + LoRA, fp32) a
+# budget of 1024 tokens was as fast as 8192, and faster once LoRA was fused (benchmarks/RESULTS.md,
+# issue 19); 15% kept that benchmark's peak under half of TRL's, 25% did not (0.67x). Not yet measured
+# on a GPU, where larger GEMMs pay more: set memory_budget_gb or an integer budget there.
+MEMORY_FRACTION = 0.15
 # bounds of an "auto" budget: below MIN_AUTO_TOKENS the GEMMs get thin; the cap keeps the estimate's
 # linear model within the range it was checked on
 MIN_AUTO_TOKENS = 256
