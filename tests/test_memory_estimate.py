@@ -168,3 +168,14 @@ def test_estimate_against_measured_peak():
 @pytest.mark.parametrize("ckpt", [0, 1])
 def test_estimate_against_measured_peak_larger(ckpt):
     _check_marginal(layers=8, hidden=256, inter=768, ckpt=ckpt, short=200, long=800, tolerance=2.0)
+
+
+def test_auto_budget_where_free_memory_cannot_be_read(monkeypatch):
+    """The default "auto" must not fail on a platform without /proc/meminfo or psutil: 8192 and a warning."""
+    model = tiny_qwen2()
+    monkeypatch.setattr(me, "free_memory_bytes", lambda device: None)
+    monkeypatch.setattr(me, "_WARNED", [])
+    with pytest.warns(UserWarning, match="cannot be read"):
+        assert me.auto_budget(model) == me.FALLBACK_TOKENS
+    assert me.memory_target_bytes("cpu", 2.0) == 2 * 2**30  # an explicit target needs no reading
+    assert me.free_memory_bytes("meta") is None

@@ -15,6 +15,9 @@ Measured against peaks in tests/test_memory_estimate.py and benchmarks/RESULTS.m
 """
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
 # memory_budget_gb=None: this share of the device's free memory. It leaves room for what the estimate
@@ -29,8 +32,10 @@ MEMORY_FRACTION = 0.15
 # linear model within the range it was checked on
 MIN_AUTO_TOKENS = 256
 MAX_AUTO_TOKENS = 1 << 16
-# "auto" for a model without a transformers config (the integer default before "auto")
+# "auto" for a model without a transformers config, or where the free memory cannot be read (the integer
+# default before "auto")
 FALLBACK_TOKENS = 8192
+_WARNED: list = []  # the unreadable-free-memory warning, once per process
 # each token's keys and values are gathered into its own segment's context and its child segments':
 # about three copies per token on SPIRAL batches (a prompt shared by 4-8 responses)
 CONTEXT_COPIES = 3
@@ -79,11 +84,15 @@ def activation_bytes_per_token(model_config, *, dtype=torch.float32, lora_rank: 
     return int(SLACK * (d["layers"] * kept + BACKWARD_WORKING_LAYERS * layer + 4 * h * b))
 
 
-def free_memory_bytes(device) -> int:
-    """Bytes the device has free now: CUDA ``mem_get_info``; CPU MemAvailable (Linux) or psutil."""
+def free_memory_bytes(device) -> int | None:
+    """Bytes the device has free now: CUDA ``mem_get_info``; CPU MemAvailable (Linux), else psutil
+    where installed, else ``os.sysconf``'s available pages; None where none of them answers (or for
+    another device type)."""
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -91,15 +100,24 @@ def free_memory_bytes(device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import psutil
-    return int(psutil.virtual_memory().available)
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
-def memory_target_bytes(device, memory_budget_gb: float | None) -> int:
-    """``memory_budget_gb`` GiB, or ``MEMORY_FRACTION`` of the device's free memory when None."""
+def memory_target_bytes(device, memory_budget_gb: float | None) -> int | None:
+    """``memory_budget_gb`` GiB, or ``MEMORY_FRACTION`` of the device's free memory when None (None
+    when the free memory cannot be read)."""
     if memory_budget_gb is not None:
         return int(memory_budget_gb * 2**30)
-    return int(MEMORY_FRACTION * free_memory_bytes(device))
+    free = free_memory_bytes(device)
+    return None if free is None else int(MEMORY_FRACTION * free)
 
 
 def _lora_rank(model) -> int | None:
@@ -114,7 +132,14 @@ def auto_budget(model, *, memory_budget_gb: float | None = None, checkpointing: 
     param = next(model.parameters())
     per_token = activation_bytes_per_token(model.config, dtype=param.dtype, lora_rank=_lora_rank(model),
                                            checkpointing=checkpointing)
-    tokens = memory_target_bytes(param.device, memory_budget_gb) // max(1, per_token)
+    target = memory_target_bytes(param.device, memory_budget_gb)
+    if target is None:
+        if not _WARNED:
+            _WARNED.append(True)
+            warnings.warn(f'max_tokens_per_micro_batch="auto": the free memory of {param.device} cannot be read; '
+                          f"using {FALLBACK_TOKENS} tokens (set memory_budget_gb or an integer budget)", stacklevel=2)
+        return FALLBACK_TOKENS
+    tokens = target // max(1, per_token)
     return int(min(MAX_AUTO_TOKENS, max(MIN_AUTO_TOKENS, tokens)))
 
 
