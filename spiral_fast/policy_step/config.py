@@ -48,7 +48,8 @@ class SpiralConfig:
     ``memory_budget_gb`` GiB; memory_budget_gb None: ``memory_estimate.MEMORY_FRACTION`` (15%) of
     the memory the device has free at the step (CUDA: ``torch.cuda.mem_get_info``; CPU: MemAvailable);
     a model without a transformers config gets 8192. memory_budget_gb is read only with "auto". The
-    budget changes only speed and memory, never the loss or the gradients.
+    budget changes only speed and memory, never the loss or the gradients beyond float rounding; the
+    free memory is read at every step, so for bitwise-reproducible runs give an integer.
     max_grad_norm: gradient-norm clipping before ``optimizer.step()`` (None: none).
     gradient_checkpointing: recompute each decoder layer in backward (HF model in train mode).
     logprob_backend: ``backend`` of ``spiral_fast.token_logprobs`` ("auto", "torch", "triton").
