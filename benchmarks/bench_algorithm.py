@@ -1,6 +1,11 @@
 """The SPIRAL algorithm: advantages vs a verl-style Python-loop GRPO, and the fused policy loss vs the
 unfused torch expression (materialised per-token advantage, separate ops, autograd backward).
 
+The "verl-style-loop" peer is RE-IMPLEMENTED, not imported: verl 0.9.1 (PyPI) imports ray at package
+import and pins transformers < 5.11, which cannot sit beside the dev extra's transformers 5.25 and TRL
+(checked 2026-12-07). It follows the loop of verl's ``compute_grpo_outcome_advantage``
+(``verl/trainer/ppo/core_algos.py``): group by index in Python, then mean and std per group.
+
     pytest benchmarks/bench_algorithm.py          (GPU groups run only on CUDA)
 
 CPU groups run with one intra-op thread for every peer: on a shared, oversubscribed CPU, OpenMP

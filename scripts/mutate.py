@@ -81,6 +81,10 @@ MUTATIONS = [
     Mutation("tree-attention-future-token-leak", "spiral_fast/ops/tree_attention/layout.py",
              ".tril(c - n)", ".tril(c - n + 1)", ("tests/test_tree_attention.py", "tests/test_models.py"),
              why="a non-root segment's token sees the next token of its own segment"),
+    Mutation("fused-lora-unscaled-db", "spiral_fast/ops/lora_linear.py",
+             "dbb = (dy2.t() @ xa).mul_(ctx.scaling)", "dbb = dy2.t() @ xa",
+             ("tests/test_lora_linear.py", "tests/test_lora.py"),
+             why="the fused LoRA layer forgets the scale in lora_B's gradient"),
 ]
 
 
