@@ -9,7 +9,8 @@ Every case trains on-policy with the same advantages and gives the same loss: th
 advantages are SPIRAL's, scaled by N / N_role so that a token-mean over all N trained tokens equals
 SPIRAL's sum of the two role means.
 
-Cases: spiral_fast (default SpiralConfig), spiral_fast-auto / -8192 / -1024 (budget), trl (TRL's GRPO
+Cases: spiral_fast (default SpiralConfig), spiral_fast-auto / -8192 / -1024 (budget), spiral_fast-ckpt
+(the defaults with gradient_checkpointing=True), trl (TRL's GRPO
 actor path, its own functions: ``add_fused_lm_head`` on the base model, ``GRPOTrainer._compute_loss``
 with loss_type "dapo", eps (0.2, 0.28), left-padded prompts and right-padded completions, micro-batches
 of ``trl_micro_batch`` samples each padded as one generation batch), hf_forward (a plain transformers
@@ -159,9 +160,10 @@ def make_hf_forward(model, batch, shape, tok, device):
     return run
 
 
-def make_spiral(model, batch, budget, fn_name="step"):
+def make_spiral(model, batch, budget, fn_name="step", checkpointing=False):
     import spiral_fast as sf
-    config = sf.SpiralConfig() if budget is None else sf.SpiralConfig(max_tokens_per_micro_batch=budget)
+    kw = dict(gradient_checkpointing=True) if checkpointing else {}
+    config = sf.SpiralConfig(**kw) if budget is None else sf.SpiralConfig(max_tokens_per_micro_batch=budget, **kw)
     fn = getattr(sf, fn_name)
     return lambda: float(fn(model, batch, config=config).loss), config
 
@@ -259,16 +261,18 @@ def main(argv=None):
         shape, case = replace(shape, trl_micro_batch=int(micro)), peer
         extra["micro_batch_samples"] = int(micro)
     if case.startswith("spiral_fast") or case == "step_reference":
-        budget = None if case in ("spiral_fast", "step_reference") else (
+        ckpt = case.endswith("-ckpt")  # spiral_fast-ckpt: the defaults plus activation checkpointing
+        budget = None if case in ("spiral_fast", "step_reference", "spiral_fast-ckpt") else (
             "auto" if case.endswith("auto") else int(case.rsplit("-", 1)[1]))
-        run, config = make_spiral(model, batch, budget, "step_reference" if case == "step_reference" else "step")
-        warm_run = make_spiral(model, warm, budget)[0]
+        fn_name = "step_reference" if case == "step_reference" else "step"
+        run, config = make_spiral(model, batch, budget, fn_name, ckpt)
+        warm_run = make_spiral(model, warm, budget, checkpointing=ckpt)[0]
         from spiral_fast.policy_step.memory_estimate import activation_bytes_per_token, micro_batch_budget
         from spiral_fast.policy_step.microbatch import micro_batches
         resolved = micro_batch_budget(model, config)
         extra.update(budget=resolved, micro_batches=len(micro_batches(batch, resolved)),
                      estimate_bytes_per_token=activation_bytes_per_token(
-                         model.config, dtype=next(model.parameters()).dtype, lora_rank=LORA_RANK))
+                         model.config, dtype=next(model.parameters()).dtype, lora_rank=LORA_RANK, checkpointing=config.gradient_checkpointing))
     elif case == "trl":
         run = make_trl(model, batch, shape, tok, device)
         warm_run = None  # the TRL closure holds its inputs; warm up with its first call's own shapes below
