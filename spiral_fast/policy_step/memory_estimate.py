@@ -65,7 +65,10 @@ def activation_bytes_per_token(model_config, *, dtype=torch.float32, lora_rank: 
 
     model_config: a transformers config (layers, hidden / intermediate size, heads, kv heads, head
     dim); dtype: the activations' dtype; lora_rank: the LoRA rank, or None for full fine-tuning;
-    checkpointing: activation checkpointing (each layer recomputed in backward)."""
+    checkpointing: activation checkpointing (each layer recomputed in backward). With checkpointing
+    the estimate was measured 2.9x low on SmolLM2 + LoRA at 7.7k-token micro-batches (0.78 vs 0.27
+    MB/token, benchmarks/RESULTS.md, issue 19; within 2x on a tiny Qwen2): prefer an integer budget
+    there until that is understood."""
     d = _dims(model_config)
     b = torch.empty((), dtype=dtype).element_size()
     h, i, q, kv = d["hidden"], d["intermediate"], d["q"], d["kv"]
