@@ -65,10 +65,13 @@ def activation_bytes_per_token(model_config, *, dtype=torch.float32, lora_rank: 
 
     model_config: a transformers config (layers, hidden / intermediate size, heads, kv heads, head
     dim); dtype: the activations' dtype; lora_rank: the LoRA rank, or None for full fine-tuning;
-    checkpointing: activation checkpointing (each layer recomputed in backward). With checkpointing
-    the estimate was measured 2.9x low on SmolLM2 + LoRA at 7.7k-token micro-batches (0.78 vs 0.27
-    MB/token, benchmarks/RESULTS.md, issue 19; within 2x on a tiny Qwen2): prefer an integer budget
-    there until that is understood."""
+    checkpointing: activation checkpointing (each layer recomputed in backward).
+
+    This counts live tensors. On the CPU the process's RSS can be larger: glibc raises its mmap
+    threshold after large frees and then keeps freed forward temporaries resident. With checkpointing
+    on SmolLM2 + LoRA, the RSS peak was 2.9x this estimate (0.78 vs 0.27 MB/token). The memory
+    actually held after the forward was 0.13 MB/token with ``MALLOC_MMAP_THRESHOLD_=131072``, against
+    0.78 without it (benchmarks/RESULTS.md, issue 19). CUDA's caching allocator reuses its blocks."""
     d = _dims(model_config)
     b = torch.empty((), dtype=dtype).element_size()
     h, i, q, kv = d["hidden"], d["intermediate"], d["q"], d["kv"]
