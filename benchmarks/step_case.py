@@ -168,8 +168,9 @@ def make_spiral(model, batch, budget, fn_name="step", checkpointing=False):
     return lambda: float(fn(model, batch, config=config).loss), config
 
 
-def matmul_floor(model_config, unique: int, trained: int, device, dtype, attention_pairs: int = 0) -> tuple[float, float]:
-    """(seconds, flops) of plain torch.mm calls with the step's unavoidable FLOPs (see the docstring).
+def matmul_floor(model_config, unique: int, trained: int, device, dtype,
+                 attention_pairs: int = 0) -> tuple[float, float, float]:
+    """(seconds, flops, seconds of the attention's share) of plain torch.mm calls with the step's unavoidable FLOPs (see the docstring).
 
     attention_pairs: the (query, key) pairs of the packed tree attention (sum over the unique tokens of
     the keys each attends to); per layer and head they cost QK^T and PV forward and dQ, dK, dV, dP
@@ -185,24 +186,28 @@ def matmul_floor(model_config, unique: int, trained: int, device, dtype, attenti
         shapes += [(unique, fan_in, r), (unique, r, fan_out), (r, unique, fan_out), (unique, fan_out, r),
                    (fan_in, unique, r), (unique, r, fan_in)]                                   # LoRA fwd + bwd
     shapes = [s for s in shapes for _ in range(d["layers"])]
+    attention = []
     if attention_pairs:
         head_dim, ctx = q // d["heads"], max(1, round(attention_pairs / unique))
-        shapes += [(unique, head_dim, ctx), (unique, ctx, head_dim)] * (3 * d["heads"] * d["layers"])
+        attention = [(unique, head_dim, ctx), (unique, ctx, head_dim)] * (3 * d["heads"] * d["layers"])
     vocab = model_config.vocab_size
     shapes += [(trained, h, vocab), (trained, vocab, h)]                                       # LM head, dH
-    flops = sum(2 * m * k * n for m, k, n in shapes)
+    flops = sum(2 * m * k * n for m, k, n in shapes + attention)
     cache = {}
-    for s in set(shapes):
+    for s in set(shapes + attention):
         m, k, n = s
         cache[s] = (torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype))
     for a, b in list(cache.values())[:4]:
         torch.mm(a, b)
-    sync(device)
-    t0 = time.perf_counter()
-    for s in shapes:
-        torch.mm(*cache[s])
-    sync(device)
-    return time.perf_counter() - t0, float(flops)
+    seconds = []
+    for group in (shapes, attention):  # timed apart: the floor with and without attention from one pass
+        sync(device)
+        t0 = time.perf_counter()
+        for s in group:
+            torch.mm(*cache[s])
+        sync(device)
+        seconds.append(time.perf_counter() - t0)
+    return seconds[0] + seconds[1], float(flops), seconds[1]
 
 
 def sync(device):
@@ -308,10 +313,9 @@ def main(argv=None):
                padded_tokens=sum(p.numel() + c.numel() for p, c, _ in samples), **extra)
     if case.startswith("spiral_fast") and not args.no_floor:
         model.zero_grad(set_to_none=True)
-        out["floor_seconds"], out["floor_flops"] = matmul_floor(model.config, unique, n_all, device,
-                                                                next(model.parameters()).dtype, pairs)
-        out["floor_seconds_no_attention"], _ = matmul_floor(model.config, unique, n_all, device,
-                                                            next(model.parameters()).dtype)
+        out["floor_seconds"], out["floor_flops"], attention = matmul_floor(
+            model.config, unique, n_all, device, next(model.parameters()).dtype, pairs)
+        out["floor_seconds_no_attention"] = out["floor_seconds"] - attention
     print("RESULT " + json.dumps(out), flush=True)
 
 

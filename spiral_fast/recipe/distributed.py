@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from spiral_fast.distributed import barrier
+
 # whether ``init`` started the default process group (then ``close`` ends it; one the caller started is theirs)
 _STARTED = [False]
 
@@ -41,7 +43,7 @@ def close() -> None:
     that exits with the group alive can abort in the backend's teardown). Call it on every rank after
     the last collective."""
     if _STARTED[0] and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        barrier()
         torch.distributed.destroy_process_group()
     _STARTED[0] = False
 
