@@ -18,6 +18,7 @@ import torch
 
 import spiral_fast as sf
 from presets import SPIRAL
+from spiral_fast.policy_step.memory_estimate import micro_batch_budget
 from spiral_fast.policy_step.microbatch import micro_batches
 
 VOCAB = 4096
@@ -79,7 +80,7 @@ def test_step_vs_reference(compare, peer, device, dtype):
     group = (f"SPIRAL step tiny-qwen2 {shape.name} G={shape.aggregations} {device}-{str(dtype)[6:]} "
              f"({trained} trained tok)")
     if peer.startswith("spiral_fast"):
-        bins = micro_batches(batch, config.max_tokens_per_micro_batch)
+        bins = micro_batches(batch, micro_batch_budget(model, config))  # "auto" resolved as step resolves it
         encoded = sum(sf.pack_sequences(batch.trained_sequences(b, *zeros).tokens).num_tokens for b in bins)
         note = f"{encoded} tokens encoded in {len(bins)} micro-batch(es)"
     else:
