@@ -147,6 +147,7 @@ def test_logprobs_cpu_small(compare, peer):
          rounds=3, warmup=1)
 
 
+@pytest.mark.slow  # real LM heads (V=49152 and 151936): 20-90 s (SmolLM2), minutes (Qwen3-4B) a peer on a 2-core CPU
 @pytest.mark.parametrize("preset", ["smollm2", "qwen3-4b-cpu"])
 @pytest.mark.parametrize("peer", list(CPU_ALL))
 def test_logprobs_real_shapes_cpu(compare, peer, preset, one_cpu_thread):

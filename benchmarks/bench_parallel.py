@@ -93,7 +93,9 @@ PEERS = {
     "text, one micro-batch": ("text", sf.SpiralConfig(max_tokens_per_micro_batch=1 << 20)),
     "parallel": ("parallel", sf.SpiralConfig(aggregation="parallel")),
 }
-CASES = [pytest.param(f"paper-cpu-{n}", "cpu", torch.float32, id=f"cpu-fp32-L{n}") for n in (256, 512, 1024)]
+CASES = [pytest.param(f"paper-cpu-{n}", "cpu", torch.float32, id=f"cpu-fp32-L{n}",
+                      marks=[pytest.mark.slow] if n >= 1024 else [])  # L1024: ~30 s a peer on a 2-core CPU
+         for n in (256, 512, 1024)]
 CASES.append(pytest.param("paper", "cuda", torch.bfloat16, id="cuda-bf16-L4096", marks=pytest.mark.gpu))
 
 

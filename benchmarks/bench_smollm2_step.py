@@ -82,6 +82,9 @@ def _slow_case(case, shape):
 try:
     import pytest
 
+    # loads SmolLM2-135M and runs every peer once: ~90 s on a 2-core CPU
+    test_smoke_same_loss = pytest.mark.slow(pytest.mark.real_model(test_smoke_same_loss))
+
     @pytest.mark.slow
     @pytest.mark.real_model
     @pytest.mark.parametrize("shape", ["smollm2", "smollm2-4x"])

@@ -8,10 +8,17 @@ import harness  # benchmarks/ is on sys.path through this conftest
 
 
 def pytest_collection_modifyitems(config, items):
+    """GPU cases skip without CUDA; ``slow`` cases (minutes each on a 2-core CPU) run only when the
+    ``-m`` expression names them (``pytest benchmarks/ -m slow``): a bare ``pytest benchmarks/``
+    stays a few minutes."""
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_slow = pytest.mark.skip(reason="minutes on a CPU: run with -m slow")
+    slow_selected = "slow" in (config.option.markexpr or "")
     for item in items:
         if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+        elif item.get_closest_marker("slow") is not None and not slow_selected:
+            item.add_marker(skip_slow)
 
 
 @pytest.fixture
