@@ -80,6 +80,21 @@ def merged_state_dict(model) -> dict:
     return state
 
 
+def lora_weight_names(model) -> list[str]:
+    """The entries of ``merged_state_dict(model)`` that training changes, under their plain names:
+    each LoRA layer's weight (W + its delta) and the active adapters' ``modules_to_save`` copies.
+    Every other entry is a frozen base tensor."""
+    base = unwrap_peft(model)
+    active = list(getattr(model, "active_adapters", None) or [model.active_adapter])
+    names = [f"{name}.weight" for name, module in base.named_modules()
+             if hasattr(module, "get_delta_weight") and hasattr(module, "get_base_layer")]
+    for key in base.state_dict():
+        for adapter in active:
+            if f".modules_to_save.{adapter}." in key:
+                names.append(key.replace(f".modules_to_save.{adapter}.", ".").replace(".base_layer.", "."))
+    return names
+
+
 def _fusable(module) -> bool:
     """A PEFT LoRA ``Linear`` whose forward is exactly ``base(x) + lora_B(lora_A(x)) * scaling``: one
     active adapter, not merged or disabled, no dropout, no variant (DoRA), no bias on the adapter, an

@@ -162,10 +162,12 @@ class VLLMSampler(Sampler):
         return self._llm
 
     def generate(self, prompts: list[list[int]], num_samples: int, *, max_new_tokens: int, temperature: float,
-                 eos_token_id=None, logprobs: bool = True):
+                 eos_token_id=None, logprobs: bool = True, seeds: list[int] | None = None):
         """num_samples responses per prompt, all requests in one ``LLM.generate`` call.
 
-        Plain sampling at ``temperature`` (no top-k / top-p). Returns (responses, logprobs):
+        Plain sampling at ``temperature`` (no top-k / top-p). seeds: one per prompt (vLLM's per-request
+        seeded sampling: a prompt's responses do not depend on the other requests, up to the float
+        rounding of another batch composition), or None (the engine's seed). Returns (responses, logprobs):
         responses[p * num_samples + s] token ids, ending with eos_token_id (kept) or after
         max_new_tokens; logprobs the per-token log-probs under softmax(logits / temperature), or None.
         """
@@ -178,10 +180,16 @@ class VLLMSampler(Sampler):
             if bad:
                 raise ValueError(f"prompts[{i}] has token ids {bad[:5]} outside the model's vocab_size="
                                  f"{self.vocab_size}")
-        params = SamplingParams(n=num_samples, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
-                                logprobs=0 if logprobs else None,
-                                stop_token_ids=None if eos_token_id is None else [eos_token_id])
-        outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"seeds must give one seed per prompt ({len(prompts)}), got {len(seeds)}")
+
+        def params(seed):
+            return SamplingParams(n=num_samples, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
+                                  logprobs=0 if logprobs else None, seed=None if seed is None else seed % 2**63,
+                                  stop_token_ids=None if eos_token_id is None else [eos_token_id])
+
+        per_request = params(None) if seeds is None else [params(seed) for seed in seeds]
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], per_request, use_tqdm=False)
         responses, lps = [], [] if logprobs else None
         for request in outputs:
             for completion in request.outputs:
