@@ -1,8 +1,10 @@
 """Build script: the Python package (Triton kernels in `spiral_fast/kernels/`) and the optional
-C++ extension `spiral_fast._native` (csrc/, pybind11) that builds packed layouts on the host.
+C++ extension `spiral_fast.packing._native` (csrc/, pybind11) that builds packed layouts on the host.
 
 The extension is optional: where no compiler is available the build goes on without it and
-spiral_fast falls back to its pure-Python layout builder (same results, slower).
+spiral_fast falls back to its pure-Python layout builder (same results, much slower). A pip build
+hides this script's output (`-q`), so `import spiral_fast.packing` warns once when the extension is
+missing (spiral_fast/packing/native.py), naming the rebuild command.
 """
 import glob
 
@@ -22,7 +24,7 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any toolchain failure
-            print(f"warning: spiral_fast._native not built ({exc}); using the Python fallback")
+            print(f"warning: spiral_fast.packing._native not built ({exc}); using the Python fallback")
 
     def build_extension(self, ext):
         try:
@@ -35,7 +37,7 @@ sources = sorted(glob.glob("csrc/*.cpp"))
 ext_modules = []
 if Pybind11Extension is not None and sources:
     ext_modules.append(
-        Pybind11Extension("spiral_fast._native", sources, cxx_std=17, extra_compile_args=["-O3"])
+        Pybind11Extension("spiral_fast.packing._native", sources, cxx_std=17, extra_compile_args=["-O3"])
     )
 
 setup(

@@ -1,7 +1,9 @@
 """The import graph of spiral_fast (issue 17): no import circles, no upward imports, few in-function imports.
 
 Every module of the package is parsed with ``ast`` (nothing is imported) and every import of a
-spiral_fast module, at the top of a file or inside a function, is an edge. ``from spiral_fast.x import y``
+spiral_fast module, at the top of a file, inside a function or under ``if TYPE_CHECKING:``, is an
+edge: an import seen only by type checkers still couples the two modules (and a circle through it
+breaks as soon as someone turns it into a real import). ``from spiral_fast.x import y``
 is an edge to ``spiral_fast.x.y`` when that is a module, else to ``spiral_fast.x``; a package stands
 for its ``__init__``. ``LAYERS`` ranks the layers, lowest first: a module may import its own rank
 and below, never above.
@@ -21,8 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "spiral_fast"
 LAYERS = {
     "spiral_fast._utils": 0,
     "spiral_fast._version": 0,
+    "spiral_fast._fields": 0,       # documented, validated dataclass fields of the settings (stdlib only)
     "spiral_fast.distributed": 0,   # every torch.distributed helper (torch only)
-    "spiral_fast._native": 0,       # the compiled packing extension (csrc/), no Python imports
     "spiral_fast.kernels": 0,
     "spiral_fast.ops": 1,
     "spiral_fast.algorithm": 2,
@@ -38,8 +40,8 @@ LAYERS = {
     "spiral_fast.train": 8,         # the `python -m spiral_fast.train` entry
     "spiral_fast": 9,               # the package __init__ (lazy exports); matches only itself
 }
-EXTENSIONS = {"spiral_fast._native"}
-LOWER = ("spiral_fast._utils", "spiral_fast._native", "spiral_fast.kernels", "spiral_fast.ops",
+EXTENSIONS = {"spiral_fast.packing._native"}   # compiled (csrc/): no .py file, no Python imports
+LOWER = ("spiral_fast._utils", "spiral_fast._fields", "spiral_fast.kernels", "spiral_fast.ops",
          "spiral_fast.algorithm", "spiral_fast.packing", "spiral_fast.models")
 MAX_IN_FUNCTION_IMPORTS = 10
 PARTS = ["lower", "upper"]
@@ -83,21 +85,13 @@ def _targets(module: str, node: ast.Import | ast.ImportFrom) -> list[str]:
     return out
 
 
-def _type_checking_only(tree: ast.Module) -> set[int]:
-    """ids of the import statements under ``if TYPE_CHECKING:`` (seen by type checkers, never run)."""
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    return out
-
-
-def _graph() -> dict[str, set[str]]:
+def _graph(trees: dict[str, ast.Module] | None = None) -> dict[str, set[str]]:
+    """module -> the spiral_fast modules it imports, every import statement counted (those under
+    ``if TYPE_CHECKING:`` included)."""
     graph = {}
-    for module, tree in TREES.items():
-        skip = _type_checking_only(tree)
+    for module, tree in (TREES if trees is None else trees).items():
         graph[module] = {t for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-                         and id(node) not in skip for t in _targets(module, node) if t != module}
+                         for t in _targets(module, node) if t != module}
     return graph
 
 
@@ -160,6 +154,16 @@ def test_the_graph_sees_known_edges():
     assert "spiral_fast.packing" in graph["spiral_fast.models.hf"]              # `from package import name`
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_graph_counts_type_checking_imports():
+    """An import under ``if TYPE_CHECKING:`` is an edge like any other (it used to be skipped, which hid
+    the policy_step.batch <-> policy_step.advantages circle)."""
+    source = ("from typing import TYPE_CHECKING\n"
+              "if TYPE_CHECKING:\n"
+              "    from spiral_fast.policy_step.batch import SpiralBatch\n")
+    graph = _graph({"spiral_fast.policy_step.advantages": ast.parse(source)})
+    assert graph["spiral_fast.policy_step.advantages"] == {"spiral_fast.policy_step.batch"}
 
 
 @pytest.mark.parametrize("part", PARTS)

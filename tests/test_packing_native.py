@@ -1,4 +1,10 @@
-"""The C++ layout builder (spiral_fast._native) gives exactly the batches of the Python reference."""
+"""The C++ layout builder (spiral_fast.packing._native) gives exactly the batches of the Python reference,
+and its absence is announced once, at import of spiral_fast.packing."""
+import pathlib
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -8,7 +14,7 @@ import spiral_fast as sf
 from packing_cases import CASES, deep_chain, random_forest
 from spiral_fast.packing import native
 
-needs_native = pytest.mark.skipif(not native.native_available(), reason="spiral_fast._native is not built")
+needs_native = pytest.mark.skipif(not native.native_available(), reason="spiral_fast.packing._native is not built")
 
 
 def forests():
@@ -75,3 +81,50 @@ def test_fallback_without_extension(monkeypatch):
 def test_bad_builder():
     with pytest.raises(ValueError, match="builder"):
         sf.pack_sequences([[1]], builder="rust")
+
+
+def _run_python(code: str) -> str:
+    """stdout of ``code`` in a fresh interpreter (an import-time warning fires once per process)."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_missing_extension_warns_once_at_import_of_packing():
+    # sys.modules[name] = None makes `import name` raise ImportError: the extension as if never built
+    out = _run_python("""
+        import sys, warnings
+        sys.modules["spiral_fast.packing._native"] = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import spiral_fast as sf
+            print("after import spiral_fast:", len(caught))
+            import spiral_fast.packing
+            import spiral_fast.packing.native as native
+            a = sf.pack_sequences([[1, 2, 3], [1, 2, 4]])
+            b = sf.pack_sequences([[1, 2, 3], [1, 2, 4]], builder="python")
+        fallback = [w for w in caught if issubclass(w.category, native.PackingFallbackWarning)]
+        print("fallback warnings:", len(fallback), "others:", len(caught) - len(fallback))
+        print("same layout:", a == b, "native:", native.native_available())
+        print("message:", fallback[0].message)
+    """)
+    assert "after import spiral_fast: 0" in out        # import spiral_fast itself stays silent (lazy)
+    assert "fallback warnings: 1 others: 0" in out     # once, though packing was imported and used twice
+    assert "same layout: True native: False" in out
+    assert "spiral_fast.packing._native" in out and "pip install -e ." in out   # what is missing, how to fix it
+
+
+@needs_native
+def test_built_extension_is_in_the_packing_package_and_imports_silently():
+    assert native._extension.__name__ == "spiral_fast.packing._native"
+    root = pathlib.Path(sf.__file__).parent
+    assert not list(root.glob("_native*")), "a stale extension at the package root (the old build's name)"
+    out = _run_python("""
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import spiral_fast.packing.native as native
+        print("warnings:", [str(w.message) for w in caught if issubclass(w.category, native.PackingFallbackWarning)])
+    """)
+    assert "warnings: []" in out

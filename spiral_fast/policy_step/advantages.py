@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol, Sequence
 
 import torch
 
 from spiral_fast.algorithm.advantages import spiral_advantages
 from spiral_fast.policy_step.config import SpiralConfig
 
-if TYPE_CHECKING:  # batch.py imports this module (SpiralBatch.informative): a hint only, no import cycle
-    from spiral_fast.policy_step.batch import SpiralBatch
+
+class AdvantageSource(Protocol):
+    """What ``advantages`` reads of a batch: a ``SpiralBatch`` is one. Structural because
+    ``batch.py`` imports this module (``SpiralBatch.informative`` calls ``advantages``): importing
+    it back, even only for type checkers, would close an import circle."""
+
+    problems: Sequence[Any]   # each with .traces [N_p tensors] and .aggregations [M_p lists of tensors]
+
+    def advantage_inputs(self) -> Any:
+        """The batch's ``AdvantageInputs`` (CSR tensors of its structure)."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,7 @@ class StepAdvantages:
     gated: int
 
 
-def advantages(batch: SpiralBatch, config: SpiralConfig) -> StepAdvantages:
+def advantages(batch: AdvantageSource, config: SpiralConfig) -> StepAdvantages:
     """``spiral_advantages`` of the whole local batch (groups never cross problems, so a rank's
     share of the problems gets the same advantages as the whole batch), then
     ``config.length_gate``: a response of more than L response tokens with a positive advantage
