@@ -7,7 +7,8 @@ import torch
 
 import spiral_fast as sf
 from spiral_fast.evaluate import recursive_aggregation
-from spiral_fast.recipe.loop import RolloutSettings, grpo_group_size, grpo_rollout, spiral_rollout, step_config_for
+from spiral_fast.recipe.loop import grpo_group_size, grpo_rollout, grpo_shape, spiral_rollout, step_config_for
+from spiral_fast.rollout.config import RolloutConfig
 from spiral_fast.recipe.tiny_model import tiny_qwen2
 from spiral_fast.rollout import as_sampler
 from spiral_fast.rollout.hf import sample_hf
@@ -133,26 +134,42 @@ def test_tasks_implement_the_interface(tmp_path):
         MathTask(task.tokenizer, rows, reward="fuzzy")
 
 
+def _settings(**kw):
+    return RolloutConfig(**{"problems_per_step": 2, "num_traces": 4, "num_sets": 2, "set_size": 2,
+                            "num_aggregations": 4, "max_new_tokens": 48, "agg_max_new_tokens": 48, **kw})
+
+
 def test_grpo_matches_the_sampled_token_budget_and_drops_the_trace_role():
-    s = RolloutSettings(problems=2, traces=4, sets=2, set_size=2, aggregations=4, max_new_tokens=48,
-                        agg_max_new_tokens=48)
-    assert grpo_group_size(s) == 4 + 2 * 4  # equal lengths: N + M*G, the paper's 12
-    longer = RolloutSettings(problems=2, traces=4, sets=2, set_size=2, aggregations=2, max_new_tokens=32,
-                             agg_max_new_tokens=64)
+    # "count": responses as long as a trace, N + M*G of them at equal lengths
+    assert grpo_shape(_settings(grpo_match="count")) == (4 + 2 * 4, 48)
+    longer = _settings(grpo_match="count", num_aggregations=2, max_new_tokens=32, agg_max_new_tokens=64)
     assert grpo_group_size(longer) == (4 * 32 + 2 * 2 * 64) // 32
+    # "length" (the default, the paper's): responses as long as a trace plus an aggregation, the same tokens
+    assert _settings().grpo_match == "length"
+    assert grpo_shape(_settings()) == ((4 * 48 + 2 * 4 * 48) // 96, 96)
+    paper = RolloutConfig()  # 8 x 4096 + 16 x 4096 = 12 x 8192
+    assert grpo_shape(paper) == (12, 8192)
     config = sf.SpiralConfig(aggregation="parallel")
     assert step_config_for("grpo", config).trace_coef == 0.0 and step_config_for("grpo", config).aggregation == "text"
     assert step_config_for("spiral", config) == config
     with pytest.raises(ValueError, match="method"):
-        RolloutSettings(problems=1, traces=2, sets=1, set_size=2, aggregations=1, max_new_tokens=1, method="ppo")
+        _settings(method="ppo")
+    with pytest.raises(ValueError, match="grpo_match"):
+        _settings(grpo_match="tokens")
     problems = TOY.sample_problems(2, torch.Generator().manual_seed(0))
-    one = RolloutSettings(problems=2, traces=3, sets=2, set_size=2, aggregations=2, max_new_tokens=1)
-    spiral, metrics = spiral_rollout(ScriptedSampler(), TOY, problems, one, torch.Generator().manual_seed(0))
-    grpo, _ = grpo_rollout(ScriptedSampler(), TOY, problems, one, None)
-    sampled = sum(y.numel() for y in spiral.problems[0].traces) + sum(
-        z.numel() for zs in spiral.problems[0].aggregations for z in zs)
-    assert sum(z.numel() for z in grpo.problems[0].aggregations[0]) == sampled == grpo_group_size(one)
-    assert set(metrics) == {"reward", "agg_reward", "set_value", "set_value_std", "trace_acc"}
+    for match in ("count", "length"):
+        one = RolloutConfig(problems_per_step=2, num_traces=3, num_sets=2, set_size=2, num_aggregations=2,
+                            max_new_tokens=1, agg_max_new_tokens=1, grpo_match=match)
+        spiral, metrics = spiral_rollout(ScriptedSampler(), TOY, problems, one, torch.Generator().manual_seed(0))
+        sampler = ScriptedSampler()
+        grpo, _ = grpo_rollout(sampler, TOY, problems, one, None)
+        sampled = sum(y.numel() for y in spiral.problems[0].traces) + sum(
+            z.numel() for zs in spiral.problems[0].aggregations for z in zs)
+        r, length = grpo_shape(one)
+        assert len(grpo.problems[0].aggregations[0]) == r and sampler.calls[-1][2] == length
+        # the fewest responses of up to `length` tokens that cover SPIRAL's budget (equal when it divides)
+        assert (r - 1) * length < sampled <= r * length
+        assert set(metrics) == {"reward", "agg_reward", "set_value", "set_value_std", "trace_acc"}
 
 
 def test_the_demo_and_the_command_share_the_loop():
@@ -162,4 +179,4 @@ def test_the_demo_and_the_command_share_the_loop():
 
     assert "train_loop" in inspect.getsource(demo._train) and "train_loop" in inspect.getsource(command.train)
     assert "informative_batch" not in inspect.getsource(demo) + inspect.getsource(command)
-    assert inspect.getsource(loop).count("def informative_batch") == 1
+    assert "def informative_batch" not in inspect.getsource(loop)  # dynamic sampling: recipe.dynamic_sampling

@@ -324,13 +324,20 @@ class SpiralBatch:
         number dropped); when every problem is dropped there is no batch to return (a
         ``SpiralBatch`` holds at least one problem): the result is (None, len(self)).
         """
+        kept = [pr for pr, good in zip(self.problems, self.informative_mask(config)) if good]
+        return (SpiralBatch(kept) if kept else None), len(self.problems) - len(kept)
+
+    def informative_mask(self, config=SpiralConfig()) -> list[bool]:
+        """Per problem, whether any of its advantages under ``config`` (its aggregation responses'
+        and its traces', as ``step`` trains them, length gate included) is nonzero. The primitive of
+        dynamic sampling, whose policy (how many to keep, when to sample more) is the recipe's
+        (``spiral_fast.recipe.dynamic_sampling``)."""
         if not isinstance(config, SpiralConfig):
             raise ValueError(f"config must be a spiral_fast.SpiralConfig, got {type(config).__name__}")
         adv, flat = advantages(self, config), self.advantage_inputs()
-        kept = [pr for p, pr in enumerate(self.problems)
-                if bool(adv.agg[flat.agg_start[p]:flat.agg_start[p + 1]].any())
-                or bool(adv.trace[flat.trace_start[p]:flat.trace_start[p + 1]].any())]
-        return (SpiralBatch(kept) if kept else None), len(self.problems) - len(kept)
+        return [bool(adv.agg[flat.agg_start[p]:flat.agg_start[p + 1]].any())
+                or bool(adv.trace[flat.trace_start[p]:flat.trace_start[p + 1]].any())
+                for p in range(len(self.problems))]
 
     def trained_sequences(self, items, agg_adv: torch.Tensor, trace_adv: torch.Tensor, *,
                           aggregation: str = "text") -> TrainedSequences:

@@ -15,10 +15,12 @@ from tqdm import tqdm
 from spiral_fast._version import __version__
 from spiral_fast.distributed import barrier
 from spiral_fast.evaluate import majority_vote, pass_at_k, recursive_aggregation
+from spiral_fast.models.lora import is_peft_model
 from spiral_fast.recipe import checkpoint, distributed
 from spiral_fast.recipe.config import to_toml
+from spiral_fast.recipe.engine import resolve_engine
 from spiral_fast.recipe.faults import NonFinite, Preemption
-from spiral_fast.recipe.loop import RolloutSettings, Trainer, problem_seed, train_loop
+from spiral_fast.recipe.loop import Trainer, problem_seed, train_loop
 from spiral_fast.recipe.model_loading import load_model
 from spiral_fast.recipe.scaling import EvalConfig, EvalResult, evaluate_task
 from spiral_fast.rollout.sampler import HFSampler
@@ -30,25 +32,19 @@ from spiral_fast.tasks.rewards import has_math_verify
 log = logging.getLogger("spiral_fast.train")
 
 
-def rollout_settings(cfg) -> RolloutSettings:
-    r = cfg.rollout
-    return RolloutSettings(problems=r.problems_per_step, traces=r.num_traces, sets=r.num_sets, set_size=r.set_size,
-                           aggregations=r.num_aggregations, max_new_tokens=r.max_new_tokens,
-                           agg_max_new_tokens=r.agg_max_new_tokens, temperature=r.temperature, method=r.method,
-                           dynamic_sampling=r.dynamic_sampling, max_extra_rounds=r.max_extra_rounds,
-                           seed=cfg.train.seed, behaviour_logprobs=r.behaviour_logprobs)
-
-
 def build_sampler(cfg, model, task, world: int):
-    """The model itself (one process, HF), an unsharded copy refreshed by ``sync`` (FSDP2, HF), or a
-    ``VLLMSampler`` in ``rollout.dtype`` (default: ``model.dtype``)."""
-    if cfg.rollout.engine == "vllm":
+    """The sampler of ``rollout.engine`` ("auto": ``resolve_engine``): a ``VLLMSampler`` in
+    ``rollout.dtype`` (default: ``model.dtype``), or HF generate on the model itself (full
+    fine-tuning), on a merged copy of a LoRA model refreshed by ``sync`` (one process), or on an
+    unsharded copy refreshed by ``sync`` (FSDP2)."""
+    if resolve_engine(cfg.rollout.engine, model) == "vllm":
         dtype = cfg.rollout.dtype or cfg.model.dtype
         source = HFSampler(model, copy=True).model if world > 1 else model
         extra = {} if cfg.rollout.kv_cache_gb is None else {"kv_cache_memory_bytes": int(cfg.rollout.kv_cache_gb * 2**30)}
         return VLLMSampler(source, seed=cfg.train.seed, dtype=dtype,
                            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, **extra)
-    return HFSampler(model, pad_token_id=task.pad_token_id, copy=world > 1)
+    return HFSampler(model, pad_token_id=task.pad_token_id, copy=world > 1,
+                     merged=world == 1 and is_peft_model(model))
 
 
 class MetricsLog:
@@ -136,11 +132,20 @@ def sample_lines(task, batch, problems: list, step: int) -> list[dict]:
 
 
 def build_task(cfg, tokenizer) -> MathTask:
-    """The run's MathTask: data.train, the first eval.num_problems rows of data.eval, prompts, reward."""
-    return MathTask(tokenizer, load_jsonl(cfg.data.train),
-                    load_jsonl(cfg.data.eval)[:cfg.eval.num_problems] if cfg.data.eval else [],
-                    search=cfg.prompts.search, aggregation=cfg.prompts.aggregation, candidate=cfg.prompts.candidate,
-                    reward=cfg.reward.kind, reward_timeout_s=cfg.reward.timeout_s)
+    """The run's task: a ``MathTask`` over data.train and the first eval.num_problems rows of data.eval
+    (source "jsonl"), or a ``ReasoningGymTask`` (source "reasoning_gym"); the prompts and the reward."""
+    d, p = cfg.data, cfg.prompts
+    prompts = dict(search=p.search, aggregation=p.aggregation, candidate=p.candidate,
+                   reward_timeout_s=cfg.reward.timeout_s)
+    if d.source == "reasoning_gym":
+        from spiral_fast.tasks.reasoning_gym import ReasoningGymTask  # reasoning_gym: an optional dependency
+
+        task = ReasoningGymTask(tokenizer, d.task, d.task_config, train_size=d.train_size, eval_size=d.eval_size,
+                                seed=cfg.train.seed, **prompts)
+        task.eval_rows = task.eval_rows[:cfg.eval.num_problems]
+        return task
+    return MathTask(tokenizer, load_jsonl(d.train), load_jsonl(d.eval)[:cfg.eval.num_problems] if d.eval else [],
+                    reward=cfg.reward.kind, **prompts)
 
 
 def evaluate_config(cfg, config: EvalConfig, *, checkpoint_dir: str | None = None) -> EvalResult:
@@ -158,7 +163,8 @@ def evaluate_config(cfg, config: EvalConfig, *, checkpoint_dir: str | None = Non
     task = build_task(cfg, tokenizer)
     if not task.eval_rows:
         raise ValueError("config key data.eval is required to evaluate")
-    task.eval_rows = load_jsonl(cfg.data.eval)
+    if cfg.data.source == "jsonl":
+        task.eval_rows = load_jsonl(cfg.data.eval)
     problems = task.eval_problems(config.problems)
     config = replace(config, max_new_tokens=cfg.rollout.max_new_tokens,
                      agg_max_new_tokens=cfg.rollout.agg_max_new_tokens)
@@ -184,8 +190,9 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
                                   weight_decay=cfg.optim.weight_decay)
     warmup = cfg.optim.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    trainer = Trainer(model=model, sampler=sampler, task=task, settings=rollout_settings(cfg), config=cfg.algorithm,
-                      optimizer=optimizer, scheduler=scheduler, rank=rank, world=world, device=device)
+    trainer = Trainer(model=model, sampler=sampler, task=task, settings=cfg.rollout, config=cfg.algorithm,
+                      optimizer=optimizer, scheduler=scheduler, rank=rank, world=world, device=device,
+                      seed=cfg.train.seed)
     out_dir, t = cfg.train.output, cfg.train
     start, position, state = 0, 0, {}
     ckpt = checkpoint.latest(out_dir) if resume else None  # the latest complete one (with state.json)

