@@ -21,31 +21,6 @@ from spiral_fast.recipe.tiny_model import tiny_qwen2
 from spiral_fast.tasks.toy import ToyTask
 from spiral_fast.train import main as train_main
 
-_DEMO_HELP = {
-    "iterations": "training iterations (rollout + one optimizer step each)",
-    "seed": "seed of the model init, problems, sets and sampling",
-    "problems": "problems per iteration (P)",
-    "traces": "traces sampled per problem (N)",
-    "sets": "sets drawn per problem (M)",
-    "set_size": "traces per set (K); at most --traces",
-    "aggregations": "aggregation responses per set (G)",
-    "base": "toy task: digits are 0..base-1, answer = (sum of digits + 1) mod base",
-    "digits": "toy task: digits per problem",
-    "lr": "AdamW learning rate",
-    "temperature": "sampling and training temperature",
-    "hidden_size": "hidden size of the tiny Qwen2 model",
-    "layers": "decoder layers of the tiny Qwen2 model",
-    "step_impl": "spiral_fast.step ('step') or the naive oracle spiral_fast.step_reference",
-    "threads": "torch intra-op threads (1 is fastest for the tiny model on a shared CPU)",
-    "method": "spiral, or grpo: single traces scored on their own answers, N + M*G per problem",
-    "dynamic_sampling": "drop problems whose advantages are all zero and sample more (paper)",
-    "max_extra_rounds": "dynamic sampling: extra rollouts per iteration at most",
-    "engine": "sampler: transformers generate ('hf') or an in-process vLLM engine synced after every step "
-              "('vllm'; needs vLLM, see README; the model then has attention heads of size 32)",
-    "aggregation": "'text' (traces rendered into the aggregation prompt) or 'parallel' (read as keys and "
-                   "values; HF engine)",
-}
-
 _EVAL_HELP = {
     "problems": "evaluation problems (balanced answers)",
     "samples": "traces per problem for pass@k and majority vote, k = 1..samples",
@@ -110,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "grpo: trains SPIRAL and GRPO from the same seed, evaluates both (options "
                     "--eval-*) and writes a PNG of pass@k, majority vote and RSA.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_options(demo, DemoConfig, _DEMO_HELP, choices=CHOICES)
-    demo.add_argument("--out", default="spiral_demo.png", help="path of the PNG plot")
+    _add_options(demo, DemoConfig, DemoConfig.help(), choices=CHOICES)
+    demo.add_argument("--out", default="runs/spiral_demo.png", help="path of the PNG plot")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.add_argument("--save", default=None, metavar="DIR",
                       help="save the trained model (save_pretrained) and its settings for `spiral-fast eval`")

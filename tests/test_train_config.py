@@ -1,12 +1,15 @@
 """Every configuration error of spiral-fast train is a ValueError naming the key, raised before any
-model is loaded; the algorithm section follows SpiralConfig's fields; the reward functions."""
+model is loaded; each section is its dataclass; the three settings that moved to one home still load
+under their old algorithm.* spellings, with a DeprecationWarning naming the new key."""
 import dataclasses
 import os
+import warnings
 
 import pytest
 
 from spiral_fast import SpiralConfig
-from spiral_fast.recipe.config import SCHEMA, load_config, parse_override
+from spiral_fast.rollout.config import RolloutConfig
+from spiral_fast.recipe.config import MOVED, SCHEMA, load_config, parse_override, to_toml
 
 SECTIONS = ["model", "lora", "data", "prompts", "reward", "rollout", "algorithm", "optim", "train", "eval"]
 
@@ -24,11 +27,14 @@ def files(tmp_path):
 
 def test_sections_and_algorithm_keys_follow_spiral_config():
     assert list(SCHEMA) == SECTIONS
-    assert list(SCHEMA["algorithm"]) == [f.name for f in dataclasses.fields(SpiralConfig)]
-    assert set(SCHEMA["rollout"]) == {"engine", "problems_per_step", "num_traces", "set_size", "num_sets",
-                                      "num_aggregations", "max_new_tokens", "agg_max_new_tokens", "temperature",
-                                      "dynamic_sampling", "max_extra_rounds", "gpu_memory_utilization", "method",
-                                      "dtype", "behaviour_logprobs", "kv_cache_gb"}
+    moved = {key for (_, key) in MOVED}
+    assert moved == {"temperature", "max_grad_norm", "gradient_checkpointing"}
+    assert list(SCHEMA["algorithm"]) == [f.name for f in dataclasses.fields(SpiralConfig) if f.name not in moved]
+    assert list(SCHEMA["rollout"]) == [f.name for f in dataclasses.fields(RolloutConfig)]
+    # one home per setting, with its documentation
+    assert "temperature" in SCHEMA["rollout"] and "max_grad_norm" in SCHEMA["optim"]
+    assert "gradient_checkpointing" in SCHEMA["model"]
+    assert all(doc for keys in SCHEMA.values() for (_, _, doc) in keys.values())
 
 
 def test_defaults_are_the_papers(files):
@@ -46,22 +52,22 @@ def test_defaults_are_the_papers(files):
     pytest.param(["rollout.num_traces=\"8\""], r"rollout.num_traces must be int", id="str-for-int"),
     pytest.param(["rollout.num_traces=8.0"], r"rollout.num_traces must be int", id="float-for-int"),
     pytest.param(["rollout.dynamic_sampling=1"], r"rollout.dynamic_sampling must be bool", id="int-for-bool"),
-    pytest.param(["optim.lr=true"], r"optim.lr must be int or float", id="bool-for-float"),
+    pytest.param(["optim.lr=true"], r"optim.lr must be float", id="bool-for-float"),
     pytest.param(["lora.target_modules=3"], r"lora.target_modules must be str or list", id="target-modules-type"),
     pytest.param(["optim.max_grad_norm=\"off\""], r"optim.max_grad_norm", id="bad-none-word"),
-    pytest.param(["algorithm.kl_coef=-1.0"], r"\[algorithm\]: kl_coef", id="algorithm-value"),
-    pytest.param(["algorithm.estimator=\"ppo\""], r"\[algorithm\]: estimator", id="algorithm-choice"),
+    pytest.param(["algorithm.kl_coef=-1.0"], r"config key algorithm.kl_coef must be", id="algorithm-value"),
+    pytest.param(["algorithm.estimator=\"ppo\""], r"config key algorithm.estimator must be one of", id="algorithm-choice"),
     pytest.param(["rollout.engine=\"sglang\""], r"rollout.engine must be one of", id="engine-choice"),
     pytest.param(["reward.kind=\"fuzzy\""], r"reward.kind must be one of", id="reward-choice"),
     pytest.param(["model.dtype=\"int8\""], r"model.dtype must be one of", id="dtype-choice"),
     pytest.param(["train.device=\"tpu\""], r"train.device must be one of", id="device-choice"),
-    pytest.param(["rollout.num_traces=0"], r"rollout.num_traces must be >= 1", id="zero-traces"),
-    pytest.param(["rollout.set_size=9"], r"rollout.set_size must be <= rollout.num_traces", id="set-too-big"),
+    pytest.param(["rollout.num_traces=0"], r"rollout.num_traces must be an int >= 1", id="zero-traces"),
+    pytest.param(["rollout.set_size=9"], r"rollout.set_size must be <= num_traces", id="set-too-big"),
     pytest.param(["rollout.num_traces=4", "rollout.set_size=3", "rollout.num_sets=5"], r"rollout.num_sets",
                  id="too-many-distinct-sets"),
     pytest.param(["optim.betas=[0.9]"], r"optim.betas", id="betas"),
     pytest.param(["rollout.gpu_memory_utilization=1.5"], r"rollout.gpu_memory_utilization", id="vllm-share"),
-    pytest.param(["optim.lr=0"], r"optim.lr must be > 0", id="lr"),
+    pytest.param(["optim.lr=0"], r"optim.lr must be a finite number > 0", id="lr"),
     pytest.param(["eval.pass_k=[1, 16]"], r"eval.pass_k", id="pass-k-over-population"),
     pytest.param(["prompts.search=\"solve it\""], r"prompts.search must contain \{problem\}", id="search-placeholder"),
     pytest.param(["prompts.aggregation=\"{problem}\""], r"prompts.aggregation must contain \{candidates\}",
@@ -106,11 +112,12 @@ def test_set_values_parse_as_toml():
                                                                           ["q_proj", "v_proj"])
 
 
-def test_aliases_fill_each_other(files):
+def test_settings_come_from_their_homes(files):
     cfg = load_config(files[0], ["rollout.temperature=0.7", "optim.max_grad_norm=\"none\"",
                                  "model.gradient_checkpointing=true"])
     assert cfg.algorithm.temperature == 0.7 and cfg.algorithm.max_grad_norm is None
     assert cfg.algorithm.gradient_checkpointing and cfg.optim.max_grad_norm is None
+    assert cfg.rollout.temperature == 0.7 and cfg.model.gradient_checkpointing
 
 
 def test_example_config_is_valid(files, tmp_path):
@@ -121,8 +128,8 @@ def test_example_config_is_valid(files, tmp_path):
     assert cfg.lora.rank == 32 and cfg.rollout.problems_per_step == 256
 
 
-# (algorithm name, other section, a value, a different value) for the three aliased values (issue 16)
-ALIAS_PAIRS = [
+# (old algorithm name, its home section, a value, a different value) for the three moved settings
+MOVED_PAIRS = [
     pytest.param("temperature", "rollout", 0.7, 0.9, id="temperature"),
     pytest.param("max_grad_norm", "optim", 0.5, 2.0, id="max_grad_norm"),
     pytest.param("gradient_checkpointing", "model", True, False, id="gradient_checkpointing"),
@@ -143,60 +150,110 @@ def _with_file_values(files, table: dict) -> str:
             text = text.replace(f"[{section}]\n", f"[{section}]\n{body}")
         else:
             text += f"[{section}]\n{body}"
-    out = tmp / "aliases.toml"
+    out = tmp / "moved.toml"
     out.write_text(text)
     return str(out)
 
 
-def _both(cfg, key, other):
-    return getattr(cfg.algorithm, key), getattr(getattr(cfg, other), key)
+def _both(cfg, key, home):
+    return getattr(cfg.algorithm, key), getattr(getattr(cfg, home), key)
 
 
-@pytest.mark.parametrize("key, other, value, different", ALIAS_PAIRS)
-def test_alias_set_on_the_command_line_overrides_the_file_for_both_names(files, key, other, value, different):
-    both_in_file = _with_file_values(files, {"algorithm": {key: value}, other: {key: value}})
-    for name in (f"algorithm.{key}", f"{other}.{key}"):
-        cfg = load_config(both_in_file, [f"{name}={_toml(different)}"])
-        assert _both(cfg, key, other) == (different, different), name
-        assert cfg.raw["algorithm"][key] == cfg.raw[other][key] == different
+@pytest.mark.parametrize("key, home, value, different", MOVED_PAIRS)
+def test_old_spelling_loads_with_a_deprecation_warning_naming_the_new_key(files, key, home, value, different):
+    old_in_file = _with_file_values(files, {"algorithm": {key: value}})
+    with pytest.warns(DeprecationWarning, match=rf"algorithm.{key} is deprecated: use {home}.{key}"):
+        cfg = load_config(old_in_file)
+    assert _both(cfg, key, home) == (value, value)
+    # the record written to the output holds the setting in its home only
+    assert key not in cfg.raw["algorithm"] and cfg.raw[home][key] == value
+    with pytest.warns(DeprecationWarning, match=rf"use {home}.{key}"):
+        cfg = load_config(files[0], [f"algorithm.{key}={_toml(different)}"])
+    assert _both(cfg, key, home) == (different, different)
+    # the new spelling: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        cfg = load_config(files[0], [f"{home}.{key}={_toml(different)}"])
+    assert _both(cfg, key, home) == (different, different)
 
 
-@pytest.mark.parametrize("key, other, value, different", ALIAS_PAIRS)
-def test_alias_conflict_is_an_error_only_within_one_source(files, key, other, value, different):
-    conflicting_file = _with_file_values(files, {"algorithm": {key: value}, other: {key: different}})
-    with pytest.raises(ValueError, match=rf"algorithm.{key}=.* and {other}.{key}=.* given twice by the config file"):
+@pytest.mark.parametrize("key, home, value, different", MOVED_PAIRS)
+def test_command_line_overrides_the_file_under_either_spelling(files, key, home, value, different):
+    both_in_file = _with_file_values(files, {"algorithm": {key: value}, home: {key: value}})
+    for name in (f"algorithm.{key}", f"{home}.{key}"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            cfg = load_config(both_in_file, [f"{name}={_toml(different)}"])
+        assert _both(cfg, key, home) == (different, different), name
+        assert cfg.raw[home][key] == different
+
+
+@pytest.mark.parametrize("key, home, value, different", MOVED_PAIRS)
+def test_two_spellings_with_two_values_in_one_source_is_an_error(files, key, home, value, different):
+    warnings.simplefilter("ignore", DeprecationWarning)
+    conflicting_file = _with_file_values(files, {"algorithm": {key: value}, home: {key: different}})
+    with pytest.raises(ValueError, match=rf"algorithm.{key}=.* and {home}.{key}=.* given twice by the config file"):
         load_config(conflicting_file)
-    with pytest.raises(ValueError, match=rf"algorithm.{key}=.* and {other}.{key}=.* given twice by --set"):
-        load_config(files[0], [f"algorithm.{key}={_toml(value)}", f"{other}.{key}={_toml(different)}"])
-    # the same value under both names, in one source, is fine
-    cfg = load_config(files[0], [f"algorithm.{key}={_toml(value)}", f"{other}.{key}={_toml(value)}"])
-    assert _both(cfg, key, other) == (value, value)
-    # the file gives one name, the command line the other: the command line wins, no error
-    one_in_file = _with_file_values(files, {other: {key: value}})
+    with pytest.raises(ValueError, match=rf"algorithm.{key}=.* and {home}.{key}=.* given twice by --set"):
+        load_config(files[0], [f"algorithm.{key}={_toml(value)}", f"{home}.{key}={_toml(different)}"])
+    cfg = load_config(files[0], [f"algorithm.{key}={_toml(value)}", f"{home}.{key}={_toml(value)}"])
+    assert _both(cfg, key, home) == (value, value)
+    one_in_file = _with_file_values(files, {home: {key: value}})
     cfg = load_config(one_in_file, [f"algorithm.{key}={_toml(different)}"])
-    assert _both(cfg, key, other) == (different, different)
+    assert _both(cfg, key, home) == (different, different)
+
+
+def test_written_config_round_trips(files, tmp_path):
+    cfg = load_config(files[0], ["rollout.oversample=0.5", "rollout.kv_cache_gb=\"none\"", "rollout.grpo_match=count",
+                                 "optim.max_grad_norm=\"none\"", "algorithm.clip=[0.1, 0.3]"])
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(cfg.raw))
+    again = load_config(str(path))
+    assert again.raw == cfg.raw
+    for section in SCHEMA:
+        assert getattr(again, section) == getattr(cfg, section), section
 
 
 @pytest.mark.parametrize("example", sorted(f for f in os.listdir(os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "examples")) if f.endswith(".toml")))
-def test_examples_set_each_aliased_value_once_and_take_overrides(files, tmp_path, example):
-    import tomllib
-
+def test_examples_use_the_new_spellings_and_take_overrides(files, tmp_path, example):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.path.join(root, "examples", example)
-    with open(path, "rb") as fh:
-        raw = tomllib.load(fh)
-    from spiral_fast.recipe.config import ALIASES
-
-    for key, other in ALIASES.items():
-        assert not (key in raw.get("algorithm", {}) and key in raw.get(other, {})), f"{example} sets {key} twice"
     data = tmp_path / "train.jsonl"
     data.write_text('{"problem": "1 + 1", "answer": "2"}\n')
     model = tmp_path / "model"
     model.mkdir(exist_ok=True)
     base = [f'model.path="{model}"', f'data.train="{data}"', f'data.eval="{data}"']
-    cfg = load_config(path, base + ["model.gradient_checkpointing=false", "rollout.temperature=0.5",
-                                    "algorithm.max_grad_norm=3.0"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the examples use the new spellings only
+        cfg = load_config(path, base + ["model.gradient_checkpointing=false", "rollout.temperature=0.5",
+                                        "optim.max_grad_norm=3.0"])
     assert (cfg.algorithm.gradient_checkpointing, cfg.model.gradient_checkpointing) == (False, False)
     assert (cfg.algorithm.temperature, cfg.rollout.temperature) == (0.5, 0.5)
     assert (cfg.algorithm.max_grad_norm, cfg.optim.max_grad_norm) == (3.0, 3.0)
+    assert cfg.rollout.engine == "auto" and cfg.rollout.grpo_match == "length"
+
+
+def test_engine_vllm_without_vllm_fails_at_load_with_the_install_line(files, monkeypatch):
+    from spiral_fast.recipe import engine
+
+    monkeypatch.setattr(engine, "vllm_unavailable_reason", lambda config=None: "vLLM is not installed")
+    with pytest.raises(ValueError, match=r"rollout.engine = \"vllm\": vLLM is not installed\. Install vLLM.*pip install"):
+        load_config(files[0], ['rollout.engine="vllm"'])
+    assert load_config(files[0], ['rollout.engine="auto"']).rollout.engine == "auto"  # resolved when the model loads
+
+
+def test_a_bad_data_row_fails_at_load(files):
+    bad = files[1] / "bad.jsonl"
+    bad.write_text('{"problem": "1 + 1", "answer": "2"}\n{"question": "2 + 2"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        load_config(files[0], [f'data.train="{bad}"'])
+
+
+def test_reasoning_gym_source_needs_a_task(files):
+    with pytest.raises(ValueError, match=r"data.task is required"):
+        load_config(files[0], ['data.source="reasoning_gym"'])
+    with pytest.raises(ValueError, match=r"data.source must be one of"):
+        load_config(files[0], ['data.source="csv"'])
+    assert SCHEMA["data"]["source"][0] == "jsonl"
+    assert {"task", "task_config", "train_size", "eval_size"} <= set(SCHEMA["data"])
