@@ -73,7 +73,7 @@ MUTATIONS = [
              "hit = (torch.tensor(lengths, dtype=torch.int64) >= limit) & (adv > 0)",
              ("tests/test_step_oracle.py", "tests/test_step.py"),
              why="a response of exactly L tokens is gated (the gate is for more than L)"),
-    Mutation("clip-none-still-clips", "spiral_fast/algorithm/policy_loss.py",
+    Mutation("clip-none-still-clips", "spiral_fast/ops/policy_loss/op.py",
              "bounds = (1.0, math.inf) if clip is None else tuple(clip)",
              "bounds = (0.2, 0.28) if clip is None else tuple(clip)",
              ("tests/test_step_oracle.py", "tests/test_policy_loss.py"),

@@ -18,8 +18,8 @@ _EXPORTS = {
     # the SPIRAL algorithm: advantages and the fused policy loss
     "spiral_advantages": "spiral_fast.algorithm.advantages",
     "SpiralAdvantages": "spiral_fast.algorithm.advantages",
-    "policy_loss": "spiral_fast.algorithm.policy_loss",
-    "PolicyLossStats": "spiral_fast.algorithm.policy_loss",
+    "policy_loss": "spiral_fast.ops.policy_loss.op",
+    "PolicyLossStats": "spiral_fast.ops.policy_loss.op",
     # prefix-shared packing and tree attention
     "pack_sequences": "spiral_fast.packing",
     "PackedBatch": "spiral_fast.packing",
@@ -46,7 +46,7 @@ _EXPORTS = {
     "ToyTask": "spiral_fast.tasks.toy",
     "MathTask": "spiral_fast.tasks.math",
     # GPU readiness: each Triton op against its torch path (issue 12)
-    "self_check": "spiral_fast.packing.self_check",
+    "self_check": "spiral_fast.ops.checks",
 }
 
 # Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
@@ -72,10 +72,10 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.algorithm.advantages import SpiralAdvantages, spiral_advantages
-    from spiral_fast.algorithm.policy_loss import PolicyLossStats, policy_loss
+    from spiral_fast.ops.policy_loss.op import PolicyLossStats, policy_loss
     from spiral_fast.models import packed_hidden_states
     from spiral_fast.ops.logprobs.op import logprobs_from_logits, token_logprobs
-    from spiral_fast.packing.self_check import self_check
+    from spiral_fast.ops.checks import self_check
     from spiral_fast.ops.tree_attention.op import tree_attention
     from spiral_fast.packing import PackedBatch, PredictionRows, pack_sequences
     from spiral_fast.rollout.sampler import HFSampler, Sampler

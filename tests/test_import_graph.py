@@ -151,7 +151,7 @@ def test_the_graph_sees_known_edges():
     graph = _graph()
     assert "spiral_fast.ops.dispatch" in graph["spiral_fast.ops.logprobs.op"]
     assert "spiral_fast.packing.native" in graph["spiral_fast.packing.pack"]   # `from package import module`
-    assert "spiral_fast.packing" in graph["spiral_fast.models.hf"]              # `from package import name`
+    assert "spiral_fast.packing" in graph["spiral_fast.policy_step.forward"]    # `from package import name`
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -210,3 +210,19 @@ def test_few_in_function_imports():
     assert len(found) <= MAX_IN_FUNCTION_IMPORTS, (
         f"{len(found)} imports of spiral_fast inside functions (at most {MAX_IN_FUNCTION_IMPORTS}); move "
         "them to the top of their file unless they import an optional dependency:\n" + "\n".join(found))
+
+
+def _registers_a_self_check(tree: ast.Module) -> bool:
+    return any(isinstance(n, ast.Call) and ast.unparse(n.func).endswith("register_self_check") for n in ast.walk(tree))
+
+
+def test_ops_own_every_self_check():
+    """Every op registers its self-check beside its definition, in the ops layer, and
+    ``spiral_fast.ops.checks`` (``spiral_fast.self_check``) imports each of them: no check lives in a
+    higher layer, so checking every op needs nothing above ops."""
+    registering = sorted(m for m, tree in TREES.items() if _registers_a_self_check(tree))
+    assert {"spiral_fast.ops.logprobs.op", "spiral_fast.ops.tree_attention.op"} <= set(registering)
+    outside = [m for m in registering if _rank(m) != LAYERS["spiral_fast.ops"]]
+    assert not outside, f"self-checks registered outside the ops layer: {outside}"
+    missing = set(registering) - _graph()["spiral_fast.ops.checks"]
+    assert not missing, f"spiral_fast.ops.checks does not import {sorted(missing)}, so self_check() would skip them"

@@ -3,8 +3,8 @@
 The CUDA decision path runs here on the CPU: ``dispatch.prefers_triton`` (the predicate "auto would
 pick Triton on this device") is replaced, and kernels run under the interpreter. A failing and a
 wrong kernel are injected; auto must warn once, naming the op and the reason, and use torch.
-Each op registers its own check with ``spiral_fast.ops.self_check`` (issue 17); ``self_check()``
-(``spiral_fast.packing.self_check``) runs every registered one.
+Each op registers its own check with ``spiral_fast.ops.self_check`` beside its definition;
+``self_check()`` (``spiral_fast.ops.checks``) imports every op module and runs every registered check.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch
 import spiral_fast as sf
 from spiral_fast.ops import dispatch
 from spiral_fast.ops import self_check as registry
-from spiral_fast.packing.self_check import self_check
+from spiral_fast.ops.checks import self_check
+from spiral_fast.ops.tree_attention.op import check_case
 
 OPS = ("token_logprobs", "logprobs_from_logits", "tree_attention", "policy_loss")
 
@@ -165,6 +166,30 @@ def test_self_check_all_ops_ok_under_the_interpreter():
 
 def test_public_self_check_is_the_all_ops_one():
     assert sf.self_check is self_check
+    from spiral_fast.packing.self_check import self_check as earlier_path
+    assert earlier_path is self_check
+
+
+def test_self_check_registers_every_op_by_itself():
+    """``spiral_fast.ops.checks`` imports every op module, so a fresh process that imports nothing else
+    (no packing, no step) still checks all of them."""
+    import subprocess
+    import sys
+
+    code = ("import spiral_fast.ops.checks, spiral_fast.ops.self_check as r, sys; "
+            "print(sorted(r.registered())); print('spiral_fast.packing' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split("\n")[:2] == [str(sorted(OPS)), "False"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_tree_attention_check_layout_is_what_the_packer_builds(device):
+    """The tree attention check writes its batch out segment by segment (the ops layer has no packer):
+    it must be exactly the batch ``pack_sequences`` builds from the same sequences (the CUDA size too)."""
+    long = 150 if device == "cuda" else 30
+    prompt = list(range(1, long))
+    expected = sf.pack_sequences([prompt + [50, 51, 52], prompt + [60] * long, prompt + [70], [80] * 25])
+    assert check_case(torch.device(device)) == expected
 
 
 def test_step_metrics_name_the_backend_of_each_op():

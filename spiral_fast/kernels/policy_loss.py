@@ -5,8 +5,8 @@ sequence advantage and coefficient (weight x normaliser) through token_seq, and 
 d loss / d logp per row plus one row of block partial sums (loss, clipped-low count, clipped-high
 count, ratio sum, k3 sum). The partials are summed by a small torch reduction afterwards: fixed
 order, no float atomics, so results are deterministic run to run. Math: the spec is
-``spiral_fast.algorithm.reference.token_loss_terms``; written here as in the torch twin
-``spiral_fast.algorithm.policy_loss._fused_torch``: with b = hi for A > 0 and lo otherwise,
+``spiral_fast.ops.policy_loss.reference.token_loss_terms``; written here as in the torch twin
+``spiral_fast.ops.policy_loss.op._fused_torch``: with b = hi for A > 0 and lo otherwise,
 -min(r A, clamp(r, lo, hi) A) = relu(r A - b A) - r A, clipped iff r A > b A, d/dlogp = -r A
 where not clipped (the clamp has zero slope there).
 """

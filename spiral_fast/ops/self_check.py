@@ -14,8 +14,7 @@ dot-based ops register ``dtypes=dot_dtypes`` and are checked in float32 and floa
 
 This module imports no op: ``backend="auto"`` (``dispatch``) looks up the check of the op that is
 resolving, whose module has therefore registered it. ``self_check`` here checks the ops registered
-so far; ``spiral_fast.self_check()`` (``spiral_fast.packing.self_check``) first imports every op
-module, where the layers allow it.
+so far; ``spiral_fast.self_check()`` (``spiral_fast.ops.checks``) first imports every op module.
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """`tree_attention`: attention over a prefix-shared packed batch (validation and backend dispatch).
 
-The packed batch is a `spiral_fast.packing.PackedBatch`; the packing layer sits above this one, so it
-is recognised here by the attributes the backends read (`num_tokens`, `device`, `host`, `cached`), not
-imported. Its self-check is registered in `spiral_fast.packing.self_check`, next to the packer that
-builds its inputs (importing `spiral_fast.packing` registers it).
+The packed batch is a `PackedBatch` (`spiral_fast.ops.packed`, the container; `spiral_fast.pack_sequences`
+builds it, one layer up). The op's self-check is registered here, beside the op, on a layout written out
+segment by segment (`_check_layout`), so that checking it needs no packer.
 """
 from __future__ import annotations
 
@@ -13,6 +12,8 @@ import torch
 
 from spiral_fast._utils import check_same_device, check_tensor
 from spiral_fast.ops import dispatch
+from spiral_fast.ops.packed import PackedBatch, assemble
+from spiral_fast.ops.self_check import compare, dot_dtypes, randn, register_self_check, three_ways
 from spiral_fast.ops.tree_attention.backend_flex import tree_attention_flex
 from spiral_fast.ops.tree_attention.backend_triton import tree_attention_triton
 from spiral_fast.ops.tree_attention.backend_varlen import tree_attention_varlen
@@ -20,11 +21,10 @@ from spiral_fast.ops.tree_attention.reference import tree_attention_segments
 
 BACKENDS = ("torch", "varlen", "flex", "triton")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_PACKED_ATTRS = ("num_tokens", "device", "host", "cached")   # what the backends read of a PackedBatch
 
 
 def _validate(q, k, v, packed, scale):
-    if not all(hasattr(packed, name) for name in _PACKED_ATTRS):
+    if not isinstance(packed, PackedBatch):
         raise ValueError(f"packed must be a PackedBatch (from spiral_fast.pack_sequences), got {type(packed).__name__}")
     check_tensor("q", q, ndim=3, dtypes=_DTYPES)
     t, hq, d = q.shape
@@ -73,3 +73,54 @@ def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed, *,
     if backend == "flex":
         return tree_attention_flex(q, k, v, packed, scale)
     return tree_attention_triton(q, k, v, packed, scale)
+
+
+# Self-check of the Triton path against the torch path (``spiral_fast.ops.self_check``).
+def _check_layout(segments: list[list[int]], parents: list[int], seq_segment: list[int]) -> PackedBatch:
+    """The `PackedBatch` of a tree given segment by segment, in DFS pre-order (parents[g] < g, -1 for a
+    root): sequence i is the tokens of the segments on the path root -> seq_segment[i]. What
+    `pack_sequences` gives for those sequences (tests/test_self_check.py holds them equal); written out
+    here so that the ops layer checks its op without the packer above it."""
+    starts, cu = [], [0]
+    for g, seg in enumerate(segments):
+        starts.append(0 if parents[g] < 0 else starts[parents[g]] + len(segments[parents[g]]))
+        cu.append(cu[-1] + len(seg))
+    paths = []
+    for last in seq_segment:
+        path = [last]
+        while parents[path[-1]] >= 0:
+            path.append(parents[path[-1]])
+        paths.append(path[::-1])
+    idx = [[t for g in path for t in range(cu[g], cu[g + 1])] for path in paths]
+    tokens = [[tok for g in path for tok in segments[g]] for path in paths]
+    rows = [(ix[p - 1], tok[p], i, p) for i, (ix, tok) in enumerate(zip(idx, tokens)) for p in range(1, len(tok))]
+    as_tensor = lambda xs, dtype=torch.int64: torch.tensor(xs, dtype=dtype)  # noqa: E731
+    fields = (as_tensor([t for seg in segments for t in seg]),
+              as_tensor([s0 + j for s0, seg in zip(starts, segments) for j in range(len(seg))]),
+              as_tensor(cu, torch.int32), as_tensor(parents), as_tensor(seq_segment),
+              *(as_tensor(list(col)) for col in zip(*rows)))
+    return assemble(fields, as_tensor([len(t) for t in tokens]), "trie")
+
+
+def check_case(device: torch.device) -> PackedBatch:
+    """The self-check's batch: a shared prompt with three branches (one a single token) and an
+    unrelated sequence, each segment over one (64-token on a GPU) block of every kind."""
+    long = 150 if device.type == "cuda" else 30
+    segments = [list(range(1, long)), [50, 51, 52], [60] * long, [70], [80] * 25]
+    return _check_layout(segments, [-1, 0, 0, 0, -1], [1, 2, 3, 4])
+
+
+def _check_tree_attention(device, dtype, gen):
+    packed = check_case(device).to(device)
+    t, hq, hkv, d = packed.num_tokens, 4, 2, 64
+    inputs = [randn(gen, t, hq, d, device=device), randn(gen, t, hkv, d, device=device),
+              randn(gen, t, hkv, d, device=device)]
+    upstream = [randn(gen, t, hq, d, device=device).double()]
+
+    def fn(q, k, v, backend):
+        return tree_attention(q, k, v, packed, backend=backend)
+
+    compare(("out", "dq", "dk", "dv"), dtype, *three_ways(fn, inputs, upstream, dtype))
+
+
+register_self_check("tree_attention", _check_tree_attention, dtypes=dot_dtypes)
