@@ -102,46 +102,70 @@ class Sampler(abc.ABC):
 class HFSampler(Sampler):
     """Sampling with transformers ``generate``, all prompts of a call in one left-padded batch.
 
-    model: a HF causal LM or a LoRA ``peft.PeftModel``. ``copy=False`` samples from ``model`` itself
-    (one process: the trained weights are the sampled ones, ``sync`` has nothing to do), except that
-    a LoRA ``PeftModel`` is sampled from merged weights (``merged``). ``copy=True`` samples from an
-    unsharded deep copy made now, before the model is sharded: under FSDP2 ``generate`` cannot run on
-    the sharded model (every forward all-gathers each layer, a collective all ranks must join, while
-    ranks generate different numbers of tokens), so ``sync(model)`` loads the full (all-gathered)
-    trainable weights into the copy once per step.
-    merged (default False): sample a LoRA PeftModel from a plain copy of its base model
-    whose LoRA layers hold W + scale * B @ A, computed out of place (``models.lora.merged_state_dict``;
-    PEFT's in-place merge / unmerge would round the frozen base weights a little at every sync) and
-    refreshed by ``sync`` (so call ``sync(model)`` after every optimizer step: until then it samples
-    the weights of its last sync; ``disable_adapter()`` does not reach it); the copy shares the frozen
-    tensors with the trainer and owns only the merged layers. The training loop uses it. Measured on SmolLM2-135M + LoRA r16 (all-linear): a decode step costs 0.73x the unmerged
-    PeftModel's (benchmarks/RESULTS.md, "The loop").
+    model: a HF causal LM or a LoRA ``peft.PeftModel``. ``copy=False`` samples from ``model``'s
+    current weights (one process: the trained weights are the sampled ones, ``sync`` is optional);
+    a LoRA ``PeftModel`` is sampled from merged weights by default (``merged``). ``copy=True``
+    samples from an unsharded deep copy made now, before the model is sharded: under FSDP2
+    ``generate`` cannot run on the sharded model (every forward all-gathers each layer, a collective
+    all ranks must join, while ranks generate different numbers of tokens), so ``sync(model)`` loads
+    the full (all-gathered) trainable weights into the copy once per step.
+    merged: None (default) is True for a LoRA ``PeftModel`` with ``copy=False``, else False. True
+    samples the PeftModel from a plain copy of its base model whose LoRA layers hold
+    W + scale * B @ A, computed out of place (``models.lora.merged_state_dict``; PEFT's in-place
+    merge / unmerge would round the frozen base weights a little at every sync): the copy shares
+    every frozen tensor with the trainer and owns only the merged layers. ``sync(model)`` refreshes
+    the merged layers; so does ``generate`` when the PeftModel's parameters or active adapters
+    changed since (tensor version counters: an optimizer step or ``load_state_dict`` counts), so it
+    never samples stale weights. Inside ``model.disable_adapter()`` it samples the PeftModel itself
+    (the base policy). Measured on SmolLM2-135M + LoRA r16 (all-linear), fp32, 2-core CPU: see
+    scripts/profile_rollout.py and /tmp/reports/A.md.
     pad_token_id fills the left padding (never attended to).
     """
 
-    def __init__(self, model, *, pad_token_id: int = 0, copy: bool = False, merged: bool = False):
+    def __init__(self, model, *, pad_token_id: int = 0, copy: bool = False, merged: bool | None = None):
         if not isinstance(model, torch.nn.Module) or not hasattr(model, "generate"):
             raise ValueError(f"model must be a Hugging Face causal LM (with generate), got {type(model).__name__}")
+        if merged not in (None, True, False):
+            raise ValueError(f"merged must be None, True or False, got {merged!r}")
         if merged and not is_peft_model(model):
             raise ValueError(f"merged=True samples a LoRA PeftModel from merged weights, got {type(model).__name__}")
         if merged and copy:
             raise ValueError("merged=True and copy=True: the merged copy is already a copy (FSDP2 uses copy=True)")
+        if merged is None:
+            merged = not copy and _mergeable(model)
         self.copy, self.merged = copy, merged
         self.pad_token_id = int(pad_token_id)
+        self._source = model if merged else None  # the trainer's PeftModel: read, never written
         if merged:
             self.model = merged_copy(model)
+            self._seen = _fingerprint(model)
         else:
             self.model = copylib.deepcopy(model) if copy else model
 
+    def _sampling_model(self):
+        """The model ``generate`` runs: the merged copy, refreshed first when the PeftModel changed
+        since the last refresh; the PeftModel itself while its adapters are disabled."""
+        if not self.merged:
+            return self.model
+        if _adapters_disabled(self._source):
+            return self._source
+        seen = _fingerprint(self._source)
+        if seen != self._seen:
+            refresh_merged(self.model, self._source)
+            self._seen = seen
+        return self.model
+
     def generate(self, prompts, num_samples, *, max_new_tokens, temperature, eos_token_id=None, logprobs=True,
                  seeds=None):
-        return sample_hf(self.model, prompts, num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                         eos_token_id=eos_token_id, pad_token_id=self.pad_token_id, logprobs=logprobs, seeds=seeds)
+        return sample_hf(self._sampling_model(), prompts, num_samples, max_new_tokens=max_new_tokens,
+                         temperature=temperature, eos_token_id=eos_token_id, pad_token_id=self.pad_token_id,
+                         logprobs=logprobs, seeds=seeds)
 
     def sync(self, model) -> dict:
         if self.merged:
             start = time.perf_counter()
             moved = refresh_merged(self.model, model)
+            self._source, self._seen = model, _fingerprint(model)
             return {"seconds": time.perf_counter() - start, "bytes": moved}
         if not self.copy:
             return {"seconds": 0.0, "bytes": 0}
@@ -153,6 +177,33 @@ class HFSampler(Sampler):
         self.model.load_state_dict(state, strict=False)
         return {"seconds": time.perf_counter() - start,
                 "bytes": sum(t.numel() * t.element_size() for t in state.values())}
+
+
+def _mergeable(model) -> bool:
+    """A PeftModel whose adapters ``merged_state_dict`` can merge: LoRA layers only (no prompt
+    learning, no DoRA, no adapter on the LM head). Anything else is sampled as it is."""
+    if not is_peft_model(model):
+        return False
+    try:
+        unwrap_peft(model)
+    except ValueError:
+        return False
+    active = list(getattr(model, "active_adapters", None) or [model.active_adapter])
+    return all(getattr(model.peft_config[a], "peft_type", None) is not None
+               and str(getattr(model.peft_config[a].peft_type, "value", model.peft_config[a].peft_type)) == "LORA"
+               and not getattr(model.peft_config[a], "use_dora", False) for a in active)
+
+
+def _adapters_disabled(model) -> bool:
+    """True inside ``model.disable_adapter()`` (PEFT flags every tuner layer)."""
+    return any(getattr(m, "disable_adapters", False) for m in model.modules() if hasattr(m, "get_base_layer"))
+
+
+def _fingerprint(model) -> tuple:
+    """What changes when the PeftModel's weights do: each parameter's storage and in-place version
+    counter (an optimizer step, ``copy_`` and ``load_state_dict`` bump it), and the active adapters."""
+    active = tuple(getattr(model, "active_adapters", None) or [model.active_adapter])
+    return active, tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
 def merged_copy(model):
