@@ -103,7 +103,7 @@ def majority_vote(answers: Sequence[Hashable | None]):
 @dataclass(frozen=True)
 class RSAResult:
     """accuracy: steps + 1 floats, the mean score of population t over all problems and members.
-    populations: steps + 1 entries; populations[t][p] holds the ``population`` responses (token
+    populations: steps + 1 entries; ``populations[t][p]`` holds the ``population`` responses (token
     lists) of problem p at step t (step 0: the sampled traces)."""
 
     accuracy: list

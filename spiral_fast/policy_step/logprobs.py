@@ -18,8 +18,8 @@ from spiral_fast.policy_step.wrappers import forward_rounds, unwrap, within_forw
 
 @dataclass(frozen=True)
 class BatchLogprobs:
-    """traces[p][i]: float32 CPU tensor [len(y_i)], log-probs of the tokens of trace i of problem p
-    (every trace, also those in no set); aggregations[p][j][g]: the same for response g of set j.
+    """``traces[p][i]``: float32 CPU tensor [len(y_i)], log-probs of the tokens of trace i of problem p
+    (every trace, also those in no set); ``aggregations[p][j][g]``: the same for response g of set j.
     The nesting matches ``ProblemRollout(trace_*_logprobs=..., agg_*_logprobs=...)``."""
     traces: list
     aggregations: list
