@@ -97,8 +97,8 @@ def copy_repo(dest: Path) -> None:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    for ext in (ROOT / "spiral_fast").glob("_native*"):
-        shutil.copy2(ext, dest / "spiral_fast" / ext.name)
+    for ext in (ROOT / "spiral_fast" / "packing").glob("_native*"):
+        shutil.copy2(ext, dest / "spiral_fast" / "packing" / ext.name)
 
 
 def apply(dest: Path, m: Mutation) -> None:

@@ -1,9 +1,9 @@
 """pack_sequences: layout invariants on random forests, prediction rows, token_index, bad input."""
 import pytest
 import torch
+from packing_cases import CASES, deep_chain, random_forest
 
 import spiral_fast as sf
-from packing_cases import CASES, deep_chain, random_forest
 
 
 def check_layout(packed: sf.PackedBatch, seqs: list[list[int]]):

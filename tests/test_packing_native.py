@@ -9,9 +9,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packing_cases import CASES, deep_chain, random_forest
 
 import spiral_fast as sf
-from packing_cases import CASES, deep_chain, random_forest
 from spiral_fast.packing import native
 
 needs_native = pytest.mark.skipif(not native.native_available(), reason="spiral_fast.packing._native is not built")

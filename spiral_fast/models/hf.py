@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from spiral_fast.ops.tree_attention.op import tree_attention
 from spiral_fast.ops.packed import PackedBatch
+from spiral_fast.ops.tree_attention.op import tree_attention
 
 ATTN_NAME = "spiral_fast"
 _PACKED_KWARG = "spiral_packed"

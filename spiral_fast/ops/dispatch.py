@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -11,8 +11,9 @@ and Python layout builders) sit above, in `spiral_fast.packing`, which re-export
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -29,7 +30,7 @@ class PredictionRows(NamedTuple):
     seq: torch.Tensor
     pos: torch.Tensor
 
-    def to(self, device) -> "PredictionRows":
+    def to(self, device) -> PredictionRows:
         return PredictionRows(*(t.to(device) for t in self))
 
 
@@ -75,11 +76,11 @@ class PackedBatch:
     dedup_ratio: float
     share: str
     segment_ancestors: tuple | None = None
-    _host: "PackedBatch | None" = field(default=None, repr=False)
+    _host: PackedBatch | None = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
-    def host(self) -> "PackedBatch":
+    def host(self) -> PackedBatch:
         """The CPU copy of this batch (itself when already on the CPU)."""
         return self if self._host is None else self._host
 
@@ -87,7 +88,7 @@ class PackedBatch:
     def device(self) -> torch.device:
         return self.input_ids.device
 
-    def to(self, device) -> "PackedBatch":
+    def to(self, device) -> PackedBatch:
         """A copy with every tensor on `device`; metadata and `host` kept, cache fresh."""
         device = torch.device(device)
         if device.type == self.device.type and device.index in (None, self.device.index):
@@ -99,7 +100,7 @@ class PackedBatch:
             self, **moved, prediction_rows=self.prediction_rows.to(device), _host=self.host, _cache={}
         )
 
-    def cached(self, key: Any, builder: Callable[["PackedBatch"], Any]) -> Any:
+    def cached(self, key: Any, builder: Callable[[PackedBatch], Any]) -> Any:
         """`builder(self)` computed once per batch (per device copy) and kept under `key`: for derived
         layouts such as attention block tables, built on the host once rather than per layer."""
         if key not in self._cache:

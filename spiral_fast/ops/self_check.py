@@ -18,7 +18,7 @@ so far; ``spiral_fast.self_check()`` (``spiral_fast.ops.checks``) first imports 
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

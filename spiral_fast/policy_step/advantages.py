@@ -2,8 +2,9 @@
 ``SpiralConfig.length_gate``. Used by ``step``, ``step_reference`` and ``SpiralBatch.informative``."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 

@@ -13,8 +13,8 @@ import torch
 
 from spiral_fast._utils import FLOAT_DTYPES, INDEX_DTYPES, check_index_range, check_same_device, check_tensor
 from spiral_fast.ops import dispatch
-from spiral_fast.ops.self_check import compare, float32_only, randn, register_self_check
 from spiral_fast.ops.policy_loss.reference import NORMALIZERS, seq_coefficients
+from spiral_fast.ops.self_check import compare, float32_only, randn, register_self_check
 
 BACKENDS = ("torch", "triton")
 

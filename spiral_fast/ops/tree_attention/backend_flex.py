@@ -40,7 +40,7 @@ def tree_block_mask(packed):
     return packed.cached(("tree_attention", "flex_block_mask"), _build_block_mask)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flex_fn(compiled: bool):
     from torch.nn.attention.flex_attention import flex_attention
 

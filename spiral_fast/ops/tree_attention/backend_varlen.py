@@ -13,7 +13,7 @@ import torch
 from spiral_fast.ops.tree_attention.layout import segment_contexts
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _varlen_impl():
     """("flash_attn", fn) when flash-attn is installed, else ("torch", varlen_attn, its parameter names)."""
     if importlib.util.find_spec("flash_attn") is not None:
