@@ -12,7 +12,7 @@ from spiral_fast._version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
-    # fused per-token log-probs (issue: foundation)
+    # fused per-token log-probs
     "token_logprobs": "spiral_fast.ops.logprobs.op",
     "logprobs_from_logits": "spiral_fast.ops.logprobs.op",
     # the SPIRAL algorithm: advantages and the fused policy loss
@@ -33,19 +33,19 @@ _EXPORTS = {
     "StepOutput": "spiral_fast.policy_step.step",
     "step": "spiral_fast.policy_step.step",
     "step_reference": "spiral_fast.policy_step.reference_step",
-    # log-probs of every response of a batch (issue 8)
+    # log-probs of every response of a batch
     "batch_logprobs": "spiral_fast.policy_step.logprobs",
     "BatchLogprobs": "spiral_fast.policy_step.logprobs",
-    # vLLM sampling with weight sync (issue 9; vLLM is imported when a sampler is built)
+    # vLLM sampling with weight sync (vLLM is imported when a sampler is built)
     "VLLMSampler": "spiral_fast.rollout.vllm",
-    # the sampler interface and its Hugging Face sampler (issue 17)
+    # the sampler interface and its Hugging Face sampler
     "Sampler": "spiral_fast.rollout.sampler",
     "HFSampler": "spiral_fast.rollout.sampler",
-    # tasks: prompts, aggregation template and reward (issue 17)
+    # tasks: prompts, aggregation template and reward
     "Task": "spiral_fast.tasks.base",
     "ToyTask": "spiral_fast.tasks.toy",
     "MathTask": "spiral_fast.tasks.math",
-    # GPU readiness: each Triton op against its torch path (issue 12)
+    # GPU readiness: each Triton op against its torch path
     "self_check": "spiral_fast.ops.checks",
 }
 

@@ -4,7 +4,7 @@ PEFT computes ``base(x) + lora_B(lora_A(x)) * s``: besides the three matmuls, a 
 over the whole ``[T, out]`` output in the forward, and their gradients in the backward (the scale's
 multiply again, and the sum of ``dx`` from the base and adapter branches). Those elementwise passes
 over the seven projections of every layer were ~20% of the step's CPU time on SmolLM2 + LoRA r=16
-(benchmarks/RESULTS.md, issue 19). Here the scale is applied to the small ``B`` (``[out, r]``) and
+(benchmarks/RESULTS.md, 2026-12-07). Here the scale is applied to the small ``B`` (``[out, r]``) and
 each sum is accumulated inside a GEMM (``addmm_``), so the layer costs its matmuls and nothing else:
     forward   y = x W^T (+ b);  y += (x A^T) (s B)^T
     backward  g = dy (s B);  dx = dy W;  dx += g A;  dA = g^T x;  dB = s dy^T (x A^T)

@@ -43,7 +43,7 @@ class SpiralConfig:
     ``SpiralConfig(clip=None, normalizer="constant", loss_constant=1)``.
     max_tokens_per_micro_batch: budget of unique (prefix-shared) tokens per forward; whole problems
     go to one micro-batch, a problem over budget is cut into its trace block and per-set blocks.
-    "auto" (the default since issue 19, before it 8192): the largest budget whose activation memory,
+    "auto" (the default since 2026-12-07, before it 8192): the largest budget whose activation memory,
     estimated per token from the model's config (``spiral_fast.policy_step.memory_estimate``), fits
     ``memory_budget_gb`` GiB; memory_budget_gb None: ``memory_estimate.MEMORY_FRACTION`` (15%) of
     the memory the device has free at the step (CUDA: ``torch.cuda.mem_get_info``; CPU: MemAvailable);

@@ -25,7 +25,7 @@ import torch
 # micro-batches measured 1.24-1.43x one micro-batch's estimate), other processes and a sampler share
 # the device. It costs no speed where it was measured: on the 2-core CPU (SmolLM2 + LoRA, fp32) a
 # budget of 1024 tokens was as fast as 8192, and faster once LoRA was fused (benchmarks/RESULTS.md,
-# issue 19); 15% kept that benchmark's peak under half of TRL's, 25% did not (0.67x). Not yet measured
+# 2026-12-07); 15% kept that benchmark's peak under half of TRL's, 25% did not (0.67x). Not yet measured
 # on a GPU, where larger GEMMs pay more: set memory_budget_gb or an integer budget there.
 MEMORY_FRACTION = 0.15
 # bounds of an "auto" budget: below MIN_AUTO_TOKENS the GEMMs get thin; the cap keeps the estimate's
@@ -71,7 +71,7 @@ def activation_bytes_per_token(model_config, *, dtype=torch.float32, lora_rank: 
     threshold after large frees and then keeps freed forward temporaries resident. With checkpointing
     on SmolLM2 + LoRA, the RSS peak was 2.9x this estimate (0.78 vs 0.27 MB/token). The memory
     actually held after the forward was 0.13 MB/token with ``MALLOC_MMAP_THRESHOLD_=131072``, against
-    0.78 without it (benchmarks/RESULTS.md, issue 19). CUDA's caching allocator reuses its blocks."""
+    0.78 without it (benchmarks/RESULTS.md, 2026-12-07). CUDA's caching allocator reuses its blocks."""
     d = _dims(model_config)
     b = torch.empty((), dtype=dtype).element_size()
     h, i, q, kv = d["hidden"], d["intermediate"], d["q"], d["kv"]

@@ -174,7 +174,7 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
       sum over sequences divided by their number); seq_tokens [Q] int defaults to this call's rows
       per sequence, total_sequences to the number of sequences with seq_tokens > 0;
     - "constant": norm = constant (Dr.GRPO), default total_tokens, default R.
-    Extra keyword-only arguments (beyond the issue): total_sequences, seq_tokens, constant. Pass
+    Extra keyword-only arguments (beyond the paper's loss): total_sequences, seq_tokens, constant. Pass
     global values so that the losses of micro-batches or ranks sum to the whole-batch loss (a
     sequence split across micro-batches needs its global seq_tokens). Counts are numbers or
     one-element tensors (one host sync). Arguments that a normaliser does not use are ignored.
