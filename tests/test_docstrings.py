@@ -1,6 +1,7 @@
 """Every public name has its own docstring: the API reference (docs/api/, built by mkdocstrings with
 ``mkdocs build --strict``) is generated from them, and mkdocstrings renders a missing docstring as an
 empty entry without a warning, so this test is what fails on one."""
+
 from __future__ import annotations
 
 import importlib
@@ -43,4 +44,3 @@ def test_api_pages_exist():
 @pytest.mark.parametrize("label, obj", list(_documented_objects()), ids=lambda v: v if isinstance(v, str) else "")
 def test_public_object_has_a_docstring(label, obj):
     assert _own_doc(obj), f"{label} has no docstring"
-
