@@ -18,8 +18,8 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    skip_vllm = pytest.mark.skip(reason="vLLM is not installed (GPU: pip install vllm; CPU: see README, "
-                                        "'Rollouts with vLLM')")
+    skip_vllm = pytest.mark.skip(reason="vLLM is not installed (GPU: pip install vllm; CPU: see "
+                                        "docs/vllm.md)")
     for item in items:
         # markers, not keywords: keywords also hold the names of the test's folders (a checkout
         # under a directory named "gpu" would skip every test)
