@@ -5,7 +5,18 @@ import argparse
 import sys
 
 from spiral_fast.recipe.command import train
-from spiral_fast.recipe.config import load_config
+from spiral_fast.recipe.config import help_text, load_config
+
+
+class _HelpConfig(argparse.Action):
+    """--help-config: print every config section and key (default, documentation) and exit."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(help_text())
+        parser.exit()
 
 
 def build_parser(prog: str = "spiral-fast train") -> argparse.ArgumentParser:
@@ -17,6 +28,8 @@ def build_parser(prog: str = "spiral-fast train") -> argparse.ArgumentParser:
                         help="override one key (the value parsed as TOML); repeatable")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--help-config", action=_HelpConfig,
+                        help="list every config section and key with its default and documentation, and exit")
     return parser
 
 

@@ -88,8 +88,9 @@ def test_demo_reports_dropped_and_trains_only_informative_problems(method):
 
 
 def test_dynamic_sampling_options_are_checked():
-    with pytest.raises(ValueError, match="max_extra_rounds"):
-        DemoConfig(max_extra_rounds=0)
+    with pytest.raises(ValueError, match="max_extra_rounds must be an int >= 0"):
+        DemoConfig(max_extra_rounds=-1)
+    assert DemoConfig(max_extra_rounds=0).rollout.max_extra_rounds == 0  # as rollout.max_extra_rounds: 0 = none
     with pytest.raises(ValueError, match="dynamic_sampling"):
         DemoConfig(dynamic_sampling=1)
 

@@ -8,8 +8,8 @@ import warnings
 import pytest
 
 from spiral_fast import SpiralConfig
-from spiral_fast.rollout.config import RolloutConfig
 from spiral_fast.recipe.config import MOVED, SCHEMA, load_config, parse_override, to_toml
+from spiral_fast.rollout.config import RolloutConfig
 
 SECTIONS = ["model", "lora", "data", "prompts", "reward", "rollout", "algorithm", "optim", "train", "eval"]
 
@@ -257,3 +257,17 @@ def test_reasoning_gym_source_needs_a_task(files):
         load_config(files[0], ['data.source="csv"'])
     assert SCHEMA["data"]["source"][0] == "jsonl"
     assert {"task", "task_config", "train_size", "eval_size"} <= set(SCHEMA["data"])
+
+
+def test_help_config_lists_every_key_with_its_documentation(capsys):
+    from spiral_fast.train import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--help-config"])  # no --config needed
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for section, keys in SCHEMA.items():
+        assert f"[{section}]" in text
+        for key, (_, _, doc) in keys.items():
+            assert f"  {key} = " in text and doc in text, f"{section}.{key}"
+    assert "oversample = 1.5" in text and 'grpo_match = "length"' in text and 'engine = "auto"' in text

@@ -27,8 +27,8 @@ import shutil
 
 import torch
 
-from spiral_fast.models.lora import is_peft_model
 from spiral_fast.distributed import barrier, trainable_state
+from spiral_fast.models.lora import is_peft_model
 
 STATE = "state.json"
 

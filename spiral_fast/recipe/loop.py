@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -166,7 +166,10 @@ class Trainer:
         def progress(phase, done, total):
             self._phase(f"{label}{'aggregations' if phase == 'traces' else 'rewards'}")
 
-        batch, metrics = self.collect_fn(self.sampler, self.task, chosen, self.settings, self.generator, seeds=seeds,
+        # seeded: each problem's set draws come from its own seed too (rollout's per-problem generators),
+        # so a resumed run (whose trainer generator starts afresh) draws the same sets
+        generator = self.generator if seeds is None else None
+        batch, metrics = self.collect_fn(self.sampler, self.task, chosen, self.settings, generator, seeds=seeds,
                                          aggregation=self.aggregation, agg_head=self.agg_head, on_progress=progress)
         self._problem_of.update((id(pr), problem) for pr, problem in zip(batch.problems, chosen))
         return batch, metrics

@@ -22,13 +22,13 @@ GRPO_MATCHES = ("length", "count")
 BEHAVIOUR = ("sampler", "trainer")
 CANDIDATE_ORDERS = ("shared", "random")
 DTYPES = ("bfloat16", "float16", "float32", "auto")
-# Chosen from the 2026-12-06 SmolLM2 run (benchmarks/results/smollm2/spiral_metrics.jsonl, 60 steps of
-# 2 problems): 112 of 192 sampled problems (58%) had all-zero advantages, and a step took 1.8 rounds.
-# With q = 0.42 informative, the first round fills a batch of P = 2 with probability 0.17 without
-# oversampling, 0.55 with 1.0 (4 problems) and 0.79 with 2.0 (6): 1.0 removes most second rounds (each
-# two more sequential engine calls, ~the whole rollout time again) while a round's batch only doubles
-# (a decode step's cost grows far slower than its rows on these CPUs).
-DEFAULT_OVERSAMPLE = 1.0
+# Chosen by scripts/choose_oversample.py from the 2026-12-06 SmolLM2 run (benchmarks/results/smollm2/
+# spiral_metrics.jsonl, 60 steps of P = 2): 112 of 192 sampled problems were dropped (informative
+# fraction q = 0.42) and a step took 1.8 rounds; seconds_rollout fits 3.9 s per sampled problem + 12.1 s
+# per round. Simulated dynamic sampling (max_extra_rounds 4) then costs, per trained problem: at P = 2,
+# 29.0 s (oversample 0) / 21.6 (1.0) / 20.9 (1.5, fewest) / 21.4 (2.0); at P = 8, 16.6 / 13.3 / 13.2 /
+# 14.0; at P = 256 all within 3% up to 1.5, where 1.26 rounds remain instead of 5.0 (0) or 3.8 (1.0).
+DEFAULT_OVERSAMPLE = 1.5
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,10 @@ class RolloutConfig:
     dynamic_sampling: bool = setting(True, "drop problems whose advantages are all 0 and sample more (the paper)")
     oversample: float = setting(DEFAULT_OVERSAMPLE, "dynamic sampling: the first round samples "
                                 "ceil(P * (1 + oversample)) problems in one call and keeps the first P informative "
-                                "ones; extra rounds run only when the batch is still short (1.0: chosen from a "
-                                "measured run where 58% of sampled problems were dropped)", minimum=0.0)
+                                "ones; extra rounds (each ceil(shortfall * (1 + oversample)) problems) run only "
+                                "when the batch is still short. 1.5: the least rollout time per trained problem "
+                                "for a measured run where 58% of sampled problems were dropped "
+                                "(scripts/choose_oversample.py); 0 = sample exactly P", minimum=0.0)
     max_extra_rounds: int = setting(4, "extra sampling rounds per step to refill dropped problems (0 = none)",
                                     minimum=0)
     behaviour_logprobs: str = setting("sampler", '"sampler" (the sampler\'s log-probs are the old ones) or '
