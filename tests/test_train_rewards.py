@@ -41,3 +41,36 @@ def test_extract_and_normalize():
     assert extract_answer("1 then 2.5") == "2.5"
     assert extract_answer("nothing") is None
     assert normalize("\\left( 1, 2 \\right)") == "(1,2)"
+
+
+def test_math_verify_timeout_notice_is_silenced_and_other_warnings_pass(monkeypatch, caplog):
+    """We turn math-verify's own timeouts off and bound the time ourselves (reward.timeout_s), so its
+    "Timeout is disabled ... provide the logic for timeout interruption yourself" must not print;
+    its other warnings still do."""
+    import logging
+
+    parser = pytest.importorskip("math_verify.parser")
+    grader = pytest.importorskip("math_verify.grader")
+    for module in (parser, grader):  # the notice is shown once per process: make it due again
+        monkeypatch.setattr(module, "TIMEOUT_WARNING_SHOWN", False)
+
+    def notices():
+        return [r for r in caplog.records if r.getMessage().startswith("Timeout is disabled")]
+
+    with caplog.at_level(logging.WARNING):
+        assert math_reward("so \\boxed{2}", "2") == 1.0
+        assert notices() == []
+        logging.getLogger("math_verify.parser").warning("another math-verify warning")
+        logging.getLogger("math_verify.grader").warning("a grader warning")
+    assert [r.getMessage() for r in caplog.records] == ["another math-verify warning", "a grader warning"]
+
+    # without the filter the notice is emitted (the check above can fail)
+    for name in rewards.MATH_VERIFY_LOGGERS:
+        monkeypatch.setattr(logging.getLogger(name), "filters", [])
+    monkeypatch.setattr(rewards, "_silence_own_timeout_notice", lambda: None)
+    for module in (parser, grader):
+        monkeypatch.setattr(module, "TIMEOUT_WARNING_SHOWN", False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        math_reward("so \\boxed{2}", "2")
+    assert len(notices()) == 2

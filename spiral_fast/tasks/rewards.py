@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import logging
 import queue
 import re
 import signal
@@ -79,6 +80,28 @@ def _no_timeout(fn, name: str) -> dict:
     return {name: None} if _accepts(fn, name) else {}
 
 
+class _OwnTimeoutNotice(logging.Filter):
+    """Drops math-verify's "Timeout is disabled ... you must provide the logic for timeout
+    interruption yourself" notice, and only that one: we pass its timeouts as None on purpose, and
+    bound the time ourselves (``call_with_timeout``, reward.timeout_s), so the notice would
+    contradict our own setting. Every other record of its loggers passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not (text.startswith("Timeout is disabled") and "you must provide" in text)
+
+
+_NOTICE_FILTER = _OwnTimeoutNotice()
+# the loggers that emit it (math_verify/parser.py: parse, math_verify/grader.py: verify)
+MATH_VERIFY_LOGGERS = ("math_verify.parser", "math_verify.grader")
+
+
+def _silence_own_timeout_notice() -> None:
+    """Installs the filter on math-verify's loggers (idempotent: ``addFilter`` keeps one copy)."""
+    for name in MATH_VERIFY_LOGGERS:
+        logging.getLogger(name).addFilter(_NOTICE_FILTER)
+
+
 def math_reward(response: str, answer: str) -> float:
     """1.0 when the response's final answer (last ``\\boxed{}``, else last number) equals ``answer``."""
     got = extract_answer(response)
@@ -87,6 +110,7 @@ def math_reward(response: str, answer: str) -> float:
     if has_math_verify():
         from math_verify import parse, verify
 
+        _silence_own_timeout_notice()
         # math-verify's own timeouts are SIGALRM-based (main thread only; they would also cancel the
         # caller's timer): off, the caller bounds the time (``call_with_timeout``)
         gold = parse(f"\\boxed{{{answer}}}", **_no_timeout(parse, "parsing_timeout"))
