@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import os
 import shutil
 import tempfile
 import time
 
 from spiral_fast.models.lora import is_peft_model, merged_state_dict, unwrap_peft
+from spiral_fast.rollout.hf import row_seed
 from spiral_fast.rollout.sampler import Sampler
 
 # Config fields that fix the shapes of every weight: a sync must match them.
@@ -89,6 +91,36 @@ def _head_dim(config) -> int | None:
     if head_dim is None and getattr(config, "num_attention_heads", None):
         head_dim = config.hidden_size // config.num_attention_heads
     return head_dim
+
+
+_calls = itertools.count()
+
+
+def _sampling_params(n: int, temperature: float, max_tokens: int, logprobs: bool, seed, eos_token_id):
+    """Plain sampling (no top-k / top-p) of n completions; only the finished output is reported.
+    A seed makes the request's samples its own (vLLM seeds its i-th completion with seed + i)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(n=n, temperature=temperature, top_p=1.0, max_tokens=max_tokens,
+                          logprobs=0 if logprobs else None, seed=None if seed is None else seed % 2**63,
+                          stop_token_ids=None if eos_token_id is None else [eos_token_id],
+                          output_kind=RequestOutputKind.FINAL_ONLY)
+
+
+def _collect(request, responses: list, lps: list | None) -> None:
+    """Append a finished request's completions (token ids, and their log-probs when lps is a list)."""
+    for completion in request.outputs:
+        tokens = list(completion.token_ids)
+        responses.append(tokens)
+        if lps is not None:
+            lps.append([step[t].logprob for t, step in zip(tokens, completion.logprobs)])
+
+
+def _parse_id(request_id: str, tag: str) -> tuple[str, int, int]:
+    """("t", p, 0) for problem p's trace request, ("a", p, j) for its j-th aggregation request."""
+    parts = request_id[len(tag) + 1:].split("-")
+    return parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
 
 
 class VLLMSampler(Sampler):
@@ -193,33 +225,111 @@ class VLLMSampler(Sampler):
         responses[p * num_samples + s] token ids, ending with eos_token_id (kept) or after
         max_new_tokens; logprobs the per-token log-probs under softmax(logits / temperature), or None.
         """
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         llm = self.llm
-        for i, p in enumerate(prompts):
-            bad = [t for t in p if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"prompts[{i}] has token ids {bad[:5]} outside the model's vocab_size="
-                                 f"{self.vocab_size}")
+        self._check_prompts(prompts, "prompts")
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"seeds must give one seed per prompt ({len(prompts)}), got {len(seeds)}")
 
         def params(seed):
-            return SamplingParams(n=num_samples, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
-                                  logprobs=0 if logprobs else None, seed=None if seed is None else seed % 2**63,
-                                  stop_token_ids=None if eos_token_id is None else [eos_token_id])
+            return _sampling_params(num_samples, temperature, max_new_tokens, logprobs, seed, eos_token_id)
 
         per_request = params(None) if seeds is None else [params(seed) for seed in seeds]
         outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], per_request, use_tqdm=False)
         responses, lps = [], [] if logprobs else None
         for request in outputs:
-            for completion in request.outputs:
-                tokens = list(completion.token_ids)
-                responses.append(tokens)
-                if logprobs:
-                    lps.append([step[t].logprob for t, step in zip(tokens, completion.logprobs)])
+            _collect(request, responses, lps)
         return responses, lps
+
+    def search_and_aggregate(self, prompts: list[list[int]], num_traces: int, agg_prompts_of, num_aggregations: int,
+                             *, max_new_tokens: int, agg_max_new_tokens: int, temperature: float,
+                             eos_token_id: int | None = None, logprobs: bool = True,
+                             seeds: list[int] | None = None, on_progress=None):
+        """``Sampler.search_and_aggregate``, pipelined on the engine's request-level API: a problem's M
+        aggregation requests (G samples each) are added to the running engine as soon as its N traces
+        are finished, while the other problems' traces are still decoding, so the aggregation phase
+        no longer waits for the longest trace of the whole batch. ``agg_prompts_of`` is called in the
+        order the problems finish. Same layout, seeds (a problem's traces use ``seeds[p]``, its j-th
+        aggregation ``row_seed(seeds[p], "aggregation", j)``, as the default) and progress calls as
+        the default; with seeds the result is reproducible run to run (per-request seeded sampling),
+        though not token-equal to the two-phase path (a batch of another composition rounds the
+        logits differently).
+        """
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        self._check_prompts(prompts, "prompts")
+        total = len(prompts)
+        if seeds is not None and len(seeds) != total:
+            raise ValueError(f"seeds must give one seed per prompt ({total}), got {len(seeds)}")
+        if engine.has_unfinished_requests():
+            # their outputs would come back through our step loop and be lost to their caller
+            raise ValueError("the engine has unfinished requests: search_and_aggregate needs it idle")
+        tag = f"sa{next(_calls)}"  # request ids unique across calls
+        trace_out, agg_out, num_sets, agg_left = [None] * total, {}, [0] * total, [0] * total
+        running = set()  # our requests not finished yet (aborted if this call raises)
+
+        def add(request_id, prompt, n, max_tokens, seed):
+            running.add(request_id)
+            engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt),
+                               _sampling_params(n, temperature, max_tokens, logprobs, seed, eos_token_id))
+
+        def progress(phase, done):
+            if on_progress is not None:
+                on_progress(phase, done, total)
+
+        for p, prompt in enumerate(prompts):
+            add(f"{tag}-t-{p}", prompt, num_traces, max_new_tokens, None if seeds is None else seeds[p])
+        traces_done = aggs_done = 0
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    running.discard(out.request_id)
+                    kind, p, j = _parse_id(out.request_id, tag)
+                    if kind == "t":  # problem p's N traces are done: its aggregations start now
+                        trace_out[p] = out
+                        traces_done += 1
+                        agg_prompts = agg_prompts_of(p, [list(c.token_ids) for c in out.outputs])
+                        self._check_prompts(agg_prompts, f"agg_prompts_of({p}, ...)")
+                        num_sets[p] = agg_left[p] = len(agg_prompts)
+                        if traces_done > 1 and num_sets[p] != max(num_sets):
+                            raise ValueError("agg_prompts_of must give every problem the same number of "
+                                             "aggregation prompts")
+                        for jj, agg in enumerate(agg_prompts):
+                            add(f"{tag}-a-{p}-{jj}", agg, num_aggregations, agg_max_new_tokens,
+                                None if seeds is None else row_seed(seeds[p], "aggregation", jj))
+                        progress("traces", traces_done)
+                    else:
+                        agg_out[(p, j)] = out
+                        agg_left[p] -= 1
+                    if trace_out[p] is not None and agg_left[p] == 0:
+                        aggs_done += 1
+                        progress("aggregations", aggs_done)
+        except BaseException:
+            # leave the engine idle for the next call (a raising agg_prompts_of, an interrupt)
+            if running:
+                engine.abort_request(sorted(running), internal=False)
+            raise
+        if len(set(num_sets)) > 1:
+            raise ValueError("agg_prompts_of must give every problem the same number of aggregation prompts")
+        traces, trace_lp = [], [] if logprobs else None
+        for out in trace_out:
+            _collect(out, traces, trace_lp)
+        aggs, agg_lp = [], [] if logprobs else None
+        for p in range(total):
+            for jj in range(num_sets[p]):
+                _collect(agg_out[(p, jj)], aggs, agg_lp)
+        return traces, trace_lp, aggs, agg_lp
+
+    def _check_prompts(self, prompts, what: str) -> None:
+        for i, p in enumerate(prompts):
+            bad = [t for t in p if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"{what}[{i}] has token ids {bad[:5]} outside the model's vocab_size="
+                                 f"{self.vocab_size}")
 
     def sync(self, model) -> dict:
         """Push the current weights of ``model`` (a PreTrainedModel, or a LoRA PeftModel whose adapters
