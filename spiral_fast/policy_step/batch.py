@@ -78,8 +78,8 @@ class ProblemRollout:
     ``SpiralConfig(aggregation="parallel")``: the head h_j alone, no copy of x or the traces; the
     order of a set's members then does not matter). aggregations: per set,
     G_j >= 1 responses z_jg to a_j. rewards: per set, G_j finite floats. Optional per response
-    token (float, same length as the response): trace_old_logprobs [N], agg_old_logprobs [M][G_j]
-    (behaviour policy; without them the step is on-policy) and, beyond the issue,
+    token (float, same length as the response): trace_old_logprobs [N], agg_old_logprobs ``[M][G_j]``
+    (behaviour policy; without them the step is on-policy) and, beyond the paper,
     trace_ref_logprobs / agg_ref_logprobs (reference policy, needed when ``kl_coef > 0``).
     Tensors (1-D token rows, 2-D [N, L] / [M, G] blocks) or nested lists are accepted.
 
