@@ -41,10 +41,13 @@ _EXPORTS = {
     # the sampler interface and its Hugging Face sampler
     "Sampler": "spiral_fast.rollout.sampler",
     "HFSampler": "spiral_fast.rollout.sampler",
+    # how a step samples: rollout(sampler, task, problems, config)
+    "RolloutConfig": "spiral_fast.rollout.config",
     # tasks: prompts, aggregation template and reward
     "Task": "spiral_fast.tasks.base",
     "ToyTask": "spiral_fast.tasks.toy",
     "MathTask": "spiral_fast.tasks.math",
+    "ReasoningGymTask": "spiral_fast.tasks.reasoning_gym",
     # GPU readiness: each Triton op against its torch path
     "self_check": "spiral_fast.ops.checks",
 }
@@ -78,10 +81,12 @@ if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.ops.checks import self_check
     from spiral_fast.ops.tree_attention.op import tree_attention
     from spiral_fast.packing import PackedBatch, PredictionRows, pack_sequences
+    from spiral_fast.rollout.config import RolloutConfig
     from spiral_fast.rollout.sampler import HFSampler, Sampler
     from spiral_fast.rollout.vllm import VLLMSampler
     from spiral_fast.tasks.base import Task
     from spiral_fast.tasks.math import MathTask
+    from spiral_fast.tasks.reasoning_gym import ReasoningGymTask
     from spiral_fast.tasks.toy import ToyTask
     from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
     from spiral_fast.policy_step.config import SpiralConfig
