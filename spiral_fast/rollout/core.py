@@ -8,6 +8,8 @@ to sample and a :class:`RolloutConfig`. The keyword form of earlier releases,
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from typing import Callable, Sequence
 
@@ -26,6 +28,7 @@ RewardFn = Callable[[int, "list[list[int]]", "list[int]"], float]
 # template(prompt, set_traces) -> aggregation prompt token ids.
 Template = Callable[["list[int]", "list[list[int]]"], "list[int]"]
 Progress = Callable[[str, int, int], None]
+_HERE = os.path.dirname(os.path.abspath(__file__))  # frames in this package are not the caller
 
 
 def rollout(sampler, task=None, problems=None, config: RolloutConfig | None = None, *, generator=None,
@@ -95,10 +98,19 @@ def _keyword_form(model, prompts, **kwargs):
     """The keyword form of earlier releases: ``rollout(model, prompts, reward_fn=..., ...)``."""
     warnings.warn("rollout(model, prompts, reward_fn=..., template=..., num_traces=...) is deprecated: call "
                   "rollout(sampler, task, problems, config) with a spiral_fast.Task and a spiral_fast.RolloutConfig",
-                  DeprecationWarning, stacklevel=3)
+                  DeprecationWarning, stacklevel=_caller_level())
     if "reward_fn" not in kwargs:
         raise ValueError("the keyword form rollout(model, prompts, ...) needs reward_fn=")
     return sample_rollout(model, prompts, **kwargs)
+
+
+def _caller_level() -> int:
+    """``warnings.warn``'s stacklevel (from the function that calls this one) of the first frame
+    outside spiral_fast/rollout: the user's line, whether they called ``rollout`` or the module."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _HERE:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def sample_rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, template: Template | None = None,
@@ -176,10 +188,14 @@ def sample_rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: Reward
     if aggregation == "parallel":
         traces, trace_lp = sampler.generate(prompts, num_traces, max_new_tokens=max_new_tokens,
                                             **({} if seeds is None else {"seeds": seeds}), **common)
+        if on_progress is not None:
+            on_progress("traces", len(prompts), len(prompts))
         for p in range(len(prompts)):
             agg_prompts_of(p, traces[p * num_traces:(p + 1) * num_traces])
         aggs, agg_lp = sample_parallel_hf(sampler.model, prompts, traces, all_sets, head, num_aggregations,
                                           max_new_tokens=agg_max_new_tokens, pad_token_id=pad_token_id, **common)
+        if on_progress is not None:
+            on_progress("aggregations", len(prompts), len(prompts))
     else:
         traces, trace_lp, aggs, agg_lp = sampler.search_and_aggregate(
             prompts, num_traces, agg_prompts_of, num_aggregations, max_new_tokens=max_new_tokens,
