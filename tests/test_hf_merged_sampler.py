@@ -122,3 +122,67 @@ def test_merged_behaviour_logprobs_equal_batch_logprobs(temperature):
             torch.testing.assert_close(lp, w, atol=3e-5, rtol=0)
             pairs += 1
     assert pairs == 2 * (4 + 3 * 2)
+
+
+# ---- sample_decode (HFSampler's loop) against sample_hf (generate, the reference) ----
+
+PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13, 14, 15, 16, 17]]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("seeds", [None, [4, 5, 6]], ids=["global-rng", "seeded"])
+def test_sample_decode_draws_what_generate_draws(kind, seeds):
+    from spiral_fast.rollout.hf import sample_decode, sample_hf
+
+    for model in (tiny_model(kind, seed=1), lora_model(kind)):  # a PeftModel runs as its wrapped model
+        kw = dict(max_new_tokens=7, temperature=0.8, eos_token_id=None, pad_token_id=0, logprobs=True, seeds=seeds)
+        torch.manual_seed(0)
+        kw["eos_token_id"] = sample_hf(model, PROMPTS, 3, **kw)[0][0][2]  # row 0 then stops at its 3rd token
+        torch.manual_seed(0)
+        ref, ref_lp = sample_hf(model, PROMPTS, 3, **kw)
+        torch.manual_seed(0)
+        got, got_lp = sample_decode(model, PROMPTS, 3, **kw)
+        assert got == ref
+        assert len({len(r) for r in ref}) > 1  # some rows stopped at EOS, others ran to max_new_tokens
+        for a, b in zip(got_lp, ref_lp):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=2e-5, rtol=0)
+        _, none = sample_decode(model, PROMPTS, 2, **{**kw, "logprobs": False})
+        assert none is None
+
+
+def test_seeded_rows_do_not_depend_on_the_batch():
+    from spiral_fast.rollout.hf import sample_decode
+
+    model = tiny_model("llama", seed=2)
+    kw = dict(max_new_tokens=6, temperature=1.0, eos_token_id=None, pad_token_id=0, logprobs=True)
+    alone, _ = sample_decode(model, PROMPTS[1:2], 4, seeds=[7], **kw)
+    together, _ = sample_decode(model, PROMPTS, 4, seeds=[1, 7, 9], **kw)
+    assert together[4:8] == alone
+
+
+def test_draw_tokens_samples_the_softmax():
+    from spiral_fast.rollout.hf import draw_tokens
+
+    logits = torch.tensor([[2.0, 0.5, -1.0, float("-inf"), 1.0]])
+    T = 0.7
+    probs = (logits / T).softmax(-1)[0].double()
+    n = 40000
+    gen = torch.Generator().manual_seed(0)
+    tokens, lp = draw_tokens(logits.expand(n, 5), T, torch.rand(n, generator=gen, dtype=torch.float64))
+    freq = torch.bincount(tokens, minlength=5).double() / n
+    assert freq[3] == 0  # a zero-probability token is never drawn
+    assert (freq - probs).abs().max() < 4 * (probs * (1 - probs) / n).sqrt().max()
+    torch.testing.assert_close(lp, (logits / T).log_softmax(-1)[0][tokens])
+    # the inverse CDF at its edges: u = 0 gives the first token with mass, u -> 1 the last
+    edge, _ = draw_tokens(logits[:, [3, 0, 1]].expand(2, 3), 1.0, torch.tensor([0.0, 1 - 1e-16]))
+    assert edge.tolist() == [1, 2]
+
+
+def test_draw_tokens_on_non_finite_logits():
+    from spiral_fast.rollout.hf import draw_tokens
+
+    logits = torch.tensor([[float("nan"), 1.0, 2.0], [float("inf"), 0.0, 1.0]])
+    tokens, lp = draw_tokens(logits, 1.0, torch.tensor([0.99, 0.5]))
+    assert tokens[1] == 0  # +inf is drawn as the float maximum: all the mass
+    assert all(0 <= t < 3 for t in tokens.tolist())
+    assert not torch.isnan(lp).any() and lp[1] == float("-inf")  # no defined probability: -inf, not NaN

@@ -18,7 +18,7 @@ import torch
 
 from spiral_fast.distributed import trainable_state
 from spiral_fast.models.lora import is_peft_model, lora_weight_names, merged_state_dict, unwrap_peft
-from spiral_fast.rollout.hf import row_seed, sample_hf
+from spiral_fast.rollout.hf import decodable, row_seed, sample_decode, sample_hf
 
 ENGINES = ("hf", "vllm")
 
@@ -157,9 +157,11 @@ class HFSampler(Sampler):
 
     def generate(self, prompts, num_samples, *, max_new_tokens, temperature, eos_token_id=None, logprobs=True,
                  seeds=None):
-        return sample_hf(self._sampling_model(), prompts, num_samples, max_new_tokens=max_new_tokens,
-                         temperature=temperature, eos_token_id=eos_token_id, pad_token_id=self.pad_token_id,
-                         logprobs=logprobs, seeds=seeds)
+        model = self._sampling_model()
+        # sample_decode: generate's draws, one prefill per distinct prompt; models it cannot run use generate
+        sample = sample_decode if decodable(model) else sample_hf
+        return sample(model, prompts, num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
+                      eos_token_id=eos_token_id, pad_token_id=self.pad_token_id, logprobs=logprobs, seeds=seeds)
 
     def sync(self, model) -> dict:
         if self.merged:
