@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 import time
+import traceback
+import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from spiral_fast.recipe.demo import CHOICES, METHODS, DemoConfig, load_demo, run
 from spiral_fast.recipe.plots import plot_history
 from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo, format_table, plot_eval
 from spiral_fast.recipe.tiny_model import tiny_qwen2
+from spiral_fast.recipe.user_errors import one_line, user_error_message
 from spiral_fast.tasks.toy import ToyTask
 from spiral_fast.train import main as train_main
 
@@ -34,6 +37,25 @@ _EVAL_HELP = {
     "max_new_tokens": "longest sampled trace (the toy task answers in one token)",
     "agg_max_new_tokens": "longest RSA aggregation (default: max_new_tokens)",
 }
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default once: "(default: X)" is appended unless the help already states
+    its default, or the default is None / False / empty (nothing to show: the help says what
+    happens then); a list default is written as the option takes it (comma-separated)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("(default" in text or "%(default)" in text or not action.option_strings or default is None
+                or default is False or default is argparse.SUPPRESS or default == []):
+            return text
+        if isinstance(default, (list, tuple)):
+            return text + " (default: " + ",".join(map(str, default)).replace("%", "%%") + ")"
+        return text + " (default: %(default)s)"
+
+
+_DEBUG_HELP = "on an error, show the full traceback (accepted before or after the command)"
 
 
 def _positive_int(text: str) -> int:
@@ -75,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spiral-fast",
         description="SPIRAL training steps made fast: a CPU demo of the full loop, its evaluation "
                     "and a memory profiler.")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
@@ -84,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "iteration and writes a PNG of aggregation reward and set value. With --compare "
                     "grpo: trains SPIRAL and GRPO from the same seed, evaluates both (options "
                     "--eval-*) and writes a PNG of pass@k, majority vote and RSA.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     _add_options(demo, DemoConfig, DemoConfig.help(), choices=CHOICES)
     demo.add_argument("--out", default="runs/spiral_demo.png", help="path of the PNG plot")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -99,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluates a model saved by `spiral-fast demo --save DIR` (or a fresh random one) "
                     "on the toy task: pass@k and majority vote over k = 1..samples traces, and RSA over "
                     "its steps; prints a table and writes one PNG.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     ev.add_argument("--model", default=None, metavar="DIR",
                     help="folder written by `spiral-fast demo --save` (default: a fresh random model "
                          "with the demo's default settings, seeded by --seed)")
@@ -123,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Peak memory of one SPIRAL step on long aggregation contexts, each case in a "
                     "fresh subprocess: CPU = ru_maxrss above the post-setup baseline; CUDA = the "
                     "allocator's peak above the post-setup allocation.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     prof.add_argument("--model", default=None,
                       help="transformers config name or path available locally (random weights); "
                            "default: a small Qwen2-style config built in code")
@@ -141,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--snapshot", default=None,
                       help="CUDA only: folder to dump a torch.cuda.memory snapshot of each step")
     prof.add_argument("--out", default="profile_memory.png", help="path of the PNG plot")
+    for command in (demo, ev, prof):  # listed in each command's --help; main() strips it wherever it is
+        command.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     return parser
 
 
@@ -203,10 +228,15 @@ def _run_eval(args, parser) -> None:
     if args.config is not None:
         if args.model is not None:
             parser.error("give --config or --model, not both")
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)  # checks every key and data file: before any model loads
         name = "base model" if args.checkpoint is None else Path(args.checkpoint).name
         if eval_config.set_size is None:
             parser.error("--set-size is required with --config")
+        if cfg.data.source == "jsonl" and not cfg.data.eval:
+            raise ValueError("config key data.eval is required to evaluate (a JSONL file like data.train)")
+        if args.checkpoint is not None and not Path(args.checkpoint, "adapter").is_dir():
+            raise ValueError(f"--checkpoint: {args.checkpoint!r} has no adapter/ folder "
+                             "(expected a checkpoint-STEP folder of a LoRA run)")
         result = evaluate_config(cfg, eval_config, checkpoint_dir=args.checkpoint)
         _report({name: result}, args)
         return
@@ -265,15 +295,48 @@ def _run_profile(args, parser) -> None:
 _COMMANDS = {"demo": _run_demo, "eval": _run_eval, "profile-memory": _run_profile}
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:
+def _one_line_warning(message, category, filename, lineno, file=None, line=None, *, _default=warnings.showwarning):
+    """Our own warnings (a deprecated config key, ...) as one line; others as Python prints them."""
+    if filename.startswith(_PACKAGE_DIR):
+        print(f"spiral-fast: warning: {one_line(message)}", file=sys.stderr if file is None else file)
+    else:
+        _default(message, category, filename, lineno, file, line)
 
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _dispatch(argv: list[str]) -> None:
+    if argv[:1] == ["train"]:
         train_main(argv[1:])
         return
     parser = build_parser()
     args = parser.parse_args(argv)
     _COMMANDS[args.command](args, parser)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script. A user error (``recipe.user_errors``: a config or data mistake, a missing
+    file or optional dependency) prints one line ``spiral-fast: error: ...`` on stderr and exits with
+    status 2; ``--debug`` (anywhere on the line) prints its traceback first. Any other exception is a
+    bug and keeps its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    with warnings.catch_warnings():  # restored on return: main() is also called in-process (tests)
+        # a DeprecationWarning raised in our package is meant for the user (Python hides it by default)
+        warnings.filterwarnings("default", category=DeprecationWarning, module=r"spiral_fast(\.|$)")
+        warnings.showwarning = _one_line_warning
+        try:
+            _dispatch(argv)
+        except Exception as err:  # noqa: BLE001 - sorted by user_error_message; bugs re-raised
+            message = user_error_message(err)
+            if message is None:
+                raise
+            if debug:
+                traceback.print_exc()
+            print(f"spiral-fast: error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

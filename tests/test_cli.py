@@ -41,7 +41,7 @@ def test_tiny_demo_writes_png_and_metric_lines(tmp_path, capsys):
     (["demo", "--iterations", "many"], "positive integer"),
     (["demo", "--step-impl", "fast"], "invalid choice"),
     (["demo", "--set-size", "9"], "set_size"),
-    (["demo", "--lr", "-1"], "lr must be > 0"),
+    (["demo", "--lr", "-1"], "lr must be"),
     (["profile-memory", "--contexts", "64,x"], "positive integer"),
     (["profile-memory", "--contexts", "16"], "--contexts must exceed"),
     (["profile-memory", "--impls", "step,fast"], "--impls"),
