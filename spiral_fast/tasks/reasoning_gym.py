@@ -20,6 +20,7 @@ from spiral_fast.tasks.rewards import last_boxed
 
 INSTALL = "pip install reasoning-gym"
 EVAL_SEED_OFFSET = 1_000_003  # eval problems come from seed + this: another stream than train's
+OWN_KEYS = ("seed", "size")  # create_dataset arguments the task sets itself
 
 
 def _reasoning_gym():
@@ -36,13 +37,19 @@ def check_reasoning_gym(name: str, config: dict | None = None) -> None:
     rg = _reasoning_gym()
     from reasoning_gym.factory import DATASETS
 
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"task: reasoning-gym has no dataset {name!r}; some it has: {sorted(DATASETS)[:12]} ...")
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"task_config must be a table (dict) of {name!r}'s generator settings, got {config!r}")
     _, config_cls = DATASETS[name]
-    params = set(inspect.signature(config_cls).parameters)
+    params = set(inspect.signature(config_cls).parameters) - set(OWN_KEYS)
+    own = sorted(set(config or {}) & set(OWN_KEYS))
+    if own:  # create_dataset would get them twice: say which settings give them instead
+        raise ValueError(f"task_config must not set {own}: {OWN_KEYS} come from train.seed and data.train_size / "
+                         "data.eval_size")
     unknown = sorted(set(config or {}) - params)
     if unknown:
-        raise ValueError(f"task_config: {name!r} takes no {unknown}; its keys: {sorted(params - {'seed', 'size'})}")
+        raise ValueError(f"task_config: {name!r} takes no {unknown}; its keys: {sorted(params)}")
     try:  # the generator's own checks of the values (ranges, types), on a one-problem dataset
         rg.create_dataset(name, seed=0, size=1, **(config or {}))
     except (AssertionError, TypeError, ValueError) as err:
@@ -57,10 +64,11 @@ def generate(name: str, config: dict | None, seed: int, size: int) -> tuple[obje
 
 
 def extract(text: str) -> str | None:
-    """The answer of a response: its last ``\\boxed{}``, else its last ``<answer>...</answer>``."""
+    """The answer of a response: its last ``\\boxed{}``, else its last ``<answer>...</answer>``; stripped
+    of surrounding whitespace (reasoning-gym's default scorer gives ``" 6 "`` only partial credit for "6")."""
     boxed = last_boxed(text)
     if boxed is not None:
-        return boxed
+        return boxed.strip()
     from reasoning_gym.utils import extract_answer
 
     return extract_answer(text)
@@ -77,8 +85,9 @@ class ReasoningGymTask(MathTask):
                  candidate: str = CANDIDATE, reward_timeout_s: float | None = 10.0):
         check_reasoning_gym(name, config)
         for key, value in (("train_size", train_size), ("eval_size", eval_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "train_size" else 0):
-                raise ValueError(f"{key} must be a positive int, got {value!r}")
+            least = 1 if key == "train_size" else 0  # no eval set is allowed, no training set is not
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{key} must be an int >= {least}, got {value!r}")
         self.name, self.config = name, dict(config or {})
         self.dataset, train = generate(name, config, seed, train_size)
         eval_rows = generate(name, config, seed + EVAL_SEED_OFFSET, eval_size)[1] if eval_size else []
