@@ -4,8 +4,8 @@ critical-path model of spiral_fast.rollout.pipeline."""
 import random
 
 import pytest
-
 from conftest import VLLM_MODEL
+
 from spiral_fast.recipe.tiny_model import tiny_qwen2
 from spiral_fast.rollout.hf import row_seed
 from spiral_fast.rollout.pipeline import critical_path

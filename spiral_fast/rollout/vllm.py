@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import itertools
 import os
 import shutil
@@ -91,6 +92,58 @@ def _head_dim(config) -> int | None:
     if head_dim is None and getattr(config, "num_attention_heads", None):
         head_dim = config.hidden_size // config.num_attention_heads
     return head_dim
+
+
+def _claim_model_dir(config) -> str:
+    """An empty folder to write a model object into, at a path that is the same in every process for
+    the same model config: vLLM's compile cache key includes the model path (ModelConfig.compute_hash
+    hashes ``model``), so a fresh temp dir per start made every start compile again. Slot k of the
+    config's folders is claimed with an atomic mkdir; the owner's pid in it lets a later process
+    reclaim the folder of a process that died without closing (by an atomic rename, so two
+    processes never reclaim the same one)."""
+    key = hashlib.sha256(config.to_json_string(use_diff=False).encode()).hexdigest()[:12]
+    root = os.path.join(tempfile.gettempdir(), f"spiral_fast_vllm_{key}")
+    for slot in itertools.count():
+        path = f"{root}-{slot}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not _orphaned(path):
+                continue
+            trash = f"{path}.stale-{os.getpid()}"
+            try:
+                os.rename(path, trash)
+            except OSError:
+                continue  # another process reclaimed it first
+            shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                continue
+        with open(os.path.join(path, _OWNER), "w") as f:
+            f.write(str(os.getpid()))
+        return path
+
+
+_OWNER = "spiral_fast_owner.pid"
+
+
+def _orphaned(path: str) -> bool:
+    """True when the folder's owner process is gone (a folder still being claimed has no pid yet)."""
+    try:
+        with open(os.path.join(path, _OWNER)) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 _calls = itertools.count()
@@ -191,7 +244,7 @@ class VLLMSampler(Sampler):
             raise ValueError(f"model must be a local Hugging Face model directory, a PreTrainedModel or a "
                              f"PeftModel, got {type(model).__name__}")
         base, state = self._hf_weights(model)
-        self._tmpdir = tempfile.mkdtemp(prefix="spiral_fast_vllm_")
+        self._tmpdir = _claim_model_dir(base.config)
         base.save_pretrained(self._tmpdir, state_dict=state)
         return self._tmpdir, base.config
 
