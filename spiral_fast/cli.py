@@ -5,8 +5,6 @@ import argparse
 import json
 import sys
 import time
-import traceback
-import warnings
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from spiral_fast.recipe.demo import CHOICES, METHODS, DemoConfig, load_demo, run
 from spiral_fast.recipe.plots import plot_history
 from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo, format_table, plot_eval
 from spiral_fast.recipe.tiny_model import tiny_qwen2
-from spiral_fast.recipe.user_errors import one_line, user_error_message
+from spiral_fast.recipe.user_errors import run_command
 from spiral_fast.tasks.toy import ToyTask
 from spiral_fast.train import main as train_main
 
@@ -295,17 +293,6 @@ def _run_profile(args, parser) -> None:
 _COMMANDS = {"demo": _run_demo, "eval": _run_eval, "profile-memory": _run_profile}
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None, *, _default=warnings.showwarning):
-    """Our own warnings (a deprecated config key, ...) as one line; others as Python prints them."""
-    if filename.startswith(_PACKAGE_DIR):
-        print(f"spiral-fast: warning: {one_line(message)}", file=sys.stderr if file is None else file)
-    else:
-        _default(message, category, filename, lineno, file, line)
-
-
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
-
-
 def _dispatch(argv: list[str]) -> None:
     if argv[:1] == ["train"]:
         train_main(argv[1:])
@@ -319,24 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     """The console script. A user error (``recipe.user_errors``: a config or data mistake, a missing
     file or optional dependency) prints one line ``spiral-fast: error: ...`` on stderr and exits with
     status 2; ``--debug`` (anywhere on the line) prints its traceback first. Any other exception is a
-    bug and keeps its traceback."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    with warnings.catch_warnings():  # restored on return: main() is also called in-process (tests)
-        # a DeprecationWarning raised in our package is meant for the user (Python hides it by default)
-        warnings.filterwarnings("default", category=DeprecationWarning, module=r"spiral_fast(\.|$)")
-        warnings.showwarning = _one_line_warning
-        try:
-            _dispatch(argv)
-        except Exception as err:  # noqa: BLE001 - sorted by user_error_message; bugs re-raised
-            message = user_error_message(err)
-            if message is None:
-                raise
-            if debug:
-                traceback.print_exc()
-            print(f"spiral-fast: error: {message}", file=sys.stderr)
-            raise SystemExit(2) from None
+    bug and keeps its traceback (``recipe.user_errors.run_command``)."""
+    run_command(_dispatch, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import sys
 
 from spiral_fast.recipe.command import train
 from spiral_fast.recipe.config import help_text, load_config
+from spiral_fast.recipe.user_errors import run_command
 
 
 class _HelpConfig(argparse.Action):
@@ -40,5 +41,6 @@ def main(argv: list[str] | None = None, prog: str = "spiral-fast train") -> list
     return train(cfg, resume=args.resume, progress=not args.no_progress)
 
 
-if __name__ == "__main__":
-    main(prog="python -m spiral_fast.train")
+if __name__ == "__main__":  # a user error: one line and exit 2 (--debug: the traceback), as `spiral-fast train`
+    run_command(lambda argv: main(argv, prog="python -m spiral_fast.train"), sys.argv[1:],
+                prog="python -m spiral_fast.train")

@@ -206,3 +206,20 @@ def test_help_shows_each_default_once(command, capsys):
         assert "(default: 256,1024)" in out  # a list default as the option takes it
     if command != "train":
         assert "--debug" in out
+
+
+@pytest.mark.parametrize("entry", [["spiral_fast.cli", "train"], ["spiral_fast.train"]], ids=["cli", "module"])
+def test_a_process_prints_one_line_and_exits_2(entry, files):
+    """End to end in a fresh process (the console script, and `python -m spiral_fast.train` under
+    torchrun): stderr is the one error line, the status 2."""
+    import subprocess
+
+    bad = _write(files[1] / "bad.jsonl", NO_ANSWER)
+    proc = subprocess.run([sys.executable, "-m", *entry, "--config", str(files[0]), "--set", f'data.train="{bad}"'],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.endswith('bad.jsonl:2: no "answer" key in \'{"problem": "2 + 2"}\'; expected one '
+                         '{"problem": str, "answer": str} object per line'), line
+    assert line.startswith("spiral-fast: error: " if entry[0] == "spiral_fast.cli" else
+                           "python -m spiral_fast.train: error: ")

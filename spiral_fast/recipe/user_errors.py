@@ -14,11 +14,16 @@ Anything else (``TypeError``, ``RuntimeError``, ``KeyError``, ``AssertionError``
 required package or of our own modules, ...) is a bug and keeps its traceback. A ValueError raised
 inside a third-party package may be a bug too: its line names the package and says that ``--debug``
 shows the traceback.
+
+``run_command`` runs a command under these rules (the `spiral-fast` console script and
+``python -m spiral_fast.train``).
 """
 from __future__ import annotations
 
 import os
+import sys
 import traceback
+import warnings
 
 # top-level module -> install line; only a run that uses the feature needs the package
 OPTIONAL_DEPENDENCIES = {
@@ -88,3 +93,34 @@ def user_error_message(err: BaseException) -> str | None:
             text += f" (raised in {_module_of(where)}; --debug shows the traceback)"
         return text
     return None
+
+
+def run_command(command, argv: list[str], prog: str = "spiral-fast"):
+    """``command(argv)`` (``--debug`` removed from ``argv`` wherever it is), reporting a user error as
+    one line ``{prog}: error: ...`` on stderr and ``SystemExit(2)``; with ``--debug`` its traceback
+    comes first. Any other exception propagates with its traceback. Our own warnings (a deprecated
+    config key, ...) print as one line ``{prog}: warning: ...``, a DeprecationWarning included
+    (Python hides those by default); third-party warnings print as Python prints them."""
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    with warnings.catch_warnings():  # filters and showwarning restored on return (tests call in-process)
+        warnings.filterwarnings("default", category=DeprecationWarning, module=r"spiral_fast(\.|$)")
+        show_default = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if _ours(filename):
+                print(f"{prog}: warning: {one_line(message)}", file=sys.stderr if file is None else file)
+            else:
+                show_default(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        try:
+            return command(argv)
+        except Exception as err:  # noqa: BLE001 - sorted by user_error_message; a bug is re-raised
+            message = user_error_message(err)
+            if message is None:
+                raise
+            if debug:
+                traceback.print_exc()
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
