@@ -137,3 +137,17 @@ def test_engine_auto_without_vllm_installed_is_hf():
     from spiral_fast.recipe.tiny_model import tiny_qwen2
 
     assert resolve_engine("auto", tiny_qwen2(16, seed=0, hidden_size=16, num_layers=1)) == "hf"
+
+
+def test_progress_of_grpo_and_of_partial_phases():
+    calls, phases = [], []
+    t = trainer(lambda k: True, calls, method="grpo", oversample=0.0)
+
+    def collect(sampler, task, problems, settings, generator, *, on_progress=None, **_):
+        on_progress("traces", 1, len(problems))  # a sampler reporting as it goes
+        on_progress("traces", len(problems), len(problems))
+        return SpiralBatch([problem(True, k) for k in problems]), {"reward": 0.5}
+
+    t.collect_fn, t.on_phase = collect, phases.append
+    t.collect(Source(), step=1)
+    assert phases == ["traces", "traces 1/4", "rewards"]  # GRPO: scored right after its single traces

@@ -185,8 +185,15 @@ def save(output: str, step: int, *, model, optimizer, scheduler, data_position: 
         shutil.rmtree(path)
     barrier()
     os.makedirs(os.path.join(path, "rng"), exist_ok=True)
+    # get_state_dict gives an optimizer that has not stepped yet (every step so far dropped by dynamic
+    # sampling) a state by a zero-gradient step: AdamW's step count then starts at 1 and its bias
+    # correction, hence every later update, differs from the run that saved nothing. Undone here, and
+    # on load (state.json "optimizer_fresh"), so a save never changes the run.
+    fresh = not optimizer.state
     model_sd, optim_sd = get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=os.path.join(path, "dcp"))
+    if fresh:
+        optimizer.state.clear()
     full = trainable_state(model, full=True)
     tensors, plain = _rng_state()
     torch.save(tensors, os.path.join(path, "rng", f"rank{rank}.pt"))
@@ -202,7 +209,8 @@ def save(output: str, step: int, *, model, optimizer, scheduler, data_position: 
     barrier()
     if rank == 0:  # last, atomically: the checkpoint is complete once this file exists
         _write_atomic(os.path.join(path, STATE), json.dumps(
-            {"step": step, "data_position": data_position, "world_size": world, **(extra or {})}))
+            {"step": step, "data_position": data_position, "world_size": world, "optimizer_fresh": fresh,
+             **(extra or {})}))
     barrier()
     return path
 
@@ -225,6 +233,8 @@ def load(path: str, *, model, optimizer, scheduler, rank: int) -> dict:
     # strict=False: the frozen base weights are not in the checkpoint (they are model.path's)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                    options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    if state_json.get("optimizer_fresh"):  # saved before any optimizer step: as fresh as it was (see save)
+        optimizer.state.clear()
     scheduler.load_state_dict(_load_tensors(os.path.join(path, "scheduler.pt")))
     rng = os.path.join(path, "rng", f"rank{rank}.pt")
     if os.path.isfile(rng):

@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 import warnings
 from types import SimpleNamespace
+
+import tomllib
 
 from spiral_fast._fields import field_types
 from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.recipe.engine import check_engine
-from spiral_fast.recipe.sections import (DataConfig, EvaluationConfig, LoRAConfig, ModelConfig, OptimConfig,
-                                         PromptsConfig, RewardConfig, TrainConfig)
+from spiral_fast.recipe.sections import (
+    DataConfig,
+    EvaluationConfig,
+    LoRAConfig,
+    ModelConfig,
+    OptimConfig,
+    PromptsConfig,
+    RewardConfig,
+    TrainConfig,
+)
 from spiral_fast.rollout.config import RolloutConfig
 
 SECTIONS = {"model": ModelConfig, "lora": LoRAConfig, "data": DataConfig, "prompts": PromptsConfig,

@@ -8,9 +8,9 @@ same seed and evaluates them with pass@k, majority vote and recursive self-aggre
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import AutoModelForCausalLM
@@ -18,7 +18,8 @@ from transformers import AutoModelForCausalLM
 from spiral_fast._fields import check_settings, docs, setting
 from spiral_fast._utils import torch_threads
 from spiral_fast.policy_step.config import SpiralConfig
-from spiral_fast.recipe.loop import METHODS, STEP_IMPLS as STEP_FUNCTIONS, Trainer, train_loop
+from spiral_fast.recipe.loop import METHODS, Trainer, train_loop
+from spiral_fast.recipe.loop import STEP_IMPLS as STEP_FUNCTIONS
 from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo
 from spiral_fast.recipe.tiny_model import tiny_qwen2
 from spiral_fast.rollout.config import RolloutConfig
@@ -93,8 +94,10 @@ class DemoConfig:
         try:
             self.rollout  # noqa: B018 - the RolloutConfig it derives validates the rest (e.g. M <= C(N, K))
         except ValueError as err:
-            name, _, rest = str(err).partition(" ")
-            raise ValueError(f"{_DEMO_NAMES.get(name, name)} {rest}") from None
+            text = str(err)
+            for field, name in _DEMO_NAMES.items():
+                text = text.replace(field, name)
+            raise ValueError(text) from None
 
     @property
     def rollout(self) -> RolloutConfig:

@@ -10,7 +10,7 @@ problems in sampling order, sampling more for at most ``max_extra_rounds`` round
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from spiral_fast.policy_step.batch import SpiralBatch
 

@@ -163,8 +163,11 @@ class Trainer:
         label = f"round {rnd + 1}: " if rnd else ""
         self._phase(f"{label}traces")
 
+        # what runs once ``phase`` has finished (GRPO's single traces are scored right after sampling)
+        after = {"traces": "aggregations" if self.settings.method == "spiral" else "rewards"}
+
         def progress(phase, done, total):
-            self._phase(f"{label}{'aggregations' if phase == 'traces' else 'rewards'}")
+            self._phase(label + (after.get(phase, "rewards") if done >= total else f"{phase} {done}/{total}"))
 
         # seeded: each problem's set draws come from its own seed too (rollout's per-problem generators),
         # so a resumed run (whose trainer generator starts afresh) draws the same sets
