@@ -219,6 +219,7 @@ def test_a_process_prints_one_line_and_exits_2(entry, files):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.splitlines()
+    assert "config key data.train: " in line  # the key that named the file, then file:line
     assert line.endswith('bad.jsonl:2: no "answer" key in \'{"problem": "2 + 2"}\'; expected one '
                          '{"problem": str, "answer": str} object per line'), line
     assert line.startswith("spiral-fast: error: " if entry[0] == "spiral_fast.cli" else

@@ -77,7 +77,7 @@ class DataConfig:
                 if path:
                     if not os.path.isfile(path):
                         raise ValueError(f"{key}: file {path!r} does not exist")
-                    load_jsonl(path)  # every row checked now: a bad line fails before the model loads
+                    load_jsonl(path, key)  # every row checked now: a bad line fails before the model loads
         else:
             if not self.task:
                 raise ValueError('task is required with source = "reasoning_gym" (a reasoning-gym dataset name)')
