@@ -4,14 +4,16 @@ loads; ``--debug`` shows the traceback; a bug keeps its traceback; help shows ea
 import argparse
 import json
 import re
+import subprocess
 import sys
 import time
 
 import pytest
+import transformers
 
 from spiral_fast import cli
 from spiral_fast.cli import build_parser, main
-from spiral_fast.recipe import user_errors
+from spiral_fast.recipe import command, model_loading, user_errors
 
 
 @pytest.fixture
@@ -29,10 +31,6 @@ def files(tmp_path):
 @pytest.fixture
 def no_model(monkeypatch):
     """Any model load fails the test (AssertionError is a bug: it would not become a clean exit 2)."""
-    import transformers
-
-    from spiral_fast.recipe import command, model_loading
-
     def loaded(*args, **kwargs):
         raise AssertionError("a model was loaded before the error was reported")
 
@@ -208,19 +206,16 @@ def test_help_shows_each_default_once(command, capsys):
         assert "--debug" in out
 
 
-@pytest.mark.parametrize("entry", [["spiral_fast.cli", "train"], ["spiral_fast.train"]], ids=["cli", "module"])
-def test_a_process_prints_one_line_and_exits_2(entry, files):
-    """End to end in a fresh process (the console script, and `python -m spiral_fast.train` under
-    torchrun): stderr is the one error line, the status 2."""
-    import subprocess
-
+def test_a_process_prints_one_line_and_exits_2(files):
+    """End to end in a fresh process, through `python -m spiral_fast.train` (the torchrun entry; the
+    console script's main is tested in-process above): stderr is the one error line, the status 2.
+    One process only: its imports take seconds."""
     bad = _write(files[1] / "bad.jsonl", NO_ANSWER)
-    proc = subprocess.run([sys.executable, "-m", *entry, "--config", str(files[0]), "--set", f'data.train="{bad}"'],
+    proc = subprocess.run([sys.executable, "-m", "spiral_fast.train", "--config", str(files[0]), "--set", f'data.train="{bad}"'],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.splitlines()
     assert "config key data.train: " in line  # the key that named the file, then file:line
     assert line.endswith('bad.jsonl:2: no "answer" key in \'{"problem": "2 + 2"}\'; expected one '
                          '{"problem": str, "answer": str} object per line'), line
-    assert line.startswith("spiral-fast: error: " if entry[0] == "spiral_fast.cli" else
-                           "python -m spiral_fast.train: error: ")
+    assert line.startswith("python -m spiral_fast.train: error: ")
