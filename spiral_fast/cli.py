@@ -168,11 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(parser, config_cls, args, prefix: str = ""):
-    """config_cls from the parsed --[prefix-]options; a ValueError becomes a usage error."""
+    """config_cls from the parsed --[prefix-]options; its ValueError names the option (a user error:
+    one line, exit 2)."""
     try:
         return config_cls(**{f.name: getattr(args, prefix + f.name) for f in fields(config_cls)})
     except ValueError as err:
-        parser.error(str(err))
+        text = str(err)
+        name = text.split(" ", 1)[0].rstrip(":")
+        if name in {f.name for f in fields(config_cls)}:  # "lr must be ..." -> "--lr must be ..."
+            text = "--" + (prefix + name).replace("_", "-") + text[len(name):]
+        raise ValueError(text) from None
 
 
 def _log_row(row, method: str = "") -> None:
@@ -225,11 +230,11 @@ def _run_eval(args, parser) -> None:
     eval_config = _config(parser, EvalConfig, args)
     if args.config is not None:
         if args.model is not None:
-            parser.error("give --config or --model, not both")
+            raise ValueError("give --config or --model, not both")
         cfg = load_config(args.config, args.overrides)  # checks every key and data file: before any model loads
         name = "base model" if args.checkpoint is None else Path(args.checkpoint).name
         if eval_config.set_size is None:
-            parser.error("--set-size is required with --config")
+            raise ValueError("--set-size is required with --config")
         if cfg.data.source == "jsonl" and not cfg.data.eval:
             raise ValueError("config key data.eval is required to evaluate (a JSONL file like data.train)")
         if args.checkpoint is not None and not Path(args.checkpoint, "adapter").is_dir():
@@ -242,7 +247,7 @@ def _run_eval(args, parser) -> None:
         try:
             model, demo_config = load_demo(args.model)
         except ValueError as err:
-            parser.error(f"--model: {err}")
+            raise ValueError(f"--model: {err}") from None
         name = Path(args.model).name or args.model
     else:
         demo_config = DemoConfig(seed=eval_config.seed)
@@ -251,7 +256,7 @@ def _run_eval(args, parser) -> None:
         name = "fresh model"
     set_size = eval_config.set_size or demo_config.set_size
     if set_size > eval_config.population:
-        parser.error(f"--set-size {set_size} must be <= --population {eval_config.population}")
+        raise ValueError(f"--set-size {set_size} must be <= --population {eval_config.population}")
     _report({name: evaluate_demo(model, demo_config, eval_config)}, args)
 
 
@@ -270,17 +275,17 @@ def _run_profile(args, parser) -> None:
 
     bad = [i for i in args.impls if i not in pm.IMPLS]
     if bad:
-        parser.error(f"--impls: unknown implementation(s) {bad}; choose from {list(pm.IMPLS)}")
+        raise ValueError(f"--impls: unknown implementation(s) {bad}; choose from {list(pm.IMPLS)}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.snapshot and not device.startswith("cuda"):
-        parser.error(f"--snapshot needs a CUDA device, got --device {device}")
+        raise ValueError(f"--snapshot needs a CUDA device, got --device {device}")
     too_short = [c for c in args.contexts if c <= pm.PROMPT_LEN + max(args.set_sizes)]
     if too_short:
-        parser.error(f"--contexts must exceed {pm.PROMPT_LEN + max(args.set_sizes)} tokens, got {too_short}")
+        raise ValueError(f"--contexts must exceed {pm.PROMPT_LEN + max(args.set_sizes)} tokens, got {too_short}")
     try:
         pm.load_config(args.model, args.layers)  # fail here, not in every subprocess
     except ValueError as err:
-        parser.error(f"--model: {err}")
+        raise ValueError(f"--model: {err}") from None
     print(f"profile-memory on {device}: contexts {args.contexts}, set sizes {args.set_sizes}, "
           f"impls {args.impls}, M={args.sets}, G={args.aggregations}")
     results = pm.sweep(args.contexts, args.set_sizes, args.impls, model=args.model,

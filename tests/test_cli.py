@@ -40,7 +40,7 @@ def test_tiny_demo_writes_png_and_metric_lines(tmp_path, capsys):
     (["demo", "--iterations", "0"], "positive integer"),
     (["demo", "--iterations", "many"], "positive integer"),
     (["demo", "--step-impl", "fast"], "invalid choice"),
-    (["demo", "--set-size", "9"], "set_size"),
+    (["demo", "--set-size", "9"], "--set-size must be <="),
     (["demo", "--lr", "-1"], "lr must be"),
     (["profile-memory", "--contexts", "64,x"], "positive integer"),
     (["profile-memory", "--contexts", "16"], "--contexts must exceed"),

@@ -131,6 +131,18 @@ def test_debug_shows_the_traceback(where, files, no_model, capsys):
     assert err.splitlines()[-1].startswith("spiral-fast: error: unknown config key train.bogus")
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["demo", "--set-size", "9"], "--set-size must be <="),
+    (["demo", "--lr", "-1"], "--lr must be"),
+    (["demo", "--eval-population", "2", "--eval-set-size", "3"], "--eval-set-size must be <="),
+    (["eval", "--population", "2", "--set-size", "3"], "--set-size must be <="),
+    (["eval", "--model", "/nonexistent/demo-model"], "--model"),
+    (["profile-memory", "--contexts", "16"], "--contexts must exceed"),
+], ids=["set-size", "lr", "eval-set-size", "eval-population", "eval-model", "contexts"])
+def test_a_bad_option_value_is_one_line_naming_the_option(argv, expected, no_model, capsys):
+    assert expected in _fails_in_one_line(argv, capsys)
+
+
 def _raising(err):
     def command(argv):
         raise err
