@@ -41,10 +41,17 @@ def test_three_steps_metrics_checkpoints_and_resume_equal_to_uninterrupted(tmp_p
     run(config, overrides + EVAL + [f'train.output="{whole}"'])
     rows = read_metrics(whole)
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("loss", "agg_loss", "trace_loss", "agg_reward_mean", "tokens_trained", "grad_norm", "problems",
-                "problems_dropped", "trace_tokens_sampled", "agg_tokens_sampled", "lr") + TIMING:
+    for key in ("loss", "problems", "problems_sampled", "problems_dropped", "rounds", "trace_tokens_sampled",
+                "agg_tokens_sampled", "lr") + TIMING:
         assert all(isinstance(r[key], float) for r in rows), key
-    assert [r["lr"] for r in rows] == pytest.approx([5e-3, 1e-2, 1e-2])  # warm-up 2 steps, then constant
+    # a tiny random model answers few problems right: dynamic sampling may find nothing to train in a step
+    trained = [r for r in rows if r["problems"] > 0]
+    assert trained and all(r["problems_sampled"] >= r["problems"] + r["problems_dropped"] for r in rows)
+    for key in ("agg_loss", "trace_loss", "agg_reward_mean", "tokens_trained", "grad_norm"):
+        assert all(isinstance(r[key], float) for r in trained), key
+    # warm-up over 2 optimizer steps (a step that found nothing to train does not count), then constant
+    before = [sum(r["problems"] > 0 for r in rows[:k]) for k in range(len(rows))]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-2 * min(1.0, (n + 1) / 2) for n in before])
     assert {"eval/rsa_acc_0", "eval/rsa_acc_1", "eval/pass@1", "eval/pass@2", "eval/majority"} <= rows[2].keys()
     outputs = sorted(set(os.listdir(whole)) - {"tensorboard"})  # tensorboard/: where tensorboard is installed
     assert outputs == ["checkpoint-2", "checkpoint-3", "config.toml", "metrics.jsonl", "samples.jsonl"]

@@ -107,7 +107,8 @@ def test_crash_mid_save_resume_redoes_the_step_from_the_last_complete_checkpoint
     assert os.path.isfile(os.path.join(out, "checkpoint-3", "state.json"))
     assert not [n for n in os.listdir(os.path.join(out, "checkpoint-3")) if ".tmp" in n]
     with open(os.path.join(out, "samples.jsonl")) as fh:
-        assert [json.loads(line)["step"] for line in fh].count(3) == 2  # 2 problems of step 3, once
+        # the problems step 3 trained (dynamic sampling may find fewer than 2), once
+        assert [json.loads(line)["step"] for line in fh].count(3) == whole[2]["problems"]
 
 
 @pytest.mark.slow  # a subprocess run interrupted, resumed, and an uninterrupted run: ~40 s
@@ -155,7 +156,9 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_without_a_checkpoi
     from spiral_fast.recipe import checkpoint
 
     assert checkpoint.latest(out) == os.path.join(out, f"checkpoint-{stepped[0]['step']}")
-    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == [f"checkpoint-{stepped[0]['step']}"]
+    # one per step up to the last finite one (steps before it may have found nothing to train), none after
+    assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == sorted(
+        f"checkpoint-{r['step']}" for r in rows if r["step"] <= stepped[0]["step"])
     assert len(rows) < 20
 
 
