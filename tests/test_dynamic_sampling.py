@@ -151,3 +151,15 @@ def test_progress_of_grpo_and_of_partial_phases():
     t.collect_fn, t.on_phase = collect, phases.append
     t.collect(Source(), step=1)
     assert phases == ["traces", "traces 1/4", "rewards"]  # GRPO: scored right after its single traces
+
+
+def test_engine_auto_asks_about_an_in_memory_model_by_its_class(monkeypatch):
+    from spiral_fast.recipe import engine
+    from spiral_fast.recipe.tiny_model import tiny_qwen2
+
+    seen = []
+    monkeypatch.setattr(engine, "vllm_unavailable_reason", lambda config=None: seen.append(config) or "no")
+    model = tiny_qwen2(16, seed=0, hidden_size=16, num_layers=1)
+    assert not model.config.architectures  # built in memory, never saved
+    assert engine.resolve_engine("auto", model) == "hf"
+    assert seen[0].architectures == ["Qwen2ForCausalLM"] and not model.config.architectures  # a copy was asked

@@ -2,6 +2,7 @@
 the model here, else HF generate; ``"vllm"`` without vLLM is a config error (raised at load)."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 
@@ -34,11 +35,19 @@ def resolve_engine(engine: str, model) -> str:
     calls it once per run), with the reason when vLLM is not taken."""
     if engine != "auto":
         return engine
-    reason = vllm_unavailable_reason(getattr(unwrap_peft(model), "config", None))
+    base = unwrap_peft(model)
+    config = getattr(base, "config", None)
+    if config is not None and not getattr(config, "architectures", None):
+        # a model built in memory has no architectures until saved; the sampler saves it as its class
+        config = copy.copy(config)
+        config.architectures = [type(base).__name__]
+    reason = vllm_unavailable_reason(config)
     chosen = "vllm" if reason is None else "hf"
     if reason is None:
         log.warning('rollout.engine = "auto": sampling with vLLM')
-    else:
+    elif importlib.util.find_spec("vllm") is None:
         log.warning('rollout.engine = "auto": sampling with HF generate (%s; for faster sampling: %s)', reason,
                     VLLM_INSTALL_HINT)
+    else:
+        log.warning('rollout.engine = "auto": sampling with HF generate (vLLM cannot run this model: %s)', reason)
     return chosen
