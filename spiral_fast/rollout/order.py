@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache
 
 ORDERS = ("shared", "random")
 # above this many joint choices at one trie node the search takes the greedy choice at that node
@@ -85,7 +85,7 @@ def shared_order(sets: Sequence[Sequence[int]], traces: Sequence[Sequence[int]],
         below = children(group, choice)
         return trie_tokens(list(below)) + sum(cost(g) for g in below.values())
 
-    @lru_cache(maxsize=None)
+    @cache
     def cost(group: tuple) -> int:
         """Trie tokens below a node whose sets still hold ``group`` (distinct sorted content multisets)."""
         group = tuple(g for g in group if g)
