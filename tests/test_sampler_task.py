@@ -50,7 +50,9 @@ def test_hf_sampler_equals_generate_and_rollout_takes_either():
                        pad_token_id=TOY.pad_token_id, logprobs=True)
     torch.manual_seed(5)
     via = sf.HFSampler(model, pad_token_id=TOY.pad_token_id).generate(prompts, 2, max_new_tokens=1, temperature=1.0)
-    assert via == direct
+    assert via[0] == direct[0]  # HFSampler's sample_decode draws generate's tokens; log-probs up to float rounding
+    for a, b in zip(via[1], direct[1]):
+        assert a == pytest.approx(b, abs=1e-5)
     kwargs = dict(reward_fn=lambda i, s, z: 1.0, template=TOY.template, num_traces=3, num_sets=2, set_size=2,
                   num_aggregations=2, max_new_tokens=1, pad_token_id=TOY.pad_token_id)
     torch.manual_seed(7)
