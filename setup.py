@@ -6,6 +6,7 @@ spiral_fast falls back to its pure-Python layout builder (same results, much slo
 hides this script's output (`-q`), so `import spiral_fast.packing` warns once when the extension is
 missing (spiral_fast/packing/native.py), naming the rebuild command.
 """
+
 import glob
 
 from setuptools import find_packages, setup

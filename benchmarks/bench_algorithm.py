@@ -11,6 +11,7 @@ import and pins transformers < 5.11, which cannot sit beside the dev extra's tra
 CPU groups run with one intra-op thread for every peer: on a shared, oversubscribed CPU, OpenMP
 barriers between two threads turn each op into scheduler waits and the timings into noise.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,9 +20,9 @@ from collections import defaultdict
 
 import pytest
 import torch
+from presets import ALGORITHM_ADV, ALGORITHM_LOSS
 
 import spiral_fast
-from presets import ALGORITHM_ADV, ALGORITHM_LOSS
 
 
 def trim_heap() -> None:
@@ -39,12 +40,16 @@ def make_adv_batch(shape, seed: int = 0) -> dict:
     """Problems of N traces, M sets of K distinct traces each, G responses per set, 0/1 rewards."""
     g = torch.Generator().manual_seed(seed)
     P, N, M, K, G = shape.problems, shape.traces, shape.sets, shape.set_size, shape.aggregations
-    local = torch.rand(P * M, N, generator=g).argsort(dim=1)[:, :K]      # K distinct traces per set
+    local = torch.rand(P * M, N, generator=g).argsort(dim=1)[:, :K]  # K distinct traces per set
     set_problem = torch.arange(P).repeat_interleave(M)
-    return dict(rewards=torch.randint(0, 2, (P * M * G,), generator=g).float(),
-                agg_set=torch.arange(P * M).repeat_interleave(G), set_problem=set_problem,
-                set_members=(local + (set_problem * N)[:, None]).reshape(-1),
-                set_offsets=torch.arange(0, P * M * K + 1, K), trace_problem=torch.arange(P).repeat_interleave(N))
+    return dict(
+        rewards=torch.randint(0, 2, (P * M * G,), generator=g).float(),
+        agg_set=torch.arange(P * M).repeat_interleave(G),
+        set_problem=set_problem,
+        set_members=(local + (set_problem * N)[:, None]).reshape(-1),
+        set_offsets=torch.arange(0, P * M * K + 1, K),
+        trace_problem=torch.arange(P).repeat_interleave(N),
+    )
 
 
 def verl_grpo(scores: torch.Tensor, index: list, epsilon: float = 1e-6) -> torch.Tensor:
@@ -86,8 +91,16 @@ def verl_style_spiral(b: dict):
 
 def spiral_fast_advantages(b: dict):
     # the peer's settings (verl GRPO: std-scaled, one group per problem), explicit since issue 8
-    return spiral_fast.spiral_advantages(b["rewards"], b["agg_set"], b["set_problem"], b["set_members"],
-                                         b["set_offsets"], b["trace_problem"], scale="std", agg_baseline="problem")
+    return spiral_fast.spiral_advantages(
+        b["rewards"],
+        b["agg_set"],
+        b["set_problem"],
+        b["set_members"],
+        b["set_offsets"],
+        b["trace_problem"],
+        scale="std",
+        agg_baseline="problem",
+    )
 
 
 def advantage_values(fn, b: dict):
@@ -96,6 +109,7 @@ def advantage_values(fn, b: dict):
         if not isinstance(out, tuple):
             out = (out.agg, out.set_value, out.set, out.trace)
         return dict(zip(("agg", "set_value", "set", "trace"), (t.float() for t in out)))
+
     return values
 
 
@@ -109,9 +123,17 @@ def test_advantages(compare, peer, one_cpu_thread):
     fn = ADV_PEERS[peer]
     slow = peer != "spiral_fast"
     trim_heap()
-    compare(f"advantages {shape.problems}p x {shape.sets}s x {shape.aggregations}g", peer, lambda: fn(b),
-            rounds=1 if slow else 5, warmup=0 if slow else 1, note="1 thread", rel=1e-5,
-            values=advantage_values(fn, b), expected=advantage_values(spiral_fast_advantages, b))
+    compare(
+        f"advantages {shape.problems}p x {shape.sets}s x {shape.aggregations}g",
+        peer,
+        lambda: fn(b),
+        rounds=1 if slow else 5,
+        warmup=0 if slow else 1,
+        note="1 thread",
+        rel=1e-5,
+        values=advantage_values(fn, b),
+        expected=advantage_values(spiral_fast_advantages, b),
+    )
 
 
 # --------------------------------------------------------------------------- fused policy loss
@@ -119,10 +141,14 @@ def make_loss_batch(shape, device, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     R, Q = shape.tokens, shape.sequences
     logp = -3 * torch.rand(R, generator=g)
-    b = dict(logp=logp, old_logp=logp + 0.3 * torch.randn(R, generator=g),
-             ref_logp=logp + 0.3 * torch.randn(R, generator=g),
-             token_seq=torch.randint(0, Q, (R,), generator=g).sort().values,
-             seq_adv=torch.randn(Q, generator=g), seq_weight=torch.ones(Q))
+    b = dict(
+        logp=logp,
+        old_logp=logp + 0.3 * torch.randn(R, generator=g),
+        ref_logp=logp + 0.3 * torch.randn(R, generator=g),
+        token_seq=torch.randint(0, Q, (R,), generator=g).sort().values,
+        seq_adv=torch.randn(Q, generator=g),
+        seq_weight=torch.ones(Q),
+    )
     return {k: v.to(device) for k, v in b.items()}
 
 
@@ -140,8 +166,9 @@ def unfused_loss(b: dict, logp, clip=(0.2, 0.28), kl_coef=0.1):
 
 
 def fused_loss(b: dict, logp, kl_coef=0.1):
-    return spiral_fast.policy_loss(logp, b["old_logp"], b["token_seq"], b["seq_adv"], b["seq_weight"],
-                                   ref_logp=b["ref_logp"], kl_coef=kl_coef)
+    return spiral_fast.policy_loss(
+        logp, b["old_logp"], b["token_seq"], b["seq_adv"], b["seq_weight"], ref_logp=b["ref_logp"], kl_coef=kl_coef
+    )
 
 
 LOSS_PEERS = {"spiral_fast": fused_loss, "unfused-torch": unfused_loss}
@@ -169,11 +196,21 @@ def test_policy_loss_fwd_bwd(compare, peer, device, request):
             loss, stats = loss_fn(b, logp)
             loss.backward(grad_out)
             return {"loss": loss.detach(), "d_logp": logp.grad}
+
         return run
 
     trim_heap()
-    compare(f"policy_loss fwd+bwd {shape.name} tokens {device}", peer, step, device=device, rounds=5, rel=1e-5,
-            values=values(fn), expected=values(fused_loss), **({"note": "1 thread"} if device == "cpu" else {}))
+    compare(
+        f"policy_loss fwd+bwd {shape.name} tokens {device}",
+        peer,
+        step,
+        device=device,
+        rounds=5,
+        rel=1e-5,
+        values=values(fn),
+        expected=values(fused_loss),
+        **({"note": "1 thread"} if device == "cpu" else {}),
+    )
 
 
 def _rows_bytes(rows: int) -> int:
@@ -195,7 +232,24 @@ def test_policy_loss_kernel_bandwidth(compare, peer):
         dst = torch.empty_like(src)
         fn = lambda: dst.copy_(src)  # noqa: E731  reads nbytes / 2 and writes nbytes / 2
     else:
-        fn = lambda: policy_loss_fwd(b["logp"], b["old_logp"], b["ref_logp"], b["token_seq"],  # noqa: E731
-                                     b["seq_adv"], b["seq_weight"], clip_low=0.2, clip_high=0.28, kl_coef=0.1)
-    compare(f"policy_loss kernel {shape.name} tokens cuda", peer, fn, device="cuda", rounds=20, warmup=3,
-            bytes=nbytes, note="GB/s vs copy: see the copy row")
+        fn = lambda: policy_loss_fwd(
+            b["logp"],
+            b["old_logp"],
+            b["ref_logp"],
+            b["token_seq"],  # noqa: E731
+            b["seq_adv"],
+            b["seq_weight"],
+            clip_low=0.2,
+            clip_high=0.28,
+            kl_coef=0.1,
+        )
+    compare(
+        f"policy_loss kernel {shape.name} tokens cuda",
+        peer,
+        fn,
+        device="cuda",
+        rounds=20,
+        warmup=3,
+        bytes=nbytes,
+        note="GB/s vs copy: see the copy row",
+    )

@@ -11,12 +11,13 @@ turned OpenMP barriers into scheduler waits and the timings into noise (3-40 s p
 
     pytest benchmarks/bench_batch_logprobs.py
 """
+
 import pytest
 import torch
-
-import spiral_fast as sf
 from bench_step import VOCAB, _malloc_trim, spiral_batch, tiny_qwen2
 from presets import SPIRAL
+
+import spiral_fast as sf
 from spiral_fast.policy_step.microbatch import micro_batches
 
 TEMPERATURE = 0.7  # not 1: the temperature must reach every peer's log-softmax
@@ -24,8 +25,12 @@ TEMPERATURE = 0.7  # not 1: the temperature must reach every peer's log-softmax
 
 def pairs(batch) -> list:
     """(prompt, response) of every response: per problem, its traces, then its aggregations."""
-    return [pair for pr in batch.problems for pair in [(pr.prompt, y) for y in pr.traces]
-            + [(a, z) for a, zs in zip(pr.agg_prompts, pr.aggregations) for z in zs]]
+    return [
+        pair
+        for pr in batch.problems
+        for pair in [(pr.prompt, y) for y in pr.traces]
+        + [(a, z) for a, zs in zip(pr.agg_prompts, pr.aggregations) for z in zs]
+    ]
 
 
 def per_sequence(model, batch, *, temperature: float = TEMPERATURE) -> list:
@@ -35,7 +40,7 @@ def per_sequence(model, batch, *, temperature: float = TEMPERATURE) -> list:
         for prompt, response in pairs(batch):
             ids = torch.cat([prompt, response]).to(model.device)
             start = prompt.numel()
-            logits = model(input_ids=ids[None], use_cache=False).logits[0, start - 1:-1].float()
+            logits = model(input_ids=ids[None], use_cache=False).logits[0, start - 1 : -1].float()
             lsm = torch.log_softmax(logits / temperature, dim=-1)
             out.append(lsm.gather(1, ids[start:, None]).squeeze(1).cpu())
     return out
@@ -43,8 +48,11 @@ def per_sequence(model, batch, *, temperature: float = TEMPERATURE) -> list:
 
 def flat(result: sf.BatchLogprobs) -> list:
     """BatchLogprobs in the order of ``pairs``."""
-    return [t for p in range(len(result.traces))
-            for t in result.traces[p] + [z for zs in result.aggregations[p] for z in zs]]
+    return [
+        t
+        for p in range(len(result.traces))
+        for t in result.traces[p] + [z for zs in result.aggregations[p] for z in zs]
+    ]
 
 
 def fast(budget: int):
@@ -54,8 +62,10 @@ def fast(budget: int):
 
 BUDGETS = {"spiral_fast": 8192, "spiral_fast, budget 2048": 2048}
 PEERS = {**{name: fast(budget) for name, budget in BUDGETS.items()}, "per-sequence (step_reference)": per_sequence}
-DEVICES = [pytest.param("cpu", torch.float32, id="cpu-fp32"),
-           pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=pytest.mark.gpu)]
+DEVICES = [
+    pytest.param("cpu", torch.float32, id="cpu-fp32"),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=pytest.mark.gpu),
+]
 
 
 @pytest.mark.parametrize("device,dtype", DEVICES)
@@ -73,13 +83,18 @@ def test_batch_logprobs_vs_per_sequence(compare, peer, device, dtype, request):
     assert len(got) == len(want) == shape.traces + shape.sets * shape.aggregations
     assert max((g - w).abs().max().item() for g, w in zip(got, want)) <= atol
     tokens = sum(t.numel() for t in got)
-    group = (f"batch_logprobs tiny-qwen2 {shape.name} {device}-{str(dtype)[6:]} "
-             f"({tokens} scored tok)")
+    group = f"batch_logprobs tiny-qwen2 {shape.name} {device}-{str(dtype)[6:]} ({tokens} scored tok)"
     if peer in BUDGETS:  # with every trace the problem packs to ~8.7k tokens: over 8192, it is cut
         note = f"{len(micro_batches(batch, BUDGETS[peer], all_traces=True))} micro-batch(es)"
     else:
         note = f"{sum(x.numel() + y.numel() for x, y in pairs(batch))} tokens encoded"
     if device == "cpu":
         _malloc_trim()
-    compare(group, peer, lambda: fn(model, batch), device=device, rounds=3,
-            note=note + (", 1 thread" if device == "cpu" else ""))
+    compare(
+        group,
+        peer,
+        lambda: fn(model, batch),
+        device=device,
+        rounds=3,
+        note=note + (", 1 thread" if device == "cpu" else ""),
+    )

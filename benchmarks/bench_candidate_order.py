@@ -16,6 +16,7 @@ what real samples (equal short answers, common openings) give. Shapes: the SmolL
 K=2, M=2, G=4, 48-token traces and responses) and the paper's (N=8, K=4, M=4, G=4) at 1024-token
 traces (``python benchmarks/bench_candidate_order.py --paper-tokens 4096`` for the paper's length).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,10 @@ class Shape:
     agg_tokens: int
 
 
-SHAPES = {"example": Shape("example N4 K2 M2 G4 L48", 64, 4, 2, 2, 4, 48, 48),
-          "paper": Shape("paper N8 K4 M4 G4 L1024", 16, 8, 4, 4, 4, 1024, 256)}
+SHAPES = {
+    "example": Shape("example N4 K2 M2 G4 L48", 64, 4, 2, 2, 4, 48, 48),
+    "paper": Shape("paper N8 K4 M4 G4 L1024", 16, 8, 4, 4, 4, 1024, 256),
+}
 
 
 def count(shape: Shape, order: str, seed: int = 0) -> dict[str, int]:
@@ -64,18 +67,23 @@ def count(shape: Shape, order: str, seed: int = 0) -> dict[str, int]:
         cached += prompt_trie_tokens(prompts)
         seqs += [torch.tensor(x + y) for y in traces]
         seqs += [torch.tensor(a + rand(shape.agg_tokens)) for a in prompts for _ in range(shape.aggregations)]
-    return {"agg_prompt_tokens": total, "agg_prefill_cached": cached,
-            "step_unique_tokens": sf.pack_sequences(seqs, share="trie").num_tokens}
+    return {
+        "agg_prompt_tokens": total,
+        "agg_prefill_cached": cached,
+        "step_unique_tokens": sf.pack_sequences(seqs, share="trie").num_tokens,
+    }
 
 
 def report(shape: Shape) -> dict[str, dict[str, int]]:
     rows = {order: count(shape, order) for order in ("random", "shared")}
     r, s = rows["random"], rows["shared"]
-    print(f"\n{shape.name}, P={shape.problems}: aggregation prompt tokens {r['agg_prompt_tokens']}; "
-          f"prefix-cached prefill random {r['agg_prefill_cached']} -> shared {s['agg_prefill_cached']} "
-          f"({s['agg_prefill_cached'] / r['agg_prefill_cached']:.3f}x); step unique tokens "
-          f"{r['step_unique_tokens']} -> {s['step_unique_tokens']} "
-          f"({s['step_unique_tokens'] / r['step_unique_tokens']:.3f}x)")
+    print(
+        f"\n{shape.name}, P={shape.problems}: aggregation prompt tokens {r['agg_prompt_tokens']}; "
+        f"prefix-cached prefill random {r['agg_prefill_cached']} -> shared {s['agg_prefill_cached']} "
+        f"({s['agg_prefill_cached'] / r['agg_prefill_cached']:.3f}x); step unique tokens "
+        f"{r['step_unique_tokens']} -> {s['step_unique_tokens']} "
+        f"({s['step_unique_tokens'] / r['step_unique_tokens']:.3f}x)"
+    )
     return rows
 
 
@@ -95,8 +103,16 @@ if __name__ == "__main__":
     args = parser.parse_args()
     for key, shape in SHAPES.items():
         if key == "paper":
-            shape = Shape(f"paper N8 K4 M4 G4 L{args.paper_tokens}", shape.problems, 8, 4, 4, 4,
-                          args.paper_tokens, args.paper_tokens // 4)
+            shape = Shape(
+                f"paper N8 K4 M4 G4 L{args.paper_tokens}",
+                shape.problems,
+                8,
+                4,
+                4,
+                4,
+                args.paper_tokens,
+                args.paper_tokens // 4,
+            )
         if args.problems:
             shape = Shape(shape.name, args.problems, *list(vars(shape).values())[2:])
         report(shape)

@@ -21,6 +21,7 @@ more than one step.
 
     python benchmarks/bench_loop.py --steps 2 [--engines hf,vllm] [--no-trl] [--set rollout.x=y ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ EXAMPLE = os.path.join(ROOT, "examples", "smollm2_addition.toml")
 
 
 def installed_engines() -> list[str]:
-    """"hf" always; "vllm" where the vllm package can be found."""
+    """ "hf" always; "vllm" where the vllm package can be found."""
     return ["hf"] + (["vllm"] if importlib.util.find_spec("vllm") is not None else [])
 
 
@@ -64,21 +65,39 @@ class OurCase:
         self.task = build_task(cfg, tokenizer)
         self.sampler = build_sampler(cfg, self.model, self.task, 1)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                      weight_decay=cfg.optim.weight_decay)
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+        )
         warmup = cfg.optim.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        self.trainer = Trainer(model=self.model, sampler=self.sampler, task=self.task, settings=cfg.rollout,
-                               config=cfg.algorithm, optimizer=optimizer, scheduler=scheduler, device=device,
-                               seed=cfg.train.seed)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.trainer = Trainer(
+            model=self.model,
+            sampler=self.sampler,
+            task=self.task,
+            settings=cfg.rollout,
+            config=cfg.algorithm,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            device=device,
+            seed=cfg.train.seed,
+        )
         self.source = self.task.train_problems(cfg.train.seed, 0)
         self.rows: list[dict] = []
 
     def step(self, k: int) -> None:
         row = self.trainer.train_step(self.source, k)
-        self.rows.append({"rollout": row["seconds_rollout"], "step": row["seconds_step"], "sync": row["seconds_sync"],
-                          "tokens": row["trace_tokens_sampled"] + row["agg_tokens_sampled"],
-                          "problems": row["problems_sampled"], "reward": row.get("reward", 0.0)})
+        self.rows.append(
+            {
+                "rollout": row["seconds_rollout"],
+                "step": row["seconds_step"],
+                "sync": row["seconds_sync"],
+                "tokens": row["trace_tokens_sampled"] + row["agg_tokens_sampled"],
+                "problems": row["problems_sampled"],
+                "reward": row.get("reward", 0.0),
+            }
+        )
 
     def close(self) -> None:
         self.sampler.close()
@@ -108,15 +127,42 @@ class TRLCase:
             return [float(task.check(c, problems[i])) for c, i in zip(completions, row)]
 
         args = GRPOConfig(
-            output_dir=output, max_steps=steps, per_device_train_batch_size=s.problems_per_step * per_problem,
-            num_generations=per_problem, max_completion_length=length, temperature=s.temperature, top_k=0,
-            top_p=1.0, learning_rate=o.lr, adam_beta1=o.betas[0], adam_beta2=o.betas[1], weight_decay=o.weight_decay,
-            warmup_steps=o.warmup_steps, lr_scheduler_type="constant_with_warmup", max_grad_norm=o.max_grad_norm,
-            beta=0.0, epsilon=cfg.algorithm.clip[0], epsilon_high=cfg.algorithm.clip[1], loss_type="dapo",
-            shuffle_dataset=False, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
-            disable_dropout=True, seed=cfg.train.seed, dataloader_num_workers=0, use_vllm=False)
-        self.trainer = GRPOTrainer(model=self.model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
-                                   processing_class=tokenizer)
+            output_dir=output,
+            max_steps=steps,
+            per_device_train_batch_size=s.problems_per_step * per_problem,
+            num_generations=per_problem,
+            max_completion_length=length,
+            temperature=s.temperature,
+            top_k=0,
+            top_p=1.0,
+            learning_rate=o.lr,
+            adam_beta1=o.betas[0],
+            adam_beta2=o.betas[1],
+            weight_decay=o.weight_decay,
+            warmup_steps=o.warmup_steps,
+            lr_scheduler_type="constant_with_warmup",
+            max_grad_norm=o.max_grad_norm,
+            beta=0.0,
+            epsilon=cfg.algorithm.clip[0],
+            epsilon_high=cfg.algorithm.clip[1],
+            loss_type="dapo",
+            shuffle_dataset=False,
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            disable_dropout=True,
+            seed=cfg.train.seed,
+            dataloader_num_workers=0,
+            use_vllm=False,
+        )
+        self.trainer = GRPOTrainer(
+            model=self.model,
+            reward_funcs=reward,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+        )
         self.rows = []
         self._rollout = 0.0
         self._tokens = 0
@@ -144,8 +190,16 @@ class TRLCase:
 
             def on_step_end(self, args, state, control, **kw):
                 total = time.perf_counter() - case._start
-                case.rows.append({"rollout": case._rollout, "step": total - case._rollout, "sync": 0.0,
-                                  "tokens": case._tokens, "problems": None, "reward": None})
+                case.rows.append(
+                    {
+                        "rollout": case._rollout,
+                        "step": total - case._rollout,
+                        "sync": 0.0,
+                        "tokens": case._tokens,
+                        "problems": None,
+                        "reward": None,
+                    }
+                )
 
         self.trainer.add_callback(Clock())
         self.trainer.train()
@@ -164,24 +218,44 @@ def summary(cases) -> list[dict]:
             continue
         mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("rollout", "step", "sync", "tokens")}
         mean["total"] = mean["rollout"] + mean["step"] + mean["sync"]
-        out.append(dict(case=case.name, steps=len(rows), **mean,
-                        tokens_per_s=mean["tokens"] / mean["rollout"] if mean["rollout"] else 0.0))
+        out.append(
+            dict(
+                case=case.name,
+                steps=len(rows),
+                **mean,
+                tokens_per_s=mean["tokens"] / mean["rollout"] if mean["rollout"] else 0.0,
+            )
+        )
     return out
 
 
 def print_table(results, file=sys.stdout) -> None:
     grpo = {r["case"].split("-", 1)[1]: r["total"] for r in results if r["case"].startswith("grpo-")}
-    print(f"{'case':12s} {'steps':>5s} {'rollout s':>9s} {'step s':>7s} {'sync s':>7s} {'total s':>8s} "
-          f"{'tokens':>7s} {'tok/s':>7s} {'vs our GRPO-hf':>14s}", file=file)
+    print(
+        f"{'case':12s} {'steps':>5s} {'rollout s':>9s} {'step s':>7s} {'sync s':>7s} {'total s':>8s} "
+        f"{'tokens':>7s} {'tok/s':>7s} {'vs our GRPO-hf':>14s}",
+        file=file,
+    )
     for r in results:
         ref = grpo.get(r["case"].split("-", 1)[1]) or grpo.get("hf")
         ratio = f"{r['total'] / ref:13.2f}x" if ref else f"{'-':>14s}"
-        print(f"{r['case']:12s} {r['steps']:5d} {r['rollout']:9.2f} {r['step']:7.2f} {r['sync']:7.2f} "
-              f"{r['total']:8.2f} {r['tokens']:7.0f} {r['tokens_per_s']:7.1f} {ratio}", file=file)
+        print(
+            f"{r['case']:12s} {r['steps']:5d} {r['rollout']:9.2f} {r['step']:7.2f} {r['sync']:7.2f} "
+            f"{r['total']:8.2f} {r['tokens']:7.0f} {r['tokens_per_s']:7.1f} {ratio}",
+            file=file,
+        )
 
 
-def run(config: str = EXAMPLE, *, steps: int = 2, engines=None, methods=("spiral", "grpo"), trl: bool = True,
-        overrides=(), dynamic: bool = False) -> list[dict]:
+def run(
+    config: str = EXAMPLE,
+    *,
+    steps: int = 2,
+    engines=None,
+    methods=("spiral", "grpo"),
+    trl: bool = True,
+    overrides=(),
+    dynamic: bool = False,
+) -> list[dict]:
     """Build every case, step them round-robin, return ``summary``."""
     engines = list(engines or installed_engines())
     ours = [OurCase(config, overrides, m, e, dynamic) for e in engines for m in methods]
@@ -207,6 +281,7 @@ try:
 
     _slow = pytest.mark.slow  # TRL's trainer setup dominates: 4.4 min on the loaded 2-core CPU
 except ImportError:  # run as a script without pytest
+
     def _slow(fn):
         return fn
 
@@ -237,11 +312,20 @@ def main(argv=None) -> None:
     ap.add_argument("--dynamic-sampling", action="store_true", help="keep the config's dynamic sampling")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = ap.parse_args(argv)
-    results = run(args.config, steps=args.steps, engines=args.engines.split(",") if args.engines else None,
-                  methods=tuple(args.methods.split(",")), trl=not args.no_trl, overrides=args.set,
-                  dynamic=args.dynamic_sampling)
-    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; means over steps 2..{args.steps}"
-          if args.steps > 1 else "one step (includes warm-up)")
+    results = run(
+        args.config,
+        steps=args.steps,
+        engines=args.engines.split(",") if args.engines else None,
+        methods=tuple(args.methods.split(",")),
+        trl=not args.no_trl,
+        overrides=args.set,
+        dynamic=args.dynamic_sampling,
+    )
+    print(
+        f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; means over steps 2..{args.steps}"
+        if args.steps > 1
+        else "one step (includes warm-up)"
+    )
     print_table(results)
 
 

@@ -11,11 +11,12 @@
     sequence's token log-probs in all four, and each peer's loss and gradients must match
     spiral_fast's before it is timed.
 """
+
 import pytest
 import torch
+from presets import SPIRAL
 
 import spiral_fast as sf
-from presets import SPIRAL
 from spiral_fast.ops import dispatch
 from spiral_fast.packing import native
 
@@ -52,9 +53,13 @@ def test_layout_build_small(compare, builder):
     seqs = spiral_sequences(shape, vocab=150_000)
     packed = sf.pack_sequences(seqs, builder=builder)
     peer = "spiral_fast" if builder == "cpp" else "python reference"
-    compare(f"pack_sequences {shape.name} ({sum(map(len, seqs)) / 1e6:.2f}M tokens)", peer,
-            lambda: sf.pack_sequences(seqs, builder=builder), rounds=3 if builder == "cpp" else 1,
-            note=f"dedup {packed.dedup_ratio:.2f}")
+    compare(
+        f"pack_sequences {shape.name} ({sum(map(len, seqs)) / 1e6:.2f}M tokens)",
+        peer,
+        lambda: sf.pack_sequences(seqs, builder=builder),
+        rounds=3 if builder == "cpp" else 1,
+        note=f"dedup {packed.dedup_ratio:.2f}",
+    )
 
 
 @pytest.mark.skipif(not native.native_available(), reason="spiral_fast._native is not built")
@@ -62,9 +67,13 @@ def test_layout_build_issue_scale(compare):
     shape = SPIRAL["layout-issue"]
     seqs = spiral_sequences(shape, vocab=150_000)
     packed = sf.pack_sequences(seqs, builder="cpp")
-    rec = compare(f"pack_sequences {shape.name} ({sum(map(len, seqs)) / 1e6:.1f}M tokens)", "spiral_fast",
-                  lambda: sf.pack_sequences(seqs, builder="cpp"), rounds=3,
-                  note=f"dedup {packed.dedup_ratio:.2f}, {packed.num_segments} segments; python: see layout-small")
+    rec = compare(
+        f"pack_sequences {shape.name} ({sum(map(len, seqs)) / 1e6:.1f}M tokens)",
+        "spiral_fast",
+        lambda: sf.pack_sequences(seqs, builder="cpp"),
+        rounds=3,
+        note=f"dedup {packed.dedup_ratio:.2f}, {packed.num_segments} segments; python: see layout-small",
+    )
     assert rec.seconds < 1.0, f"layout build took {rec.seconds:.2f}s, the issue asks for well under a second"
 
 
@@ -72,9 +81,16 @@ def test_layout_build_issue_scale(compare):
 def tiny_qwen2(kv_heads: int, device: str):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=4096,
-                                   attn_implementation="sdpa")
+    cfg = transformers.Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        attn_implementation="sdpa",
+    )
     # CUDA: bf16 weights as in training (tree attention then runs its Triton kernel); CPU: float32
     return transformers.Qwen2ForCausalLM(cfg).to(device, torch.bfloat16 if device == "cuda" else torch.float32)
 
@@ -115,6 +131,7 @@ def resolved_backends(fn) -> str:
 
 def loss_and_grads(model, fn):
     """A callable running ``fn`` once from zero gradients: {"loss", one entry per parameter}."""
+
     def values():
         model.zero_grad(set_to_none=True)
         loss = fn()
@@ -122,6 +139,7 @@ def loss_and_grads(model, fn):
         out.update({n: p.grad.detach().float() for n, p in model.named_parameters() if p.grad is not None})
         model.zero_grad(set_to_none=True)
         return out
+
     return values
 
 
@@ -132,16 +150,16 @@ VOCAB = 512
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa-4q2kv", "mha-4q4kv"])
-@pytest.mark.parametrize("peer", ["spiral_fast", "sf packed, share=none", "padded HF body + sf.token_logprobs",
-                                  "padded HF, full logits"])
+@pytest.mark.parametrize(
+    "peer", ["spiral_fast", "sf packed, share=none", "padded HF body + sf.token_logprobs", "padded HF, full logits"]
+)
 def test_spiral_forward_backward(compare, peer, kv_heads, device):
     shape = SPIRAL["packing-issue"]
     seqs = [s.to(device) for s in spiral_sequences(shape, vocab=VOCAB)]
     model = tiny_qwen2(kv_heads, device)
     trie = sf.pack_sequences(seqs)
     weights = torch.randn(trie.prediction_rows.target.numel(), generator=torch.Generator().manual_seed(1)).to(device)
-    group = (f"fwd+bwd tiny-qwen2 4q{kv_heads}kv V={VOCAB} {shape.name} {device} "
-             f"(dedup {trie.dedup_ratio:.2f})")
+    group = f"fwd+bwd tiny-qwen2 4q{kv_heads}kv V={VOCAB} {shape.name} {device} (dedup {trie.dedup_ratio:.2f})"
     if peer.startswith("padded HF"):
         lengths = torch.tensor([len(s) for s in seqs])
         ids = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
@@ -159,6 +177,15 @@ def test_spiral_forward_backward(compare, peer, kv_heads, device):
     sf_packed = trie.to(device)
     # fp32 on the CPU: summation order only; bf16 on CUDA: peers round activations differently
     rel = 1e-3 if device == "cpu" else 5e-2
-    compare(group, peer, lambda: (fn(), model.zero_grad(set_to_none=True)), device=device, rounds=1, note=note,
-            impl=impl, rel=rel, values=loss_and_grads(model, fn),
-            expected=loss_and_grads(model, lambda: packed_step(model, sf_packed, weights)))
+    compare(
+        group,
+        peer,
+        lambda: (fn(), model.zero_grad(set_to_none=True)),
+        device=device,
+        rounds=1,
+        note=note,
+        impl=impl,
+        rel=rel,
+        values=loss_and_grads(model, fn),
+        expected=loss_and_grads(model, lambda: packed_step(model, sf_packed, weights)),
+    )

@@ -15,14 +15,15 @@
 3. On a CUDA device: the same comparison in bf16 with 4096-token traces and aggregations through the
    triton tree-attention backend (``auto`` on CUDA).
 """
+
 import ctypes
 import ctypes.util
 
 import pytest
 import torch
+from presets import SPIRAL
 
 import spiral_fast as sf
-from presets import SPIRAL
 
 VOCAB = 4096
 HEAD_TOKENS = 64
@@ -48,8 +49,14 @@ def paper_batch(shape, *, aggregation: str, vocab: int = VOCAB, seed: int = 0) -
 
 
 def predicted_tokens(shape, aggregation: str) -> int:
-    x, n, L, K, G, Z = (shape.prompt_tokens, shape.sets, shape.trace_tokens, shape.set_size, shape.aggregations,
-                        shape.agg_tokens)
+    x, n, L, K, G, Z = (
+        shape.prompt_tokens,
+        shape.sets,
+        shape.trace_tokens,
+        shape.set_size,
+        shape.aggregations,
+        shape.agg_tokens,
+    )
     per_set = HEAD_TOKENS + G * Z + (x + K * L if aggregation == "text" else 0)
     return x + shape.traces * L + n * per_set
 
@@ -68,8 +75,13 @@ def test_tokens_encoded_per_problem(compare, peer, mode):
     batch = paper_batch(shape, aggregation=mode)
     tokens = packed_layout(batch, mode).num_tokens
     assert tokens == predicted_tokens(shape, mode)
-    compare(f"parallel/text tokens {shape.name} (layout build)", peer, lambda: packed_layout(batch, mode),
-            rounds=1, note=f"{tokens} tokens encoded (predicted {predicted_tokens(shape, mode)})")
+    compare(
+        f"parallel/text tokens {shape.name} (layout build)",
+        peer,
+        lambda: packed_layout(batch, mode),
+        rounds=1,
+        note=f"{tokens} tokens encoded (predicted {predicted_tokens(shape, mode)})",
+    )
 
 
 def test_parallel_over_text_tokens_is_the_prediction():
@@ -82,9 +94,16 @@ def test_parallel_over_text_tokens_is_the_prediction():
 def tiny_qwen2(vocab: int, device: str, dtype: torch.dtype, max_positions: int):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=max_positions, attn_implementation="sdpa")
+    cfg = transformers.Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        attn_implementation="sdpa",
+    )
     return transformers.Qwen2ForCausalLM(cfg).to(device, dtype)
 
 
@@ -93,9 +112,12 @@ PEERS = {
     "text, one micro-batch": ("text", sf.SpiralConfig(max_tokens_per_micro_batch=1 << 20)),
     "parallel": ("parallel", sf.SpiralConfig(aggregation="parallel")),
 }
-CASES = [pytest.param(f"paper-cpu-{n}", "cpu", torch.float32, id=f"cpu-fp32-L{n}",
-                      marks=[pytest.mark.slow] if n >= 1024 else [])  # L1024: ~30 s a peer on a 2-core CPU
-         for n in (256, 512, 1024)]
+CASES = [
+    pytest.param(
+        f"paper-cpu-{n}", "cpu", torch.float32, id=f"cpu-fp32-L{n}", marks=[pytest.mark.slow] if n >= 1024 else []
+    )  # L1024: ~30 s a peer on a 2-core CPU
+    for n in (256, 512, 1024)
+]
 CASES.append(pytest.param("paper", "cuda", torch.bfloat16, id="cuda-bf16-L4096", marks=pytest.mark.gpu))
 
 
@@ -113,8 +135,14 @@ def test_step_parallel_vs_text(compare, one_cpu_thread, peer, preset, device, dt
     group = f"parallel vs text step {shape.name} {device}-{str(dtype)[6:]}"
     if device == "cpu":
         _malloc_trim()
-    compare(group, peer, lambda: (sf.step(model, batch, config=config), model.zero_grad(set_to_none=True)),
-            device=device, rounds=1, note=f"{encoded} tokens encoded")
+    compare(
+        group,
+        peer,
+        lambda: (sf.step(model, batch, config=config), model.zero_grad(set_to_none=True)),
+        device=device,
+        rounds=1,
+        note=f"{encoded} tokens encoded",
+    )
 
 
 def _malloc_trim() -> None:

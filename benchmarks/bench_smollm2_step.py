@@ -9,6 +9,7 @@ fresh process (``step_case.py``), on presets ``STEP["smollm2"]`` and ``STEP["smo
 Targets (benchmarks/RESULTS.md): at the defaults, step <= 0.5x TRL's time and <= 0.5x its peak
 memory, and step's time <= 1.5x the matmul floor measured in the same process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,41 +20,71 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CASES = ["spiral_fast", "spiral_fast-8192", "spiral_fast-1024", "spiral_fast-auto", "trl", "hf_forward",
-         "step_reference"]
+CASES = [
+    "spiral_fast",
+    "spiral_fast-8192",
+    "spiral_fast-1024",
+    "spiral_fast-auto",
+    "trl",
+    "hf_forward",
+    "step_reference",
+]
 
 
 def run_case(case: str, shape: str, device: str = "cpu", threads: int = 1, timeout: float = 1800) -> dict:
     """One case in a fresh Python process; its RESULT line as a dict (raises with its output on failure)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(HERE / "step_case.py"), case, "--shape", shape, "--device", device,
-                           "--threads", str(threads)], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "step_case.py"),
+            case,
+            "--shape",
+            shape,
+            "--device",
+            device,
+            "--threads",
+            str(threads),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{case} on {shape} failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+        raise RuntimeError(
+            f"{case} on {shape} failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def table(results: list[dict]) -> str:
     """One line per case: time, peak RSS, ratios to TRL, ratio to the matmul floor, loss."""
     trl = next((r for r in results if r["case"].split("-")[0] == "trl"), None)
-    lines = [f"{'case':<18} {'s':>8} {'x trl':>6} {'peak GB':>8} {'x trl':>6} {'added GB':>8} {'x floor':>7} "
-             f"{'budget':>7} {'mb':>3}  loss"]
+    lines = [
+        f"{'case':<18} {'s':>8} {'x trl':>6} {'peak GB':>8} {'x trl':>6} {'added GB':>8} {'x floor':>7} "
+        f"{'budget':>7} {'mb':>3}  loss"
+    ]
     for r in results:
         t = f"{r['seconds'] / trl['seconds']:6.2f}" if trl else f"{'-':>6}"
         m = f"{r['peak_bytes'] / trl['peak_bytes']:6.2f}" if trl else f"{'-':>6}"
         floor = f"{r['seconds'] / r['floor_seconds']:7.2f}" if r.get("floor_seconds") else f"{'-':>7}"
-        lines.append(f"{r['case']:<18} {r['seconds']:8.1f} {t} {r['peak_bytes'] / 1e9:8.2f} {m} "
-                     f"{r['peak_delta_bytes'] / 1e9:8.2f} {floor} {str(r.get('budget', '-')):>7} "
-                     f"{str(r.get('micro_batches', '-')):>3}  {r['loss']:.8f}")
+        lines.append(
+            f"{r['case']:<18} {r['seconds']:8.1f} {t} {r['peak_bytes'] / 1e9:8.2f} {m} "
+            f"{r['peak_delta_bytes'] / 1e9:8.2f} {floor} {str(r.get('budget', '-')):>7} "
+            f"{str(r.get('micro_batches', '-')):>3}  {r['loss']:.8f}"
+        )
     return "\n".join(lines)
 
 
 def _needs():
     import pytest
+
     pytest.importorskip("trl")
     pytest.importorskip("peft")
     from spiral_fast.models.loading import smollm2_gguf_path
+
     try:
         smollm2_gguf_path()
     except Exception as exc:  # noqa: BLE001 - the package or its GGUF missing
@@ -70,13 +101,24 @@ def test_smoke_same_loss():
 
 def _slow_case(case, shape):
     import harness
+
     _needs()
     r = run_case(case, shape)
-    harness.record(f"SmolLM2 LoRA step {shape} cpu-fp32 (fresh process per case)", case, r["seconds"],
-                   r["peak_bytes"], note=f"loss {r['loss']:.8f}, budget {r.get('budget', '-')}")
+    harness.record(
+        f"SmolLM2 LoRA step {shape} cpu-fp32 (fresh process per case)",
+        case,
+        r["seconds"],
+        r["peak_bytes"],
+        note=f"loss {r['loss']:.8f}, budget {r.get('budget', '-')}",
+    )
     if r.get("floor_seconds"):
-        harness.record(f"SmolLM2 LoRA step {shape} cpu-fp32 (fresh process per case)", f"{case} mm floor",
-                       r["floor_seconds"], None, flops=r["floor_flops"])
+        harness.record(
+            f"SmolLM2 LoRA step {shape} cpu-fp32 (fresh process per case)",
+            f"{case} mm floor",
+            r["floor_seconds"],
+            None,
+            flops=r["floor_flops"],
+        )
 
 
 try:

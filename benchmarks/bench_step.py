@@ -10,14 +10,15 @@ CPU peak memory is a peak-RSS delta: glibc keeps freed heap pages mapped, so a p
 another would reuse them for free; ``malloc_trim(0)`` first returns them, which makes the numbers
 independent of the order the peers run in.
 """
+
 import ctypes
 import ctypes.util
 
 import pytest
 import torch
+from presets import SPIRAL
 
 import spiral_fast as sf
-from presets import SPIRAL
 from spiral_fast.policy_step.memory_estimate import micro_batch_budget
 from spiral_fast.policy_step.microbatch import micro_batches
 
@@ -36,9 +37,10 @@ def spiral_batch(shape, *, vocab: int, seed: int = 0) -> sf.SpiralBatch:
     for _ in range(shape.problems):
         prompt = rand(shape.prompt_tokens)
         traces = [rand(shape.trace_tokens) for _ in range(shape.traces)]
-        sets = [torch.randperm(shape.traces, generator=g)[:shape.set_size].tolist() for _ in range(shape.sets)]
-        agg_prompts = [torch.cat([header, prompt] + [p for m in s for p in (rand(SEPARATOR_TOKENS), traces[m])])
-                       for s in sets]
+        sets = [torch.randperm(shape.traces, generator=g)[: shape.set_size].tolist() for _ in range(shape.sets)]
+        agg_prompts = [
+            torch.cat([header, prompt] + [p for m in s for p in (rand(SEPARATOR_TOKENS), traces[m])]) for s in sets
+        ]
         aggregations = [[rand(shape.agg_tokens) for _ in range(shape.aggregations)] for _ in sets]
         rewards = torch.randint(0, 2, (shape.sets, shape.aggregations), generator=g).float()
         problems.append(sf.ProblemRollout(prompt, traces, sets, agg_prompts, aggregations, rewards))
@@ -48,9 +50,16 @@ def spiral_batch(shape, *, vocab: int, seed: int = 0) -> sf.SpiralBatch:
 def tiny_qwen2(vocab: int, device: str, dtype: torch.dtype):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                   attn_implementation="sdpa")
+    cfg = transformers.Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        attn_implementation="sdpa",
+    )
     return transformers.Qwen2ForCausalLM(cfg).to(device, dtype)
 
 
@@ -61,8 +70,10 @@ PEERS = {  # best of 3 timed rounds after the peak-memory call: the shared CPU h
     "spiral_fast, budget 2048": (sf.step, sf.SpiralConfig(max_tokens_per_micro_batch=2048)),
     "step_reference": (sf.step_reference, sf.SpiralConfig()),
 }
-DEVICES = [pytest.param("cpu", torch.float32, id="cpu-fp32"),
-           pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=pytest.mark.gpu)]
+DEVICES = [
+    pytest.param("cpu", torch.float32, id="cpu-fp32"),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bf16", marks=pytest.mark.gpu),
+]
 
 
 @pytest.mark.parametrize("device,dtype", DEVICES)
@@ -77,8 +88,9 @@ def test_step_vs_reference(compare, peer, device, dtype):
     zeros = [torch.zeros(len(flat.rewards)), torch.zeros(len(flat.trace_problem))]  # advantages: unused here
     seqs = batch.trained_sequences([0], *zeros)
     trained = int(seqs.response_lens.sum())
-    group = (f"SPIRAL step tiny-qwen2 {shape.name} G={shape.aggregations} {device}-{str(dtype)[6:]} "
-             f"({trained} trained tok)")
+    group = (
+        f"SPIRAL step tiny-qwen2 {shape.name} G={shape.aggregations} {device}-{str(dtype)[6:]} ({trained} trained tok)"
+    )
     if peer.startswith("spiral_fast"):
         bins = micro_batches(batch, micro_batch_budget(model, config))  # "auto" resolved as step resolves it
         encoded = sum(sf.pack_sequences(batch.trained_sequences(b, *zeros).tokens).num_tokens for b in bins)
@@ -89,19 +101,29 @@ def test_step_vs_reference(compare, peer, device, dtype):
         _malloc_trim()
     # fp32: summation order only; bf16 (CUDA): the two paths round activations differently
     rel = 1e-3 if dtype == torch.float32 else 1e-1
-    compare(group, peer, lambda: (fn(model, batch, config=config), model.zero_grad(set_to_none=True)),
-            device=device, rounds=3, note=note, rel=rel, values=loss_and_grads(model, batch, fn, config),
-            expected=loss_and_grads(model, batch, sf.step, sf.SpiralConfig()))
+    compare(
+        group,
+        peer,
+        lambda: (fn(model, batch, config=config), model.zero_grad(set_to_none=True)),
+        device=device,
+        rounds=3,
+        note=note,
+        rel=rel,
+        values=loss_and_grads(model, batch, fn, config),
+        expected=loss_and_grads(model, batch, sf.step, sf.SpiralConfig()),
+    )
 
 
 def loss_and_grads(model, batch, fn, config):
     """A callable running one step from zero gradients: {"loss", one entry per parameter}."""
+
     def values():
         model.zero_grad(set_to_none=True)
         out = {"loss": fn(model, batch, config=config).loss.float()}
         out.update({n: p.grad.detach().float() for n, p in model.named_parameters() if p.grad is not None})
         model.zero_grad(set_to_none=True)
         return out
+
     return values
 
 

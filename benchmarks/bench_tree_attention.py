@@ -15,6 +15,7 @@ L_g * A_g + L_g (L_g + 1) / 2, from the tree). Forward: 4 * D * Hq * P (QK^T and
 forward+backward: 2.5x that (the backward's 5 matmuls vs the forward's 2). Every peer of a group is
 credited the same useful flops, so the rate is directly comparable (a peer doing wasted work is slower).
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,10 @@ def make_case(shape_name: str, heads_name: str, dtype, device):
     packed = spiral_fast.pack_sequences(spiral_sequences(SPIRAL[shape_name], vocab=VOCAB)).to(device)
     t = packed.num_tokens
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(t, h, heads.head_dim, generator=g).to(device, dtype).requires_grad_(True)
-               for h in (heads.q_heads, heads.kv_heads, heads.kv_heads))
+    q, k, v = (
+        torch.randn(t, h, heads.head_dim, generator=g).to(device, dtype).requires_grad_(True)
+        for h in (heads.q_heads, heads.kv_heads, heads.kv_heads)
+    )
     do = torch.randn(t, heads.q_heads, heads.head_dim, generator=g).to(device, dtype)
     return packed, q, k, v, do, 4 * heads.head_dim * heads.q_heads * allowed_pairs(packed)
 
@@ -50,6 +53,7 @@ def timed(attn, q, k, v, do, backward: bool):
             with torch.no_grad():
                 return attn(q, k, v)
         return torch.autograd.grad(attn(q, k, v), (q, k, v), do)
+
     return run
 
 
@@ -66,6 +70,7 @@ def per_sequence_loop(packed):
         qs, ks, vs = (x.index_select(0, flat).transpose(0, 1)[None].split(lengths, 2) for x in (q_, k_, v_))
         outs = [F.scaled_dot_product_attention(a, b, c, is_causal=True, enable_gqa=gqa) for a, b, c in zip(qs, ks, vs)]
         return torch.cat(outs, 2)[0].transpose(0, 1)
+
     attn.upstream_index = flat  # its dO: the packed dO of each sequence's tokens
     return attn
 
@@ -78,6 +83,7 @@ def make_values(attn, q, k, v, do, packed):
     """A callable giving the peer's output and (when it covers every packed token once) its
     gradients, under dO; a per-sequence peer gives its outputs mapped back onto packed tokens, each
     sequence's copy of a shared prefix being the same value."""
+
     def values():
         leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
         out = attn(*leaves)
@@ -86,6 +92,7 @@ def make_values(attn, q, k, v, do, packed):
             return {"out": out.detach().float()}
         grads = torch.autograd.grad(out, leaves, do)
         return {"out": out.detach().float(), **{f"d{n}": g.float() for n, g in zip("qkv", grads)}}
+
     return values
 
 
@@ -121,11 +128,18 @@ def test_tree_attention_cpu_fwd_bwd(compare, peer):
     packed, q, k, v, do, flops = make_case("attention-cpu", "cpu-4x32-gqa2", torch.float32, "cpu")
     attn = CPU_PEERS[peer](packed)
     fn = timed(attn, q, k, v, do, backward=True)
-    compare(f"tree-attn fwd+bwd cpu T={packed.num_tokens} dedup={packed.dedup_ratio:.2f}", peer, fn,
-            rounds=5, flops=2.5 * flops, note="useful-pair flops", rel=1e-4,
-            values=make_values(attn, q, k, v, do, packed),
-            expected=expected_values(CPU_PEERS["spiral_fast"](packed), q, k, v, do, packed, attn),
-            **({"impl": "tree_attention backend torch (per-segment SDPA)"} if peer == "spiral_fast" else {}))
+    compare(
+        f"tree-attn fwd+bwd cpu T={packed.num_tokens} dedup={packed.dedup_ratio:.2f}",
+        peer,
+        fn,
+        rounds=5,
+        flops=2.5 * flops,
+        note="useful-pair flops",
+        rel=1e-4,
+        values=make_values(attn, q, k, v, do, packed),
+        expected=expected_values(CPU_PEERS["spiral_fast"](packed), q, k, v, do, packed, attn),
+        **({"impl": "tree_attention backend torch (per-segment SDPA)"} if peer == "spiral_fast" else {}),
+    )
 
 
 GPU_PEERS = {
@@ -138,11 +152,13 @@ GPU_PEERS = {
     # what a trainer without prefix sharing runs: each sequence alone through causal SDPA
     "per-sequence-sdpa": per_sequence_loop,
 }
-IMPL = {"spiral_fast": lambda: "tree_attention backend triton",
-        "sf flex backend": lambda: "torch flex_attention + tree BlockMask",
-        "sf varlen backend": varlen_impl,
-        "dense-mask-sdpa": lambda: "SDPA with a dense [T, T] mask",
-        "per-sequence-sdpa": lambda: "causal SDPA per sequence"}
+IMPL = {
+    "spiral_fast": lambda: "tree_attention backend triton",
+    "sf flex backend": lambda: "torch flex_attention + tree BlockMask",
+    "sf varlen backend": varlen_impl,
+    "dense-mask-sdpa": lambda: "SDPA with a dense [T, T] mask",
+    "per-sequence-sdpa": lambda: "causal SDPA per sequence",
+}
 
 
 @pytest.mark.gpu
@@ -156,7 +172,17 @@ def test_tree_attention_gpu(compare, peer, mode):
         impl = IMPL[peer]()
     except ImportError as exc:
         pytest.skip(f"{peer} unavailable: {exc}")
-    compare(f"tree-attn {mode} bf16 T={packed.num_tokens} 16x128/2", peer, fn, device="cuda", rounds=10,
-            warmup=3, flops=flops * (2.5 if mode == "fwd+bwd" else 1.0), note="useful-pair flops", impl=impl,
-            rel=3e-2, values=make_values(attn, q, k, v, do, packed),
-            expected=expected_values(GPU_PEERS["spiral_fast"](packed), q, k, v, do, packed, attn))
+    compare(
+        f"tree-attn {mode} bf16 T={packed.num_tokens} 16x128/2",
+        peer,
+        fn,
+        device="cuda",
+        rounds=10,
+        warmup=3,
+        flops=flops * (2.5 if mode == "fwd+bwd" else 1.0),
+        note="useful-pair flops",
+        impl=impl,
+        rel=3e-2,
+        values=make_values(attn, q, k, v, do, packed),
+        expected=expected_values(GPU_PEERS["spiral_fast"](packed), q, k, v, do, packed, attn),
+    )

@@ -13,6 +13,7 @@ the largest model), the two ways to get a trained LoRA into vLLM, side by side:
   ``LoRARequest`` on an engine built with ``enable_lora=True`` (what vLLM offers for adapters);
 and the sampling time of one fixed workload in each engine (LoRA kernels run on every token).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ import torch
 MODELS = {
     "tiny": dict(vocab_size=50, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1),
     # ~100M parameters: embeddings 32000 x 768 (tied) + 12 layers of 6.3M
-    "qwen2-100m": dict(vocab_size=32000, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4,
-                       max_positions=512),
+    "qwen2-100m": dict(
+        vocab_size=32000, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=4, max_positions=512
+    ),
 }
 WORKLOAD = dict(prompts=16, prompt_tokens=64, samples=4, new_tokens=32)
 
@@ -54,11 +56,13 @@ def sample_seconds(sampler, vocab: int, lora_request=None) -> float:
     from vllm.inputs import TokensPrompt
 
     gen = torch.Generator().manual_seed(0)
-    prompts = [TokensPrompt(prompt_token_ids=torch.randint(0, vocab, (WORKLOAD["prompt_tokens"],),
-                                                           generator=gen).tolist())
-               for _ in range(WORKLOAD["prompts"])]
-    params = SamplingParams(n=WORKLOAD["samples"], temperature=1.0, max_tokens=WORKLOAD["new_tokens"],
-                            ignore_eos=True, logprobs=0)
+    prompts = [
+        TokensPrompt(prompt_token_ids=torch.randint(0, vocab, (WORKLOAD["prompt_tokens"],), generator=gen).tolist())
+        for _ in range(WORKLOAD["prompts"])
+    ]
+    params = SamplingParams(
+        n=WORKLOAD["samples"], temperature=1.0, max_tokens=WORKLOAD["new_tokens"], ignore_eos=True, logprobs=0
+    )
     sampler.llm.reset_prefix_cache()
     start = time.perf_counter()
     sampler.llm.generate(prompts, params, use_tqdm=False, lora_request=lora_request)
@@ -69,8 +73,9 @@ def lora_model(name: str):
     import peft
 
     torch.manual_seed(1)
-    return peft.get_peft_model(build(name), peft.LoraConfig(r=32, lora_alpha=64, target_modules="all-linear",
-                                                             init_lora_weights=False))
+    return peft.get_peft_model(
+        build(name), peft.LoraConfig(r=32, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
+    )
 
 
 def main() -> None:
@@ -91,14 +96,18 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters())
         with spiral_fast.VLLMSampler(model, dtype="float32", kv_cache_memory_bytes=256 << 20) as sampler:
             cost = sync_cost(sampler, model)
-            print(f"{name}: {params / 1e6:.1f}M params, full sync {cost['seconds']:.3f} s, "
-                  f"{cost['bytes'] / 2**20:.1f} MiB pushed")
+            print(
+                f"{name}: {params / 1e6:.1f}M params, full sync {cost['seconds']:.3f} s, "
+                f"{cost['bytes'] / 2**20:.1f} MiB pushed"
+            )
             if args.lora and name == names[-1]:
                 peft_model = lora_model(name)
                 merged = sync_cost(sampler, peft_model)
                 base_s = sample_seconds(sampler, model.config.vocab_size)
-                print(f"{name} LoRA r=32 merged: sync {merged['seconds']:.3f} s, {merged['bytes'] / 2**20:.1f} MiB; "
-                      f"workload {WORKLOAD} sampled in {base_s:.2f} s")
+                print(
+                    f"{name} LoRA r=32 merged: sync {merged['seconds']:.3f} s, {merged['bytes'] / 2**20:.1f} MiB; "
+                    f"workload {WORKLOAD} sampled in {base_s:.2f} s"
+                )
     if args.lora:
         adapter_cost(names[-1])
 
@@ -107,13 +116,15 @@ def adapter_cost(name: str) -> None:
     """The same LoRA as a vLLM adapter: per sync, save it and sample with a new LoRARequest."""
     import os
 
-    import spiral_fast
     from vllm.lora.request import LoRARequest
+
+    import spiral_fast
 
     peft_model = lora_model(name)
     model = build(name)
-    with spiral_fast.VLLMSampler(model, dtype="float32", kv_cache_memory_bytes=256 << 20, enable_lora=True,
-                                 max_lora_rank=32, max_loras=1) as sampler:
+    with spiral_fast.VLLMSampler(
+        model, dtype="float32", kv_cache_memory_bytes=256 << 20, enable_lora=True, max_lora_rank=32, max_loras=1
+    ) as sampler:
         vocab = model.config.vocab_size
         sample_seconds(sampler, vocab, LoRARequest("warm", 1, _save(peft_model)))  # compile and warm up
         saves, firsts, sizes = [], [], []
@@ -124,9 +135,11 @@ def adapter_cost(name: str) -> None:
             sizes.append(sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)))
             firsts.append(sample_seconds(sampler, vocab, LoRARequest(f"step{i}", i + 2, path)))
         steady = sample_seconds(sampler, vocab, LoRARequest("step2", 4, path))
-        print(f"{name} LoRA r=32 adapter: save {statistics.median(saves):.3f} s, {sizes[0] / 2**20:.1f} MiB; "
-              f"workload with a new adapter {statistics.median(firsts):.2f} s (load included), "
-              f"with a loaded adapter {steady:.2f} s")
+        print(
+            f"{name} LoRA r=32 adapter: save {statistics.median(saves):.3f} s, {sizes[0] / 2**20:.1f} MiB; "
+            f"workload with a new adapter {statistics.median(firsts):.2f} s (load included), "
+            f"with a loaded adapter {steady:.2f} s"
+        )
 
 
 def logprob_error() -> None:
@@ -148,17 +161,29 @@ def logprob_error() -> None:
                     for p in model.parameters():
                         p.add_(0.05 * torch.randn_like(p))
             if label == "lora":
-                model = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules="all-linear",
-                                                                   init_lora_weights=False))
+                model = peft.get_peft_model(
+                    model, peft.LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
+                )
             if label != "initial":
                 sampler.sync(model)
             for temperature in (1.0, 0.7):
-                batch = spiral_fast.rollout(sampler, prompts, reward_fn=lambda p, s, z: 0.0, template=template,
-                                            num_traces=8, num_sets=4, set_size=4, num_aggregations=4,
-                                            max_new_tokens=16, temperature=temperature, generator=gen,
-                                            engine="vllm")
-                want = spiral_fast.batch_logprobs(model, batch,
-                                                  config=spiral_fast.SpiralConfig(temperature=temperature))
+                batch = spiral_fast.rollout(
+                    sampler,
+                    prompts,
+                    reward_fn=lambda p, s, z: 0.0,
+                    template=template,
+                    num_traces=8,
+                    num_sets=4,
+                    set_size=4,
+                    num_aggregations=4,
+                    max_new_tokens=16,
+                    temperature=temperature,
+                    generator=gen,
+                    engine="vllm",
+                )
+                want = spiral_fast.batch_logprobs(
+                    model, batch, config=spiral_fast.SpiralConfig(temperature=temperature)
+                )
                 err = {"traces": 0.0, "aggregations": 0.0}
                 tokens = 0
                 for p, pr in enumerate(batch.problems):
@@ -169,8 +194,10 @@ def logprob_error() -> None:
                         for lp, w in zip(lps, ws):
                             err["aggregations"] = max(err["aggregations"], (lp - w).abs().max().item())
                             tokens += lp.numel()
-                print(f"{label} T={temperature}: max |vLLM - batch_logprobs| traces {err['traces']:.2e}, "
-                      f"aggregations {err['aggregations']:.2e} ({tokens} tokens)")
+                print(
+                    f"{label} T={temperature}: max |vLLM - batch_logprobs| traces {err['traces']:.2e}, "
+                    f"aggregations {err['aggregations']:.2e} ({tokens} tokens)"
+                )
 
 
 def _save(peft_model) -> str:

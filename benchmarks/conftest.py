@@ -1,10 +1,10 @@
 """Benchmark configuration: every benchmark runs its named peers on the same inputs in this one
 process, records (time, peak memory) through the ``compare`` fixture, and the session ends with a
 table of ratios against spiral_fast (also written to benchmarks/.results/ as JSON)."""
-import pytest
-import torch
 
 import harness  # benchmarks/ is on sys.path through this conftest
+import pytest
+import torch
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,8 +33,19 @@ def compare(benchmark):
     round) and before anything is timed.
     impl: the implementation the peer resolved to (printed in the table)."""
 
-    def run(group: str, peer: str, fn, *, device="cpu", rounds: int = 3, warmup: int = 1, values=None,
-            expected=None, rel: float | None = None, **extra):
+    def run(
+        group: str,
+        peer: str,
+        fn,
+        *,
+        device="cpu",
+        rounds: int = 3,
+        warmup: int = 1,
+        values=None,
+        expected=None,
+        rel: float | None = None,
+        **extra,
+    ):
         peak = harness.peak_memory(fn, device)  # also serves as a warm-up call
         if values is not None and expected is not None and peer != "spiral_fast":
             # after the peak: memory the check frees would otherwise be reused and hide the peer's peak

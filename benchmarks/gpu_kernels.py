@@ -7,6 +7,7 @@ any GPU run). A/B pairs: Triton log-prob forward + backward vs the chunked cuBLA
 grouped vs ungrouped tile order of the Triton backward; two- vs one-stage tree-attention backward;
 the delta kernel vs the float32 torch expression it replaced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,7 @@ ROWS: list[dict] = []
 
 
 def _time(fn, reps: int) -> float:
-    fn()   # warm-up: compiles, fills caches
+    fn()  # warm-up: compiles, fills caches
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
@@ -65,18 +66,22 @@ def logprob_rows(shape: str):
     n, h, v = roofline.TOKENS[shape], roofline.H, roofline.V
     g = torch.Generator(device="cuda").manual_seed(0)
     hidden = torch.randn(n, h, device="cuda", generator=g).bfloat16()
-    weight = (torch.randn(v, h, device="cuda", generator=g) / h ** 0.5).bfloat16()
+    weight = (torch.randn(v, h, device="cuda", generator=g) / h**0.5).bfloat16()
     targets = torch.randint(0, v, (n,), device="cuda", generator=g)
     dl = torch.randn(n, device="cuda", generator=g) / n
     m, log_s, _, _, _ = K.token_logprobs_fwd(hidden, weight, None, targets, 1.0, False)
     stats = (m, log_s, None)
     reps = 3 if shape == "qwen" else 1
-    record("logprobs fwd (triton)", shape, lambda: K.token_logprobs_fwd(hidden, weight, None, targets, 1.0, False),
-           reps=reps)
+    record(
+        "logprobs fwd (triton)",
+        shape,
+        lambda: K.token_logprobs_fwd(hidden, weight, None, targets, 1.0, False),
+        reps=reps,
+    )
     bwd = lambda: K.token_logprobs_bwd(hidden, weight, None, targets, stats, dl, None, 1.0, True, True, False)  # noqa: E731
     record("logprobs bwd (triton, grouped)", shape, bwd, reps=reps)
     grouped = K._GPU_BWD
-    K._GPU_BWD = dict(grouped, GROUP_N=1 << 16)   # one group of every token block: the old 2-D order
+    K._GPU_BWD = dict(grouped, GROUP_N=1 << 16)  # one group of every token block: the old 2-D order
     try:
         record("logprobs bwd (triton, ungrouped)", shape, bwd, reps=reps)
     finally:
@@ -87,13 +92,20 @@ def logprob_rows(shape: str):
             hl, wl = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
             logp = token_logprobs(hl, wl, targets, backend=backend)
             torch.autograd.grad(logp, (hl, wl), dl)
+
         return run
+
     record("logprobs fwd+bwd (torch chunked)", shape, fwd_bwd("torch"), reps=reps)
     # the A/B peer of the chunked path: Triton forward + (grouped) backward, against both predictions summed
-    record("logprobs fwd+bwd (triton)", shape, fwd_bwd("triton"),
-           predicted=("logprobs fwd (triton)", "logprobs bwd (triton, grouped)"), reps=reps)
+    record(
+        "logprobs fwd+bwd (triton)",
+        shape,
+        fwd_bwd("triton"),
+        predicted=("logprobs fwd (triton)", "logprobs bwd (triton, grouped)"),
+        reps=reps,
+    )
     if shape == "qwen":
-        rank = min(64, h)   # a low-rank product: realistic logit spread without an [N, V] GEMM at H
+        rank = min(64, h)  # a low-rank product: realistic logit spread without an [N, V] GEMM at H
         logits = (hidden[:, :rank].float() @ torch.randn(rank, v, device="cuda", generator=g)).bfloat16()
         record("logits logprobs fwd", shape, lambda: K.logits_logprobs_fwd(logits, targets, 1.0, False))
         record("logits logprobs bwd", shape, lambda: K.logits_logprobs_bwd(logits, targets, stats, dl, None, 1.0))
@@ -108,8 +120,9 @@ def _attention_batch(shape: str):
     from bench_packing import spiral_sequences
     from presets import SPIRAL
 
-    return spiral_fast.pack_sequences(spiral_sequences(dataclasses.replace(SPIRAL["layout-issue"], problems=1),
-                                                       vocab=32000))
+    return spiral_fast.pack_sequences(
+        spiral_sequences(dataclasses.replace(SPIRAL["layout-issue"], problems=1), vocab=32000)
+    )
 
 
 def attention_rows(shape: str):
@@ -123,7 +136,7 @@ def attention_rows(shape: str):
     q = torch.randn(t, hq, d, device="cuda", generator=g).bfloat16()
     k, v = (torch.randn(t, hkv, d, device="cuda", generator=g).bfloat16() for _ in range(2))
     do = torch.randn(t, hq, d, device="cuda", generator=g).bfloat16()
-    scale = d ** -0.5
+    scale = d**-0.5
     choices = configs(d, torch.bfloat16, interpret=False)
     fwd_cfg = choices[0][0]
     fwd_tables = _table_args(block_tables(packed, fwd_cfg["block_m"], fwd_cfg["block_n"]), False)
@@ -131,13 +144,20 @@ def attention_rows(shape: str):
     record("tree-attn fwd", shape, lambda: K.tree_attention_fwd(q, k, v, *fwd_tables, scale, **fwd_cfg))
     for _, bwd_cfg in choices:
         tables = _table_args(block_tables(packed, bwd_cfg["block_m"], bwd_cfg["block_n"]), True)
-        record(f"tree-attn bwd (dq + dkdv), {bwd_cfg['num_stages']} stages", shape,
-               lambda: K.tree_attention_bwd(do, q, k, v, o, lse, *tables, scale, **bwd_cfg),
-               predicted="tree-attn bwd (dq + dkdv)")
+        record(
+            f"tree-attn bwd (dq + dkdv), {bwd_cfg['num_stages']} stages",
+            shape,
+            lambda: K.tree_attention_bwd(do, q, k, v, o, lse, *tables, scale, **bwd_cfg),
+            predicted="tree-attn bwd (dq + dkdv)",
+        )
     record("tree-attn delta = rowsum(dO*O)", shape, lambda: K._delta(o, do), reps=10)
-    record("tree-attn delta, torch fp32 (replaced)", shape,
-           lambda: (do.float() * o.float()).sum(-1).transpose(0, 1).contiguous(),
-           predicted="tree-attn delta = rowsum(dO*O)", reps=10)
+    record(
+        "tree-attn delta, torch fp32 (replaced)",
+        shape,
+        lambda: (do.float() * o.float()).sum(-1).transpose(0, 1).contiguous(),
+        predicted="tree-attn delta = rowsum(dO*O)",
+        reps=10,
+    )
 
 
 def policy_rows():
@@ -149,22 +169,29 @@ def policy_rows():
     old, ref = logp + 0.1, logp - 0.1
     token_seq = torch.randint(0, seqs, (rows,), device="cuda", generator=g)
     adv, coef = torch.randn(seqs, device="cuda", generator=g), torch.rand(seqs, device="cuda", generator=g)
-    record("policy loss (16M rows)", "16M",
-           lambda: policy_loss_fwd(logp, old, ref, token_seq, adv, coef, clip_low=0.2, clip_high=0.28, kl_coef=0.1),
-           reps=10)
+    record(
+        "policy loss (16M rows)",
+        "16M",
+        lambda: policy_loss_fwd(logp, old, ref, token_seq, adv, coef, clip_low=0.2, clip_high=0.28, kl_coef=0.1),
+        reps=10,
+    )
 
 
 def markdown(rows) -> str:
-    lines = ["| kernel / A-B member | shape | measured (ms) | predicted (ms) | measured / predicted |",
-             "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| kernel / A-B member | shape | measured (ms) | predicted (ms) | measured / predicted |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['kernel']} | {r['shape']} | {r['error']} | | |")
             continue
         pred = r.get("predicted_ms")
         ratio = f"{r['measured_ms'] / pred:.2f}" if pred else ""
-        lines.append(f"| {r['kernel']} | {r['shape']} | {r['measured_ms']:.3f} | "
-                     f"{'' if pred is None else f'{pred:.3f}'} | {ratio} |")
+        lines.append(
+            f"| {r['kernel']} | {r['shape']} | {r['measured_ms']:.3f} | "
+            f"{'' if pred is None else f'{pred:.3f}'} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -192,8 +219,10 @@ def main(argv=None) -> int:
     policy_rows()
     if args.json:
         Path(args.json).write_text(json.dumps(ROWS, indent=1))
-    print(f"\n== kernels: measured vs roofline prediction ({torch.cuda.get_device_name()}, "
-          f"{time.perf_counter() - start:.0f} s) ==")
+    print(
+        f"\n== kernels: measured vs roofline prediction ({torch.cuda.get_device_name()}, "
+        f"{time.perf_counter() - start:.0f} s) =="
+    )
     print(markdown(ROWS))
     return 0
 

@@ -4,6 +4,7 @@ Peak memory: on CUDA, the caching allocator's peak statistics. On the CPU, the p
 resident set (VmHWM), reset before the call by writing 5 to /proc/self/clear_refs (Linux); the
 number reported is the peak minus the resident set at the start, i.e. what the call added.
 """
+
 from __future__ import annotations
 
 import gc
@@ -20,11 +21,11 @@ RESULTS_DIR = Path(__file__).parent / ".results"
 
 @dataclass
 class Record:
-    group: str          # one comparison: same inputs for every peer
-    peer: str           # "spiral_fast", "naive", "liger", ...
-    seconds: float      # best (min) wall time of one call
+    group: str  # one comparison: same inputs for every peer
+    peer: str  # "spiral_fast", "naive", "liger", ...
+    seconds: float  # best (min) wall time of one call
     peak_bytes: int | None
-    extra: dict = field(default_factory=dict)   # flops, bytes moved, shape, ...
+    extra: dict = field(default_factory=dict)  # flops, bytes moved, shape, ...
 
 
 RECORDS: list[Record] = []
@@ -96,12 +97,15 @@ def check_same_values(group: str, peer: str, got: dict, want: dict, rel: float) 
     worst = 0.0
     for name in want:
         g, w = got[name].detach().double().cpu(), want[name].detach().double().cpu()
-        assert g.shape == w.shape, (f"{group}: {peer}'s {name} has shape {tuple(g.shape)}, "
-                                    f"spiral_fast's {tuple(w.shape)}")
+        assert g.shape == w.shape, (
+            f"{group}: {peer}'s {name} has shape {tuple(g.shape)}, spiral_fast's {tuple(w.shape)}"
+        )
         scale = w.abs().max().item() if w.numel() else 0.0
         err = (g - w).abs().max().item() / scale if scale > 0 else float((g != w).any())
-        assert err <= rel, (f"{group}: {peer} computes other values than spiral_fast: {name} differs by {err:.2e} of "
-                            f"its largest entry (tolerance {rel:.0e})")
+        assert err <= rel, (
+            f"{group}: {peer} computes other values than spiral_fast: {name} differs by {err:.2e} of "
+            f"its largest entry (tolerance {rel:.0e})"
+        )
         worst = max(worst, err)
     return worst
 

@@ -10,6 +10,7 @@ Shapes (Qwen2.5-7B: H=3584, V=152064, 28 query heads, 4 KV heads, D=128; attenti
   aggregations x 512): 73,728 trained (response) tokens through the LM head; tree attention over its
   139,864 unique packed tokens with 846,164,556 visible (query, key) pairs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,11 +23,11 @@ HBM_BYTES_PER_S = 4.8e12
 EFF = {"gemm": 0.75, "attn-fwd": 0.45, "attn-bwd": 0.35, "stream": 0.8}
 
 H, V, HQ, HKV, D = 3584, 152064, 28, 4, 128
-TOKENS = {"qwen": 16_384, "spiral": 73_728}                    # LM-head rows
-ATTN_T = {"qwen": 16_384, "spiral": 139_864}                   # packed tokens per layer
+TOKENS = {"qwen": 16_384, "spiral": 73_728}  # LM-head rows
+ATTN_T = {"qwen": 16_384, "spiral": 139_864}  # packed tokens per layer
 ATTN_PAIRS = {"qwen": 4 * 4096 * 4097 // 2, "spiral": 846_164_556}
-LOGPROB_BLOCK = 128   # BLOCK_N = BLOCK_V of the bf16 log-prob kernels
-CHUNK_PASSES = 6      # fp32 [chunk, V] logits passes of the chunked torch path (write, softmax, grad, read x3)
+LOGPROB_BLOCK = 128  # BLOCK_N = BLOCK_V of the bf16 log-prob kernels
+CHUNK_PASSES = 6  # fp32 [chunk, V] logits passes of the chunked torch path (write, softmax, grad, read x3)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Prediction:
     shape: str
     flops: float
     bytes: float
-    kind: str          # key of EFF
+    kind: str  # key of EFF
 
     @property
     def bound_s(self) -> float:
@@ -50,7 +51,7 @@ class Prediction:
 
 def _logprob(shape: str) -> list[Prediction]:
     n = TOKENS[shape]
-    w, hid = 2 * V * H, 2 * n * H                       # bf16 operands
+    w, hid = 2 * V * H, 2 * n * H  # bf16 operands
     tiles_v, tiles_n = V / LOGPROB_BLOCK, n / LOGPROB_BLOCK
     # forward: programs of one wave stream W in step, so W comes from HBM about once per wave
     waves = max(1.0, tiles_n / 132)
@@ -62,11 +63,13 @@ def _logprob(shape: str) -> list[Prediction]:
     bwd = Prediction("logprobs bwd (triton, ungrouped)", shape, 6 * n * H * V, atomics + rereads, "stream")
     # grouped tile order: a wave's tiles share dW rows and dH rows in L2; if L2 absorbs the atomics the
     # kernel is compute-bound again, HBM then holds the operands once per wave and the fp32 results once
-    grouped = Prediction("logprobs bwd (triton, grouped)", shape, 6 * n * H * V,
-                         (w + hid) * waves + 4 * (n + V) * H, "gemm")
+    grouped = Prediction(
+        "logprobs bwd (triton, grouped)", shape, 6 * n * H * V, (w + hid) * waves + 4 * (n + V) * H, "gemm"
+    )
     # chunked cuBLAS path (the A/B peer), forward + backward: 8 N H V of GEMMs + fp32 logit chunks
-    chunked = Prediction("logprobs fwd+bwd (torch chunked)", shape, 8 * n * H * V,
-                         CHUNK_PASSES * 4 * n * V + 2 * w + 3 * hid, "gemm")
+    chunked = Prediction(
+        "logprobs fwd+bwd (torch chunked)", shape, 8 * n * H * V, CHUNK_PASSES * 4 * n * V + 2 * w + 3 * hid, "gemm"
+    )
     return [fwd, bwd, grouped, chunked]
 
 
@@ -78,17 +81,20 @@ def _attention(shape: str) -> list[Prediction]:
     bwd = Prediction("tree-attn bwd (dq + dkdv)", shape, 10 * D * HQ * pairs, 4 * q + 2 * kv, "attn-bwd")
     delta = Prediction("tree-attn delta = rowsum(dO*O)", shape, 2 * t * HQ * D, 2 * q + 4 * t * HQ, "stream")
     # GQA today: fp32 dK/dV per query head (write, read back), summed to bf16 per KV head
-    gqa = Prediction("tree-attn GQA dK/dV sum (fp32 per head)", shape, 2 * t * HQ * D,
-                     2 * (4 * t * HQ * D) * 2 + kv, "stream")
+    gqa = Prediction(
+        "tree-attn GQA dK/dV sum (fp32 per head)", shape, 2 * t * HQ * D, 2 * (4 * t * HQ * D) * 2 + kv, "stream"
+    )
     return [fwd, bwd, delta, gqa]
 
 
 def _streaming() -> list[Prediction]:
     n = TOKENS["qwen"]
     rows = 1 << 24
-    return [Prediction("logits logprobs fwd", "qwen", 6 * n * V, 2 * n * V, "stream"),
-            Prediction("logits logprobs bwd", "qwen", 8 * n * V, 4 * n * V, "stream"),
-            Prediction("policy loss (16M rows)", "16M", 30 * rows, 24 * rows, "stream")]
+    return [
+        Prediction("logits logprobs fwd", "qwen", 6 * n * V, 2 * n * V, "stream"),
+        Prediction("logits logprobs bwd", "qwen", 8 * n * V, 4 * n * V, "stream"),
+        Prediction("policy loss (16M rows)", "16M", 30 * rows, 24 * rows, "stream"),
+    ]
 
 
 def predictions() -> list[Prediction]:
@@ -103,12 +109,16 @@ def lookup(kernel: str, shape: str) -> Prediction:
 
 
 def markdown() -> str:
-    lines = ["| kernel | shape | GFLOP | HBM GB | bound (ms) | predicted H200 (ms) | limited by |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| kernel | shape | GFLOP | HBM GB | bound (ms) | predicted H200 (ms) | limited by |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for p in predictions():
         limit = "compute" if p.flops / BF16_FLOPS >= p.bytes / HBM_BYTES_PER_S else "memory"
-        lines.append(f"| {p.kernel} | {p.shape} | {p.flops / 1e9:,.0f} | {p.bytes / 1e9:,.2f} | "
-                     f"{p.bound_s * 1e3:,.3f} | {p.predicted_s * 1e3:,.3f} | {limit} |")
+        lines.append(
+            f"| {p.kernel} | {p.shape} | {p.flops / 1e9:,.0f} | {p.bytes / 1e9:,.2f} | "
+            f"{p.bound_s * 1e3:,.3f} | {p.predicted_s * 1e3:,.3f} | {limit} |"
+        )
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ adapters, the LM head's forward and hidden-state gradient over the trained token
 attention's QK^T, PV and their input gradients over the pairs it computes; ``floor_seconds_no_attention``
 leaves the attention out, as the first measurements did).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,7 @@ LORA_RANK = 16
 
 def spiral_batch(shape, vocab: int, seed: int = 0):
     import spiral_fast as sf
+
     g = torch.Generator().manual_seed(seed)
     ids = lambda n: torch.randint(10, vocab, (n,), generator=g)  # noqa: E731
     length = lambda lo_hi: int(torch.randint(lo_hi[0], lo_hi[1] + 1, (1,), generator=g))  # noqa: E731
@@ -54,7 +56,7 @@ def spiral_batch(shape, vocab: int, seed: int = 0):
     for _ in range(shape.problems):
         prompt = ids(length(shape.prompt_tokens))
         traces = [ids(length(shape.trace_tokens)) for _ in range(shape.traces)]
-        sets = [torch.randperm(shape.traces, generator=g)[:shape.set_size].tolist() for _ in range(shape.sets)]
+        sets = [torch.randperm(shape.traces, generator=g)[: shape.set_size].tolist() for _ in range(shape.sets)]
         agg_prompts = [torch.cat([header, prompt] + [p for m in s for p in (ids(4), traces[m])]) for s in sets]
         aggs = [[ids(length(shape.agg_tokens)) for _ in range(shape.aggregations)] for _ in sets]
         rewards = torch.randint(0, 2, (shape.sets, shape.aggregations), generator=g).float()
@@ -66,12 +68,13 @@ def spiral_batch(shape, vocab: int, seed: int = 0):
 def grpo_samples(batch):
     """[(prompt ids, completion ids, advantage)] of the trained sequences, advantages rescaled so a
     token-mean over the whole batch is SPIRAL's loss (trace mean + aggregation mean)."""
-    from spiral_fast.policy_step.advantages import advantages
     import spiral_fast as sf
+    from spiral_fast.policy_step.advantages import advantages
+
     adv = advantages(batch, sf.SpiralConfig())
     seqs = batch.trained_sequences(list(range(len(batch.problems))), adv.agg, adv.trace)
     lens = [t.numel() - int(p) for t, p in zip(seqs.tokens, seqs.prompt_lens)]
-    n_trace, n_all = sum(lens[:seqs.num_trace]), sum(lens)
+    n_trace, n_all = sum(lens[: seqs.num_trace]), sum(lens)
     out = []
     for q, (t, p) in enumerate(zip(seqs.tokens, seqs.prompt_lens.tolist())):
         role = n_trace if q < seqs.num_trace else n_all - n_trace
@@ -81,13 +84,17 @@ def grpo_samples(batch):
 
 def padded(samples, pad_id: int, device):
     from trl.trainer.utils import pad
+
     prompts = [p for p, _, _ in samples]
     comps = [c for _, c, _ in samples]
     ones = lambda xs: [torch.ones_like(x) for x in xs]  # noqa: E731
-    return {"prompt_ids": pad(prompts, pad_id, "left").to(device), "prompt_mask": pad(ones(prompts), 0, "left").to(device),
-            "completion_ids": pad(comps, pad_id, "right").to(device),
-            "completion_mask": pad(ones(comps), 0, "right").to(device),
-            "advantages": torch.tensor([a for _, _, a in samples], device=device)}
+    return {
+        "prompt_ids": pad(prompts, pad_id, "left").to(device),
+        "prompt_mask": pad(ones(prompts), 0, "left").to(device),
+        "completion_ids": pad(comps, pad_id, "right").to(device),
+        "completion_mask": pad(ones(comps), 0, "right").to(device),
+        "advantages": torch.tensor([a for _, _, a in samples], device=device),
+    }
 
 
 def trl_actor(model, micro: int):
@@ -95,17 +102,38 @@ def trl_actor(model, micro: int):
     no vLLM, no KL, no entropy bonus, token-level ratios, loss_type "dapo"), and TRL's fused LM head."""
     from collections import defaultdict
     from contextlib import nullcontext
+
     from trl import GRPOTrainer
     from trl.trainer.utils import add_fused_lm_head
+
     add_fused_lm_head(model.get_base_model(), temperature=1.0, outputs=("log_probs", "entropy"))
-    acc = SimpleNamespace(autocast=nullcontext, num_processes=1, is_main_process=True, sync_gradients=True,
-                          gather=lambda x: x, gather_for_metrics=lambda x: x, reduce=lambda x, reduction="sum": x)
-    me = SimpleNamespace(model=model, accelerator=acc, loss_type="dapo", epsilon_low=CLIP[0], epsilon_high=CLIP[1],
-                         beta=0.0, top_entropy_quantile=1.0, off_policy_mask_threshold=None,
-                         importance_sampling_level="token", use_vllm=False, vllm_importance_sampling_correction=False,
-                         _entropy_bonus_enabled=False, aux_loss_enabled=False,
-                         args=SimpleNamespace(delta=None, steps_per_generation=1), current_gradient_accumulation_steps=1,
-                         _metrics={"train": defaultdict(list), "eval": defaultdict(list)})
+    acc = SimpleNamespace(
+        autocast=nullcontext,
+        num_processes=1,
+        is_main_process=True,
+        sync_gradients=True,
+        gather=lambda x: x,
+        gather_for_metrics=lambda x: x,
+        reduce=lambda x, reduction="sum": x,
+    )
+    me = SimpleNamespace(
+        model=model,
+        accelerator=acc,
+        loss_type="dapo",
+        epsilon_low=CLIP[0],
+        epsilon_high=CLIP[1],
+        beta=0.0,
+        top_entropy_quantile=1.0,
+        off_policy_mask_threshold=None,
+        importance_sampling_level="token",
+        use_vllm=False,
+        vllm_importance_sampling_correction=False,
+        _entropy_bonus_enabled=False,
+        aux_loss_enabled=False,
+        args=SimpleNamespace(delta=None, steps_per_generation=1),
+        current_gradient_accumulation_steps=1,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+    )
     me._get_per_token_logps_and_entropies = MethodType(GRPOTrainer._get_per_token_logps_and_entropies, me)
     return lambda inputs: GRPOTrainer._compute_loss(me, model, inputs)
 
@@ -114,7 +142,7 @@ def make_trl(model, batch, shape, tok, device):
     samples, n_all = grpo_samples(batch)
     micro = shape.trl_micro_batch
     compute = trl_actor(model, micro)
-    chunks = [samples[i:i + micro] for i in range(0, len(samples), micro)]
+    chunks = [samples[i : i + micro] for i in range(0, len(samples), micro)]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     inputs = [padded(c, pad_id, device) for c in chunks]
     for x in inputs:
@@ -127,6 +155,7 @@ def make_trl(model, batch, shape, tok, device):
             loss.backward()
             total += float(loss.detach())
         return total
+
     return run
 
 
@@ -134,7 +163,7 @@ def make_hf_forward(model, batch, shape, tok, device):
     samples, n_all = grpo_samples(batch)
     micro = shape.trl_micro_batch
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    chunks = [samples[i:i + micro] for i in range(0, len(samples), micro)]
+    chunks = [samples[i : i + micro] for i in range(0, len(samples), micro)]
 
     def run():
         total = 0.0
@@ -146,8 +175,8 @@ def make_hf_forward(model, batch, shape, tok, device):
             trained = torch.zeros(len(rows), width, dtype=torch.bool)
             adv = torch.zeros(len(rows), width)
             for i, ((p, q, a), r) in enumerate(zip(c, rows)):
-                ids[i, :r.numel()], mask[i, :r.numel()] = r, 1
-                trained[i, p.numel():r.numel()] = True
+                ids[i, : r.numel()], mask[i, : r.numel()] = r, 1
+                trained[i, p.numel() : r.numel()] = True
                 adv[i] = a
             ids, mask, trained, adv = ids.to(device), mask.to(device), trained.to(device), adv.to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
@@ -157,41 +186,51 @@ def make_hf_forward(model, batch, shape, tok, device):
             loss.backward()
             total += float(loss.detach())
         return total
+
     return run
 
 
 def make_spiral(model, batch, budget, fn_name="step", checkpointing=False):
     import spiral_fast as sf
+
     kw = dict(gradient_checkpointing=True) if checkpointing else {}
     config = sf.SpiralConfig(**kw) if budget is None else sf.SpiralConfig(max_tokens_per_micro_batch=budget, **kw)
     fn = getattr(sf, fn_name)
     return lambda: float(fn(model, batch, config=config).loss), config
 
 
-def matmul_floor(model_config, unique: int, trained: int, device, dtype,
-                 attention_pairs: int = 0) -> tuple[float, float, float]:
+def matmul_floor(
+    model_config, unique: int, trained: int, device, dtype, attention_pairs: int = 0
+) -> tuple[float, float, float]:
     """(seconds, flops, seconds of the attention's share) of plain torch.mm calls with the step's unavoidable FLOPs (see the docstring).
 
     attention_pairs: the (query, key) pairs of the packed tree attention (sum over the unique tokens of
     the keys each attends to); per layer and head they cost QK^T and PV forward and dQ, dK, dV, dP
     backward: six [T, d] x [d, c] products (c = pairs / T), timed as such."""
     from spiral_fast.policy_step.memory_estimate import _dims
+
     d = _dims(model_config)
     h, i, q, kv = d["hidden"], d["intermediate"], d["q"], d["kv"]
     linears = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
     shapes = []  # (m, k, n): [m, k] @ [k, n]
     for fan_in, fan_out in linears:
-        shapes += [(unique, fan_in, fan_out), (unique, fan_out, fan_in)]                       # forward, dX
+        shapes += [(unique, fan_in, fan_out), (unique, fan_out, fan_in)]  # forward, dX
         r = LORA_RANK
-        shapes += [(unique, fan_in, r), (unique, r, fan_out), (r, unique, fan_out), (unique, fan_out, r),
-                   (fan_in, unique, r), (unique, r, fan_in)]                                   # LoRA fwd + bwd
+        shapes += [
+            (unique, fan_in, r),
+            (unique, r, fan_out),
+            (r, unique, fan_out),
+            (unique, fan_out, r),
+            (fan_in, unique, r),
+            (unique, r, fan_in),
+        ]  # LoRA fwd + bwd
     shapes = [s for s in shapes for _ in range(d["layers"])]
     attention = []
     if attention_pairs:
         head_dim, ctx = q // d["heads"], max(1, round(attention_pairs / unique))
         attention = [(unique, head_dim, ctx), (unique, ctx, head_dim)] * (3 * d["heads"] * d["layers"])
     vocab = model_config.vocab_size
-    shapes += [(trained, h, vocab), (trained, vocab, h)]                                       # LM head, dH
+    shapes += [(trained, h, vocab), (trained, vocab, h)]  # LM head, dH
     flops = sum(2 * m * k * n for m, k, n in shapes + attention)
     cache = {}
     for s in set(shapes + attention):
@@ -235,11 +274,14 @@ def rss_now() -> int:
 
 def load(device):
     from peft import LoraConfig, get_peft_model
+
     from spiral_fast.models.loading import load_causal_lm, smollm2_gguf_path
+
     dtype = "float32" if device == "cpu" else "bfloat16"
     model, tok = load_causal_lm(smollm2_gguf_path(), dtype)
-    model = get_peft_model(model.to(device), LoraConfig(r=LORA_RANK, lora_alpha=32, target_modules="all-linear",
-                                                         task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model.to(device), LoraConfig(r=LORA_RANK, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     model.train()
     return model, tok
 
@@ -267,17 +309,28 @@ def main(argv=None):
         extra["micro_batch_samples"] = int(micro)
     if case.startswith("spiral_fast") or case == "step_reference":
         ckpt = case.endswith("-ckpt")  # spiral_fast-ckpt: the defaults plus activation checkpointing
-        budget = None if case in ("spiral_fast", "step_reference", "spiral_fast-ckpt") else (
-            "auto" if case.endswith("auto") else int(case.rsplit("-", 1)[1]))
+        budget = (
+            None
+            if case in ("spiral_fast", "step_reference", "spiral_fast-ckpt")
+            else ("auto" if case.endswith("auto") else int(case.rsplit("-", 1)[1]))
+        )
         fn_name = "step_reference" if case == "step_reference" else "step"
         run, config = make_spiral(model, batch, budget, fn_name, ckpt)
         warm_run = make_spiral(model, warm, budget, checkpointing=ckpt)[0]
         from spiral_fast.policy_step.memory_estimate import activation_bytes_per_token, micro_batch_budget
         from spiral_fast.policy_step.microbatch import micro_batches
+
         resolved = micro_batch_budget(model, config)
-        extra.update(budget=resolved, micro_batches=len(micro_batches(batch, resolved)),
-                     estimate_bytes_per_token=activation_bytes_per_token(
-                         model.config, dtype=next(model.parameters()).dtype, lora_rank=LORA_RANK, checkpointing=config.gradient_checkpointing))
+        extra.update(
+            budget=resolved,
+            micro_batches=len(micro_batches(batch, resolved)),
+            estimate_bytes_per_token=activation_bytes_per_token(
+                model.config,
+                dtype=next(model.parameters()).dtype,
+                lora_rank=LORA_RANK,
+                checkpointing=config.gradient_checkpointing,
+            ),
+        )
     elif case == "trl":
         run = make_trl(model, batch, shape, tok, device)
         warm_run = None  # the TRL closure holds its inputs; warm up with its first call's own shapes below
@@ -304,17 +357,30 @@ def main(argv=None):
     seconds = time.perf_counter() - t0
     peak = peak_bytes(device)
     from spiral_fast.packing import pack_sequences
+
     samples, n_all = grpo_samples(batch)
     packed = pack_sequences([torch.cat([p, c]) for p, c, _ in samples])
     unique = packed.num_tokens
     pairs = int((packed.position_ids.long() + 1).sum())  # a trie: each token attends to its path from the root
-    out = dict(case=args.case, shape=shape.name, device=device, threads=args.threads, seconds=seconds, peak_bytes=peak,
-               peak_delta_bytes=peak - base, loss=loss, trained_tokens=n_all, unique_tokens=unique,
-               padded_tokens=sum(p.numel() + c.numel() for p, c, _ in samples), **extra)
+    out = dict(
+        case=args.case,
+        shape=shape.name,
+        device=device,
+        threads=args.threads,
+        seconds=seconds,
+        peak_bytes=peak,
+        peak_delta_bytes=peak - base,
+        loss=loss,
+        trained_tokens=n_all,
+        unique_tokens=unique,
+        padded_tokens=sum(p.numel() + c.numel() for p, c, _ in samples),
+        **extra,
+    )
     if case.startswith("spiral_fast") and not args.no_floor:
         model.zero_grad(set_to_none=True)
         out["floor_seconds"], out["floor_flops"], attention = matmul_floor(
-            model.config, unique, n_all, device, next(model.parameters()).dtype, pairs)
+            model.config, unique, n_all, device, next(model.parameters()).dtype, pairs
+        )
         out["floor_seconds_no_attention"] = out["floor_seconds"] - attention
     print("RESULT " + json.dumps(out), flush=True)
 

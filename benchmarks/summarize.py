@@ -1,5 +1,6 @@
 """Print the table of the newest benchmark records (benchmarks/.results/*.json) — used last by
 gpu_check.sh so the short table is the final thing a GPU run prints."""
+
 import json
 import sys
 from pathlib import Path

@@ -6,6 +6,7 @@ seeds make a problem's samples independent of its batch up to float rounding).
 
     python scripts/bench_loop_batching.py [--problems 4] [--repeats 2] [--tokens 24]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,17 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     rows = [{"problem": f"What is {a} + {b}?", "answer": str(a + b)} for a, b in zip(range(3, 40, 7), range(5, 60, 9))]
     task = MathTask(AutoTokenizer.from_pretrained(folder), rows, reward="exact", reward_timeout_s=None)
-    config = RolloutConfig(engine="hf", problems_per_step=args.problems, num_traces=4, set_size=2, num_sets=2,
-                           num_aggregations=2, max_new_tokens=args.tokens, agg_max_new_tokens=args.tokens)
-    problems, seeds = rows[:args.problems], [1000 + p for p in range(args.problems)]
+    config = RolloutConfig(
+        engine="hf",
+        problems_per_step=args.problems,
+        num_traces=4,
+        set_size=2,
+        num_sets=2,
+        num_aggregations=2,
+        max_new_tokens=args.tokens,
+        agg_max_new_tokens=args.tokens,
+    )
+    problems, seeds = rows[: args.problems], [1000 + p for p in range(args.problems)]
     sampler = HFSampler(model, pad_token_id=task.pad_token_id)
     times = {"batched": [], "per_problem": []}
     for _ in range(args.repeats):
@@ -45,14 +54,21 @@ def main() -> None:
         t2 = time.perf_counter()
         times["batched"].append(t1 - t0)
         times["per_problem"].append(t2 - t1)
-    same_t = sum(a.tolist() == b.tolist() for pa, pb in zip(batched.problems, single)
-                 for a, b in zip(pa.traces, pb.traces))
-    same_z = sum(a.tolist() == b.tolist() for pa, pb in zip(batched.problems, single)
-                 for za, zb in zip(pa.aggregations, pb.aggregations) for a, b in zip(za, zb))
+    same_t = sum(
+        a.tolist() == b.tolist() for pa, pb in zip(batched.problems, single) for a, b in zip(pa.traces, pb.traces)
+    )
+    same_z = sum(
+        a.tolist() == b.tolist()
+        for pa, pb in zip(batched.problems, single)
+        for za, zb in zip(pa.aggregations, pb.aggregations)
+        for a, b in zip(za, zb)
+    )
     n_t, n_z = args.problems * config.num_traces, args.problems * config.num_sets * config.num_aggregations
     b, s = min(times["batched"]), min(times["per_problem"])
-    print(f"P={args.problems} N=4 M=2 K=2 G=2, {args.tokens} tokens: batched {b:.1f} s, per problem {s:.1f} s "
-          f"(best of {args.repeats}; per problem / batched = {s / b:.2f}); all runs: {times}")
+    print(
+        f"P={args.problems} N=4 M=2 K=2 G=2, {args.tokens} tokens: batched {b:.1f} s, per problem {s:.1f} s "
+        f"(best of {args.repeats}; per problem / batched = {s / b:.2f}); all runs: {times}"
+    )
     print(f"identical: traces {same_t}/{n_t}, aggregation responses {same_z}/{n_z}")
 
 

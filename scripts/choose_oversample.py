@@ -7,6 +7,7 @@ ceil(shortfall * (1 + oversample)) problems, each informative with probability q
 
     python scripts/choose_oversample.py [benchmarks/results/smollm2/spiral_metrics.jsonl]
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,17 @@ def fit(rows: list[dict]) -> tuple[float, float, float]:
     return q, float(cp), float(cr)
 
 
-def simulate(problems: int, oversample: float, q: float, cp: float, cr: float, *, max_extra_rounds: int = 4,
-             trials: int = 2000, seed: int = 0) -> dict:
+def simulate(
+    problems: int,
+    oversample: float,
+    q: float,
+    cp: float,
+    cr: float,
+    *,
+    max_extra_rounds: int = 4,
+    trials: int = 2000,
+    seed: int = 0,
+) -> dict:
     """Expected seconds per trained problem, rounds, sampled and kept problems of one step."""
     rng = np.random.default_rng(seed)
     cost = kept = rounds = sampled = 0.0
@@ -38,21 +48,29 @@ def simulate(problems: int, oversample: float, q: float, cp: float, cr: float, *
             if have >= problems:
                 break
         kept += have
-    return {"s_per_trained_problem": cost / kept, "rounds": rounds / trials, "sampled": sampled / trials,
-            "kept": kept / trials}
+    return {
+        "s_per_trained_problem": cost / kept,
+        "rounds": rounds / trials,
+        "sampled": sampled / trials,
+        "kept": kept / trials,
+    }
 
 
 def main(path: str) -> None:
     with open(path) as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     q, cp, cr = fit(rows)
-    print(f"{path}: {len(rows)} steps, informative fraction q = {q:.3f}, {cp:.2f} s per sampled problem, "
-          f"{cr:.2f} s per round")
+    print(
+        f"{path}: {len(rows)} steps, informative fraction q = {q:.3f}, {cp:.2f} s per sampled problem, "
+        f"{cr:.2f} s per round"
+    )
     for problems in (2, 8, 256):
         for oversample in (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0):
             r = simulate(problems, oversample, q, cp, cr, trials=2000 if problems < 100 else 300)
-            print(f"P={problems:3d} oversample={oversample:.1f}: {r['s_per_trained_problem']:6.2f} s per trained "
-                  f"problem, {r['rounds']:.2f} rounds, {r['sampled']:6.1f} sampled, {r['kept']:6.2f} kept")
+            print(
+                f"P={problems:3d} oversample={oversample:.1f}: {r['s_per_trained_problem']:6.2f} s per trained "
+                f"problem, {r['rounds']:.2f} rounds, {r['sampled']:6.1f} sampled, {r['kept']:6.2f} kept"
+            )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ traces and aggregations of up to 4096 tokens) under two plain length models:
 Prints one line per (model, P, slots): the mean over seeds of the two-phase and the pipelined
 critical path and their ratio. slots 0 = unlimited concurrency.
 """
+
 import argparse
 import json
 import random
@@ -21,8 +22,9 @@ from spiral_fast.rollout.pipeline import critical_path
 CAP = 4096
 
 
-def lengths(model: str, difficulty: list[float], per_problem: int, rng: random.Random,
-            median: int = 1500) -> list[list[int]]:
+def lengths(
+    model: str, difficulty: list[float], per_problem: int, rng: random.Random, median: int = 1500
+) -> list[list[int]]:
     out = []
     for d in difficulty:
         if model == "lognormal":
@@ -55,9 +57,18 @@ def main():
                     kw = {} if slots == 0 else {"max_running": slots}
                     two += critical_path(tr, ag, pipelined=False, **kw)
                     pipe += critical_path(tr, ag, pipelined=True, **kw)
-                print(json.dumps({"model": model if model == "uniform" else f"lognormal median {args.median}", "problems": P, "slots": slots or "unlimited",
-                                  "two_phase": round(two / args.seeds), "pipelined": round(pipe / args.seeds),
-                                  "ratio": round(pipe / two, 3)}))
+                print(
+                    json.dumps(
+                        {
+                            "model": model if model == "uniform" else f"lognormal median {args.median}",
+                            "problems": P,
+                            "slots": slots or "unlimited",
+                            "two_phase": round(two / args.seeds),
+                            "pipelined": round(pipe / args.seeds),
+                            "ratio": round(pipe / two, 3),
+                        }
+                    )
+                )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ problem text is in both (checked before writing).
 
 ``scripts/measure_base_model.py`` imports ``TASKS`` and ``split`` from here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,10 @@ TASKS = {
     "add_0_20": ("a + b, a and b in 0..20 (441 problems)", lambda: _pairs(range(21), range(21), "+")),
     "add_2d1d": ("a + b, a in 10..99, b in 0..9 (900 problems)", lambda: _pairs(range(10, 100), range(10), "+")),
     "add_2d": ("a + b, a and b in 10..99 (8100 problems)", lambda: _pairs(range(10, 100), range(10, 100), "+")),
-    "sub_0_20": ("a - b, 0 <= b <= a <= 20 (231 problems)",
-                 lambda: _pairs(range(21), range(21), "-", keep=lambda a, b: b <= a)),
+    "sub_0_20": (
+        "a - b, 0 <= b <= a <= 20 (231 problems)",
+        lambda: _pairs(range(21), range(21), "-", keep=lambda a, b: b <= a),
+    ),
     "sub_2d1d": ("a - b, a in 10..99, b in 0..9 (900 problems)", lambda: _pairs(range(10, 100), range(10), "-")),
     "mul_1d": ("a * b, a and b in 1..9 (81 problems)", lambda: _pairs(range(1, 10), range(1, 10), "*")),
     "mul_2_12": ("a * b, a and b in 2..12 (121 problems)", lambda: _pairs(range(2, 13), range(2, 13), "*")),
@@ -70,8 +73,9 @@ def main(argv=None) -> None:
     parser.add_argument("--eval", type=int, default=300, help="held-out problems (default 300)")
     parser.add_argument("--train", type=int, default=None, help="cap on train problems (default: all the rest)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples",
-                                                      "data"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "data")
+    )
     args = parser.parse_args(argv)
     train, held_out = split(args.task, args.eval, args.seed, args.train)
     os.makedirs(args.out, exist_ok=True)

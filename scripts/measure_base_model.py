@@ -13,6 +13,7 @@ Run it by path, not from the repo root (``kernels/`` there shadows Hugging Face'
     VLLM_ENABLE_V1_MULTIPROCESSING=0 /work/venv-vllm/bin/python scripts/measure_base_model.py \\
         --tasks add_1d add_2d1d --prompts default terse --out /tmp/search.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_arithmetic_data import TASKS, split  # noqa: E402
 
 TERSE = "{problem} Answer with only the final number inside \\boxed{}."
-TERSE_AGG = ("Here is a problem and several candidate answers, which may contain mistakes.\n\n"
-             "Problem:\n{problem}\n\nCandidate answers:\n{candidates}\n"
-             "Check the candidates and give the correct answer. Answer with only the final number inside \\boxed{}.")
+TERSE_AGG = (
+    "Here is a problem and several candidate answers, which may contain mistakes.\n\n"
+    "Problem:\n{problem}\n\nCandidate answers:\n{candidates}\n"
+    "Check the candidates and give the correct answer. Answer with only the final number inside \\boxed{}."
+)
 
 
 def lora_timing(model_path: str | None, tokens: int, threads: int, reps: int = 3) -> dict:
@@ -46,8 +49,11 @@ def lora_timing(model_path: str | None, tokens: int, threads: int, reps: int = 3
     model, _ = load_causal_lm(model_path or smollm2_gguf_path(), "float32")
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
     model.train()
-    out = {"threads": threads, "tokens": tokens,
-           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    out = {
+        "threads": threads,
+        "tokens": tokens,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
     g = torch.Generator().manual_seed(0)
     for shape in ((1, tokens), (12, tokens // 12)):
         ids = torch.randint(0, model.config.vocab_size, shape, generator=g)
@@ -78,8 +84,12 @@ def main(argv=None) -> None:
     parser.add_argument("--problems", type=int, default=200, help="held-out problems per task (capped by the task)")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 48, 64])
-    parser.add_argument("--agg-task", default=None, choices=sorted(TASKS) + ["auto"],
-                        help="auto: the measured task whose pass@1 at --agg-trace-len is nearest 0.3")
+    parser.add_argument(
+        "--agg-task",
+        default=None,
+        choices=sorted(TASKS) + ["auto"],
+        help="auto: the measured task whose pass@1 at --agg-trace-len is nearest 0.3",
+    )
     parser.add_argument("--agg-search-prompt", default="terse", choices=sorted(search_prompts))
     parser.add_argument("--agg-prompts", nargs="+", default=["default"], choices=sorted(agg_prompts))
     parser.add_argument("--agg-trace-len", type=int, default=32)
@@ -87,8 +97,13 @@ def main(argv=None) -> None:
     parser.add_argument("--agg-samples", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    parser.add_argument("--lora-timing", type=int, default=None, metavar="TOKENS",
-                        help="only time a rank-16 LoRA forward+backward over TOKENS tokens (no vLLM)")
+    parser.add_argument(
+        "--lora-timing",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="only time a rank-16 LoRA forward+backward over TOKENS tokens (no vLLM)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of --lora-timing")
     args = parser.parse_args(argv)
     if args.lora_timing is not None:
@@ -136,10 +151,17 @@ def main(argv=None) -> None:
             ids = [prompter.search(p) for p, _ in items]
             traces, tokens, seconds = generate(ids, args.samples, max(args.lengths))
             samples_seen[(task, name)] = (items, ids, traces, prompter)
-            row = {"task": task, "prompt": name, "problems": len(items), "samples": args.samples,
-                   "gen_tokens": tokens, "seconds": round(seconds, 2), "tok_per_s": round(tokens / seconds, 1),
-                   "mean_len": round(tokens / (len(items) * args.samples), 1),
-                   "prompt_len": round(sum(map(len, ids)) / len(ids), 1)}
+            row = {
+                "task": task,
+                "prompt": name,
+                "problems": len(items),
+                "samples": args.samples,
+                "gen_tokens": tokens,
+                "seconds": round(seconds, 2),
+                "tok_per_s": round(tokens / seconds, 1),
+                "mean_len": round(tokens / (len(items) * args.samples), 1),
+                "prompt_len": round(sum(map(len, ids)) / len(ids), 1),
+            }
             for length in args.lengths:
                 r = [score(t, a, length) for (_, a), per in zip(items, traces) for t in per]
                 solved = [any(score(t, a, length) for t in per) for (_, a), per in zip(items, traces)]
@@ -164,26 +186,33 @@ def main(argv=None) -> None:
             ids = [prompter.search(p) for p, _ in items]
             samples_seen[key] = (items, ids, generate(ids, max(2, args.samples), args.agg_trace_len)[0], prompter)
         items, ids, traces, prompter = samples_seen[key]
-        cands = [[t[:args.agg_trace_len] for t in per[:2]] for per in traces]
+        cands = [[t[: args.agg_trace_len] for t in per[:2]] for per in traces]
         n_right = [sum(score(c, a, args.agg_trace_len) for c in cs) for (_, a), cs in zip(items, cands)]
         for agg_name in args.agg_prompts:
             prompter.texts["aggregation"] = agg_prompts[agg_name]
             agg_ids = [prompter.template(x, cs) for x, cs in zip(ids, cands)]
             outs, tokens, seconds = generate(agg_ids, args.agg_samples, max(args.agg_lengths))
-            row = {"task": args.agg_task, "search_prompt": args.agg_search_prompt, "agg_prompt": agg_name,
-                   "trace_len": args.agg_trace_len, "problems": len(items), "agg_samples": args.agg_samples,
-                   "candidate_pass1": round(sum(n_right) / (2 * len(items)), 4),
-                   "agg_prompt_len": round(sum(map(len, agg_ids)) / len(agg_ids), 1),
-                   "gen_tokens": tokens, "seconds": round(seconds, 2), "tok_per_s": round(tokens / seconds, 1),
-                   "mean_len": round(tokens / (len(items) * args.agg_samples), 1)}
+            row = {
+                "task": args.agg_task,
+                "search_prompt": args.agg_search_prompt,
+                "agg_prompt": agg_name,
+                "trace_len": args.agg_trace_len,
+                "problems": len(items),
+                "agg_samples": args.agg_samples,
+                "candidate_pass1": round(sum(n_right) / (2 * len(items)), 4),
+                "agg_prompt_len": round(sum(map(len, agg_ids)) / len(agg_ids), 1),
+                "gen_tokens": tokens,
+                "seconds": round(seconds, 2),
+                "tok_per_s": round(tokens / seconds, 1),
+                "mean_len": round(tokens / (len(items) * args.agg_samples), 1),
+            }
             for length in args.agg_lengths:
                 r = [[score(t, a, length) for t in per] for (_, a), per in zip(items, outs)]
                 flat = [x for per in r for x in per]
                 row[f"agg_reward@{length}"] = round(sum(flat) / len(flat), 4)
                 for k in (0, 1, 2):
                     sel = [x for per, nr in zip(r, n_right) if nr == k for x in per]
-                    row[f"agg_reward@{length}|{k}_right"] = (round(sum(sel) / len(sel), 4) if sel else None,
-                                                             len(sel))
+                    row[f"agg_reward@{length}|{k}_right"] = (round(sum(sel) / len(sel), 4) if sel else None, len(sel))
             results["aggregation"].append(row)
             print(json.dumps(row), flush=True)
             dump()

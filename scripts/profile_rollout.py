@@ -17,6 +17,7 @@ step, and the ratio to "before".
     python scripts/profile_rollout.py [--problems 2] [--traces 4] [--sets 2] [--set-size 2] [--aggs 4]
                                       [--tokens 48] [--repeats 2] [--profile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ def build(rank: int = 16):
 
     model, tokenizer = load_causal_lm(smollm2_gguf_path(), "float32")
     torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
+    )
     with torch.no_grad():  # PEFT starts B at 0 (a no-op adapter): a trained adapter is not
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -50,9 +52,18 @@ def old_sample_hf(model, prompts, num_samples, *, max_new_tokens, temperature, p
     width = max(len(p) for p in rows)
     ids = torch.tensor([[pad_token_id] * (width - len(p)) + p for p in rows])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
-    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=None, pad_token_id=pad_token_id,
-                              return_dict_in_generate=True, output_logits=True, remove_invalid_values=True,
-                              do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=None,
+        pad_token_id=pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=True,
+        remove_invalid_values=True,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+    )
     model.eval()
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
@@ -85,12 +96,17 @@ def main(argv=None):
     problems = []
     for p in range(args.problems):
         a, b = torch.randint(10, 99, (2,), generator=gen).tolist()
-        text = tok.apply_chat_template([{"role": "user", "content": f"What is {a} + {b}? Answer with only the "
-                                         "final number inside \\boxed{}."}], add_generation_prompt=True, tokenize=False)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": f"What is {a} + {b}? Answer with only the final number inside \\boxed{{}}."}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
         x = tok.encode(text, add_special_tokens=False)
         # aggregation prompts: x + K distinct stand-in traces of --tokens tokens (the sampled length)
-        aggs = [x + torch.randint(100, 20000, (args.set_size * args.tokens,), generator=gen).tolist()
-                for _ in range(args.sets)]
+        aggs = [
+            x + torch.randint(100, 20000, (args.set_size * args.tokens,), generator=gen).tolist()
+            for _ in range(args.sets)
+        ]
         problems.append((x, aggs))
     T = 1.0
 
@@ -98,8 +114,9 @@ def main(argv=None):
         return old_sample_hf(m, prompts, n, max_new_tokens=args.tokens, temperature=T)
 
     def new(fn, m):
-        return lambda prompts, n: fn(m, prompts, n, max_new_tokens=args.tokens, temperature=T, eos_token_id=None,
-                                     pad_token_id=0, logprobs=True)
+        return lambda prompts, n: fn(
+            m, prompts, n, max_new_tokens=args.tokens, temperature=T, eos_token_id=None, pad_token_id=0, logprobs=True
+        )
 
     def per_problem(sample):
         for x, aggs in problems:
@@ -130,13 +147,16 @@ def main(argv=None):
     P, N, M, G, L = args.problems, args.traces, args.sets, args.aggs, args.tokens
     tokens = P * (N + M * G) * L
     base = best[next(iter(paths))]
-    print(f"torch threads {torch.get_num_threads()}; shape P={P} N={N} M={M} K={args.set_size} G={G} L={L}: "
-          f"{tokens} sampled tokens; best of {args.repeats}")
+    print(
+        f"torch threads {torch.get_num_threads()}; shape P={P} N={N} M={M} K={args.set_size} G={G} L={L}: "
+        f"{tokens} sampled tokens; best of {args.repeats}"
+    )
     print(f"{'path':52s} {'seconds':>8s} {'tok/s':>7s} {'ms/decode step':>15s} {'time vs before':>14s}")
     for name, seconds in best.items():
         steps = (P if "per problem" in name else 1) * 2 * L  # sequential decode steps
-        print(f"{name:52s} {seconds:8.2f} {tokens / seconds:7.1f} {1000 * seconds / steps:15.1f} "
-              f"{seconds / base:13.2f}x")
+        print(
+            f"{name:52s} {seconds:8.2f} {tokens / seconds:7.1f} {1000 * seconds / steps:15.1f} {seconds / base:13.2f}x"
+        )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

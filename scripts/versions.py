@@ -1,5 +1,6 @@
 """Print the versions a test leg runs with (``.ci/run`` calls it before each leg):
 ``python scripts/versions.py LABEL`` -> one line, e.g. ``[leg 1] torch 2.13.0+cpu, transformers 5.25.0, ...``."""
+
 from __future__ import annotations
 
 import importlib.metadata

@@ -3,6 +3,7 @@
 Public names are resolved lazily so that ``import spiral_fast`` has no side effects and needs
 neither Triton, transformers nor a GPU; each name imports its module on first use.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -53,8 +54,20 @@ _EXPORTS = {
 }
 
 # Submodules reachable as attributes (spiral_fast.models, spiral_fast.rollout, ...).
-_SUBMODULES = {"algorithm", "cli", "distributed", "evaluate", "kernels", "models", "ops", "packing", "policy_step", "recipe", "rollout",
-               "tasks"}
+_SUBMODULES = {
+    "algorithm",
+    "cli",
+    "distributed",
+    "evaluate",
+    "kernels",
+    "models",
+    "ops",
+    "packing",
+    "policy_step",
+    "recipe",
+    "rollout",
+    "tasks",
+}
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
@@ -75,12 +88,17 @@ def __dir__():
 
 if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.algorithm.advantages import SpiralAdvantages, spiral_advantages
-    from spiral_fast.ops.policy_loss.op import PolicyLossStats, policy_loss
     from spiral_fast.models import packed_hidden_states
-    from spiral_fast.ops.logprobs.op import logprobs_from_logits, token_logprobs
     from spiral_fast.ops.checks import self_check
+    from spiral_fast.ops.logprobs.op import logprobs_from_logits, token_logprobs
+    from spiral_fast.ops.policy_loss.op import PolicyLossStats, policy_loss
     from spiral_fast.ops.tree_attention.op import tree_attention
     from spiral_fast.packing import PackedBatch, PredictionRows, pack_sequences
+    from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
+    from spiral_fast.policy_step.config import SpiralConfig
+    from spiral_fast.policy_step.logprobs import BatchLogprobs, batch_logprobs
+    from spiral_fast.policy_step.reference_step import step_reference
+    from spiral_fast.policy_step.step import StepOutput, step
     from spiral_fast.rollout.config import RolloutConfig
     from spiral_fast.rollout.sampler import HFSampler, Sampler
     from spiral_fast.rollout.vllm import VLLMSampler
@@ -88,8 +106,3 @@ if TYPE_CHECKING:  # static analysers see the real names
     from spiral_fast.tasks.math import MathTask
     from spiral_fast.tasks.reasoning_gym import ReasoningGymTask
     from spiral_fast.tasks.toy import ToyTask
-    from spiral_fast.policy_step.batch import ProblemRollout, SpiralBatch
-    from spiral_fast.policy_step.config import SpiralConfig
-    from spiral_fast.policy_step.logprobs import BatchLogprobs, batch_logprobs
-    from spiral_fast.policy_step.reference_step import step_reference
-    from spiral_fast.policy_step.step import StepOutput, step

@@ -6,6 +6,7 @@ Rules by annotation: ``bool`` must be a bool; ``int`` an int >= 1 and ``float`` 
 unless ``minimum`` lowers the bound (inclusive); ``str`` one of ``choices`` when given; ``X | None``
 may also be None; ``list`` / ``dict`` of that type.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,9 @@ def check_settings(obj, prefix: str = "") -> None:
         if isinstance(value, float) and float in types:
             low = 0.0 if minimum is None else minimum
             if not math.isfinite(value) or value < low or (minimum is None and value == 0):
-                raise ValueError(f"{name} must be a finite number {'> 0' if minimum is None else f'>= {low}'}, "
-                                 f"got {value!r}")
+                raise ValueError(
+                    f"{name} must be a finite number {'> 0' if minimum is None else f'>= {low}'}, got {value!r}"
+                )
         elif isinstance(value, int) and int in types:
             low = 1 if minimum is None else minimum
             if value < low:

@@ -2,13 +2,14 @@
 
 Imported by ops, packing, training and (sparingly) kernels; imports nothing heavy itself.
 """
+
 from __future__ import annotations
 
 import contextlib
 import functools
 import importlib.util
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -76,13 +77,11 @@ def check_index_range(name: str, idx: torch.Tensor, upper: int, *, ignore_value:
         bad &= idx != ignore_value
     if bool(bad.any()):
         pos = bad.nonzero()[0].tolist()
-        raise ValueError(
-            f"{name} must lie in [0, {upper}), got {idx[tuple(pos)].item()} at index {tuple(pos)}"
-        )
+        raise ValueError(f"{name} must lie in [0, {upper}), got {idx[tuple(pos)].item()} at index {tuple(pos)}")
 
 
 # --------------------------------------------------------------------------- backends
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     """True when Triton can be imported (no import happens here: find_spec only)."""
     return importlib.util.find_spec("triton") is not None

@@ -1,4 +1,5 @@
 """The `spiral-fast` console script: `spiral-fast demo`, `spiral-fast eval` and `spiral-fast profile-memory`."""
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,15 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if ("(default" in text or "%(default)" in text or not action.option_strings or default is None
-                or default is False or default is argparse.SUPPRESS or default == []):
+        if (
+            "(default" in text
+            or "%(default)" in text
+            or not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+        ):
             return text
         if isinstance(default, (list, tuple)):
             return text + " (default: " + ",".join(map(str, default)).replace("%", "%%") + ")"
@@ -86,52 +94,84 @@ def _add_options(parser, config_cls, helps: dict, *, prefix: str = "", choices: 
             opts = {"type": float}
         elif f.name == "seed":
             opts = {"type": int}
-        parser.add_argument("--" + (prefix + f.name).replace("_", "-"), default=getattr(defaults, f.name),
-                            help=helps[f.name], **opts)
+        parser.add_argument(
+            "--" + (prefix + f.name).replace("_", "-"), default=getattr(defaults, f.name), help=helps[f.name], **opts
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spiral-fast",
         description="SPIRAL training steps made fast: a CPU demo of the full loop, its evaluation "
-                    "and a memory profiler.")
+        "and a memory profiler.",
+    )
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
-        "demo", help="train a tiny random model on a toy task with the full SPIRAL loop (CPU, minutes)",
+        "demo",
+        help="train a tiny random model on a toy task with the full SPIRAL loop (CPU, minutes)",
         description="Rollouts (N traces, M sets of K, G aggregations; transformers generate) then "
-                    "spiral_fast.step with AdamW, per iteration; prints one metrics line per "
-                    "iteration and writes a PNG of aggregation reward and set value. With --compare "
-                    "grpo: trains SPIRAL and GRPO from the same seed, evaluates both (options "
-                    "--eval-*) and writes a PNG of pass@k, majority vote and RSA.",
-        formatter_class=_HelpFormatter)
+        "spiral_fast.step with AdamW, per iteration; prints one metrics line per "
+        "iteration and writes a PNG of aggregation reward and set value. With --compare "
+        "grpo: trains SPIRAL and GRPO from the same seed, evaluates both (options "
+        "--eval-*) and writes a PNG of pass@k, majority vote and RSA.",
+        formatter_class=_HelpFormatter,
+    )
     _add_options(demo, DemoConfig, DemoConfig.help(), choices=CHOICES)
     demo.add_argument("--out", default="runs/spiral_demo.png", help="path of the PNG plot")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    demo.add_argument("--save", default=None, metavar="DIR",
-                      help="save the trained model (save_pretrained) and its settings for `spiral-fast eval`")
-    demo.add_argument("--compare", default=None, choices=[m for m in METHODS if m != "spiral"],
-                      help="also train this baseline from the same seed and compare both at test time")
+    demo.add_argument(
+        "--save",
+        default=None,
+        metavar="DIR",
+        help="save the trained model (save_pretrained) and its settings for `spiral-fast eval`",
+    )
+    demo.add_argument(
+        "--compare",
+        default=None,
+        choices=[m for m in METHODS if m != "spiral"],
+        help="also train this baseline from the same seed and compare both at test time",
+    )
     _add_options(demo, EvalConfig, _EVAL_HELP, prefix="eval_")
 
     ev = sub.add_parser(
-        "eval", help="pass@k, majority vote and recursive self-aggregation of a demo model",
+        "eval",
+        help="pass@k, majority vote and recursive self-aggregation of a demo model",
         description="Evaluates a model saved by `spiral-fast demo --save DIR` (or a fresh random one) "
-                    "on the toy task: pass@k and majority vote over k = 1..samples traces, and RSA over "
-                    "its steps; prints a table and writes one PNG.",
-        formatter_class=_HelpFormatter)
-    ev.add_argument("--model", default=None, metavar="DIR",
-                    help="folder written by `spiral-fast demo --save` (default: a fresh random model "
-                         "with the demo's default settings, seeded by --seed)")
-    ev.add_argument("--config", default=None, metavar="TOML",
-                    help="instead of a demo model: the model of a `spiral-fast train` config (model.path, LoRA "
-                         "adapter of --checkpoint) on its data.eval problems, sampled with rollout.engine and "
-                         "rollout.max_new_tokens / agg_max_new_tokens")
-    ev.add_argument("--checkpoint", default=None, metavar="DIR",
-                    help="with --config: a checkpoint-STEP folder of that run (default: the base model)")
-    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                    help="with --config: override one config key (repeatable)")
+        "on the toy task: pass@k and majority vote over k = 1..samples traces, and RSA over "
+        "its steps; prints a table and writes one PNG.",
+        formatter_class=_HelpFormatter,
+    )
+    ev.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help="folder written by `spiral-fast demo --save` (default: a fresh random model "
+        "with the demo's default settings, seeded by --seed)",
+    )
+    ev.add_argument(
+        "--config",
+        default=None,
+        metavar="TOML",
+        help="instead of a demo model: the model of a `spiral-fast train` config (model.path, LoRA "
+        "adapter of --checkpoint) on its data.eval problems, sampled with rollout.engine and "
+        "rollout.max_new_tokens / agg_max_new_tokens",
+    )
+    ev.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="DIR",
+        help="with --config: a checkpoint-STEP folder of that run (default: the base model)",
+    )
+    ev.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="with --config: override one config key (repeatable)",
+    )
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     _add_options(ev, EvalConfig, _EVAL_HELP)
     ev.add_argument("--out", default="spiral_eval.png", help="path of the PNG plot")
@@ -140,27 +180,36 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", add_help=False, help="train a model with SPIRAL from a TOML config (spiral-fast train -h)")
 
     prof = sub.add_parser(
-        "profile-memory", help="peak memory of one step vs step_reference over context lengths",
+        "profile-memory",
+        help="peak memory of one step vs step_reference over context lengths",
         description="Peak memory of one SPIRAL step on long aggregation contexts, each case in a "
-                    "fresh subprocess: CPU = ru_maxrss above the post-setup baseline; CUDA = the "
-                    "allocator's peak above the post-setup allocation.",
-        formatter_class=_HelpFormatter)
-    prof.add_argument("--model", default=None,
-                      help="transformers config name or path available locally (random weights); "
-                           "default: a small Qwen2-style config built in code")
-    prof.add_argument("--layers", type=_positive_int, default=None,
-                      help="override the config's num_hidden_layers")
-    prof.add_argument("--contexts", type=_int_list, default=[256, 1024],
-                      help="comma-separated aggregation-context lengths (tokens)")
-    prof.add_argument("--set-sizes", type=_int_list, default=[2, 4],
-                      help="comma-separated set sizes K")
-    prof.add_argument("--impls", type=lambda s: s.split(","), default=list(("step", "reference")),
-                      help="comma-separated: step, reference")
+        "fresh subprocess: CPU = ru_maxrss above the post-setup baseline; CUDA = the "
+        "allocator's peak above the post-setup allocation.",
+        formatter_class=_HelpFormatter,
+    )
+    prof.add_argument(
+        "--model",
+        default=None,
+        help="transformers config name or path available locally (random weights); "
+        "default: a small Qwen2-style config built in code",
+    )
+    prof.add_argument("--layers", type=_positive_int, default=None, help="override the config's num_hidden_layers")
+    prof.add_argument(
+        "--contexts", type=_int_list, default=[256, 1024], help="comma-separated aggregation-context lengths (tokens)"
+    )
+    prof.add_argument("--set-sizes", type=_int_list, default=[2, 4], help="comma-separated set sizes K")
+    prof.add_argument(
+        "--impls",
+        type=lambda s: s.split(","),
+        default=list(("step", "reference")),
+        help="comma-separated: step, reference",
+    )
     prof.add_argument("--sets", type=_positive_int, default=2, help="sets M per problem")
     prof.add_argument("--aggregations", type=_positive_int, default=4, help="responses G per set")
     prof.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda if available)")
-    prof.add_argument("--snapshot", default=None,
-                      help="CUDA only: folder to dump a torch.cuda.memory snapshot of each step")
+    prof.add_argument(
+        "--snapshot", default=None, help="CUDA only: folder to dump a torch.cuda.memory snapshot of each step"
+    )
     prof.add_argument("--out", default="profile_memory.png", help="path of the PNG plot")
     for command in (demo, ev, prof):  # listed in each command's --help; main() strips it wherever it is
         command.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
@@ -176,17 +225,22 @@ def _config(parser, config_cls, args, prefix: str = ""):
         text = str(err)
         name = text.split(" ", 1)[0].rstrip(":")
         if name in {f.name for f in fields(config_cls)}:  # "lr must be ..." -> "--lr must be ..."
-            text = "--" + (prefix + name).replace("_", "-") + text[len(name):]
+            text = "--" + (prefix + name).replace("_", "-") + text[len(name) :]
         raise ValueError(text) from None
 
 
 def _log_row(row, method: str = "") -> None:
 
-    spiral = (f"agg_reward {row['agg_reward']:.3f}  set_value {row['set_value']:.3f} "
-              f"(std {row['set_value_std']:.3f})  " if "agg_reward" in row else f"reward {row['reward']:.3f}  ")
+    spiral = (
+        f"agg_reward {row['agg_reward']:.3f}  set_value {row['set_value']:.3f} (std {row['set_value_std']:.3f})  "
+        if "agg_reward" in row
+        else f"reward {row['reward']:.3f}  "
+    )
     dropped = f"dropped {row['dropped']}  " if row["dropped"] else ""
-    tqdm.write(f"{method + ' ' if method else ''}iter {row['iteration']:4d}  {spiral}trace_acc "
-               f"{row['trace_acc']:.3f}  {dropped}loss {row['loss']:+.4f}  {row['seconds']:.2f}s")
+    tqdm.write(
+        f"{method + ' ' if method else ''}iter {row['iteration']:4d}  {spiral}trace_acc "
+        f"{row['trace_acc']:.3f}  {dropped}loss {row['loss']:+.4f}  {row['seconds']:.2f}s"
+    )
 
 
 def _summary(history, what: str) -> str:
@@ -198,19 +252,26 @@ def _summary(history, what: str) -> str:
 
 def _run_demo(args, parser) -> None:
 
-
     config = _config(parser, DemoConfig, args)
     eval_config = _config(parser, EvalConfig, args, "eval_")
     if args.compare:
         start = time.perf_counter()
-        results = run_compare(config, eval_config, baseline=args.compare, progress=not args.no_progress,
-                              on_iteration=lambda method, row: _log_row(row, method))
+        results = run_compare(
+            config,
+            eval_config,
+            baseline=args.compare,
+            progress=not args.no_progress,
+            on_iteration=lambda method, row: _log_row(row, method),
+        )
         for method, (run, _) in results.items():
             print(_summary(run.history, f"{method} trained reward"))
         print(format_table({method: result for method, (_, result) in results.items()}))
-        path = plot_eval({method: result for method, (_, result) in results.items()}, args.out,
-                         title=f"SPIRAL vs {args.compare.upper()} on the toy task (same seed, "
-                               f"same sampled response tokens per problem)")
+        path = plot_eval(
+            {method: result for method, (_, result) in results.items()},
+            args.out,
+            title=f"SPIRAL vs {args.compare.upper()} on the toy task (same seed, "
+            f"same sampled response tokens per problem)",
+        )
         print(f"total {time.perf_counter() - start:.1f}s (training and evaluation of both)")
         runs = {method: run for method, (run, _) in results.items()}
     else:
@@ -238,8 +299,10 @@ def _run_eval(args, parser) -> None:
         if cfg.data.source == "jsonl" and not cfg.data.eval:
             raise ValueError("config key data.eval is required to evaluate (a JSONL file like data.train)")
         if args.checkpoint is not None and not Path(args.checkpoint, "adapter").is_dir():
-            raise ValueError(f"--checkpoint: {args.checkpoint!r} has no adapter/ folder "
-                             "(expected a checkpoint-STEP folder of a LoRA run)")
+            raise ValueError(
+                f"--checkpoint: {args.checkpoint!r} has no adapter/ folder "
+                "(expected a checkpoint-STEP folder of a LoRA run)"
+            )
         result = evaluate_config(cfg, eval_config, checkpoint_dir=args.checkpoint)
         _report({name: result}, args)
         return
@@ -251,8 +314,12 @@ def _run_eval(args, parser) -> None:
         name = Path(args.model).name or args.model
     else:
         demo_config = DemoConfig(seed=eval_config.seed)
-        model = tiny_qwen2(len(ToyTask(base=demo_config.base).tokenizer), seed=demo_config.seed,
-                           hidden_size=demo_config.hidden_size, num_layers=demo_config.layers)
+        model = tiny_qwen2(
+            len(ToyTask(base=demo_config.base).tokenizer),
+            seed=demo_config.seed,
+            hidden_size=demo_config.hidden_size,
+            num_layers=demo_config.layers,
+        )
         name = "fresh model"
     set_size = eval_config.set_size or demo_config.set_size
     if set_size > eval_config.population:
@@ -272,7 +339,6 @@ def _report(results: dict, args) -> None:
 
 def _run_profile(args, parser) -> None:
 
-
     bad = [i for i in args.impls if i not in pm.IMPLS]
     if bad:
         raise ValueError(f"--impls: unknown implementation(s) {bad}; choose from {list(pm.IMPLS)}")
@@ -286,11 +352,21 @@ def _run_profile(args, parser) -> None:
         pm.load_config(args.model, args.layers)  # fail here, not in every subprocess
     except ValueError as err:
         raise ValueError(f"--model: {err}") from None
-    print(f"profile-memory on {device}: contexts {args.contexts}, set sizes {args.set_sizes}, "
-          f"impls {args.impls}, M={args.sets}, G={args.aggregations}")
-    results = pm.sweep(args.contexts, args.set_sizes, args.impls, model=args.model,
-                       layers=args.layers, num_sets=args.sets, num_aggregations=args.aggregations,
-                       device=device, snapshot=args.snapshot)
+    print(
+        f"profile-memory on {device}: contexts {args.contexts}, set sizes {args.set_sizes}, "
+        f"impls {args.impls}, M={args.sets}, G={args.aggregations}"
+    )
+    results = pm.sweep(
+        args.contexts,
+        args.set_sizes,
+        args.impls,
+        model=args.model,
+        layers=args.layers,
+        num_sets=args.sets,
+        num_aggregations=args.aggregations,
+        device=device,
+        snapshot=args.snapshot,
+    )
     print(pm.format_table(results))
     print(f"plot written to {pm.plot_results(results, args.out)}")
 

@@ -4,6 +4,7 @@ The lowest layer: imports only torch and the standard library. Outside torch.dis
 one rank) each helper is the identity / a no-op, so single-process code calls them unconditionally.
 Under the nccl backend the collectives of Python numbers run on the current CUDA device.
 """
+
 from __future__ import annotations
 
 import torch
@@ -87,7 +88,7 @@ def average_gradients(model: torch.nn.Module) -> None:
     flat /= world
     offset = 0
     for p in params:
-        p.grad.copy_(flat[offset:offset + p.grad.numel()].view_as(p.grad))
+        p.grad.copy_(flat[offset : offset + p.grad.numel()].view_as(p.grad))
         offset += p.grad.numel()
 
 

@@ -4,13 +4,14 @@ Vocabulary: P problems; n samples per problem of which c are right; RSA keeps a 
 ``population`` candidates per problem and aggregates sets of ``set_size`` of them per step.
 Token ids are plain Python ints throughout.
 """
+
 from __future__ import annotations
 
 import math
 import numbers
 from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, Sequence
 
 import torch
 
@@ -45,8 +46,7 @@ def _as_list(name: str, value) -> list | None:
         if value.dim() == 0:
             return None
         if value.dim() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
-            raise ValueError(f"{name} must be a 1-D integer tensor, got shape {tuple(value.shape)} "
-                             f"dtype {value.dtype}")
+            raise ValueError(f"{name} must be a 1-D integer tensor, got shape {tuple(value.shape)} dtype {value.dtype}")
         return value.tolist()
     if isinstance(value, (list, tuple)):
         return list(value)
@@ -115,13 +115,24 @@ def _check_int(name: str, value, low: int) -> None:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, score_fn: ScoreFn,
-                          population: int = 8, set_size: int = 4, steps: int = 10,
-                          temperature: float = 1.0, max_new_tokens: int = 64,
-                          agg_max_new_tokens: int | None = None, eos_token_id: int | None = None,
-                          pad_token_id: int = 0, engine: str = "hf",
-                          generator: torch.Generator | None = None,
-                          on_step: Callable[[int, float], None] | None = None) -> RSAResult:
+def recursive_aggregation(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    template,
+    score_fn: ScoreFn,
+    population: int = 8,
+    set_size: int = 4,
+    steps: int = 10,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    agg_max_new_tokens: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+    engine: str = "hf",
+    generator: torch.Generator | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> RSAResult:
     """Recursive self-aggregation as the paper runs it, for P problems.
 
     Step 0 samples ``population`` traces per problem x (``max_new_tokens``). Step t+1 draws, per
@@ -162,7 +173,7 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
     common = dict(temperature=temperature, eos_token_id=eos_token_id, logprobs=False)
 
     def scored(responses: list[list[int]]) -> tuple[list, float]:
-        per_problem = [responses[p * population:(p + 1) * population] for p in range(len(prompts))]
+        per_problem = [responses[p * population : (p + 1) * population] for p in range(len(prompts))]
         total = 0.0
         for p, rows in enumerate(per_problem):
             for r in rows:
@@ -183,8 +194,7 @@ def recursive_aggregation(model, prompts: Sequence[Sequence[int]], *, template, 
             # RSA draws each set on its own (sets may repeat), unlike SPIRAL's distinct sets
             for s in draw_sets(population, population, set_size, generator=generator, distinct=False):
                 agg_prompts.append(template(x, [current[p][i] for i in s]))
-        responses, _ = sampler.generate(agg_prompts, 1, max_new_tokens=agg_max_new_tokens or max_new_tokens,
-                                        **common)
+        responses, _ = sampler.generate(agg_prompts, 1, max_new_tokens=agg_max_new_tokens or max_new_tokens, **common)
         current, acc = scored(responses)
         populations.append(current)
         accuracy.append(acc)

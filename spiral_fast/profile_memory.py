@@ -9,6 +9,7 @@ subprocess, so one case's allocations cannot hide in another's peak:
   max_memory_allocated() during the step (reset just before it), `delta` = peak - baseline.
   With a snapshot folder the allocator history of the step is dumped there (torch.cuda.memory).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,16 @@ def default_config():
     """A small Qwen2-style config (GQA, untied LM head, 16k vocab) built in code."""
     from transformers import Qwen2Config
 
-    return Qwen2Config(vocab_size=16384, hidden_size=256, intermediate_size=768,
-                       num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
-                       max_position_embeddings=32768, tie_word_embeddings=False)
+    return Qwen2Config(
+        vocab_size=16384,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+    )
 
 
 def load_config(model: str | None, layers: int | None):
@@ -71,17 +79,14 @@ def load_config(model: str | None, layers: int | None):
     return config
 
 
-def case_batch(vocab_size: int, context: int, set_size: int, num_sets: int,
-               num_aggregations: int, seed: int = 0):
+def case_batch(vocab_size: int, context: int, set_size: int, num_sets: int, num_aggregations: int, seed: int = 0):
     """One problem whose M aggregation prompts are ~`context` tokens: N = M*K traces of length
     (context - PROMPT_LEN) // K, disjoint sets, a_j = x + its traces, G responses per set with
     rewards alternating 0/1 (non-zero advantages)."""
     import torch
 
-
     if context <= PROMPT_LEN + set_size:
-        raise ValueError(f"context must exceed {PROMPT_LEN + set_size} (prompt + one token per "
-                         f"trace), got {context}")
+        raise ValueError(f"context must exceed {PROMPT_LEN + set_size} (prompt + one token per trace), got {context}")
     g = torch.Generator().manual_seed(seed)
 
     def tokens(n):
@@ -92,12 +97,18 @@ def case_batch(vocab_size: int, context: int, set_size: int, num_sets: int,
     traces = [tokens(trace_len) for _ in range(num_sets * set_size)]
     sets = [tuple(range(j * set_size, (j + 1) * set_size)) for j in range(num_sets)]
     template = AggregationTemplate()
-    return SpiralBatch([ProblemRollout(
-        prompt=prompt, traces=traces, sets=sets,
-        agg_prompts=[template(prompt, [traces[i] for i in s]) for s in sets],
-        aggregations=[[tokens(RESPONSE_LEN) for _ in range(num_aggregations)] for _ in sets],
-        rewards=[[float((j + g_) % 2) for g_ in range(num_aggregations)] for j in range(num_sets)],
-    )])
+    return SpiralBatch(
+        [
+            ProblemRollout(
+                prompt=prompt,
+                traces=traces,
+                sets=sets,
+                agg_prompts=[template(prompt, [traces[i] for i in s]) for s in sets],
+                aggregations=[[tokens(RESPONSE_LEN) for _ in range(num_aggregations)] for _ in sets],
+                rewards=[[float((j + g_) % 2) for g_ in range(num_aggregations)] for j in range(num_sets)],
+            )
+        ]
+    )
 
 
 def _maxrss_bytes() -> int:
@@ -121,8 +132,7 @@ def run_case(case: Case) -> dict:
     # bf16 on a GPU as in training; float32 on the CPU, where bf16 matmuls are slow.
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
     model.to(device).train()
-    batch = case_batch(config.vocab_size, case.context, case.set_size, case.num_sets,
-                       case.num_aggregations)
+    batch = case_batch(config.vocab_size, case.context, case.set_size, case.num_sets, case.num_aggregations)
     step_fn = step if case.impl == "step" else step_reference
     if cuda:
         torch.cuda.synchronize(device)
@@ -143,14 +153,23 @@ def run_case(case: Case) -> dict:
             torch.cuda.memory._record_memory_history(enabled=None)
     else:
         peak = _maxrss_bytes()
-    return {**asdict(case), "baseline_bytes": baseline, "peak_bytes": peak,
-            "delta_bytes": peak - baseline, "metric": "cuda_allocator" if cuda else "ru_maxrss"}
+    return {
+        **asdict(case),
+        "baseline_bytes": baseline,
+        "peak_bytes": peak,
+        "delta_bytes": peak - baseline,
+        "metric": "cuda_allocator" if cuda else "ru_maxrss",
+    }
 
 
 def measure(case: Case, timeout: float = 900.0) -> dict:
     """Run one case in a fresh subprocess; its result is the JSON on the last line of stdout."""
-    proc = subprocess.run([sys.executable, "-m", "spiral_fast.profile_memory", json.dumps(asdict(case))],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spiral_fast.profile_memory", json.dumps(asdict(case))],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"profile case {case} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -166,18 +185,18 @@ def format_table(results: list[dict]) -> str:
     impls = [i for i in IMPLS if any(i in v for v in rows.values())]
     metric = results[0]["metric"] if results else "?"
     head = ["context", "K"] + [f"{i} delta MiB (baseline)" for i in impls]
-    lines = [f"peak memory of one step ({metric}; delta = peak - baseline after setup)",
-             "| " + " | ".join(head + ["step/reference"]) + " |",
-             "|" + "---|" * (len(head) + 1)]
+    lines = [
+        f"peak memory of one step ({metric}; delta = peak - baseline after setup)",
+        "| " + " | ".join(head + ["step/reference"]) + " |",
+        "|" + "---|" * (len(head) + 1),
+    ]
     for (context, k), by_impl in sorted(rows.items()):
         cells = [str(context), str(k)]
         for i in impls:
             r = by_impl.get(i)
-            cells.append("-" if r is None else
-                         f"{r['delta_bytes'] * mib:.1f} ({r['baseline_bytes'] * mib:.0f})")
+            cells.append("-" if r is None else f"{r['delta_bytes'] * mib:.1f} ({r['baseline_bytes'] * mib:.0f})")
         both = all(i in by_impl for i in IMPLS) and by_impl["reference"]["delta_bytes"] > 0
-        cells.append(f"{by_impl['step']['delta_bytes'] / by_impl['reference']['delta_bytes']:.2f}"
-                     if both else "-")
+        cells.append(f"{by_impl['step']['delta_bytes'] / by_impl['reference']['delta_bytes']:.2f}" if both else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -194,10 +213,16 @@ def plot_results(results: list[dict], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     series = sorted({(r["impl"], r["set_size"]) for r in results})
     for impl, k in series:
-        pts = sorted((r["context"], r["delta_bytes"] / 2**20) for r in results
-                     if r["impl"] == impl and r["set_size"] == k)
-        ax.plot([c for c, _ in pts], [m for _, m in pts], marker="o",
-                ls="-" if impl == "step" else "--", label=f"{impl}, K={k}")
+        pts = sorted(
+            (r["context"], r["delta_bytes"] / 2**20) for r in results if r["impl"] == impl and r["set_size"] == k
+        )
+        ax.plot(
+            [c for c, _ in pts],
+            [m for _, m in pts],
+            marker="o",
+            ls="-" if impl == "step" else "--",
+            label=f"{impl}, K={k}",
+        )
     ax.set_xlabel("aggregation-context length (tokens)")
     ax.set_ylabel("peak memory of one step, MiB above setup")
     ax.set_title(f"spiral_fast step vs step_reference ({results[0]['metric'] if results else ''})")
@@ -216,8 +241,10 @@ def sweep(contexts, set_sizes, impls, *, log=print, **case_kwargs) -> list[dict]
         for k in set_sizes:
             for impl in impls:
                 r = measure(Case(context=context, set_size=k, impl=impl, **case_kwargs))
-                log(f"  {impl:9s} C={context:<6d} K={k:<3d} delta {r['delta_bytes'] / 2**20:8.1f} MiB"
-                    f"  baseline {r['baseline_bytes'] / 2**20:8.1f} MiB")
+                log(
+                    f"  {impl:9s} C={context:<6d} K={k:<3d} delta {r['delta_bytes'] / 2**20:8.1f} MiB"
+                    f"  baseline {r['baseline_bytes'] / 2**20:8.1f} MiB"
+                )
                 results.append(r)
     return results
 

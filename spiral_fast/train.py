@@ -1,4 +1,5 @@
 """``python -m spiral_fast.train`` (and ``torchrun ... -m spiral_fast.train``): the training command."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,15 +23,26 @@ class _HelpConfig(argparse.Action):
 
 def build_parser(prog: str = "spiral-fast train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description="Train a model with SPIRAL from one TOML config (see examples/spiral_qwen3_4b.toml); "
-                               "under torchrun the problems of a step are split across ranks (FSDP2).")
+        prog=prog,
+        description="Train a model with SPIRAL from one TOML config (see examples/spiral_qwen3_4b.toml); "
+        "under torchrun the problems of a step are split across ranks (FSDP2).",
+    )
     parser.add_argument("--config", required=True, help="TOML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one key (the value parsed as TOML); repeatable")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one key (the value parsed as TOML); repeatable",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--help-config", action=_HelpConfig,
-                        help="list every config section and key with its default and documentation, and exit")
+    parser.add_argument(
+        "--help-config",
+        action=_HelpConfig,
+        help="list every config section and key with its default and documentation, and exit",
+    )
     return parser
 
 
@@ -42,5 +54,6 @@ def main(argv: list[str] | None = None, prog: str = "spiral-fast train") -> list
 
 
 if __name__ == "__main__":  # a user error: one line and exit 2 (--debug: the traceback), as `spiral-fast train`
-    run_command(lambda argv: main(argv, prog="python -m spiral_fast.train"), sys.argv[1:],
-                prog="python -m spiral_fast.train")
+    run_command(
+        lambda argv: main(argv, prog="python -m spiral_fast.train"), sys.argv[1:], prog="python -m spiral_fast.train"
+    )

@@ -3,6 +3,7 @@
 Without CUDA, Triton kernels run on CPU tensors under TRITON_INTERPRET=1, which must be set before
 triton is first imported: hence at the top of this conftest, before any test module loads.
 """
+
 import importlib.util
 import os
 
@@ -18,8 +19,7 @@ HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    skip_vllm = pytest.mark.skip(reason="vLLM is not installed (GPU: pip install vllm; CPU: see "
-                                        "docs/vllm.md)")
+    skip_vllm = pytest.mark.skip(reason="vLLM is not installed (GPU: pip install vllm; CPU: see docs/vllm.md)")
     for item in items:
         # markers, not keywords: keywords also hold the names of the test's folders (a checkout
         # under a directory named "gpu" would skip every test)
@@ -54,6 +54,7 @@ VLLM_MODEL = dict(vocab_size=50, hidden_size=64, num_layers=2, num_heads=2, num_
 class _SessionSampler:
     """One VLLMSampler per test session (an engine start takes ~40 s on a 2-core CPU); rebuilt only
     if a test closed it."""
+
     sampler = None
 
     @classmethod
@@ -62,8 +63,9 @@ class _SessionSampler:
         from spiral_fast.recipe.tiny_model import tiny_qwen2
 
         if cls.sampler is None or cls.sampler._llm is None:
-            model = tiny_qwen2(VLLM_MODEL["vocab_size"], seed=0,
-                               **{k: v for k, v in VLLM_MODEL.items() if k != "vocab_size"})
+            model = tiny_qwen2(
+                VLLM_MODEL["vocab_size"], seed=0, **{k: v for k, v in VLLM_MODEL.items() if k != "vocab_size"}
+            )
             cls.sampler = spiral_fast.VLLMSampler(model, dtype="float32", kv_cache_memory_bytes=64 << 20)
         return cls.sampler
 

@@ -1,4 +1,5 @@
 """Shared test helpers (imported by test modules as ``from helpers import ...``)."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,9 @@ def assert_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, floor: f
     assert err <= bound, f"{name}: max abs error {err:.3e} > {mult} * torch error {base:.3e} + {floor:.1e}"
 
 
-def assert_rows_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, floor: float = 1e-5,
-                                 global_floor: float = 1e-9, name: str = "out"):
+def assert_rows_within_tolerance(
+    out, ref64, ref_lowp, *, mult: float = 2.0, floor: float = 1e-5, global_floor: float = 1e-9, name: str = "out"
+):
     """The accuracy rule (docs/testing.md) on a scale that sees small entries: every row (every entry of a 1-D tensor)
     is divided by its own largest true entry, then the fast path's largest error against float64
     truth may be at most ``mult`` times plain PyTorch's largest error plus ``floor``.
@@ -28,6 +30,7 @@ def assert_rows_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, flo
     logits (absolute error ~1e-7 |z|) no longer fix a softmax weight's relative digits. A row that
     is 0 in truth must be exactly 0.
     """
+
     def rows(x):
         x = x.detach().double()
         return x.reshape(x.shape[0], -1) if x.dim() else x.reshape(1, 1)
@@ -42,8 +45,10 @@ def assert_rows_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, flo
     base = ((lo - t).abs().amax(1) / scale).max().item()
     bound = mult * base + floor
     r = int(err.argmax())
-    assert err[r] <= bound, (f"{name}[{r}]: max error {err[r]:.3e} of the row's size {size[r]:.3e} > {mult} * torch's "
-                             f"{base:.3e} + {floor:.1e} ({int((err > bound).sum())} rows out of tolerance)")
+    assert err[r] <= bound, (
+        f"{name}[{r}]: max error {err[r]:.3e} of the row's size {size[r]:.3e} > {mult} * torch's "
+        f"{base:.3e} + {floor:.1e} ({int((err > bound).sum())} rows out of tolerance)"
+    )
 
 
 # Metrics decided by sampling, counting and scoring: equal tokens give equal values, so a resumed
@@ -51,9 +56,25 @@ def assert_rows_within_tolerance(out, ref64, ref_lowp, *, mult: float = 2.0, flo
 # and entropy statistics) is a floating-point reduction, and floats are not bitwise equal across
 # processes on a loaded CPU (measured: grad_norm 0.13600598 vs 0.13600600, logprob_mismatch_mean
 # 7.9e-8 vs 9.1e-8 for identical tokens): those match within RUN_RTOL * |value| + RUN_ATOL.
-EXACT_METRICS = ("step", "problems", "problems_sampled", "problems_dropped", "rounds", "trace_tokens_sampled",
-                 "agg_tokens_sampled", "reward", "agg_reward", "set_value", "set_value_std", "trace_acc",
-                 "reward_errors", "nonfinite", "nonfinite_steps", "lr", "micro_batches")
+EXACT_METRICS = (
+    "step",
+    "problems",
+    "problems_sampled",
+    "problems_dropped",
+    "rounds",
+    "trace_tokens_sampled",
+    "agg_tokens_sampled",
+    "reward",
+    "agg_reward",
+    "set_value",
+    "set_value_std",
+    "trace_acc",
+    "reward_errors",
+    "nonfinite",
+    "nonfinite_steps",
+    "lr",
+    "micro_batches",
+)
 RUN_RTOL, RUN_ATOL = 1e-4, 1e-6
 
 
@@ -71,7 +92,9 @@ def assert_same_run(rows, expected, *, ignore=("seconds_rollout", "seconds_step"
             if k in EXACT_METRICS or not isinstance(b, float) or not isinstance(a, float):
                 assert a == b or (a != a and b != b), f"step {row.get('step')}: {k} = {a!r}, expected {b!r} exactly"
             elif not (math.isnan(a) and math.isnan(b)):
-                assert abs(a - b) <= RUN_RTOL * abs(b) + RUN_ATOL, f"step {row.get('step')}: {k} = {a!r}, expected {b!r}"
+                assert abs(a - b) <= RUN_RTOL * abs(b) + RUN_ATOL, (
+                    f"step {row.get('step')}: {k} = {a!r}, expected {b!r}"
+                )
 
 
 def names(argument: str) -> str:

@@ -1,5 +1,6 @@
 """Random forests of token sequences for packing tests (shared by tests/test_packing*.py and
 tests/test_models*.py): duplicates, prefixes of others, 1-token sequences, deep chains."""
+
 from __future__ import annotations
 
 import random

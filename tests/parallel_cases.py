@@ -1,13 +1,15 @@
 """Random SPIRAL problems in parallel-aggregation form, as packing input (sequences + contexts) and as
 ProblemRollouts, for tests/test_parallel_*.py: traces sharing prefixes or duplicated, overlapping sets
 listed in random order, heads shared between sets, aggregation responses sharing prefixes."""
+
 from __future__ import annotations
 
 import random
 
 
-def random_problem(rng: random.Random, *, vocab: int, max_len: int = 8, num_traces: int = 4, num_sets: int = 3,
-                   max_g: int = 3) -> dict:
+def random_problem(
+    rng: random.Random, *, vocab: int, max_len: int = 8, num_traces: int = 4, num_sets: int = 3, max_g: int = 3
+) -> dict:
     """One problem: prompt x, traces, sets (tuples, random member order), heads, aggregations (per set)."""
     toks = lambda lo, hi: [rng.randrange(vocab) for _ in range(rng.randint(lo, hi))]  # noqa: E731
     x = toks(1, 5)
@@ -15,7 +17,7 @@ def random_problem(rng: random.Random, *, vocab: int, max_len: int = 8, num_trac
     for _ in range(num_traces):
         if traces and rng.random() < 0.3:  # shares a prefix with (or duplicates) an earlier trace
             base = rng.choice(traces)
-            traces.append(base[:rng.randint(1, len(base))] + toks(0, 3))
+            traces.append(base[: rng.randint(1, len(base))] + toks(0, 3))
         else:
             traces.append(toks(1, max_len))
     sets = [tuple(rng.sample(range(num_traces), rng.randint(1, min(3, num_traces)))) for _ in range(num_sets)]
@@ -25,7 +27,7 @@ def random_problem(rng: random.Random, *, vocab: int, max_len: int = 8, num_trac
     for _ in sets:
         zs = [toks(1, 5)]
         for _ in range(rng.randint(0, max_g - 1)):
-            zs.append(zs[0][:rng.randint(1, len(zs[0]))] + toks(0, 2) if rng.random() < 0.5 else toks(1, 5))
+            zs.append(zs[0][: rng.randint(1, len(zs[0]))] + toks(0, 2) if rng.random() < 0.5 else toks(1, 5))
         aggregations.append(zs)
     return dict(prompt=x, traces=traces, sets=sets, agg_prompts=heads, aggregations=aggregations)
 

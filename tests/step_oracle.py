@@ -22,6 +22,7 @@ For one problem with traces y_i, sets S_j with responses z_jg and rewards r_jg:
   sequence's token mean ("seq-mean-token-mean"), sum / loss_constant ("constant", default the
   role's tokens); loss = trace_coef * trace loss + agg_coef * agg loss.
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,7 @@ def problem_advantages(pr: dict, config) -> dict:
         flat = group_advantages([r for rs in rewards for r in rs], est, scale, eps)
         agg, k = [], 0
         for rs in rewards:
-            agg.append(flat[k:k + len(rs)])
+            agg.append(flat[k : k + len(rs)])
             k += len(rs)
     trace = {}
     for i in range(len(pr["traces"])):
@@ -104,14 +105,26 @@ def trained_sequences(problems: list, config) -> tuple[list, list, list]:
         advs.append(adv)
         for i, y in enumerate(pr["traces"]):
             if i in adv["trace"]:
-                traces.append(dict(prompt=pr["prompt"], response=y, adv=adv["trace"][i],
-                                   old=pr["trace_old_logprobs"][i] if pr.get("trace_old_logprobs") else None,
-                                   ref=pr["trace_ref_logprobs"][i] if pr.get("trace_ref_logprobs") else None))
+                traces.append(
+                    dict(
+                        prompt=pr["prompt"],
+                        response=y,
+                        adv=adv["trace"][i],
+                        old=pr["trace_old_logprobs"][i] if pr.get("trace_old_logprobs") else None,
+                        ref=pr["trace_ref_logprobs"][i] if pr.get("trace_ref_logprobs") else None,
+                    )
+                )
         for j, zs in enumerate(pr["aggregations"]):
             for g, z in enumerate(zs):
-                aggs.append(dict(prompt=pr["agg_prompts"][j], response=z, adv=adv["agg"][j][g],
-                                 old=pr["agg_old_logprobs"][j][g] if pr.get("agg_old_logprobs") else None,
-                                 ref=pr["agg_ref_logprobs"][j][g] if pr.get("agg_ref_logprobs") else None))
+                aggs.append(
+                    dict(
+                        prompt=pr["agg_prompts"][j],
+                        response=z,
+                        adv=adv["agg"][j][g],
+                        old=pr["agg_old_logprobs"][j][g] if pr.get("agg_old_logprobs") else None,
+                        ref=pr["agg_ref_logprobs"][j][g] if pr.get("agg_ref_logprobs") else None,
+                    )
+                )
     return traces, aggs, advs
 
 
@@ -122,7 +135,7 @@ def response_logprobs(model, prompt: list, response: list, temperature: float):
     ids = torch.tensor([list(prompt) + list(response)], device=device)
     logits = model(input_ids=ids).logits[0].double()
     # position k predicts token k + 1: the response's tokens are predicted by rows P-1 .. P+L-2
-    rows = torch.log_softmax(logits[len(prompt) - 1:-1] / temperature, dim=-1)
+    rows = torch.log_softmax(logits[len(prompt) - 1 : -1] / temperature, dim=-1)
     logp = rows.gather(1, torch.tensor(response, device=device)[:, None])[:, 0]
     entropy = -(rows.exp() * rows).sum(-1).detach()
     return logp.cpu(), entropy.cpu()
@@ -144,8 +157,9 @@ def role_loss(seqs: list, config, stats: dict):
         below, above = ratio.detach() < 1 - lo, ratio.detach() > 1 + hi
         # PPO's min(ratio A, clamp(ratio) A): the clamped constant where it is the smaller term
         low, high = below & (a < 0), above & (a > 0)
-        term = torch.where(low, torch.full_like(lp, -(1 - lo) * a),
-                           torch.where(high, torch.full_like(lp, -(1 + hi) * a), -ratio * a))
+        term = torch.where(
+            low, torch.full_like(lp, -(1 - lo) * a), torch.where(high, torch.full_like(lp, -(1 + hi) * a), -ratio * a)
+        )
         if abs(a) < ZERO:
             stats["clip_ambiguous"] += int((below | above).sum())
         else:
@@ -184,12 +198,20 @@ def oracle_step(model, problems: list, config) -> tuple[torch.Tensor, dict]:
     rewards = [r for pr in problems for rs in pr["rewards"] for r in rs]
     set_values = [v for adv in advs for v in adv["set_value"]]
     metrics = {
-        "loss": (trace_loss + agg_loss).item(), "trace_loss": trace_loss.item(), "agg_loss": agg_loss.item(),
-        "agg_reward_mean": sum(rewards) / len(rewards), "set_value_mean": sum(set_values) / len(set_values),
-        "clip_frac_low": stats["clip_low"] / tokens, "clip_frac_high": stats["clip_high"] / tokens,
-        "clip_frac": (stats["clip_low"] + stats["clip_high"]) / tokens, "ratio_mean": stats["ratio"] / tokens,
-        "kl_mean": stats["kl"] / tokens, "entropy_mean": stats["entropy"] / tokens,
-        "tokens_trained": float(tokens), "trace_tokens": float(trace_tokens), "agg_tokens": float(agg_tokens),
+        "loss": (trace_loss + agg_loss).item(),
+        "trace_loss": trace_loss.item(),
+        "agg_loss": agg_loss.item(),
+        "agg_reward_mean": sum(rewards) / len(rewards),
+        "set_value_mean": sum(set_values) / len(set_values),
+        "clip_frac_low": stats["clip_low"] / tokens,
+        "clip_frac_high": stats["clip_high"] / tokens,
+        "clip_frac": (stats["clip_low"] + stats["clip_high"]) / tokens,
+        "ratio_mean": stats["ratio"] / tokens,
+        "kl_mean": stats["kl"] / tokens,
+        "entropy_mean": stats["entropy"] / tokens,
+        "tokens_trained": float(tokens),
+        "trace_tokens": float(trace_tokens),
+        "agg_tokens": float(agg_tokens),
         "clip_ambiguous": float(stats["clip_ambiguous"]),
         "gated_frac": sum(a["gated"] for a in advs) / sum(a["responses"] for a in advs),
         "gate_ambiguous_frac": sum(a["gate_ambiguous"] for a in advs) / sum(a["responses"] for a in advs),

@@ -1,4 +1,5 @@
 """spiral_advantages against a deliberately naive Python-loop version, on random structured batches."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,13 @@ import torch
 
 import spiral_fast
 from spiral_fast.algorithm.advantages import SpiralAdvantages
-from spiral_fast.algorithm.reference import (AGG_BASELINES, ESTIMATORS, SCALES, TRACE_CREDITS,
-                                            spiral_advantages_reference)
+from spiral_fast.algorithm.reference import (
+    AGG_BASELINES,
+    ESTIMATORS,
+    SCALES,
+    TRACE_CREDITS,
+    spiral_advantages_reference,
+)
 
 
 # --------------------------------------------------------------------------- naive oracle
@@ -30,8 +36,9 @@ def naive_group_advantages(values: list[float], estimator: str, scale: str, eps:
     return out
 
 
-def naive_spiral_advantages(batch: dict, estimator: str, scale: str, trace_credit: str, eps: float,
-                            agg_baseline: str = "problem") -> dict:
+def naive_spiral_advantages(
+    batch: dict, estimator: str, scale: str, trace_credit: str, eps: float, agg_baseline: str = "problem"
+) -> dict:
     rewards, agg_set = batch["rewards"].tolist(), batch["agg_set"].tolist()
     set_problem, trace_problem = batch["set_problem"].tolist(), batch["trace_problem"].tolist()
     offsets, members = batch["set_offsets"].tolist(), batch["set_members"].tolist()
@@ -82,22 +89,35 @@ def random_batch(seed: int, index_dtype=torch.int64) -> dict:
     for _, m in sets:
         offsets.append(offsets[-1] + len(m))
     as_index = lambda xs: torch.tensor(xs, dtype=index_dtype)  # noqa: E731
-    return dict(rewards=torch.tensor(rewards, dtype=torch.float32), agg_set=as_index(agg_set),
-                set_problem=as_index([p for p, _ in sets]), set_members=as_index([t for _, m in sets for t in m]),
-                set_offsets=as_index(offsets), trace_problem=as_index(trace_problem))
+    return dict(
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        agg_set=as_index(agg_set),
+        set_problem=as_index([p for p, _ in sets]),
+        set_members=as_index([t for _, m in sets for t in m]),
+        set_offsets=as_index(offsets),
+        trace_problem=as_index(trace_problem),
+    )
 
 
 def call(batch: dict, **kw):
-    return spiral_fast.spiral_advantages(batch["rewards"], batch["agg_set"], batch["set_problem"],
-                                         batch["set_members"], batch["set_offsets"], batch["trace_problem"], **kw)
+    return spiral_fast.spiral_advantages(
+        batch["rewards"],
+        batch["agg_set"],
+        batch["set_problem"],
+        batch["set_members"],
+        batch["set_offsets"],
+        batch["trace_problem"],
+        **kw,
+    )
 
 
 def assert_matches_naive(out, want: dict):
     for field in ("agg", "set_value", "set", "trace"):
         got = getattr(out, field)
         assert got.dtype == torch.float32, field
-        torch.testing.assert_close(got.double(), torch.tensor(want[field], dtype=torch.float64),
-                                   rtol=1e-5, atol=1e-5, msg=field)
+        torch.testing.assert_close(
+            got.double(), torch.tensor(want[field], dtype=torch.float64), rtol=1e-5, atol=1e-5, msg=field
+        )
     assert out.trace_in_set.dtype == torch.bool
     assert out.trace_in_set.tolist() == want["trace_in_set"]
 
@@ -117,11 +137,21 @@ def test_matches_naive_loop(seed, estimator, scale, credit, baseline):
 def test_reference_in_float32_matches_naive_loop(estimator, scale, credit, baseline):
     b = random_batch(11)
     num_problems = int(max(b["set_problem"].max(), b["trace_problem"].max())) + 1
-    out = spiral_advantages_reference(b["rewards"], b["agg_set"], b["set_problem"], b["set_members"],
-                                      b["set_offsets"], b["trace_problem"], num_problems, estimator=estimator,
-                                      scale=scale, trace_credit=credit, agg_baseline=baseline, eps=1e-6)
-    assert_matches_naive(SpiralAdvantages(*out), naive_spiral_advantages(b, estimator, scale, credit, 1e-6,
-                                                                         baseline))
+    out = spiral_advantages_reference(
+        b["rewards"],
+        b["agg_set"],
+        b["set_problem"],
+        b["set_members"],
+        b["set_offsets"],
+        b["trace_problem"],
+        num_problems,
+        estimator=estimator,
+        scale=scale,
+        trace_credit=credit,
+        agg_baseline=baseline,
+        eps=1e-6,
+    )
+    assert_matches_naive(SpiralAdvantages(*out), naive_spiral_advantages(b, estimator, scale, credit, 1e-6, baseline))
 
 
 def test_defaults_are_the_papers():
@@ -135,9 +165,14 @@ def test_defaults_are_the_papers():
 @pytest.mark.parametrize("estimator,scale", [(e, s) for e in ESTIMATORS for s in SCALES])
 def test_set_baseline_gives_a_single_response_set_zero(estimator, scale):
     # one problem: set 0 has one response (reward 1), set 1 has two (1, 0)
-    batch = dict(rewards=torch.tensor([1.0, 1.0, 0.0]), agg_set=torch.tensor([0, 1, 1]),
-                 set_problem=torch.tensor([0, 0]), set_members=torch.tensor([0, 1]),
-                 set_offsets=torch.tensor([0, 1, 2]), trace_problem=torch.tensor([0, 0]))
+    batch = dict(
+        rewards=torch.tensor([1.0, 1.0, 0.0]),
+        agg_set=torch.tensor([0, 1, 1]),
+        set_problem=torch.tensor([0, 0]),
+        set_members=torch.tensor([0, 1]),
+        set_offsets=torch.tensor([0, 1, 2]),
+        trace_problem=torch.tensor([0, 0]),
+    )
     out = call(batch, estimator=estimator, scale=scale, agg_baseline="set")
     assert out.agg[0].item() == 0.0
     assert out.agg[1].item() > 0 > out.agg[2].item()
@@ -147,9 +182,14 @@ def test_set_baseline_gives_a_single_response_set_zero(estimator, scale):
 
 def test_hand_computed_values():
     # one problem, sets {0, 1} and {1, 1, 2}, rewards 1, 0 | 1, 1, 0 -> set values 0.5, 2/3
-    batch = dict(rewards=torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]), agg_set=torch.tensor([0, 0, 1, 1, 1]),
-                 set_problem=torch.tensor([0, 0]), set_members=torch.tensor([0, 1, 1, 1, 2]),
-                 set_offsets=torch.tensor([0, 2, 5]), trace_problem=torch.tensor([0, 0, 0, 0]))
+    batch = dict(
+        rewards=torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]),
+        agg_set=torch.tensor([0, 0, 1, 1, 1]),
+        set_problem=torch.tensor([0, 0]),
+        set_members=torch.tensor([0, 1, 1, 1, 2]),
+        set_offsets=torch.tensor([0, 2, 5]),
+        trace_problem=torch.tensor([0, 0, 0, 0]),
+    )
     out = call(batch, scale="none", agg_baseline="problem")
     torch.testing.assert_close(out.agg, torch.tensor([0.4, -0.6, 0.4, 0.4, -0.6]))
     # against their own set: set 0 mean 1/2, set 1 mean 2/3
@@ -165,9 +205,14 @@ def test_hand_computed_values():
 def test_rloo_with_std_divides_by_group_std():
     # the decision documented in the docstring: rloo's leave-one-out difference / (std + eps)
     rewards = torch.tensor([3.0, 0.0, 0.0])
-    batch = dict(rewards=rewards, agg_set=torch.tensor([0, 1, 2]), set_problem=torch.tensor([0, 0, 0]),
-                 set_members=torch.tensor([], dtype=torch.int64), set_offsets=torch.tensor([0, 0, 0, 0]),
-                 trace_problem=torch.tensor([0]))
+    batch = dict(
+        rewards=rewards,
+        agg_set=torch.tensor([0, 1, 2]),
+        set_problem=torch.tensor([0, 0, 0]),
+        set_members=torch.tensor([], dtype=torch.int64),
+        set_offsets=torch.tensor([0, 0, 0, 0]),
+        trace_problem=torch.tensor([0]),
+    )
     out = call(batch, estimator="rloo", scale="std", agg_baseline="problem", eps=0.0)
     std = rewards.std()
     torch.testing.assert_close(out.agg, torch.tensor([3.0, -1.5, -1.5]) / std)
@@ -177,9 +222,14 @@ def test_rloo_with_std_divides_by_group_std():
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_groups_of_one_and_ties_give_zero_not_nan(estimator):
     # problem 0: one set with one response; problem 1: two sets, all rewards tied
-    batch = dict(rewards=torch.tensor([0.7, 1.0, 1.0, 1.0]), agg_set=torch.tensor([0, 1, 2, 2]),
-                 set_problem=torch.tensor([0, 1, 1]), set_members=torch.tensor([0, 1]),
-                 set_offsets=torch.tensor([0, 1, 1, 2]), trace_problem=torch.tensor([0, 1]))
+    batch = dict(
+        rewards=torch.tensor([0.7, 1.0, 1.0, 1.0]),
+        agg_set=torch.tensor([0, 1, 2, 2]),
+        set_problem=torch.tensor([0, 1, 1]),
+        set_members=torch.tensor([0, 1]),
+        set_offsets=torch.tensor([0, 1, 1, 2]),
+        trace_problem=torch.tensor([0, 1]),
+    )
     for eps in (1e-6, 0.0):
         out = call(batch, estimator=estimator, scale="std", agg_baseline="problem", eps=eps)
         for field in ("agg", "set", "trace"):
@@ -187,9 +237,14 @@ def test_groups_of_one_and_ties_give_zero_not_nan(estimator):
 
 
 def test_empty_structure():
-    batch = dict(rewards=torch.zeros(0), agg_set=torch.zeros(0, dtype=torch.int64),
-                 set_problem=torch.zeros(0, dtype=torch.int64), set_members=torch.zeros(0, dtype=torch.int64),
-                 set_offsets=torch.zeros(1, dtype=torch.int64), trace_problem=torch.tensor([0, 0, 1]))
+    batch = dict(
+        rewards=torch.zeros(0),
+        agg_set=torch.zeros(0, dtype=torch.int64),
+        set_problem=torch.zeros(0, dtype=torch.int64),
+        set_members=torch.zeros(0, dtype=torch.int64),
+        set_offsets=torch.zeros(1, dtype=torch.int64),
+        trace_problem=torch.tensor([0, 0, 1]),
+    )
     out = call(batch)
     assert out.agg.shape == (0,) and out.set.shape == (0,)
     assert torch.equal(out.trace, torch.zeros(3)) and not out.trace_in_set.any()

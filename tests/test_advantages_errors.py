@@ -1,23 +1,36 @@
 """spiral_advantages: bad input raises ValueError naming the argument."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import names
 
 import spiral_fast
-from helpers import names
 
 
 def good() -> dict:
     # problem 0: traces 0-2, sets {0, 1} and {2}; problem 1: trace 3, set {3}
-    return dict(rewards=torch.tensor([1.0, 0.0, 1.0, 0.5]), agg_set=torch.tensor([0, 0, 1, 2]),
-                set_problem=torch.tensor([0, 0, 1]), set_members=torch.tensor([0, 1, 2, 3]),
-                set_offsets=torch.tensor([0, 2, 3, 4]), trace_problem=torch.tensor([0, 0, 0, 1]))
+    return dict(
+        rewards=torch.tensor([1.0, 0.0, 1.0, 0.5]),
+        agg_set=torch.tensor([0, 0, 1, 2]),
+        set_problem=torch.tensor([0, 0, 1]),
+        set_members=torch.tensor([0, 1, 2, 3]),
+        set_offsets=torch.tensor([0, 2, 3, 4]),
+        trace_problem=torch.tensor([0, 0, 0, 1]),
+    )
 
 
 def call(batch: dict, **kw):
-    return spiral_fast.spiral_advantages(batch["rewards"], batch["agg_set"], batch["set_problem"],
-                                         batch["set_members"], batch["set_offsets"], batch["trace_problem"], **kw)
+    return spiral_fast.spiral_advantages(
+        batch["rewards"],
+        batch["agg_set"],
+        batch["set_problem"],
+        batch["set_members"],
+        batch["set_offsets"],
+        batch["trace_problem"],
+        **kw,
+    )
 
 
 BAD = [

@@ -3,6 +3,7 @@ self-check passed, the torch path on the CPU), for every public op with a backen
 by their outputs: each case first checks that the candidate backends give different bits on its
 inputs, then that auto's output is bit for bit the expected backend's (a wrong pick cannot pass) and
 that the dispatcher recorded that backend."""
+
 from __future__ import annotations
 
 import pytest
@@ -48,8 +49,12 @@ def _tree_attention(device, backend):
     return sf.tree_attention(q, k, v, packed, backend=backend)
 
 
-OPS = {"token_logprobs": _token_logprobs, "logprobs_from_logits": _logprobs_from_logits,
-       "policy_loss": _policy_loss, "tree_attention": _tree_attention}
+OPS = {
+    "token_logprobs": _token_logprobs,
+    "logprobs_from_logits": _logprobs_from_logits,
+    "policy_loss": _policy_loss,
+    "tree_attention": _tree_attention,
+}
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

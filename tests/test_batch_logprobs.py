@@ -1,13 +1,14 @@
 """spiral_fast.batch_logprobs against a per-sequence full-logit forward written here (plain HF
 forward, log_softmax(logits / T), gather): every trace (also those in no set) and every
 aggregation response, at two temperatures, whole problems and problems cut by the budget."""
+
 import pytest
 import torch
+from training_cases import random_batch, tiny_model
 
 import spiral_fast
 from spiral_fast import SpiralConfig
 from spiral_fast.policy_step.microbatch import micro_batches
-from training_cases import random_batch, tiny_model
 
 
 def full_logit_logprobs(model, prompt, response, temperature):
@@ -15,14 +16,17 @@ def full_logit_logprobs(model, prompt, response, temperature):
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].double()
     lsm = torch.log_softmax(logits / temperature, dim=-1)
-    return lsm[prompt.numel() - 1:-1].gather(1, response[:, None]).squeeze(1)
+    return lsm[prompt.numel() - 1 : -1].gather(1, response[:, None]).squeeze(1)
 
 
-@pytest.mark.parametrize("kind,lm_bias,temperature,budget", [
-    pytest.param("qwen2", False, 1.0, 8192, id="qwen2-T1-whole"),
-    pytest.param("llama", True, 0.7, 25, id="llama-bias-T0.7-problems-cut"),
-    pytest.param("qwen2", True, 1.0, 40, id="qwen2-bias-T1-budget40"),
-])
+@pytest.mark.parametrize(
+    "kind,lm_bias,temperature,budget",
+    [
+        pytest.param("qwen2", False, 1.0, 8192, id="qwen2-T1-whole"),
+        pytest.param("llama", True, 0.7, 25, id="llama-bias-T0.7-problems-cut"),
+        pytest.param("qwen2", True, 1.0, 40, id="qwen2-bias-T1-budget40"),
+    ],
+)
 def test_batch_logprobs_match_full_logit_forward(kind, lm_bias, temperature, budget):
     model = tiny_model(kind, lm_bias=lm_bias)
     batch = random_batch(11, problems=3, max_g=3)
@@ -65,10 +69,21 @@ def test_filled_reference_logprobs_give_zero_kl():
     model = tiny_model("qwen2")
     batch = random_batch(13, problems=2, max_g=2)
     lp = spiral_fast.batch_logprobs(model, batch)
-    ref = spiral_fast.SpiralBatch([
-        spiral_fast.ProblemRollout(pr.prompt, pr.traces, pr.sets, pr.agg_prompts, pr.aggregations, pr.rewards,
-                                   trace_ref_logprobs=lp.traces[p], agg_ref_logprobs=lp.aggregations[p])
-        for p, pr in enumerate(batch.problems)])
+    ref = spiral_fast.SpiralBatch(
+        [
+            spiral_fast.ProblemRollout(
+                pr.prompt,
+                pr.traces,
+                pr.sets,
+                pr.agg_prompts,
+                pr.aggregations,
+                pr.rewards,
+                trace_ref_logprobs=lp.traces[p],
+                agg_ref_logprobs=lp.aggregations[p],
+            )
+            for p, pr in enumerate(batch.problems)
+        ]
+    )
     out = spiral_fast.step(model, ref, config=SpiralConfig(kl_coef=0.1))
     assert abs(out.metrics["kl_mean"]) <= 1e-6
 

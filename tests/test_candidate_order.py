@@ -1,6 +1,7 @@
 """rollout.candidate_order: "shared" reorders each set's members so that a problem's aggregation
 prompts share the longest prefixes (never changing which traces a set holds, reaching the brute-force
 optimum on small cases), "random" keeps the drawn order; rollout stores the rendered order."""
+
 import itertools
 import math
 import random
@@ -114,11 +115,15 @@ def test_many_sets_take_the_greedy_search_and_still_share():
     assert trie_cost(ordered, traces) <= trie_cost(sets, traces) - 90
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda: order_sets("sorted", [(0, 1)], [[1], [2]]), "candidate_order"),
-    (lambda: shared_order([(0, 2)], [[1], [2]]), r"sets\[0\]"),
-    (lambda: shared_order([(0, 1)], [[1], [2]], separator_tokens=-1), "separator_tokens")],
-    ids=["order", "index", "separator"])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: order_sets("sorted", [(0, 1)], [[1], [2]]), "candidate_order"),
+        (lambda: shared_order([(0, 2)], [[1], [2]]), r"sets\[0\]"),
+        (lambda: shared_order([(0, 1)], [[1], [2]], separator_tokens=-1), "separator_tokens"),
+    ],
+    ids=["order", "index", "separator"],
+)
 def test_bad_arguments_are_named(call, match):
     with pytest.raises(ValueError, match=match):
         call()
@@ -130,11 +135,24 @@ def test_rollout_stores_the_rendered_order(order):
     draw_sets' order, "shared" is shared_order of the same draws."""
     task = ToyTask(base=4, num_digits=1)
     model = tiny_qwen2(len(task.tokenizer), seed=0, hidden_size=16, num_layers=1)
-    config = RolloutConfig(num_traces=4, set_size=3, num_sets=4, num_aggregations=1, max_new_tokens=2,
-                           agg_max_new_tokens=1, candidate_order=order)
+    config = RolloutConfig(
+        num_traces=4,
+        set_size=3,
+        num_sets=4,
+        num_aggregations=1,
+        max_new_tokens=2,
+        agg_max_new_tokens=1,
+        candidate_order=order,
+    )
     problems = [(1,), (2,), (3,)]
-    batch = sf.rollout(sf.HFSampler(model, pad_token_id=task.pad_token_id), task, problems, config,
-                       generator=torch.Generator().manual_seed(4), seed=11)
+    batch = sf.rollout(
+        sf.HFSampler(model, pad_token_id=task.pad_token_id),
+        task,
+        problems,
+        config,
+        generator=torch.Generator().manual_seed(4),
+        seed=11,
+    )
     gen = torch.Generator().manual_seed(4)
     for problem, pr in zip(problems, batch.problems):
         drawn = draw_sets(4, 4, 3, generator=gen)

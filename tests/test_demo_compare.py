@@ -1,15 +1,16 @@
 """The demo's GRPO configuration, its evaluation, --save / eval and a tiny --compare."""
+
 import pytest
 import torch
+from training_cases import assert_grads_close, grads
 
 import spiral_fast
 from spiral_fast._utils import torch_threads
+from spiral_fast.recipe.demo import DemoConfig, demo_settings, load_demo, run_compare, save_demo, train_demo
+from spiral_fast.recipe.loop import METHOD_SETUPS, grpo_rollout, spiral_rollout
 from spiral_fast.recipe.scaling import EvalConfig, evaluate_demo
 from spiral_fast.recipe.tiny_model import tiny_qwen2
 from spiral_fast.tasks.toy import ToyTask
-from training_cases import assert_grads_close, grads
-from spiral_fast.recipe.demo import DemoConfig, demo_settings, load_demo, run_compare, save_demo, train_demo
-from spiral_fast.recipe.loop import METHOD_SETUPS, grpo_rollout, spiral_rollout
 
 TINY = dict(iterations=2, problems=2, traces=3, sets=2, set_size=2, aggregations=2, hidden_size=16, layers=1)
 TINY_EVAL = dict(problems=4, samples=4, population=3, steps=2, votes=4)
@@ -67,7 +68,7 @@ def test_grpo_step_is_the_plain_grpo_gradient(impl):
         adv = rewards - rewards.mean()
         for a, z in zip(adv, pr.aggregations[0]):
             ids = torch.cat([pr.prompt, z])[None]
-            logits = model(input_ids=ids).logits[0, pr.prompt.numel() - 1:-1].float()
+            logits = model(input_ids=ids).logits[0, pr.prompt.numel() - 1 : -1].float()
             loss = loss - a * logits.log_softmax(-1).gather(1, z[:, None]).sum()
             total += z.numel()
     (loss / total).backward()
@@ -123,12 +124,40 @@ def test_run_compare_trains_both_and_evaluates_both():
 def test_cli_compare_save_and_eval(tmp_path, capsys):
     from spiral_fast.cli import main
 
-    tiny = ["--iterations", "2", "--problems", "2", "--traces", "3", "--sets", "2", "--set-size", "2",
-            "--aggregations", "2", "--hidden-size", "16", "--layers", "1", "--no-progress"]
+    tiny = [
+        "--iterations",
+        "2",
+        "--problems",
+        "2",
+        "--traces",
+        "3",
+        "--sets",
+        "2",
+        "--set-size",
+        "2",
+        "--aggregations",
+        "2",
+        "--hidden-size",
+        "16",
+        "--layers",
+        "1",
+        "--no-progress",
+    ]
     tiny_eval = ["--problems", "4", "--samples", "4", "--population", "3", "--steps", "2", "--votes", "4"]
     out = tmp_path / "compare.png"
-    main(["demo", *tiny, "--compare", "grpo", "--out", str(out), "--save", str(tmp_path / "models"),
-          *[a.replace("--", "--eval-") if a.startswith("--") else a for a in tiny_eval]])
+    main(
+        [
+            "demo",
+            *tiny,
+            "--compare",
+            "grpo",
+            "--out",
+            str(out),
+            "--save",
+            str(tmp_path / "models"),
+            *[a.replace("--", "--eval-") if a.startswith("--") else a for a in tiny_eval],
+        ]
+    )
     text = capsys.readouterr().out
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "spiral iter    1" in text and "grpo iter    1" in text
@@ -143,14 +172,18 @@ def test_cli_compare_save_and_eval(tmp_path, capsys):
     assert config.method == "grpo" and config.traces == 3 and config.set_size == 2
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["eval", "--model", "/nonexistent/dir"], "--model"),
-    (["eval", "--set-size", "9"], "--set-size must be <="),  # the option the user typed
-    (["eval", "--samples", "0"], "positive integer"),
-    (["demo", "--compare", "spiral"], "invalid choice"),
-    (["demo", "--method", "ppo"], "invalid choice"),
-    (["demo", "--eval-population", "2", "--eval-set-size", "3"], "--eval-set-size must be <="),
-], ids=["model-missing", "K-above-population", "samples-0", "compare-spiral", "method", "eval-K"])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eval", "--model", "/nonexistent/dir"], "--model"),
+        (["eval", "--set-size", "9"], "--set-size must be <="),  # the option the user typed
+        (["eval", "--samples", "0"], "positive integer"),
+        (["demo", "--compare", "spiral"], "invalid choice"),
+        (["demo", "--method", "ppo"], "invalid choice"),
+        (["demo", "--eval-population", "2", "--eval-set-size", "3"], "--eval-set-size must be <="),
+    ],
+    ids=["model-missing", "K-above-population", "samples-0", "compare-spiral", "method", "eval-K"],
+)
 def test_bad_arguments_fail_clearly(argv, message, capsys):
     from spiral_fast.cli import main
 

@@ -1,5 +1,6 @@
 """DemoConfig is documented and validated like the config sections (field metadata), derives the loop's
 RolloutConfig (one-token responses, GRPO matched by count), and the demo writes under runs/."""
+
 import dataclasses
 
 import pytest
@@ -20,24 +21,49 @@ def test_every_field_documented_and_the_cli_help_is_that_documentation():
 
 
 def test_rollout_is_derived_with_the_demos_documented_grpo_match():
-    c = DemoConfig(problems=3, traces=5, sets=2, set_size=2, aggregations=3, temperature=0.7, method="grpo",
-                   dynamic_sampling=True, max_extra_rounds=2)
-    assert c.rollout == RolloutConfig(engine="hf", method="grpo", grpo_match="count", problems_per_step=3,
-                                      num_traces=5, set_size=2, num_sets=2, num_aggregations=3, max_new_tokens=1,
-                                      agg_max_new_tokens=1, temperature=0.7, candidate_order="random",
-                                      dynamic_sampling=True, oversample=0.0, max_extra_rounds=2)
+    c = DemoConfig(
+        problems=3,
+        traces=5,
+        sets=2,
+        set_size=2,
+        aggregations=3,
+        temperature=0.7,
+        method="grpo",
+        dynamic_sampling=True,
+        max_extra_rounds=2,
+    )
+    assert c.rollout == RolloutConfig(
+        engine="hf",
+        method="grpo",
+        grpo_match="count",
+        problems_per_step=3,
+        num_traces=5,
+        set_size=2,
+        num_sets=2,
+        num_aggregations=3,
+        max_new_tokens=1,
+        agg_max_new_tokens=1,
+        temperature=0.7,
+        candidate_order="random",
+        dynamic_sampling=True,
+        oversample=0.0,
+        max_extra_rounds=2,
+    )
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"traces": 0}, r"^traces must be an int >= 1"),
-    ({"sets": 100, "traces": 4, "set_size": 2}, r"^sets must be <= C\(traces, set_size\) = 6"),
-    ({"set_size": 9}, r"^set_size must be <= traces"),
-    ({"lr": 0.0}, r"^lr must be a finite number > 0"),
-    ({"method": "ppo"}, r"^method must be one of"),
-    ({"engine": "sglang"}, r"^engine must be one of"),
-    ({"dynamic_sampling": 1}, r"^dynamic_sampling must be a bool"),
-    ({"aggregation": "parallel", "engine": "vllm"}, r"needs engine='hf'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"traces": 0}, r"^traces must be an int >= 1"),
+        ({"sets": 100, "traces": 4, "set_size": 2}, r"^sets must be <= C\(traces, set_size\) = 6"),
+        ({"set_size": 9}, r"^set_size must be <= traces"),
+        ({"lr": 0.0}, r"^lr must be a finite number > 0"),
+        ({"method": "ppo"}, r"^method must be one of"),
+        ({"engine": "sglang"}, r"^engine must be one of"),
+        ({"dynamic_sampling": 1}, r"^dynamic_sampling must be a bool"),
+        ({"aggregation": "parallel", "engine": "vllm"}, r"needs engine='hf'"),
+    ],
+)
 def test_errors_name_the_demos_field(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DemoConfig(**kwargs)

@@ -1,4 +1,5 @@
 """The demo's --dynamic-sampling: refill the batch with informative problems, bounded rounds."""
+
 import pytest
 import torch
 
@@ -20,14 +21,23 @@ def _one_thread():
 
 def _problem(tag: int, rewards):
     """A problem whose prompt carries `tag` (to follow it) and whose 2 sets have the given rewards."""
-    return spiral_fast.ProblemRollout(prompt=[tag], traces=[[1], [2], [3]], sets=[(0, 1), (1, 2)],
-                                      agg_prompts=[[tag, 1, 2], [tag, 2, 3]], aggregations=[[[1], [2]], [[1], [2]]],
-                                      rewards=rewards)
+    return spiral_fast.ProblemRollout(
+        prompt=[tag],
+        traces=[[1], [2], [3]],
+        sets=[(0, 1), (1, 2)],
+        agg_prompts=[[tag, 1, 2], [tag, 2, 3]],
+        aggregations=[[[1], [2]], [[1], [2]]],
+        rewards=rewards,
+    )
 
 
 def _batch(tags_and_informative):
-    return spiral_fast.SpiralBatch([_problem(t, [[1.0, 0.0], [0.0, 0.0]] if good else [[1.0, 1.0], [1.0, 1.0]])
-                                    for t, good in tags_and_informative])
+    return spiral_fast.SpiralBatch(
+        [
+            _problem(t, [[1.0, 0.0], [0.0, 0.0]] if good else [[1.0, 1.0], [1.0, 1.0]])
+            for t, good in tags_and_informative
+        ]
+    )
 
 
 class _Source:
@@ -49,8 +59,9 @@ def _tags(batch):
 def test_refills_to_the_target_in_sampling_order():
     config = spiral_fast.SpiralConfig()
     source = _Source([(10, False), (11, True), (12, True), (13, True)])
-    batch, dropped, _ = informative_batch(_batch([(0, True), (1, False), (2, True), (3, False)]), source,
-                                       target=4, max_extra_rounds=3, config=config)
+    batch, dropped, _ = informative_batch(
+        _batch([(0, True), (1, False), (2, True), (3, False)]), source, target=4, max_extra_rounds=3, config=config
+    )
     # round 0 keeps 0 and 2; round 1 asks for 2 (10 dropped, 11 kept); round 2 asks for 1 (12 kept)
     assert _tags(batch) == [0, 2, 11, 12] and dropped == 3 and source.calls == [2, 1]
 
@@ -58,27 +69,31 @@ def test_refills_to_the_target_in_sampling_order():
 def test_rounds_are_bounded_and_all_dropped_gives_none():
     config = spiral_fast.SpiralConfig()
     source = _Source([(t, False) for t in range(10, 30)])
-    batch, dropped, _ = informative_batch(_batch([(0, False), (1, True)]), source, target=2,
-                                       max_extra_rounds=2, config=config)
+    batch, dropped, _ = informative_batch(
+        _batch([(0, False), (1, True)]), source, target=2, max_extra_rounds=2, config=config
+    )
     assert _tags(batch) == [1] and dropped == 1 + 1 + 1 and source.calls == [1, 1]
     source = _Source([(t, False) for t in range(10, 30)])
-    batch, dropped, _ = informative_batch(_batch([(0, False), (1, False)]), source, target=2,
-                                       max_extra_rounds=1, config=config)
+    batch, dropped, _ = informative_batch(
+        _batch([(0, False), (1, False)]), source, target=2, max_extra_rounds=1, config=config
+    )
     assert batch is None and dropped == 4 and source.calls == [2]
 
 
 def test_a_full_first_round_samples_nothing_more():
     source = _Source([])
-    batch, dropped, _ = informative_batch(_batch([(0, True), (1, True)]), source, target=2,
-                                       max_extra_rounds=5, config=spiral_fast.SpiralConfig())
+    batch, dropped, _ = informative_batch(
+        _batch([(0, True), (1, True)]), source, target=2, max_extra_rounds=5, config=spiral_fast.SpiralConfig()
+    )
     assert _tags(batch) == [0, 1] and dropped == 0 and source.calls == []
 
 
 @pytest.mark.parametrize("method", ["spiral", "grpo"])
 def test_demo_reports_dropped_and_trains_only_informative_problems(method):
     base = train_demo(DemoConfig(seed=2, method=method, **TINY), progress=False).history
-    run = train_demo(DemoConfig(seed=2, method=method, dynamic_sampling=True, max_extra_rounds=2, **TINY),
-                     progress=False).history
+    run = train_demo(
+        DemoConfig(seed=2, method=method, dynamic_sampling=True, max_extra_rounds=2, **TINY), progress=False
+    ).history
     assert all(row["dropped"] == 0 and row["trained_problems"] == 2 for row in base)
     assert base[0]["reward"] == run[0]["reward"]  # same first rollout: metrics come from it
     assert sum(row["dropped"] for row in run) > 0  # a random tiny model often ties all rewards

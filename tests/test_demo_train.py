@@ -1,8 +1,9 @@
 """The demo's training loop: seeded determinism, metrics, and the plot."""
+
 import pytest
 
-from spiral_fast.recipe.plots import plot_history
 from spiral_fast.recipe.demo import DemoConfig, run_demo
+from spiral_fast.recipe.plots import plot_history
 
 TINY = dict(iterations=2, problems=2, traces=3, sets=2, set_size=2, aggregations=2, hidden_size=16, layers=1)
 
@@ -28,8 +29,10 @@ def test_reference_step_runs_the_same_loop():
 
 
 def test_plot_writes_png_and_rejects_empty_history(tmp_path):
-    rows = [{"iteration": i, "agg_reward": r, "set_value": r, "set_value_std": 0.1, "trace_acc": r}
-            for i, r in enumerate([0.1, 0.5, 0.9])]
+    rows = [
+        {"iteration": i, "agg_reward": r, "set_value": r, "set_value_std": 0.1, "trace_acc": r}
+        for i, r in enumerate([0.1, 0.5, 0.9])
+    ]
     path = plot_history(rows, tmp_path / "a" / "b.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="history"):

@@ -1,6 +1,7 @@
 """spiral_fast.rollout.draw_sets with distinct=True (the paper's sets): every subset once when
 M = C(N, K), uniform draws without replacement on both paths (rejection and ranked permutation),
 members in uniformly random order, and bad sizes rejected."""
+
 import itertools
 import math
 from collections import Counter
@@ -83,12 +84,16 @@ def test_large_c_does_not_enumerate_and_is_seeded():
     assert sets == draw_sets(64, 16, 32, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("args,kwargs,match", [
-    ((4, 7, 2), {}, r"num_sets must be <= C\(num_traces=4, set_size=2\) = 6"),
-    ((3, 2, 3), {}, r"num_sets must be <= C\(num_traces=3, set_size=3\) = 1"),
-    ((3, 2, 1), {"distinct": 1}, "distinct must be a bool"),
-    ((True, 1, 1), {}, "num_traces"),
-], ids=["M-above-C", "K-equals-N", "distinct-not-bool", "N-bool"])
+@pytest.mark.parametrize(
+    "args,kwargs,match",
+    [
+        ((4, 7, 2), {}, r"num_sets must be <= C\(num_traces=4, set_size=2\) = 6"),
+        ((3, 2, 3), {}, r"num_sets must be <= C\(num_traces=3, set_size=3\) = 1"),
+        ((3, 2, 1), {"distinct": 1}, "distinct must be a bool"),
+        ((True, 1, 1), {}, "num_traces"),
+    ],
+    ids=["M-above-C", "K-equals-N", "distinct-not-bool", "N-bool"],
+)
 def test_bad_arguments_raise(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         draw_sets(*args, **kwargs)

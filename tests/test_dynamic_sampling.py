@@ -2,6 +2,7 @@
 first round samples ceil(P * (1 + oversample)) problems in one call and keeps the first P informative
 ones in sampling order; extra rounds run only while the batch is short; the progress bar is told the
 phase and round; rollout.engine "auto" picks HF generate where vLLM is absent."""
+
 import importlib.util
 import logging
 from types import SimpleNamespace
@@ -16,8 +17,14 @@ from spiral_fast.rollout.config import RolloutConfig
 
 def problem(informative: bool, tag: int) -> ProblemRollout:
     """One set of two aggregation responses: rewards 1, 0 (nonzero advantages) or 1, 1 (all zero)."""
-    return ProblemRollout(prompt=[1, tag], traces=[[3], [4]], sets=[(0, 1)], agg_prompts=[[9, tag]],
-                          aggregations=[[[5], [6]]], rewards=[[1.0, 0.0] if informative else [1.0, 1.0]])
+    return ProblemRollout(
+        prompt=[1, tag],
+        traces=[[3], [4]],
+        sets=[(0, 1)],
+        agg_prompts=[[9, tag]],
+        aggregations=[[[5], [6]]],
+        rewards=[[1.0, 0.0] if informative else [1.0, 1.0]],
+    )
 
 
 class Source:
@@ -43,15 +50,31 @@ def fake_collect(informative, calls):
             on_progress("traces", len(problems), len(problems))
             on_progress("aggregations", len(problems), len(problems))
         return SpiralBatch([problem(informative(k), k) for k in problems]), {"reward": 0.5}
+
     return collect
 
 
 def trainer(informative, calls, **settings):
-    rollout = RolloutConfig(**{"problems_per_step": 4, "num_traces": 2, "set_size": 2, "num_sets": 1,
-                               "num_aggregations": 2, "max_new_tokens": 4, **settings})
-    t = Trainer(model=None, sampler=SimpleNamespace(sync=lambda model: None), task=SimpleNamespace(),
-                settings=rollout, config=SpiralConfig(), optimizer=SimpleNamespace(param_groups=[{"lr": 1.0}]),
-                step_fn=lambda model, batch, config, optimizer: SimpleNamespace(metrics={"loss": 0.25}))
+    rollout = RolloutConfig(
+        **{
+            "problems_per_step": 4,
+            "num_traces": 2,
+            "set_size": 2,
+            "num_sets": 1,
+            "num_aggregations": 2,
+            "max_new_tokens": 4,
+            **settings,
+        }
+    )
+    t = Trainer(
+        model=None,
+        sampler=SimpleNamespace(sync=lambda model: None),
+        task=SimpleNamespace(),
+        settings=rollout,
+        config=SpiralConfig(),
+        optimizer=SimpleNamespace(param_groups=[{"lr": 1.0}]),
+        step_fn=lambda model, batch, config, optimizer: SimpleNamespace(metrics={"loss": 0.25}),
+    )
     t.collect_fn = fake_collect(informative, calls)
     return t
 
@@ -99,13 +122,17 @@ def test_without_dynamic_sampling_everything_is_trained_and_nothing_oversampled(
 
 def test_informative_batch_and_share_of_room():
     first = SpiralBatch([problem(k in (1, 2), k) for k in range(4)])
-    batch, dropped, rounds = informative_batch(first, lambda n: pytest.fail("no extra round needed"), target=2,
-                                               max_extra_rounds=3, config=SpiralConfig())
+    batch, dropped, rounds = informative_batch(
+        first, lambda n: pytest.fail("no extra round needed"), target=2, max_extra_rounds=3, config=SpiralConfig()
+    )
     assert kept_tags(batch) == [1, 2] and dropped == 2 and rounds == 1
-    assert informative_batch(SpiralBatch([problem(False, 0)]), lambda n: None, target=1, max_extra_rounds=2,
-                             config=SpiralConfig()) == (None, 1, 3)
+    assert informative_batch(
+        SpiralBatch([problem(False, 0)]), lambda n: None, target=1, max_extra_rounds=2, config=SpiralConfig()
+    ) == (None, 1, 3)
     # ranks' informative counts over the room: round-robin over ranks (slot order)
-    assert share_of_room([3, 3], 4) == [2, 2] and share_of_room([0, 5], 3) == [0, 3] and share_of_room([1, 1], 5) == [1, 1]
+    assert (
+        share_of_room([3, 3], 4) == [2, 2] and share_of_room([0, 5], 3) == [0, 3] and share_of_room([1, 1], 5) == [1, 1]
+    )
 
 
 def test_progress_names_phase_and_round():
@@ -113,8 +140,16 @@ def test_progress_names_phase_and_round():
     t = trainer(lambda k: k >= 8, calls, oversample=1.0, max_extra_rounds=1)
     t.on_phase = phases.append
     t.train_step(Source(), step=1)
-    assert phases == ["traces", "aggregations", "rewards", "round 2: traces", "round 2: aggregations",
-                      "round 2: rewards", "step", "sync"]
+    assert phases == [
+        "traces",
+        "aggregations",
+        "rewards",
+        "round 2: traces",
+        "round 2: aggregations",
+        "round 2: rewards",
+        "step",
+        "sync",
+    ]
 
 
 def test_engine_auto_falls_back_to_hf_where_vllm_is_absent(monkeypatch, caplog):
@@ -125,7 +160,8 @@ def test_engine_auto_falls_back_to_hf_where_vllm_is_absent(monkeypatch, caplog):
         assert engine.resolve_engine("auto", SimpleNamespace(config=None)) == "hf"
     assert [r.getMessage() for r in caplog.records if "rollout.engine" in r.getMessage()] == [
         f'rollout.engine = "auto": sampling with HF generate (vLLM is not installed; for faster sampling: '
-        f"{engine.VLLM_INSTALL_HINT})"]
+        f"{engine.VLLM_INSTALL_HINT})"
+    ]
     monkeypatch.setattr(engine, "vllm_unavailable_reason", lambda config=None: None)
     assert engine.resolve_engine("auto", SimpleNamespace(config=None)) == "vllm"
     assert engine.resolve_engine("hf", None) == "hf" and engine.resolve_engine("vllm", None) == "vllm"

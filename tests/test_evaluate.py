@@ -1,4 +1,5 @@
 """spiral_fast.evaluate: pass@k against enumeration, majority vote, and RSA on a tiny model."""
+
 import itertools
 from fractions import Fraction
 from math import comb
@@ -8,8 +9,8 @@ import torch
 
 import spiral_fast
 from spiral_fast._utils import torch_threads
-from spiral_fast.recipe.tiny_model import tiny_qwen2
 from spiral_fast.evaluate import RSAResult, majority_vote, pass_at_k, recursive_aggregation
+from spiral_fast.recipe.tiny_model import tiny_qwen2
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,8 +34,9 @@ def test_pass_at_k_equals_enumeration(n):
             assert pass_at_k(n, c, k) == pytest.approx(_enumerated_pass_at_k(n, c, k), abs=1e-12)
 
 
-@pytest.mark.parametrize("n,c,k", [(1000, 3, 1), (1000, 500, 100), (5000, 17, 256), (256, 1, 256),
-                                   (100000, 2, 7)], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "n,c,k", [(1000, 3, 1), (1000, 500, 100), (5000, 17, 256), (256, 1, 256), (100000, 2, 7)], ids=lambda v: str(v)
+)
 def test_pass_at_k_exact_for_large_n(n, c, k):
     exact = 1 - Fraction(comb(n - c, k), comb(n, k))  # big-integer arithmetic: no rounding
     assert pass_at_k(n, c, k) == pytest.approx(float(exact), rel=1e-12, abs=1e-15)
@@ -48,27 +50,45 @@ def test_pass_at_k_over_problems_lists_tensors_and_broadcast():
         assert out.dtype == torch.float64 and out.shape == (3,)
         torch.testing.assert_close(out, expected)
     broadcast = pass_at_k(8, [0, 3, 8], 3)
-    torch.testing.assert_close(broadcast, torch.tensor([_enumerated_pass_at_k(8, c, 3) for c in (0, 3, 8)],
-                                                       dtype=torch.float64))
+    torch.testing.assert_close(
+        broadcast, torch.tensor([_enumerated_pass_at_k(8, c, 3) for c in (0, 3, 8)], dtype=torch.float64)
+    )
     assert isinstance(pass_at_k(torch.tensor(5), torch.tensor(2), 2), float)
 
 
-@pytest.mark.parametrize("args,match", [
-    ((4, 1, 5), "k must be <= num_samples"), ((4, 1, 0), "k must be"), ((4, 5, 1), "num_correct"),
-    ((4, -1, 1), "num_correct"), (([4, 2], [1, 1], 3), r"num_samples\[1\]"),
-    (([4, 4], [1], 1), "num_correct has 1"), ((4.0, 1, 1), "num_samples"),
-    ((torch.tensor([4.0]), [1], 1), "num_samples")],
-    ids=["k-above-n", "k0", "c-above-n", "c-negative", "k-above-one-n", "lengths", "float-n", "float-tensor"])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        ((4, 1, 5), "k must be <= num_samples"),
+        ((4, 1, 0), "k must be"),
+        ((4, 5, 1), "num_correct"),
+        ((4, -1, 1), "num_correct"),
+        (([4, 2], [1, 1], 3), r"num_samples\[1\]"),
+        (([4, 4], [1], 1), "num_correct has 1"),
+        ((4.0, 1, 1), "num_samples"),
+        ((torch.tensor([4.0]), [1], 1), "num_samples"),
+    ],
+    ids=["k-above-n", "k0", "c-above-n", "c-negative", "k-above-one-n", "lengths", "float-n", "float-tensor"],
+)
 def test_pass_at_k_rejects_bad_input(args, match):
     with pytest.raises(ValueError, match=match):
         pass_at_k(*args)
 
 
-@pytest.mark.parametrize("answers,expected", [
-    ([3, 1, 3, 2], 3), ([1, 2, 2, 1], 1), ([2, 1, 1, 2], 2), ([None, None, 5], 5),
-    ([None, 4, None, 6, 6], 6), ([None, None], None), ([], None), (["b", "a", "a", "b", "c"], "b")],
-    ids=["plain", "tie-first-1", "tie-first-2", "none-ignored", "none-not-counted", "all-none",
-         "empty", "strings"])
+@pytest.mark.parametrize(
+    "answers,expected",
+    [
+        ([3, 1, 3, 2], 3),
+        ([1, 2, 2, 1], 1),
+        ([2, 1, 1, 2], 2),
+        ([None, None, 5], 5),
+        ([None, 4, None, 6, 6], 6),
+        ([None, None], None),
+        ([], None),
+        (["b", "a", "a", "b", "c"], "b"),
+    ],
+    ids=["plain", "tie-first-1", "tie-first-2", "none-ignored", "none-not-counted", "all-none", "empty", "strings"],
+)
 def test_majority_vote(answers, expected):
     assert majority_vote(answers) == expected
 
@@ -100,8 +120,15 @@ def _score(p, response):
 
 def _rsa(model, template, seed, **kwargs):
     torch.manual_seed(seed)
-    opts = dict(template=template, score_fn=_score, population=5, set_size=3, steps=3,
-                max_new_tokens=2, generator=torch.Generator().manual_seed(seed))
+    opts = dict(
+        template=template,
+        score_fn=_score,
+        population=5,
+        set_size=3,
+        steps=3,
+        max_new_tokens=2,
+        generator=torch.Generator().manual_seed(seed),
+    )
     opts.update(kwargs)
     return recursive_aggregation(model, [[1, 2, 3], [4, 5]], **opts)
 
@@ -171,14 +198,35 @@ def test_rsa_zero_steps_and_exposed_on_the_package():
     assert spiral_fast.evaluate.recursive_aggregation is recursive_aggregation
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"population": 0}, "population"), ({"set_size": 6}, "set_size"), ({"set_size": 0}, "set_size"),
-    ({"steps": -1}, "steps"), ({"temperature": 0.0}, "temperature"), ({"max_new_tokens": 0}, "max_new_tokens"),
-    ({"agg_max_new_tokens": 0}, "agg_max_new_tokens"), ({"engine": "sglang"}, "engine"),
-    ({"score_fn": lambda p, r: 2.0}, "score_fn"), ({"score_fn": None}, "score_fn"),
-    ({"template": None}, "template")],
-    ids=["population", "K-above-pop", "K0", "steps", "T0", "max-new", "agg-max-new", "engine",
-         "score-range", "score-none", "template-none"])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"population": 0}, "population"),
+        ({"set_size": 6}, "set_size"),
+        ({"set_size": 0}, "set_size"),
+        ({"steps": -1}, "steps"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"agg_max_new_tokens": 0}, "agg_max_new_tokens"),
+        ({"engine": "sglang"}, "engine"),
+        ({"score_fn": lambda p, r: 2.0}, "score_fn"),
+        ({"score_fn": None}, "score_fn"),
+        ({"template": None}, "template"),
+    ],
+    ids=[
+        "population",
+        "K-above-pop",
+        "K0",
+        "steps",
+        "T0",
+        "max-new",
+        "agg-max-new",
+        "engine",
+        "score-range",
+        "score-none",
+        "template-none",
+    ],
+)
 def test_rsa_rejects_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _rsa(_model(), kwargs.pop("template", _Recorder()), seed=0, **kwargs)
@@ -197,7 +245,7 @@ def test_rsa_sets_are_drawn_independently():
     out = _rsa(_model(), template, seed=2, population=3, set_size=3, steps=1)
     assert len(out.accuracy) == 2 and len(template.calls) == 2 * 3
     for p, prompt in enumerate(([1, 2, 3], [4, 5])):
-        for x, members in template.calls[p * 3:(p + 1) * 3]:
+        for x, members in template.calls[p * 3 : (p + 1) * 3]:
             assert x == prompt
             assert sorted(members) == sorted(list(r) for r in out.populations[0][p])
 

@@ -2,12 +2,13 @@
 logits are the PeftModel's, before and after optimizer steps (with and without sync), the trainer's
 frozen base weights stay bitwise unchanged over many syncs, and the behaviour log-probs are those
 ``spiral_fast.batch_logprobs`` computes for the PeftModel."""
+
 import pytest
 import torch
+from training_cases import tiny_model
 
 import spiral_fast
 from spiral_fast.rollout.sampler import HFSampler
-from training_cases import tiny_model
 
 peft = pytest.importorskip("peft", reason="peft is not installed (pip install spiral_fast[dev])")
 
@@ -86,10 +87,10 @@ def test_generate_refreshes_a_stale_copy_and_disable_adapter_samples_the_base():
     (y,), (lp,) = sampler.generate([prompt], 1, max_new_tokens=4, temperature=0.7)
     x = torch.tensor(prompt + y)[None]
     with torch.no_grad():
-        want = (model(input_ids=x).logits[0, len(prompt) - 1:-1] / 0.7).log_softmax(-1)
+        want = (model(input_ids=x).logits[0, len(prompt) - 1 : -1] / 0.7).log_softmax(-1)
         want = want.gather(1, torch.tensor(y)[:, None])[:, 0]
         with model.disable_adapter():
-            base = (model(input_ids=x).logits[0, len(prompt) - 1:-1] / 0.7).log_softmax(-1)
+            base = (model(input_ids=x).logits[0, len(prompt) - 1 : -1] / 0.7).log_softmax(-1)
             base = base.gather(1, torch.tensor(y)[:, None])[:, 0]
     torch.testing.assert_close(torch.tensor(lp), want, atol=2e-5, rtol=0)
     assert (base - want).abs().max() > 1e-3
@@ -97,7 +98,7 @@ def test_generate_refreshes_a_stale_copy_and_disable_adapter_samples_the_base():
         torch.manual_seed(0)
         (yb,), (lpb,) = sampler.generate([prompt], 1, max_new_tokens=4, temperature=0.7)
         with torch.no_grad():
-            ref = (model(input_ids=torch.tensor(prompt + yb)[None]).logits[0, len(prompt) - 1:-1] / 0.7)
+            ref = model(input_ids=torch.tensor(prompt + yb)[None]).logits[0, len(prompt) - 1 : -1] / 0.7
         ref = ref.log_softmax(-1).gather(1, torch.tensor(yb)[:, None])[:, 0]
     torch.testing.assert_close(torch.tensor(lpb), ref, atol=2e-5, rtol=0)
 
@@ -109,10 +110,20 @@ def test_merged_behaviour_logprobs_equal_batch_logprobs(temperature):
     adapter_step(model, 3)
     sampler.sync(model)
     template = spiral_fast.rollout.AggregationTemplate(head=(1,), separator=(2,), tail=(4,))
-    batch = spiral_fast.rollout(sampler, [[5, 6, 7, 8], [9, 10, 11]], reward_fn=lambda p, s, z: float(z[0] % 2),
-                                template=template, num_traces=4, num_sets=3, set_size=2, num_aggregations=2,
-                                max_new_tokens=5, temperature=temperature, eos_token_id=3,
-                                generator=torch.Generator().manual_seed(0))
+    batch = spiral_fast.rollout(
+        sampler,
+        [[5, 6, 7, 8], [9, 10, 11]],
+        reward_fn=lambda p, s, z: float(z[0] % 2),
+        template=template,
+        num_traces=4,
+        num_sets=3,
+        set_size=2,
+        num_aggregations=2,
+        max_new_tokens=5,
+        temperature=temperature,
+        eos_token_id=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     want = spiral_fast.batch_logprobs(model, batch, config=spiral_fast.SpiralConfig(temperature=temperature))
     pairs = 0
     for p, pr in enumerate(batch.problems):

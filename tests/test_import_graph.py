@@ -10,6 +10,7 @@ and below, never above.
 
 Findings are reported per part: the lower layers (``LOWER``) and the upper ones.
 """
+
 from __future__ import annotations
 
 import ast
@@ -23,26 +24,33 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "spiral_fast"
 LAYERS = {
     "spiral_fast._utils": 0,
     "spiral_fast._version": 0,
-    "spiral_fast._fields": 0,       # documented, validated dataclass fields of the settings (stdlib only)
-    "spiral_fast.distributed": 0,   # every torch.distributed helper (torch only)
+    "spiral_fast._fields": 0,  # documented, validated dataclass fields of the settings (stdlib only)
+    "spiral_fast.distributed": 0,  # every torch.distributed helper (torch only)
     "spiral_fast.kernels": 0,
     "spiral_fast.ops": 1,
     "spiral_fast.algorithm": 2,
     "spiral_fast.packing": 3,
     "spiral_fast.models": 3,
-    "spiral_fast.policy_step": 4,   # the step's internals (today spiral_fast.training)
+    "spiral_fast.policy_step": 4,  # the step's internals (today spiral_fast.training)
     "spiral_fast.rollout": 5,
     "spiral_fast.tasks": 5,
     "spiral_fast.evaluate": 6,
-    "spiral_fast.recipe": 7,        # the training recipe (today spiral_fast.train and spiral_fast.demo)
+    "spiral_fast.recipe": 7,  # the training recipe (today spiral_fast.train and spiral_fast.demo)
     "spiral_fast.profile_memory": 7,
     "spiral_fast.cli": 8,
-    "spiral_fast.train": 8,         # the `python -m spiral_fast.train` entry
-    "spiral_fast": 9,               # the package __init__ (lazy exports); matches only itself
+    "spiral_fast.train": 8,  # the `python -m spiral_fast.train` entry
+    "spiral_fast": 9,  # the package __init__ (lazy exports); matches only itself
 }
-EXTENSIONS = {"spiral_fast.packing._native"}   # compiled (csrc/): no .py file, no Python imports
-LOWER = ("spiral_fast._utils", "spiral_fast._fields", "spiral_fast.kernels", "spiral_fast.ops",
-         "spiral_fast.algorithm", "spiral_fast.packing", "spiral_fast.models")
+EXTENSIONS = {"spiral_fast.packing._native"}  # compiled (csrc/): no .py file, no Python imports
+LOWER = (
+    "spiral_fast._utils",
+    "spiral_fast._fields",
+    "spiral_fast.kernels",
+    "spiral_fast.ops",
+    "spiral_fast.algorithm",
+    "spiral_fast.packing",
+    "spiral_fast.models",
+)
 MAX_IN_FUNCTION_IMPORTS = 10
 PARTS = ["lower", "upper"]
 
@@ -90,13 +98,18 @@ def _graph(trees: dict[str, ast.Module] | None = None) -> dict[str, set[str]]:
     ``if TYPE_CHECKING:`` included)."""
     graph = {}
     for module, tree in (TREES if trees is None else trees).items():
-        graph[module] = {t for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
-                         for t in _targets(module, node) if t != module}
+        graph[module] = {
+            t
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for t in _targets(module, node)
+            if t != module
+        }
     return graph
 
 
 def _in_function_imports() -> list[str]:
-    """"path:line: statement" of every import of spiral_fast inside a function body."""
+    """ "path:line: statement" of every import of spiral_fast inside a function body."""
     found = {}
     for module, tree in TREES.items():
         for fn in ast.walk(tree):
@@ -126,7 +139,7 @@ def _in_part(module: str, part: str) -> bool:
 
 def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One import circle of ``graph`` as [a, b, ..., a], or None."""
-    state: dict[str, int] = {}   # 1: on the current path, 2: done
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
 
     def visit(node):
@@ -134,7 +147,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -150,8 +163,8 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_the_graph_sees_known_edges():
     graph = _graph()
     assert "spiral_fast.ops.dispatch" in graph["spiral_fast.ops.logprobs.op"]
-    assert "spiral_fast.packing.native" in graph["spiral_fast.packing.pack"]   # `from package import module`
-    assert "spiral_fast.packing" in graph["spiral_fast.policy_step.forward"]    # `from package import name`
+    assert "spiral_fast.packing.native" in graph["spiral_fast.packing.pack"]  # `from package import module`
+    assert "spiral_fast.packing" in graph["spiral_fast.policy_step.forward"]  # `from package import name`
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
 
@@ -159,9 +172,11 @@ def test_the_graph_sees_known_edges():
 def test_the_graph_counts_type_checking_imports():
     """An import under ``if TYPE_CHECKING:`` is an edge like any other (it used to be skipped, which hid
     the policy_step.batch <-> policy_step.advantages circle)."""
-    source = ("from typing import TYPE_CHECKING\n"
-              "if TYPE_CHECKING:\n"
-              "    from spiral_fast.policy_step.batch import SpiralBatch\n")
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from spiral_fast.policy_step.batch import SpiralBatch\n"
+    )
     graph = _graph({"spiral_fast.policy_step.advantages": ast.parse(source)})
     assert graph["spiral_fast.policy_step.advantages"] == {"spiral_fast.policy_step.batch"}
 
@@ -181,7 +196,7 @@ def test_no_upward_imports(part):
         for target in sorted(targets):
             rank, target_rank = _rank(module), _rank(target)
             if rank is None:
-                continue   # test_every_module_has_a_layer names it
+                continue  # test_every_module_has_a_layer names it
             if target_rank is None or target_rank > rank:
                 bad.append(f"{module} (layer {rank}) imports {target} (layer {target_rank})")
     assert not bad, "upward imports (or modules missing from LAYERS):\n" + "\n".join(bad)
@@ -209,7 +224,8 @@ def test_few_in_function_imports():
     found = _in_function_imports()
     assert len(found) <= MAX_IN_FUNCTION_IMPORTS, (
         f"{len(found)} imports of spiral_fast inside functions (at most {MAX_IN_FUNCTION_IMPORTS}); move "
-        "them to the top of their file unless they import an optional dependency:\n" + "\n".join(found))
+        "them to the top of their file unless they import an optional dependency:\n" + "\n".join(found)
+    )
 
 
 def _registers_a_self_check(tree: ast.Module) -> bool:

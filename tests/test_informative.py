@@ -1,5 +1,6 @@
 """SpiralBatch.informative (dynamic sampling): problems whose advantages are all zero are dropped,
 the others kept in order; every problem dropped gives (None, P)."""
+
 import pytest
 
 from spiral_fast import ProblemRollout, SpiralBatch, SpiralConfig
@@ -8,23 +9,32 @@ from spiral_fast import ProblemRollout, SpiralBatch, SpiralConfig
 def problem(rewards, *, traces=4):
     """A problem with one set per entry of rewards (set j = traces j, j+1 mod N)."""
     sets = [(j % traces, (j + 1) % traces) for j in range(len(rewards))]
-    return ProblemRollout(prompt=[1, 2], traces=[[3 + i] for i in range(traces)], sets=sets,
-                          agg_prompts=[[9, j] for j in range(len(rewards))],
-                          aggregations=[[[5 + g] for g in range(len(rs))] for rs in rewards], rewards=rewards)
+    return ProblemRollout(
+        prompt=[1, 2],
+        traces=[[3 + i] for i in range(traces)],
+        sets=sets,
+        agg_prompts=[[9, j] for j in range(len(rewards))],
+        aggregations=[[[5 + g] for g in range(len(rs))] for rs in rewards],
+        rewards=rewards,
+    )
 
 
 # every reward equal, with set sizes 3 and 2: 0.1 + 0.1 + 0.1 is not 3 * 0.1 in floating point
 TIED = [[0.1, 0.1, 0.1], [0.1, 0.1]]
 VARIED = [[1.0, 0.0], [0.0, 0.0]]
 SETS_DIFFER = [[1.0, 1.0], [0.0, 0.0]]  # equal within each set, different across sets
-CONFIGS = [SpiralConfig(), SpiralConfig(estimator="rloo", scale="std"),
-           SpiralConfig(trace_credit="sum", scale="none", estimator="grpo")]
+CONFIGS = [
+    SpiralConfig(),
+    SpiralConfig(estimator="rloo", scale="std"),
+    SpiralConfig(trace_credit="sum", scale="none", estimator="grpo"),
+]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["default", "rloo-std", "grpo-none-sum"])
 def test_drops_problems_with_all_zero_advantages(config):
-    batch = SpiralBatch([problem(TIED), problem(VARIED), problem([[0.0]]), problem(SETS_DIFFER),
-                         problem([[1.0, 1.0, 1.0]])])
+    batch = SpiralBatch(
+        [problem(TIED), problem(VARIED), problem([[0.0]]), problem(SETS_DIFFER), problem([[1.0, 1.0, 1.0]])]
+    )
     kept, dropped = batch.informative(config)
     assert dropped == 3
     assert isinstance(kept, SpiralBatch) and [pr.rewards for pr in kept.problems] == [VARIED, SETS_DIFFER]

@@ -1,5 +1,6 @@
 """policy_loss normalisers are global: any split of a batch (micro-batches, gloo ranks) sums to the
 whole-batch loss and gradient, for every normaliser."""
+
 from __future__ import annotations
 
 import os
@@ -8,11 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import end_rank, file_rendezvous
+from test_policy_loss import make_batch
 
 import spiral_fast
 from spiral_fast.algorithm.reference import NORMALIZERS
-from test_policy_loss import make_batch
-from helpers import end_rank, file_rendezvous
 
 ROWS, SEQS = 900, 11
 
@@ -29,9 +30,18 @@ def global_kwargs(b: dict, normalizer: str) -> dict:
 def piece_loss(b: dict, lo: int, hi: int, logp: torch.Tensor, normalizer: str, backend: str = "torch"):
     """Loss of rows [lo, hi) of the batch, rows of logp being this piece's own (differentiable) rows."""
     ref = b["ref_logp"][lo:hi] if b["ref_logp"] is not None else None
-    loss, _ = spiral_fast.policy_loss(logp, b["old_logp"][lo:hi], b["token_seq"][lo:hi], b["seq_adv"],
-                                      b["seq_weight"], ref_logp=ref, kl_coef=0.1, normalizer=normalizer,
-                                      backend=backend, **global_kwargs(b, normalizer))
+    loss, _ = spiral_fast.policy_loss(
+        logp,
+        b["old_logp"][lo:hi],
+        b["token_seq"][lo:hi],
+        b["seq_adv"],
+        b["seq_weight"],
+        ref_logp=ref,
+        kl_coef=0.1,
+        normalizer=normalizer,
+        backend=backend,
+        **global_kwargs(b, normalizer),
+    )
     return loss
 
 
@@ -42,8 +52,11 @@ def sorted_batch(seed: int) -> dict:
     return b
 
 
-SPLITS = [pytest.param([0, 450, 900], id="halves"), pytest.param([0, 1, 333, 334, 700, 900], id="ragged"),
-          pytest.param([0, 900, 900], id="empty-piece")]
+SPLITS = [
+    pytest.param([0, 450, 900], id="halves"),
+    pytest.param([0, 1, 333, 334, 700, 900], id="ragged"),
+    pytest.param([0, 900, 900], id="empty-piece"),
+]
 
 
 @pytest.mark.parametrize("layout", ["sorted", "scattered"])

@@ -5,6 +5,7 @@
 - the float32 log-prob configs are the ones that fit sm_90 (the ``sm90_compile`` test compiles them);
 - fp16 gradients of the Triton log-prob backward do not flush to zero at a 1e-7 upstream gradient.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,7 @@ def test_tf32_read_under_the_current_api(tf32_flags):
 
     tf32_flags.fp32_precision = "tf32"
     with pytest.raises(RuntimeError):
-        torch.backends.cuda.matmul.allow_tf32   # the legacy read that used to fail in the launcher
+        torch.backends.cuda.matmul.allow_tf32  # the legacy read that used to fail in the launcher
     assert cuda_matmul_allows_tf32() is True
     tf32_flags.fp32_precision = "ieee"
     assert cuda_matmul_allows_tf32() is False
@@ -45,7 +46,7 @@ def test_tf32_read_under_the_legacy_api_and_inherited(tf32_flags):
     tf32_flags.allow_tf32 = False
     assert cuda_matmul_allows_tf32() is False
     tf32_flags.fp32_precision = "none"
-    torch.backends.fp32_precision = "tf32"   # the matmul flag inherits the global one
+    torch.backends.fp32_precision = "tf32"  # the matmul flag inherits the global one
     assert cuda_matmul_allows_tf32() is True
 
 
@@ -108,8 +109,14 @@ def test_every_launcher_enters_the_device_guard(monkeypatch, triton_device):
     sf.logprobs_from_logits(logits, targets, backend="triton").sum().backward()
     assert len(entered) == 4
     logp = torch.randn(8, device=triton_device, requires_grad=True)
-    sf.policy_loss(logp, logp.detach(), torch.zeros(8, dtype=torch.int64, device=triton_device),
-                   torch.ones(1, device=triton_device), torch.ones(1, device=triton_device), backend="triton")
+    sf.policy_loss(
+        logp,
+        logp.detach(),
+        torch.zeros(8, dtype=torch.int64, device=triton_device),
+        torch.ones(1, device=triton_device),
+        torch.ones(1, device=triton_device),
+        backend="triton",
+    )
     assert len(entered) == 5
     packed = sf.pack_sequences([[1, 2, 3], [4, 5]]).to(triton_device)
     q = torch.randn(5, 2, 16, device=triton_device, requires_grad=True)
@@ -138,20 +145,25 @@ def _relative_error(x: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("dtype", [
-    pytest.param(torch.float16, id="float16"),
-    # bf16 tl.dot is wrong under the interpreter (docs/platform_notes.md): the bf16 case needs a GPU
-    pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.gpu),
-])
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        pytest.param(torch.float16, id="float16"),
+        # bf16 tl.dot is wrong under the interpreter (docs/platform_notes.md): the bf16 case needs a GPU
+        pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.gpu),
+    ],
+)
 def test_low_precision_gradients_survive_a_tiny_upstream_gradient(triton_device, dtype):
     """A token-mean over a large batch gives ~1e-7 per token: G = dL/dlogits is then below fp16's
     smallest subnormal (6e-8) for most entries. The backward's error must stay within 2x the error of
     merely storing the exact gradient in the input dtype (the torch backend's floor)."""
     n, h, v = 64, 32, 4096
     hidden = torch.randn(n, h, device=triton_device).to(dtype)
-    weight = (torch.randn(v, h, device=triton_device) / h ** 0.5).to(dtype)
+    weight = (torch.randn(v, h, device=triton_device) / h**0.5).to(dtype)
     targets = torch.randint(0, v, (n,), device=triton_device)
-    upstream = 1e-7 * torch.empty(n, device=triton_device).uniform_(0.5, 1.5) * torch.randn(n, device=triton_device).sign()
+    upstream = (
+        1e-7 * torch.empty(n, device=triton_device).uniform_(0.5, 1.5) * torch.randn(n, device=triton_device).sign()
+    )
 
     leaves = [t.detach().double().requires_grad_() for t in (hidden, weight)]
     logp = token_logprobs_reference(*leaves, targets, dtype=torch.float64)
@@ -175,9 +187,9 @@ def test_vocab_split_forward_with_a_fully_masked_split(triton_device):
 
     from spiral_fast.kernels.logprobs import _vocab_splits
 
-    assert _vocab_splits(1, 3, torch.device("cpu")) == 3   # the shape below: one token block, 3 splits
+    assert _vocab_splits(1, 3, torch.device("cpu")) == 3  # the shape below: one token block, 3 splits
     hidden, weight, bias, targets = make_linear_inputs((12,), 16, 130, torch.float32, device=triton_device)
-    bias[:64] = float("-inf")     # the whole first split
+    bias[:64] = float("-inf")  # the whole first split
     targets[targets.clamp(min=0) < 64] = 100
     out = check_linear(hidden, weight, bias, targets, backend="triton", floor=1e-5)
     assert all(torch.isfinite(o[~torch.isinf(o)]).all() for o in out)

@@ -4,13 +4,14 @@ tolerance rule), gradcheck, adversarial rows, ignored rows, odd shapes and input
 Shapes: N tokens (any leading dims), H hidden, V vocab. Chunk sizes are shrunk by a fixture so that
 the small test shapes cross token and vocabulary chunk boundaries.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import assert_rows_within_tolerance, assert_within_tolerance, names
 
 import spiral_fast as sf
-from helpers import assert_rows_within_tolerance, assert_within_tolerance, names
 from spiral_fast.ops.logprobs import chunked
 from spiral_fast.ops.logprobs.reference import logprobs_from_logits_reference, token_logprobs_reference
 
@@ -27,7 +28,7 @@ def small_chunks(monkeypatch):
 def make_linear_inputs(lead, h, v, dtype, *, bias=True, scale=1.0, device="cpu", ignore_every=5):
     """Random hidden [*lead, H], weight [V, H], bias [V], targets [*lead] with some ignored rows."""
     hidden = torch.randn(*lead, h, device=device)
-    weight = torch.randn(v, h, device=device) * (scale / h ** 0.5)
+    weight = torch.randn(v, h, device=device) * (scale / h**0.5)
     b = torch.randn(v, device=device) if bias else None
     targets = torch.randint(0, v, lead, device=device)
     if ignore_every:
@@ -57,8 +58,9 @@ def _outputs_and_grads(fn, leaves, gl, ge):
     return [logp, ent, *grads]
 
 
-def check_linear(hidden, weight, bias, targets, *, backend, temperature=1.0, gl=None, ge=None, mult=2.0, floor=1e-6,
-                 row_floor=1e-4):
+def check_linear(
+    hidden, weight, bias, targets, *, backend, temperature=1.0, gl=None, ge=None, mult=2.0, floor=1e-6, row_floor=1e-4
+):
     """Fast path vs float64 truth vs reference in the input dtype: logp, entropy, dH, dW, db.
 
     logp and entropy: docs/testing.md's rule with the absolute ``floor``. Gradients: the rule on each row's
@@ -75,8 +77,9 @@ def check_linear(hidden, weight, bias, targets, *, backend, temperature=1.0, gl=
         return sf.token_logprobs(h, w, targets, temperature=temperature, bias=b, return_entropy=True, backend=backend)
 
     def ref(dtype):
-        return lambda h, w, b: token_logprobs_reference(h, w, targets, temperature=temperature, bias=b,
-                                                        return_entropy=True, dtype=dtype)
+        return lambda h, w, b: token_logprobs_reference(
+            h, w, targets, temperature=temperature, bias=b, return_entropy=True, dtype=dtype
+        )
 
     out = _outputs_and_grads(fast, _leaves([hidden, weight, bias]), gl, ge)
     truth = _outputs_and_grads(ref(torch.float64), _leaves([hidden, weight, bias], torch.float64), gl, ge)
@@ -99,8 +102,9 @@ def check_from_logits(logits, targets, *, backend, temperature=1.0, mult=2.0, fl
         return sf.logprobs_from_logits(z, targets, temperature=temperature, return_entropy=True, backend=backend)
 
     def ref(dtype):
-        return lambda z: logprobs_from_logits_reference(z, targets, temperature=temperature, return_entropy=True,
-                                                        dtype=dtype)
+        return lambda z: logprobs_from_logits_reference(
+            z, targets, temperature=temperature, return_entropy=True, dtype=dtype
+        )
 
     out = _outputs_and_grads(fast, _leaves([logits]), gl, ge)
     truth = _outputs_and_grads(ref(torch.float64), _leaves([logits], torch.float64), gl, ge)
@@ -128,22 +132,32 @@ LINEAR_CASES = [
 ]
 
 
-@pytest.mark.parametrize("lead,h,v,dtype,temperature,bias,scale", [
-    pytest.param(*c, id="N{}-H{}-V{}-{}-T{}{}".format("x".join(map(str, c[0])), c[1], c[2], str(c[3])[6:], c[4],
-                                                       "-bias" if c[5] else ""))
-    for c in LINEAR_CASES
-])
+@pytest.mark.parametrize(
+    "lead,h,v,dtype,temperature,bias,scale",
+    [
+        pytest.param(
+            *c,
+            id="N{}-H{}-V{}-{}-T{}{}".format(
+                "x".join(map(str, c[0])), c[1], c[2], str(c[3])[6:], c[4], "-bias" if c[5] else ""
+            ),
+        )
+        for c in LINEAR_CASES
+    ],
+)
 def test_token_logprobs_matches_reference(lead, h, v, dtype, temperature, bias, scale):
     hidden, weight, b, targets = make_linear_inputs(lead, h, v, dtype, bias=bias, scale=scale)
     check_linear(hidden, weight, b, targets, backend="torch", temperature=temperature, floor=1e-5)
 
 
-@pytest.mark.parametrize("n,v,dtype,temperature", [
-    pytest.param(37, 5003, torch.float32, 1.0, id="N37-V5003-float32-T1"),
-    pytest.param(20, 300, torch.float32, 0.3, id="N20-V300-float32-T0.3"),
-    pytest.param(20, 300, torch.bfloat16, 3.0, id="N20-V300-bfloat16-T3"),
-    pytest.param(1, 50, torch.float16, 1.0, id="N1-V50-float16-T1"),
-])
+@pytest.mark.parametrize(
+    "n,v,dtype,temperature",
+    [
+        pytest.param(37, 5003, torch.float32, 1.0, id="N37-V5003-float32-T1"),
+        pytest.param(20, 300, torch.float32, 0.3, id="N20-V300-float32-T0.3"),
+        pytest.param(20, 300, torch.bfloat16, 3.0, id="N20-V300-bfloat16-T3"),
+        pytest.param(1, 50, torch.float16, 1.0, id="N1-V50-float16-T1"),
+    ],
+)
 def test_logprobs_from_logits_matches_reference(n, v, dtype, temperature):
     logits = (torch.randn(n, v) * 4).to(dtype)
     targets = torch.randint(0, v, (n,))
@@ -203,8 +217,7 @@ def test_masked_vocabulary_minus_inf():
     bias[:130] = float("-inf")
     targets[targets >= 0] = 200
     logp, ent = sf.token_logprobs(hidden, weight, targets, bias=bias, return_entropy=True, backend="torch")
-    ref = token_logprobs_reference(hidden.double(), weight.double(), targets, bias=bias.double(),
-                                   return_entropy=True)
+    ref = token_logprobs_reference(hidden.double(), weight.double(), targets, bias=bias.double(), return_entropy=True)
     torch.testing.assert_close(logp.double(), ref[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ent.double(), ref[1], rtol=1e-5, atol=1e-5)
 
@@ -214,8 +227,9 @@ def test_all_rows_ignored_give_zeros_and_no_gradient():
     hidden, weight, bias, targets = make_linear_inputs((12,), 16, 200, torch.float32)
     targets.fill_(-1)
     leaves = _leaves([hidden, weight, bias])
-    logp, ent = sf.token_logprobs(*leaves[:2], targets, bias=leaves[2], ignore_index=-1, return_entropy=True,
-                                  backend="torch")
+    logp, ent = sf.token_logprobs(
+        *leaves[:2], targets, bias=leaves[2], ignore_index=-1, return_entropy=True, backend="torch"
+    )
     assert torch.equal(logp, torch.zeros(12)) and torch.equal(ent, torch.zeros(12))
     gl, ge = upstream_grads((12,))
     grads = torch.autograd.grad((logp * gl).sum() + (ent * ge).sum(), leaves)
@@ -253,8 +267,9 @@ def test_entropy_only_and_logp_only_gradients():
         torch.testing.assert_close(g, w)
     logp = sf.token_logprobs(*leaves[:2], targets, bias=leaves[2], backend="torch")
     ref_logp = token_logprobs_reference(*ref_leaves[:2], targets, bias=ref_leaves[2])
-    for g, w in zip(torch.autograd.grad((logp * gl).sum(), leaves), torch.autograd.grad((ref_logp * gl).sum(),
-                                                                                         ref_leaves)):
+    for g, w in zip(
+        torch.autograd.grad((logp * gl).sum(), leaves), torch.autograd.grad((ref_logp * gl).sum(), ref_leaves)
+    ):
         torch.testing.assert_close(g, w)
 
 
@@ -305,8 +320,9 @@ def _bad_linear_calls():
     ]
 
 
-@pytest.mark.parametrize("index", range(len(_bad_linear_calls())),
-                         ids=[f"{i}-{name}" for i, (name, _) in enumerate(_bad_linear_calls())])
+@pytest.mark.parametrize(
+    "index", range(len(_bad_linear_calls())), ids=[f"{i}-{name}" for i, (name, _) in enumerate(_bad_linear_calls())]
+)
 def test_bad_input_raises_value_error_naming_argument(index):
     name, call = _bad_linear_calls()[index]
     with pytest.raises(ValueError, match=names(name)):

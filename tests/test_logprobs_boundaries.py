@@ -6,13 +6,14 @@ check_linear: the accuracy rule of docs/testing.md, gradients row by row).
 Random targets hit a chunk's first column only by chance; an off-by-one there (the target's
 one-hot gradient dropped or doubled) is exactly the bug a boundary produces.
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
+from test_logprobs import check_linear, make_linear_inputs, upstream_grads
 
 from spiral_fast.ops.logprobs import chunked
-from test_logprobs import check_linear, make_linear_inputs, upstream_grads
 
 
 def boundary_targets(n: int, v: int, starts) -> torch.Tensor:
@@ -38,8 +39,9 @@ def _regime(vc: int, v: int, n: int) -> str:
     return "minimum" if vc == chunked.MIN_VOCAB_CHUNK else "budget"
 
 
-@pytest.mark.parametrize("n,v,token_chunk,elements,min_vocab,regime", [pytest.param(*c[1:], id=c[0])
-                                                                       for c in TORCH_CHUNKS])
+@pytest.mark.parametrize(
+    "n,v,token_chunk,elements,min_vocab,regime", [pytest.param(*c[1:], id=c[0]) for c in TORCH_CHUNKS]
+)
 def test_torch_chunk_boundary_targets(monkeypatch, n, v, token_chunk, elements, min_vocab, regime):
     monkeypatch.setattr(chunked, "TOKEN_CHUNK", token_chunk)
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", elements)
@@ -94,6 +96,7 @@ def test_one_token_with_a_nonzero_upstream_gradient(triton_device, backend):
     gl, ge = upstream_grads((1,), device)
     assert bool(gl.ne(0).all()) and bool(ge.ne(0).all())
     for target in (0, 63, 64, 99):  # first / last column of a block or chunk
-        out = check_linear(hidden, weight, bias, torch.tensor([target], device=device), backend=backend, gl=gl,
-                           ge=ge, floor=1e-5)
+        out = check_linear(
+            hidden, weight, bias, torch.tensor([target], device=device), backend=backend, gl=gl, ge=ge, floor=1e-5
+        )
         assert all(bool(g.ne(0).any()) for g in out[2:])

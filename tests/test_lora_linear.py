@@ -3,10 +3,11 @@ models.lora.fused_lora_linears (the step runs PEFT's LoRA layers through it) aga
 
 Accuracy rule of docs/testing.md: the fused path's error against float64 truth is at most twice
 plain PyTorch's own float32 error, on random inputs with random upstream gradients."""
+
 import pytest
 import torch
-
 from helpers import assert_rows_within_tolerance, assert_within_tolerance
+
 from spiral_fast.ops.lora_linear import lora_linear, lora_linear_reference
 
 NAMES = ("x", "weight", "bias", "lora_a", "lora_b")
@@ -14,10 +15,13 @@ NAMES = ("x", "weight", "bias", "lora_a", "lora_b")
 
 def _inputs(shape, fan_in, fan_out, rank, bias, gen, scale=1.0, grads=NAMES):
     x = torch.randn(*shape, fan_in, generator=gen, dtype=torch.float64) * scale
-    t = {"x": x, "weight": torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64) * fan_in ** -0.5,
-         "bias": torch.randn(fan_out, generator=gen, dtype=torch.float64) if bias else None,
-         "lora_a": torch.randn(rank, fan_in, generator=gen, dtype=torch.float64),
-         "lora_b": torch.randn(fan_out, rank, generator=gen, dtype=torch.float64)}
+    t = {
+        "x": x,
+        "weight": torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64) * fan_in**-0.5,
+        "bias": torch.randn(fan_out, generator=gen, dtype=torch.float64) if bias else None,
+        "lora_a": torch.randn(rank, fan_in, generator=gen, dtype=torch.float64),
+        "lora_b": torch.randn(fan_out, rank, generator=gen, dtype=torch.float64),
+    }
     up = torch.randn(*shape, fan_out, generator=gen, dtype=torch.float64)
     return t, up
 
@@ -29,13 +33,16 @@ def _run(fn, t, up, dtype, scaling, grads):
     return y.detach(), {k: v.grad for k, v in leaves.items() if v is not None and k in grads}
 
 
-@pytest.mark.parametrize("shape,fan_in,fan_out,rank,bias,scale", [
-    ((37,), 24, 40, 4, False, 1.0),          # odd token count, out > in
-    ((1,), 17, 5, 1, True, 1.0),             # one token, rank 1, with a bias, out < in
-    ((2, 13), 32, 32, 8, False, 1.0),        # a [B, L, in] input (what HF layers pass)
-    ((64,), 48, 96, 16, True, 1e4),          # large activations
-    ((9,), 16, 24, 3, False, 1e-4),          # tiny activations
-])
+@pytest.mark.parametrize(
+    "shape,fan_in,fan_out,rank,bias,scale",
+    [
+        ((37,), 24, 40, 4, False, 1.0),  # odd token count, out > in
+        ((1,), 17, 5, 1, True, 1.0),  # one token, rank 1, with a bias, out < in
+        ((2, 13), 32, 32, 8, False, 1.0),  # a [B, L, in] input (what HF layers pass)
+        ((64,), 48, 96, 16, True, 1e4),  # large activations
+        ((9,), 16, 24, 3, False, 1e-4),  # tiny activations
+    ],
+)
 def test_lora_linear_matches_peft_expression(shape, fan_in, fan_out, rank, bias, scale):
     gen = torch.Generator().manual_seed(fan_in * 131 + rank)
     t, up = _inputs(shape, fan_in, fan_out, rank, bias, gen, scale)
@@ -102,7 +109,7 @@ def test_fused_lora_linears_equals_peft_forward_and_restores_it():
     with fused_lora_linears(model.get_base_model()):
         assert all("forward" in vars(m) for m in lora_layers)  # every layer runs the fused op
         got, g_got = _forward_backward(model, ids)
-    assert not any("forward" in vars(m) for m in lora_layers)   # PEFT's forward again
+    assert not any("forward" in vars(m) for m in lora_layers)  # PEFT's forward again
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert set(g_got) == set(g_want) and g_want and all("lora_" in n for n in g_want)
     for n in g_want:

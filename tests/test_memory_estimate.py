@@ -1,5 +1,6 @@
 """``SpiralConfig(max_tokens_per_micro_batch="auto", memory_budget_gb=...)`` and the per-token activation
 estimate of ``spiral_fast.policy_step.memory_estimate``, checked against peaks measured in fresh processes."""
+
 import json
 import math
 import os
@@ -19,20 +20,31 @@ transformers = pytest.importorskip("transformers")
 
 def tiny_qwen2(layers=2, hidden=64, intermediate=128):
     torch.manual_seed(0)
-    cfg = transformers.Qwen2Config(vocab_size=128, hidden_size=hidden, intermediate_size=intermediate,
-                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=8192)
+    cfg = transformers.Qwen2Config(
+        vocab_size=128,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+    )
     return transformers.Qwen2ForCausalLM(cfg)
 
 
-@pytest.mark.parametrize("kw,field", [(dict(max_tokens_per_micro_batch="Auto"), "max_tokens_per_micro_batch"),
-                                      (dict(max_tokens_per_micro_batch=0), "max_tokens_per_micro_batch"),
-                                      (dict(max_tokens_per_micro_batch=True), "max_tokens_per_micro_batch"),
-                                      (dict(max_tokens_per_micro_batch=1.5), "max_tokens_per_micro_batch"),
-                                      (dict(memory_budget_gb=0), "memory_budget_gb"),
-                                      (dict(memory_budget_gb=-1.0), "memory_budget_gb"),
-                                      (dict(memory_budget_gb=math.inf), "memory_budget_gb"),
-                                      (dict(memory_budget_gb="4"), "memory_budget_gb")])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(max_tokens_per_micro_batch="Auto"), "max_tokens_per_micro_batch"),
+        (dict(max_tokens_per_micro_batch=0), "max_tokens_per_micro_batch"),
+        (dict(max_tokens_per_micro_batch=True), "max_tokens_per_micro_batch"),
+        (dict(max_tokens_per_micro_batch=1.5), "max_tokens_per_micro_batch"),
+        (dict(memory_budget_gb=0), "memory_budget_gb"),
+        (dict(memory_budget_gb=-1.0), "memory_budget_gb"),
+        (dict(memory_budget_gb=math.inf), "memory_budget_gb"),
+        (dict(memory_budget_gb="4"), "memory_budget_gb"),
+    ],
+)
 def test_config_rejects(kw, field):
     with pytest.raises(ValueError, match=field):
         SpiralConfig(**kw)
@@ -47,15 +59,17 @@ def test_config_accepts():
 
 
 def test_estimate_shape_of_the_model():
-    cfg = transformers.LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                   num_attention_heads=9, num_key_value_heads=3)
+    cfg = transformers.LlamaConfig(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3
+    )
     lora = me.activation_bytes_per_token(cfg, dtype=torch.float32, lora_rank=16)
     full = me.activation_bytes_per_token(cfg, dtype=torch.float32, lora_rank=None)
     ckpt = me.activation_bytes_per_token(cfg, dtype=torch.float32, lora_rank=16, checkpointing=True)
     bf16 = me.activation_bytes_per_token(cfg, dtype=torch.bfloat16, lora_rank=16)
     assert ckpt < lora / 5 and bf16 < lora and full != lora
-    deeper = transformers.LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=60,
-                                      num_attention_heads=9, num_key_value_heads=3)
+    deeper = transformers.LlamaConfig(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=60, num_attention_heads=9, num_key_value_heads=3
+    )
     assert me.activation_bytes_per_token(deeper, lora_rank=16) > 1.9 * lora
 
 
@@ -73,8 +87,10 @@ def test_auto_budget_follows_the_target():
     assert free > 0
     assert me.memory_target_bytes("cpu", None) <= me.MEMORY_FRACTION * free * 1.5
     assert me.micro_batch_budget(model, SpiralConfig(max_tokens_per_micro_batch=77)) == 77
-    assert me.micro_batch_budget(torch.nn.Linear(2, 2), SpiralConfig(max_tokens_per_micro_batch="auto")) == \
-        me.FALLBACK_TOKENS
+    assert (
+        me.micro_batch_budget(torch.nn.Linear(2, 2), SpiralConfig(max_tokens_per_micro_batch="auto"))
+        == me.FALLBACK_TOKENS
+    )
 
 
 def _batch(n_problems=2, trace_len=30, seed=0):
@@ -91,7 +107,7 @@ def _batch(n_problems=2, trace_len=30, seed=0):
 
 
 def test_auto_step_matches_integer_budget():
-    """"auto" only chooses the split: the loss and gradients are those of an integer budget."""
+    """ "auto" only chooses the split: the loss and gradients are those of an integer budget."""
     model = tiny_qwen2()
     batch = _batch()
     auto = SpiralConfig(max_tokens_per_micro_batch="auto", memory_budget_gb=1e-6)  # -> MIN_AUTO_TOKENS
@@ -141,8 +157,13 @@ _MEASURE = textwrap.dedent("""
 
 def _measure(layers, hidden, inter, trace_len, ckpt=0):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *map(str, (layers, hidden, inter, trace_len, ckpt))],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *map(str, (layers, hidden, inter, trace_len, ckpt))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -154,8 +175,10 @@ def _check_marginal(layers, hidden, inter, ckpt, short, long, tolerance):
     a, b = _measure(layers, hidden, inter, short, ckpt), _measure(layers, hidden, inter, long, ckpt)
     per_token = (b["peak"] - a["peak"]) / (b["tokens"] - a["tokens"])
     ratio = per_token / b["estimate"]
-    print(f"measured {per_token / 1024:.1f} KiB/token, estimated {b['estimate'] / 1024:.1f} KiB/token "
-          f"(measured / estimate = {ratio:.2f})")
+    print(
+        f"measured {per_token / 1024:.1f} KiB/token, estimated {b['estimate'] / 1024:.1f} KiB/token "
+        f"(measured / estimate = {ratio:.2f})"
+    )
     assert 1 / tolerance <= ratio <= tolerance
 
 

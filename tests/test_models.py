@@ -1,11 +1,12 @@
 """packed_hidden_states: a trie-packed forward of tiny random HF models gives every sequence's
 log-probs and parameter gradients of running each sequence alone."""
+
 import pytest
 import torch
-
-import spiral_fast as sf
 from packing_cases import random_forest
 from training_cases import assert_grads_close, grads
+
+import spiral_fast as sf
 
 transformers = pytest.importorskip("transformers")
 VOCAB = 97
@@ -13,8 +14,16 @@ VOCAB = 97
 
 def tiny_model(arch: str, **overrides):
     torch.manual_seed(0)
-    kw = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=128, attn_implementation="eager")
+    kw = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attn_implementation="eager",
+    )
     kw.update(overrides)
     if arch == "qwen2":
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kw))
@@ -120,8 +129,9 @@ def test_unsupported_models():
     sliding = tiny_model("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
     with pytest.raises(ValueError, match="sliding_attention"):
         sf.packed_hidden_states(sliding, sf.pack_sequences([[1]]))
-    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(
-        vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=16, num_layers=1, num_heads=2))
+    t5 = transformers.T5ForConditionalGeneration(
+        transformers.T5Config(vocab_size=VOCAB, d_model=16, d_kv=4, d_ff=16, num_layers=1, num_heads=2)
+    )
     with pytest.raises(ValueError, match="encoder-decoder"):
         sf.packed_hidden_states(t5, sf.pack_sequences([[1]]))
     with pytest.raises(ValueError, match="PackedBatch"):

@@ -6,6 +6,7 @@ transformers' ``from kernels import ...`` (Hugging Face's ``kernels``, which tra
 and broke every import of transformers' hub-kernel integration. The Triton kernels now live in
 ``spiral_fast/kernels/``. These tests run the real commands from the root, in subprocesses.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -33,8 +34,11 @@ def _root_import_names() -> set[str]:
 
 def test_root_holds_no_import_name_of_another_distribution():
     owners = importlib.metadata.packages_distributions()
-    clashes = {name: owners[name] for name in _root_import_names()
-               if name in owners and set(owners[name]) - {"spiral_fast", "spiral-fast"}}
+    clashes = {
+        name: owners[name]
+        for name in _root_import_names()
+        if name in owners and set(owners[name]) - {"spiral_fast", "spiral-fast"}
+    }
     assert not clashes, f"the repository root shadows installed distributions' import names: {clashes}"
     assert not (ROOT / "kernels").exists(), "a top-level kernels/ shadows Hugging Face's `kernels` package"
 

@@ -1,4 +1,5 @@
 """The package itself: import has no side effects, every public name resolves, kernels ship inside."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """pack_sequences: layout invariants on random forests, prediction rows, token_index, bad input."""
+
 import pytest
 import torch
 from packing_cases import CASES, deep_chain, random_forest
@@ -120,8 +121,11 @@ def test_to_device_keeps_host_and_metadata():
     moved = host.to("meta")  # a real device copy without a GPU
     assert moved.host is host and moved.to("cpu") is host
     assert moved.input_ids.device.type == "meta" and moved.prediction_rows.target.device.type == "meta"
-    assert (moved.num_tokens, moved.max_context, moved.dedup_ratio) == (host.num_tokens, host.max_context,
-                                                                        host.dedup_ratio)
+    assert (moved.num_tokens, moved.max_context, moved.dedup_ratio) == (
+        host.num_tokens,
+        host.max_context,
+        host.dedup_ratio,
+    )
     assert moved.cached("k", lambda p: p.device.type) == "meta" and "k" not in host._cache
 
 

@@ -1,5 +1,6 @@
 """The C++ layout builder (spiral_fast.packing._native) gives exactly the batches of the Python reference,
 and its absence is announced once, at import of spiral_fast.packing."""
+
 import pathlib
 import subprocess
 import sys
@@ -18,8 +19,11 @@ needs_native = pytest.mark.skipif(not native.native_available(), reason="spiral_
 
 
 def forests():
-    cases = [pytest.param(random_forest(seed, **kw), id=f"{name}-seed{seed}")
-             for name, kw in CASES.items() for seed in range(4)]
+    cases = [
+        pytest.param(random_forest(seed, **kw), id=f"{name}-seed{seed}")
+        for name, kw in CASES.items()
+        for seed in range(4)
+    ]
     # root fan-out above the C++ hash-index threshold, then splits under an indexed node
     wide = [[t] for t in range(50)] + [[t, 1, 2] for t in range(0, 50, 3)] + [[7, 1, 5], [7, 1]]
     cases.append(pytest.param(wide, id="wide-root"))
@@ -85,8 +89,13 @@ def test_bad_builder():
 
 def _run_python(code: str) -> str:
     """stdout of ``code`` in a fresh interpreter (an import-time warning fires once per process)."""
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -109,10 +118,10 @@ def test_missing_extension_warns_once_at_import_of_packing():
         print("same layout:", a == b, "native:", native.native_available())
         print("message:", fallback[0].message)
     """)
-    assert "after import spiral_fast: 0" in out        # import spiral_fast itself stays silent (lazy)
-    assert "fallback warnings: 1 others: 0" in out     # once, though packing was imported and used twice
+    assert "after import spiral_fast: 0" in out  # import spiral_fast itself stays silent (lazy)
+    assert "fallback warnings: 1 others: 0" in out  # once, though packing was imported and used twice
     assert "same layout: True native: False" in out
-    assert "spiral_fast.packing._native" in out and "pip install -e ." in out   # what is missing, how to fix it
+    assert "spiral_fast.packing._native" in out and "pip install -e ." in out  # what is missing, how to fix it
 
 
 @needs_native

@@ -1,4 +1,5 @@
 """`spiral-fast demo --aggregation parallel`: the option, a tiny seeded run, and (slow) learning."""
+
 import pytest
 
 from spiral_fast.cli import build_parser, main

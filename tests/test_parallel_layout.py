@@ -1,6 +1,7 @@
 """The DAG layout of parallel-encoded aggregation (pack_sequences(..., contexts=...)) against a
 brute-force computation from the sequences alone, member-order invariance, bad contexts, and every
 tree_attention backend that runs on the CPU against the dense-mask reference on DAG layouts."""
+
 from __future__ import annotations
 
 import random
@@ -42,7 +43,7 @@ def brute_force(seqs, contexts, packed):
     for k, seq in enumerate(seqs):
         ctx = {t for c in contexts[k] or [] for t in idx[c]}
         for p in range(len(seq)):
-            visible = ctx | set(idx[k][:p + 1])
+            visible = ctx | set(idx[k][: p + 1])
             assert sees.setdefault(idx[k][p], visible) == visible, "a shared token sees different keys"
     t = packed.num_tokens
     assert sorted(sees) == list(range(t)), "a packed token belongs to no sequence"
@@ -57,8 +58,10 @@ def brute_force(seqs, contexts, packed):
 
 
 def random_cases():
-    return [pytest.param(seed, problems, vocab, id=f"seed{seed}-P{problems}-V{vocab}")
-            for seed, problems, vocab in [(0, 1, 2), (1, 2, 3), (2, 3, 5), (3, 2, 1000), (4, 4, 2)]]
+    return [
+        pytest.param(seed, problems, vocab, id=f"seed{seed}-P{problems}-V{vocab}")
+        for seed, problems, vocab in [(0, 1, 2), (1, 2, 3), (2, 3, 5), (3, 2, 1000), (4, 4, 2)]
+    ]
 
 
 @pytest.mark.parametrize("seed,problems,vocab", random_cases())
@@ -81,8 +84,7 @@ def test_dag_layout_matches_brute_force(seed, problems, vocab, builder):
     keys = set()
     for k, seq in enumerate(seqs):
         ctx = frozenset(t for c in contexts[k] or [] for t in idx[c])
-        keys |= {(ctx, tuple(seq[:p + 1])) if limits[k] is None or p < limits[k] else (k, p)
-                 for p in range(len(seq))}
+        keys |= {(ctx, tuple(seq[: p + 1])) if limits[k] is None or p < limits[k] else (k, p) for p in range(len(seq))}
     assert packed.num_tokens == len(keys)
     assert packed.max_context == int(packed.position_ids.max()) + 1
     rows = packed.prediction_rows
@@ -97,9 +99,9 @@ def test_python_and_cpp_builders_give_identical_dags(seed):
     seqs, contexts, limits = random_dag(seed, problems=3)
     for share in ("trie", "none"):
         for lim in (limits, None):
-            assert (spiral_fast.pack_sequences(seqs, contexts=contexts, share_limits=lim, share=share, builder="python")
-                    == spiral_fast.pack_sequences(seqs, contexts=contexts, share_limits=lim, share=share,
-                                                  builder="cpp"))
+            assert spiral_fast.pack_sequences(
+                seqs, contexts=contexts, share_limits=lim, share=share, builder="python"
+            ) == spiral_fast.pack_sequences(seqs, contexts=contexts, share_limits=lim, share=share, builder="cpp")
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -108,8 +110,9 @@ def test_member_order_does_not_change_the_layout(seed):
     rng = random.Random(seed)
     shuffled = [None if c is None else rng.sample(c, len(c)) for c in contexts]
     assert shuffled != contexts or seed > 0
-    assert (spiral_fast.pack_sequences(seqs, contexts=shuffled, share_limits=limits)
-            == spiral_fast.pack_sequences(seqs, contexts=contexts, share_limits=limits))
+    assert spiral_fast.pack_sequences(seqs, contexts=shuffled, share_limits=limits) == spiral_fast.pack_sequences(
+        seqs, contexts=contexts, share_limits=limits
+    )
 
 
 def test_share_limits_keep_each_member_trace_whole():
@@ -150,17 +153,21 @@ def test_spiral_semantics_on_a_hand_made_problem():
     assert not bool(mask[packed.token_index(1)[-1], packed.token_index(0)[2:]].any())
 
 
-@pytest.mark.parametrize("contexts,match", [
-    ([None, [5]], "contexts\\[1\\] names sequence 5"),
-    ([None, [1]], "contexts\\[1\\] names sequence 1 itself"),
-    ([None, [0, 0]], "more than once"),
-    ([None, [0], [1]], "has a context itself"),
-    ([None], "contexts has 1 entries"),
-    ([None, "0"], "contexts\\[1\\]"),
-    ("ab", "contexts must be a list"),
-], ids=["missing", "self", "duplicate", "nested", "length", "not-a-list", "not-a-list-at-all"])
+@pytest.mark.parametrize(
+    "contexts,match",
+    [
+        ([None, [5]], "contexts\\[1\\] names sequence 5"),
+        ([None, [1]], "contexts\\[1\\] names sequence 1 itself"),
+        ([None, [0, 0]], "more than once"),
+        ([None, [0], [1]], "has a context itself"),
+        ([None], "contexts has 1 entries"),
+        ([None, "0"], "contexts\\[1\\]"),
+        ("ab", "contexts must be a list"),
+    ],
+    ids=["missing", "self", "duplicate", "nested", "length", "not-a-list", "not-a-list-at-all"],
+)
 def test_bad_contexts_raise(contexts, match):
-    seqs = [[1, 2], [3], [4]][:len(contexts)] if isinstance(contexts, list) else [[1, 2], [3]]
+    seqs = [[1, 2], [3], [4]][: len(contexts)] if isinstance(contexts, list) else [[1, 2], [3]]
     if len(seqs) < 2:
         seqs = [[1, 2], [3]]
     with pytest.raises(ValueError, match=match):
@@ -196,9 +203,13 @@ def test_torch_backend_on_dags_matches_reference(name, dtype):
 
 
 @pytest.mark.interpret
-@pytest.mark.parametrize("name,dtype", [
-    pytest.param(n, d, id=f"{n}-{str(d)[6:]}") for n, d in
-    [("dag-tiny", torch.float32), ("dag-tiny", torch.float16), ("dag-long-traces", torch.float32)]])
+@pytest.mark.parametrize(
+    "name,dtype",
+    [
+        pytest.param(n, d, id=f"{n}-{str(d)[6:]}")
+        for n, d in [("dag-tiny", torch.float32), ("dag-tiny", torch.float16), ("dag-long-traces", torch.float32)]
+    ],
+)
 def test_triton_on_dags_matches_reference(name, dtype, triton_device):
     assert make_inputs(name, forests=DAGS)[0].num_tokens <= 40, "interpreter cases stay small"
     check_backend_against_reference(name, "triton", dtype, device=triton_device, forests=DAGS)
@@ -212,9 +223,11 @@ def test_flex_forward_on_dags_matches_reference(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend,dtype", [("triton", torch.bfloat16), ("triton", torch.float32),
-                                           ("flex", torch.bfloat16), ("varlen", torch.bfloat16)],
-                         ids=["triton-bf16", "triton-fp32", "flex-bf16", "varlen-bf16"])
+@pytest.mark.parametrize(
+    "backend,dtype",
+    [("triton", torch.bfloat16), ("triton", torch.float32), ("flex", torch.bfloat16), ("varlen", torch.bfloat16)],
+    ids=["triton-bf16", "triton-fp32", "flex-bf16", "varlen-bf16"],
+)
 @pytest.mark.parametrize("name", dag_params(["dag-small-vocab", "dag-long-traces"]))
 def test_cuda_backends_on_dags_match_reference(name, backend, dtype):
     check_backend_against_reference(name, backend, dtype, device="cuda", forests=DAGS)

@@ -1,5 +1,6 @@
 """spiral_fast.rollout(..., aggregation="parallel"): sampling over merged trace KV caches on a tiny
 random Qwen2. Its behaviour log-probs equal batch_logprobs in parallel mode; bad input is a ValueError."""
+
 import pytest
 import torch
 
@@ -12,9 +13,17 @@ HEAD = [1, 2]
 
 
 def parallel_rollout(model, task, problems, **kwargs):
-    opts = dict(aggregation="parallel", agg_head=HEAD, num_traces=4, num_sets=3, set_size=2, num_aggregations=2,
-                max_new_tokens=4, pad_token_id=task.tokenizer.pad_id,
-                reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z))
+    opts = dict(
+        aggregation="parallel",
+        agg_head=HEAD,
+        num_traces=4,
+        num_sets=3,
+        set_size=2,
+        num_aggregations=2,
+        max_new_tokens=4,
+        pad_token_id=task.tokenizer.pad_id,
+        reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z),
+    )
     opts.update(kwargs)
     return spiral_fast.rollout(model, [task.prompt(p) for p in problems], **opts)
 
@@ -26,8 +35,9 @@ def test_behaviour_logprobs_equal_batch_logprobs(temperature, eos):
     problems = [(0, 1), (2, 3), (3, 1)]
     eos_id = task.tokenizer.sep_id if eos else None
     torch.manual_seed(0)
-    batch = parallel_rollout(model, task, problems, temperature=temperature, eos_token_id=eos_id,
-                             generator=torch.Generator().manual_seed(1))
+    batch = parallel_rollout(
+        model, task, problems, temperature=temperature, eos_token_id=eos_id, generator=torch.Generator().manual_seed(1)
+    )
     lengths = set()
     for p, pr in enumerate(batch.problems):
         assert pr.prompt.tolist() == task.prompt(problems[p])
@@ -40,8 +50,7 @@ def test_behaviour_logprobs_equal_batch_logprobs(temperature, eos):
                 lengths.add(z.numel())
     if eos:
         assert min(lengths) < 4  # some responses stopped at the stop token
-    got = spiral_fast.batch_logprobs(model, batch, config=SpiralConfig(aggregation="parallel",
-                                                                      temperature=temperature))
+    got = spiral_fast.batch_logprobs(model, batch, config=SpiralConfig(aggregation="parallel", temperature=temperature))
     for p, pr in enumerate(batch.problems):
         for j in range(len(pr.sets)):
             for g, lp in enumerate(pr.agg_old_logprobs[j]):
@@ -64,16 +73,29 @@ def test_parallel_batch_trains():
     assert abs(out.loss.item() - ref.loss.item()) <= 1e-5 * max(1.0, abs(ref.loss.item()))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(agg_head=[]), "agg_head must be a non-empty"),
-    (dict(agg_head=None), "agg_head must be a non-empty"),
-    (dict(agg_head=[1, -2]), "agg_head must hold token ids"),
-    (dict(engine="vllm"), "vLLM cannot merge"),  # id without "vllm": runs where vLLM is not installed
-    (dict(template=lambda x, ys: x), "template=None"),
-    (dict(max_new_tokens=200, agg_max_new_tokens=60), "past the model's max_position_embeddings=256"),
-    (dict(aggregation="kv"), "aggregation must be"),
-    (dict(aggregation="text"), "template \\(required\\)"),
-], ids=["empty-head", "no-head", "negative-head", "engine-v", "template", "positions", "mode", "text-without-template"])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(agg_head=[]), "agg_head must be a non-empty"),
+        (dict(agg_head=None), "agg_head must be a non-empty"),
+        (dict(agg_head=[1, -2]), "agg_head must hold token ids"),
+        (dict(engine="vllm"), "vLLM cannot merge"),  # id without "vllm": runs where vLLM is not installed
+        (dict(template=lambda x, ys: x), "template=None"),
+        (dict(max_new_tokens=200, agg_max_new_tokens=60), "past the model's max_position_embeddings=256"),
+        (dict(aggregation="kv"), "aggregation must be"),
+        (dict(aggregation="text"), "template \\(required\\)"),
+    ],
+    ids=[
+        "empty-head",
+        "no-head",
+        "negative-head",
+        "engine-v",
+        "template",
+        "positions",
+        "mode",
+        "text-without-template",
+    ],
+)
 def test_bad_input_raises_before_sampling(kwargs, match):
     task = ToyTask()
     model = tiny_qwen2(len(task.tokenizer), hidden_size=32, num_layers=1)

@@ -2,6 +2,7 @@
 concatenated context (4-D mask, explicit position ids, written here), step against step_reference in
 loss and every gradient, gradients through the traces' keys and values, member-order invariance,
 bad input."""
+
 from __future__ import annotations
 
 import math
@@ -57,13 +58,16 @@ def context_logprobs(model, pr: ProblemRollout, j: int, z: torch.Tensor, tempera
         logits = model(input_ids=torch.tensor([ids]), position_ids=torch.tensor([pos]), attention_mask=mask).logits
     lsm = torch.log_softmax(logits[0].double() / temperature, dim=-1)
     first = n - z.numel()
-    return lsm[first - 1:n - 1].gather(1, z[:, None]).squeeze(1)
+    return lsm[first - 1 : n - 1].gather(1, z[:, None]).squeeze(1)
 
 
-@pytest.mark.parametrize("kind,temperature,budget", [
-    pytest.param("qwen2", 1.0, 8192, id="qwen2-T1"),
-    pytest.param("llama", 0.7, 10, id="llama-T0.7-budget10-problems-whole"),
-])
+@pytest.mark.parametrize(
+    "kind,temperature,budget",
+    [
+        pytest.param("qwen2", 1.0, 8192, id="qwen2-T1"),
+        pytest.param("llama", 0.7, 10, id="llama-T0.7-budget10-problems-whole"),
+    ],
+)
 def test_batch_logprobs_match_a_forward_of_the_concatenated_context(kind, temperature, budget):
     model = tiny_model(kind)
     batch = parallel_batch(3, problems=2)
@@ -74,7 +78,7 @@ def test_batch_logprobs_match_a_forward_of_the_concatenated_context(kind, temper
             ids = torch.cat([pr.prompt, y])[None]
             with torch.no_grad():
                 lsm = torch.log_softmax(model(input_ids=ids).logits[0].double() / temperature, -1)
-            want = lsm[pr.prompt.numel() - 1:-1].gather(1, y[:, None]).squeeze(1)
+            want = lsm[pr.prompt.numel() - 1 : -1].gather(1, y[:, None]).squeeze(1)
             torch.testing.assert_close(out.traces[p][i].double(), want, rtol=0, atol=2e-5)
         for j, zs in enumerate(pr.aggregations):
             for g, z in enumerate(zs):
@@ -91,13 +95,20 @@ def run(fn, model, batch, config):
     return out, grads(model)
 
 
-@pytest.mark.parametrize("kind,batch_kw,config_kw", [
-    pytest.param("qwen2", dict(), dict(), id="qwen2-default"),
-    pytest.param("llama", dict(old=True), dict(temperature=0.7, agg_coef=0.5, trace_coef=2.0), id="llama-old-T0.7"),
-    pytest.param("qwen2", dict(old=True, num_sets=4), dict(max_tokens_per_micro_batch=20, scale="std"),
-                 id="qwen2-old-budget20"),
-    pytest.param("qwen2", dict(), dict(gradient_checkpointing=True), id="qwen2-checkpointing"),
-])
+@pytest.mark.parametrize(
+    "kind,batch_kw,config_kw",
+    [
+        pytest.param("qwen2", dict(), dict(), id="qwen2-default"),
+        pytest.param("llama", dict(old=True), dict(temperature=0.7, agg_coef=0.5, trace_coef=2.0), id="llama-old-T0.7"),
+        pytest.param(
+            "qwen2",
+            dict(old=True, num_sets=4),
+            dict(max_tokens_per_micro_batch=20, scale="std"),
+            id="qwen2-old-budget20",
+        ),
+        pytest.param("qwen2", dict(), dict(gradient_checkpointing=True), id="qwen2-checkpointing"),
+    ],
+)
 def test_step_matches_step_reference(kind, batch_kw, config_kw):
     model = tiny_model(kind)
     batch = parallel_batch(5, problems=3, **batch_kw)
@@ -134,11 +145,21 @@ def test_member_order_does_not_matter():
     model = tiny_model("qwen2")
     batch = parallel_batch(9, problems=1, old=True, num_sets=4)
     rng = random.Random(0)
-    shuffled = SpiralBatch([
-        ProblemRollout(pr.prompt, pr.traces, [tuple(rng.sample(s, len(s))) for s in pr.sets], pr.agg_prompts,
-                       pr.aggregations, pr.rewards, trace_old_logprobs=pr.trace_old_logprobs,
-                       agg_old_logprobs=pr.agg_old_logprobs)
-        for pr in batch.problems])
+    shuffled = SpiralBatch(
+        [
+            ProblemRollout(
+                pr.prompt,
+                pr.traces,
+                [tuple(rng.sample(s, len(s))) for s in pr.sets],
+                pr.agg_prompts,
+                pr.aggregations,
+                pr.rewards,
+                trace_old_logprobs=pr.trace_old_logprobs,
+                agg_old_logprobs=pr.agg_old_logprobs,
+            )
+            for pr in batch.problems
+        ]
+    )
     assert [pr.sets for pr in shuffled.problems] != [pr.sets for pr in batch.problems]
     for fn in (spiral_fast.step, spiral_fast.step_reference):
         out, g = run(fn, model, batch, PARALLEL)
@@ -156,8 +177,18 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="aggregation must be one of"):
         SpiralConfig(aggregation="kv")
     model = tiny_model("qwen2")  # max_position_embeddings=256
-    long = SpiralBatch([ProblemRollout(prompt=[1] * 100, traces=[[2] * 150, [3] * 10], sets=[(0, 1)],
-                                       agg_prompts=[[4, 5]], aggregations=[[[6] * 10]], rewards=[[1.0]])])
+    long = SpiralBatch(
+        [
+            ProblemRollout(
+                prompt=[1] * 100,
+                traces=[[2] * 150, [3] * 10],
+                sets=[(0, 1)],
+                agg_prompts=[[4, 5]],
+                aggregations=[[[6] * 10]],
+                rewards=[[1.0]],
+            )
+        ]
+    )
     # text mode: h + z is 12 tokens; parallel mode: positions 250..261, past 256
     spiral_fast.step(model, long)
     for fn in (spiral_fast.step, spiral_fast.batch_logprobs):
@@ -166,8 +197,9 @@ def test_bad_input_raises():
     with pytest.raises(ValueError, match="agg_prompts\\[0\\] is empty"):
         ProblemRollout(prompt=[1], traces=[[2]], sets=[(0,)], agg_prompts=[[]], aggregations=[[[3]]], rewards=[[1.0]])
     with pytest.raises(ValueError, match="sets\\[0\\] names trace 2"):
-        ProblemRollout(prompt=[1], traces=[[2], [3]], sets=[(0, 2)], agg_prompts=[[4]], aggregations=[[[3]]],
-                       rewards=[[1.0]])
+        ProblemRollout(
+            prompt=[1], traces=[[2], [3]], sets=[(0, 2)], agg_prompts=[[4]], aggregations=[[[3]]], rewards=[[1.0]]
+        )
     batch = parallel_batch(1, problems=1)
     with pytest.raises(ValueError, match="whole problems"):
         batch.trained_sequences([(0, "traces")], torch.zeros(20), torch.zeros(20), aggregation="parallel")

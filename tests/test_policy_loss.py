@@ -1,13 +1,14 @@
 """policy_loss: torch and Triton paths against a plain per-token loop and against autograd of the reference."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
+from helpers import assert_within_tolerance
 
 import spiral_fast
-from helpers import assert_within_tolerance
 from spiral_fast.algorithm.reference import NORMALIZERS, policy_loss_reference
 
 STAT_FIELDS = ("clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean")
@@ -20,10 +21,14 @@ def make_batch(rows: int, seqs: int, *, with_ref: bool = True, seed: int = 0) ->
     logp = -3 * torch.rand(rows, generator=g)
     adv = torch.randn(seqs, generator=g)
     adv[::5] = 0.0
-    return dict(logp=logp, old_logp=logp + 0.4 * torch.randn(rows, generator=g),
-                token_seq=torch.randint(0, seqs, (rows,), generator=g),
-                seq_adv=adv, seq_weight=0.5 + torch.rand(seqs, generator=g),
-                ref_logp=logp + 0.3 * torch.randn(rows, generator=g) if with_ref else None)
+    return dict(
+        logp=logp,
+        old_logp=logp + 0.4 * torch.randn(rows, generator=g),
+        token_seq=torch.randint(0, seqs, (rows,), generator=g),
+        seq_adv=adv,
+        seq_weight=0.5 + torch.rand(seqs, generator=g),
+        ref_logp=logp + 0.3 * torch.randn(rows, generator=g) if with_ref else None,
+    )
 
 
 def naive_loss(b: dict, *, clip, kl_coef, normalizer, constant=None) -> tuple[float, dict]:
@@ -61,12 +66,21 @@ def run(b: dict, *, backend: str, grad_out: float = 1.0, **kw):
     """backend "reference" runs the plain-torch spec (its stats come as a dict)."""
     logp = b["logp"].clone().requires_grad_()
     if backend == "reference":
-        loss, stats = policy_loss_reference(logp, b["old_logp"], b["token_seq"], b["seq_adv"], b["seq_weight"],
-                                            ref_logp=b["ref_logp"], **kw)
+        loss, stats = policy_loss_reference(
+            logp, b["old_logp"], b["token_seq"], b["seq_adv"], b["seq_weight"], ref_logp=b["ref_logp"], **kw
+        )
         loss.backward(torch.tensor(grad_out))
         return loss.detach(), logp.grad, type("Stats", (), stats)
-    loss, stats = spiral_fast.policy_loss(logp, b["old_logp"], b["token_seq"], b["seq_adv"], b["seq_weight"],
-                                          ref_logp=b["ref_logp"], backend=backend, **kw)
+    loss, stats = spiral_fast.policy_loss(
+        logp,
+        b["old_logp"],
+        b["token_seq"],
+        b["seq_adv"],
+        b["seq_weight"],
+        ref_logp=b["ref_logp"],
+        backend=backend,
+        **kw,
+    )
     loss.backward(torch.tensor(grad_out))
     return loss.detach(), logp.grad, stats
 
@@ -74,8 +88,9 @@ def run(b: dict, *, backend: str, grad_out: float = 1.0, **kw):
 def run_reference(b: dict, dtype: torch.dtype, grad_out: float, **kw):
     cast = {k: (v.to(dtype) if v is not None and v.is_floating_point() else v) for k, v in b.items()}
     logp = cast["logp"].clone().requires_grad_()
-    loss, stats = policy_loss_reference(logp, cast["old_logp"], cast["token_seq"], cast["seq_adv"],
-                                        cast["seq_weight"], ref_logp=cast["ref_logp"], **kw)
+    loss, stats = policy_loss_reference(
+        logp, cast["old_logp"], cast["token_seq"], cast["seq_adv"], cast["seq_weight"], ref_logp=cast["ref_logp"], **kw
+    )
     loss.backward(torch.tensor(grad_out, dtype=dtype))
     return loss.detach(), logp.grad
 

@@ -1,21 +1,35 @@
 """policy_loss: bad input raises ValueError naming the argument."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import names
 
 import spiral_fast
-from helpers import names
 
 
 def good() -> dict:
-    return dict(logp=-torch.rand(6), old_logp=-torch.rand(6), token_seq=torch.tensor([0, 0, 1, 2, 2, 2]),
-                seq_adv=torch.tensor([0.5, -1.0, 0.0]), seq_weight=torch.ones(3), ref_logp=None)
+    return dict(
+        logp=-torch.rand(6),
+        old_logp=-torch.rand(6),
+        token_seq=torch.tensor([0, 0, 1, 2, 2, 2]),
+        seq_adv=torch.tensor([0.5, -1.0, 0.0]),
+        seq_weight=torch.ones(3),
+        ref_logp=None,
+    )
 
 
 def call(args: dict, **kw):
-    return spiral_fast.policy_loss(args["logp"], args["old_logp"], args["token_seq"], args["seq_adv"],
-                                   args["seq_weight"], ref_logp=args["ref_logp"], **kw)
+    return spiral_fast.policy_loss(
+        args["logp"],
+        args["old_logp"],
+        args["token_seq"],
+        args["seq_adv"],
+        args["seq_weight"],
+        ref_logp=args["ref_logp"],
+        **kw,
+    )
 
 
 BAD = [
@@ -36,10 +50,13 @@ BAD = [
     ("total-tokens-tensor-zero", {}, dict(total_tokens=torch.tensor(0)), "total_tokens"),
     ("total-sequences-zero", {}, dict(normalizer="seq-mean-token-mean", total_sequences=0), "total_sequences"),
     ("constant-negative", {}, dict(normalizer="constant", constant=-1.0), "constant"),
-    ("seq-tokens-too-small", {}, dict(normalizer="seq-mean-token-mean", seq_tokens=torch.tensor([2, 1, 2])),
-     "seq_tokens"),
-    ("seq-tokens-length", {}, dict(normalizer="seq-mean-token-mean", seq_tokens=torch.tensor([2, 1])),
-     "seq_tokens"),
+    (
+        "seq-tokens-too-small",
+        {},
+        dict(normalizer="seq-mean-token-mean", seq_tokens=torch.tensor([2, 1, 2])),
+        "seq_tokens",
+    ),
+    ("seq-tokens-length", {}, dict(normalizer="seq-mean-token-mean", seq_tokens=torch.tensor([2, 1])), "seq_tokens"),
     ("clip-not-pair", {}, dict(clip=0.2), "clip"),
     ("clip-low-too-large", {}, dict(clip=(1.0, 0.2)), "clip"),
     ("clip-high-inf", {}, dict(clip=(0.2, float("inf"))), "clip"),

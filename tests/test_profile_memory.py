@@ -1,4 +1,5 @@
 """spiral-fast profile-memory: the synthetic long-context batch, the table, and a 2-case sweep."""
+
 import pytest
 
 from spiral_fast import profile_memory as pm
@@ -20,9 +21,30 @@ def test_case_batch_has_the_requested_context_and_sets():
 def test_table_rows_and_ratio():
     mib = 2**20
     results = [
-        {"context": 512, "set_size": 2, "impl": "step", "delta_bytes": 10 * mib, "baseline_bytes": 100 * mib, "metric": "ru_maxrss"},
-        {"context": 512, "set_size": 2, "impl": "reference", "delta_bytes": 40 * mib, "baseline_bytes": 101 * mib, "metric": "ru_maxrss"},
-        {"context": 128, "set_size": 4, "impl": "step", "delta_bytes": 5 * mib, "baseline_bytes": 99 * mib, "metric": "ru_maxrss"},
+        {
+            "context": 512,
+            "set_size": 2,
+            "impl": "step",
+            "delta_bytes": 10 * mib,
+            "baseline_bytes": 100 * mib,
+            "metric": "ru_maxrss",
+        },
+        {
+            "context": 512,
+            "set_size": 2,
+            "impl": "reference",
+            "delta_bytes": 40 * mib,
+            "baseline_bytes": 101 * mib,
+            "metric": "ru_maxrss",
+        },
+        {
+            "context": 128,
+            "set_size": 4,
+            "impl": "step",
+            "delta_bytes": 5 * mib,
+            "baseline_bytes": 99 * mib,
+            "metric": "ru_maxrss",
+        },
     ]
     lines = pm.format_table(results).splitlines()
     assert "ru_maxrss" in lines[0]
@@ -37,8 +59,25 @@ def test_bad_impl_in_a_case_is_rejected():
 
 def test_two_case_sweep_prints_table_and_writes_png(tmp_path, capsys):
     out = tmp_path / "mem.png"
-    main(["profile-memory", "--device", "cpu", "--contexts", "48", "--set-sizes", "2", "--layers", "1",
-          "--sets", "1", "--aggregations", "2", "--out", str(out)])
+    main(
+        [
+            "profile-memory",
+            "--device",
+            "cpu",
+            "--contexts",
+            "48",
+            "--set-sizes",
+            "2",
+            "--layers",
+            "1",
+            "--sets",
+            "1",
+            "--aggregations",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     row = next(line for line in text.splitlines() if line.startswith("| 48 | 2 |"))

@@ -1,6 +1,7 @@
 """ReasoningGymTask: problems from reasoning_gym.create_dataset, train/eval from different seeds with the
 overlap dropped from train, answers from the last \\boxed{} else <answer> tags, the dataset's own scorer in
 both roles with partial credit kept, and config errors before any model loads."""
+
 from __future__ import annotations
 
 import os
@@ -111,12 +112,15 @@ def test_partial_score_of_any_dataset_is_not_rounded(tokenizer, monkeypatch):
     assert seen[0] == ("12", problem["entry"])  # the extracted answer and the generator's own entry
 
 
-@pytest.mark.parametrize("name, config, match", [
-    ("no_such_dataset", {}, "no dataset 'no_such_dataset'"),
-    ("chain_sum", {"min_termz": 2}, r"takes no \['min_termz'\]"),
-    ("chain_sum", {"seed": 1}, "must not set"),
-    ("chain_sum", {"min_terms": 5, "max_terms": 2}, "rejects"),
-])
+@pytest.mark.parametrize(
+    "name, config, match",
+    [
+        ("no_such_dataset", {}, "no dataset 'no_such_dataset'"),
+        ("chain_sum", {"min_termz": 2}, r"takes no \['min_termz'\]"),
+        ("chain_sum", {"seed": 1}, "must not set"),
+        ("chain_sum", {"min_terms": 5, "max_terms": 2}, "rejects"),
+    ],
+)
 def test_wrong_name_or_config_is_a_value_error(tokenizer, name, config, match):
     with pytest.raises(ValueError, match=match):
         check_reasoning_gym(name, config)
@@ -124,11 +128,14 @@ def test_wrong_name_or_config_is_a_value_error(tokenizer, name, config, match):
         ReasoningGymTask(tokenizer, name, config, train_size=5, eval_size=5)
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (['data.task="no_such_dataset"'], "no dataset"),
-    (['data.task="chain_sum"', "data.task_config={ min_termz = 2 }"], "min_termz"),
-    ([], "task is required"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (['data.task="no_such_dataset"'], "no dataset"),
+        (['data.task="chain_sum"', "data.task_config={ min_termz = 2 }"], "min_termz"),
+        ([], "task is required"),
+    ],
+)
 def test_config_errors_before_any_model_loads(overrides, match):
     # load_config loads nothing: the error comes before the model
     with pytest.raises(ValueError, match=match):
@@ -136,12 +143,24 @@ def test_config_errors_before_any_model_loads(overrides, match):
 
 
 def test_config_builds_the_fields():
-    cfg = load_config(EXAMPLE, ['data.source="reasoning_gym"', 'data.task="chain_sum"',
-                             "data.task_config={ min_terms = 2, max_terms = 2 }", "data.train_size=30",
-                             "data.eval_size=7"])
+    cfg = load_config(
+        EXAMPLE,
+        [
+            'data.source="reasoning_gym"',
+            'data.task="chain_sum"',
+            "data.task_config={ min_terms = 2, max_terms = 2 }",
+            "data.train_size=30",
+            "data.eval_size=7",
+        ],
+    )
     d = cfg.data
     assert (d.source, d.task, d.task_config, d.train_size, d.eval_size) == (
-        "reasoning_gym", "chain_sum", {"min_terms": 2, "max_terms": 2}, 30, 7)
+        "reasoning_gym",
+        "chain_sum",
+        {"min_terms": 2, "max_terms": 2},
+        30,
+        7,
+    )
 
 
 def test_sizes_are_checked(tokenizer):

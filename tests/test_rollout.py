@@ -1,4 +1,5 @@
 """spiral_fast.rollout: set draws, template rendering, and a full rollout on a tiny random Qwen2."""
+
 import math
 
 import pytest
@@ -6,8 +7,8 @@ import torch
 
 import spiral_fast
 from spiral_fast.recipe.tiny_model import tiny_qwen2
-from spiral_fast.tasks.toy import ToyTask
 from spiral_fast.rollout import AggregationTemplate, draw_sets
+from spiral_fast.tasks.toy import ToyTask
 
 
 @pytest.mark.parametrize("n,m,k", [(4, 3, 2), (5, 6, 5), (1, 2, 1)], ids=["N4-M3-K2", "N5-M6-K5", "N1-M2-K1"])
@@ -27,9 +28,11 @@ def test_draw_sets_cover_every_trace():
     assert counts.min() > 40 and counts.sum() == 400
 
 
-@pytest.mark.parametrize("args,match", [
-    ((3, 2, 4), "set_size"), ((0, 2, 1), "num_traces"), ((3, 0, 1), "num_sets"), ((3, 2, 0), "set_size")],
-    ids=["K-above-N", "N0", "M0", "K0"])
+@pytest.mark.parametrize(
+    "args,match",
+    [((3, 2, 4), "set_size"), ((0, 2, 1), "num_traces"), ((3, 0, 1), "num_sets"), ((3, 2, 0), "set_size")],
+    ids=["K-above-N", "N0", "M0", "K0"],
+)
 def test_draw_sets_rejects_bad_sizes(args, match):
     with pytest.raises(ValueError, match=match):
         draw_sets(*args)
@@ -42,9 +45,16 @@ def test_template_renders_in_order():
 
 
 def _rollout(model, task, problems, **kwargs):
-    opts = dict(template=task.template, num_traces=5, num_sets=3, set_size=2, num_aggregations=2,
-                max_new_tokens=3, pad_token_id=task.tokenizer.pad_id,
-                reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z))
+    opts = dict(
+        template=task.template,
+        num_traces=5,
+        num_sets=3,
+        set_size=2,
+        num_aggregations=2,
+        max_new_tokens=3,
+        pad_token_id=task.tokenizer.pad_id,
+        reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z),
+    )
     opts.update(kwargs)
     return spiral_fast.rollout(model, [task.prompt(p) for p in problems], **opts)
 
@@ -52,7 +62,14 @@ def _rollout(model, task, problems, **kwargs):
 def test_rollout_counts_template_rewards_and_logprobs():
     task = ToyTask(base=4, num_digits=2)
     model = tiny_qwen2(len(task.tokenizer), seed=1, hidden_size=32, num_layers=1)
-    problems = [(0, 1), (2, 3, ), (3, 3)][:2] + [(1, 2)]
+    problems = [
+        (0, 1),
+        (
+            2,
+            3,
+        ),
+        (3, 3),
+    ][:2] + [(1, 2)]
     eos = task.tokenizer.sep_id  # a stop token, so that some responses end early
     batch = _rollout(model, task, problems, eos_token_id=eos, generator=torch.Generator().manual_seed(0))
     assert isinstance(batch, spiral_fast.SpiralBatch) and len(batch.problems) == 3
@@ -80,12 +97,18 @@ def test_rollout_logprobs_match_the_policy():
     task = ToyTask(base=4, num_digits=1)
     model = tiny_qwen2(len(task.tokenizer), seed=2, hidden_size=32, num_layers=1)
     problems = [(1,), (2,)]
-    batch = _rollout(model, task, problems, temperature=0.7, eos_token_id=task.tokenizer.sep_id,
-                     generator=torch.Generator().manual_seed(1))
+    batch = _rollout(
+        model,
+        task,
+        problems,
+        temperature=0.7,
+        eos_token_id=task.tokenizer.sep_id,
+        generator=torch.Generator().manual_seed(1),
+    )
 
     def expected(prompt, response):
         with torch.no_grad():
-            logits = model(input_ids=torch.cat([prompt, response])[None]).logits[0, len(prompt) - 1:-1].float()
+            logits = model(input_ids=torch.cat([prompt, response])[None]).logits[0, len(prompt) - 1 : -1].float()
         return (logits / 0.7).log_softmax(-1).gather(1, response[:, None])[:, 0]
 
     checked, lengths = 0, set()
@@ -107,8 +130,9 @@ def test_rollout_on_policy_and_seeded():
     runs = []
     for _ in range(2):
         torch.manual_seed(5)
-        batch = _rollout(model, task, [(0,), (3,)], behaviour_logprobs=False,
-                         generator=torch.Generator().manual_seed(5))
+        batch = _rollout(
+            model, task, [(0,), (3,)], behaviour_logprobs=False, generator=torch.Generator().manual_seed(5)
+        )
         assert all(pr.trace_old_logprobs is None and pr.agg_old_logprobs is None for pr in batch.problems)
         runs.append([(pr.sets, [y.tolist() for y in pr.traces], pr.rewards) for pr in batch.problems])
     assert runs[0] == runs[1]
@@ -121,11 +145,18 @@ def test_module_is_callable_and_keeps_its_names():
     assert module.draw_sets is draw_sets
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"engine": "sglang"}, "engine"), ({"temperature": 0.0}, "temperature"),
-    ({"temperature": math.inf}, "temperature"), ({"num_aggregations": 0}, "num_aggregations"),
-    ({"prompts": [[]]}, "prompts"), ({"num_traces": 3, "num_sets": 4, "set_size": 2}, r"num_sets must be <= C\(")],
-    ids=["engine", "T0", "Tinf", "G0", "empty-prompt", "M-above-C(N,K)"])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"engine": "sglang"}, "engine"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
+        ({"num_aggregations": 0}, "num_aggregations"),
+        ({"prompts": [[]]}, "prompts"),
+        ({"num_traces": 3, "num_sets": 4, "set_size": 2}, r"num_sets must be <= C\("),
+    ],
+    ids=["engine", "T0", "Tinf", "G0", "empty-prompt", "M-above-C(N,K)"],
+)
 def test_rollout_rejects_bad_arguments(kwargs, match):
     task = ToyTask()
     model = tiny_qwen2(len(task.tokenizer), hidden_size=32, num_layers=1)

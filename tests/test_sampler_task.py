@@ -1,19 +1,17 @@
 """The Sampler interface, HFSampler, the Task implementations and the loop's method table (issue 17)."""
-import copy
-import os
 
 import pytest
 import torch
+from train_fixtures import save_tiny_model
 
 import spiral_fast as sf
 from spiral_fast.evaluate import recursive_aggregation
 from spiral_fast.recipe.loop import grpo_group_size, grpo_rollout, grpo_shape, spiral_rollout, step_config_for
-from spiral_fast.rollout.config import RolloutConfig
 from spiral_fast.recipe.tiny_model import tiny_qwen2
 from spiral_fast.rollout import as_sampler
+from spiral_fast.rollout.config import RolloutConfig
 from spiral_fast.rollout.hf import sample_hf
 from spiral_fast.tasks import MathTask, Task, ToyTask
-from train_fixtures import save_tiny_model, write_problems
 
 TOY = ToyTask(base=5)
 
@@ -46,20 +44,40 @@ def test_hf_sampler_equals_generate_and_rollout_takes_either():
     model = _model()
     prompts = [TOY.prompt(p) for p in TOY.sample_problems(3, torch.Generator().manual_seed(1))]
     torch.manual_seed(5)
-    direct = sample_hf(model, prompts, 2, max_new_tokens=1, temperature=1.0, eos_token_id=None,
-                       pad_token_id=TOY.pad_token_id, logprobs=True)
+    direct = sample_hf(
+        model,
+        prompts,
+        2,
+        max_new_tokens=1,
+        temperature=1.0,
+        eos_token_id=None,
+        pad_token_id=TOY.pad_token_id,
+        logprobs=True,
+    )
     torch.manual_seed(5)
     via = sf.HFSampler(model, pad_token_id=TOY.pad_token_id).generate(prompts, 2, max_new_tokens=1, temperature=1.0)
     assert via[0] == direct[0]  # HFSampler's sample_decode draws generate's tokens; log-probs up to float rounding
     for a, b in zip(via[1], direct[1]):
         assert a == pytest.approx(b, abs=1e-5)
-    kwargs = dict(reward_fn=lambda i, s, z: 1.0, template=TOY.template, num_traces=3, num_sets=2, set_size=2,
-                  num_aggregations=2, max_new_tokens=1, pad_token_id=TOY.pad_token_id)
+    kwargs = dict(
+        reward_fn=lambda i, s, z: 1.0,
+        template=TOY.template,
+        num_traces=3,
+        num_sets=2,
+        set_size=2,
+        num_aggregations=2,
+        max_new_tokens=1,
+        pad_token_id=TOY.pad_token_id,
+    )
     torch.manual_seed(7)
     a = sf.rollout(model, prompts, generator=torch.Generator().manual_seed(0), **kwargs)
     torch.manual_seed(7)
-    b = sf.rollout(sf.HFSampler(model, pad_token_id=TOY.pad_token_id), prompts,
-                   generator=torch.Generator().manual_seed(0), **kwargs)
+    b = sf.rollout(
+        sf.HFSampler(model, pad_token_id=TOY.pad_token_id),
+        prompts,
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    )
     for pa, pb in zip(a.problems, b.problems):
         assert [y.tolist() for y in pa.traces] == [y.tolist() for y in pb.traces] and pa.sets == pb.sets
 
@@ -67,12 +85,29 @@ def test_hf_sampler_equals_generate_and_rollout_takes_either():
 def test_a_sampler_of_ones_own_drives_rollout_and_rsa():
     sampler = ScriptedSampler()
     prompts = [TOY.prompt((1,)), TOY.prompt((2, 3)[:1])]
-    batch = sf.rollout(sampler, prompts, reward_fn=lambda i, s, z: 0.5, template=TOY.template, num_traces=3,
-                       num_sets=2, set_size=2, num_aggregations=2, max_new_tokens=1)
+    batch = sf.rollout(
+        sampler,
+        prompts,
+        reward_fn=lambda i, s, z: 0.5,
+        template=TOY.template,
+        num_traces=3,
+        num_sets=2,
+        set_size=2,
+        num_aggregations=2,
+        max_new_tokens=1,
+    )
     assert sampler.calls[0] == (2, 3, 1) and sampler.calls[1] == (4, 2, 1)  # traces, then every a_j at once
     assert batch.problems[0].trace_old_logprobs[0].tolist() == [-1.0]
-    rsa = recursive_aggregation(sampler, prompts, template=TOY.template, score_fn=lambda p, r: 1.0,
-                                population=3, set_size=2, steps=2, max_new_tokens=1)
+    rsa = recursive_aggregation(
+        sampler,
+        prompts,
+        template=TOY.template,
+        score_fn=lambda p, r: 1.0,
+        population=3,
+        set_size=2,
+        steps=2,
+        max_new_tokens=1,
+    )
     assert rsa.accuracy == [1.0, 1.0, 1.0] and len(sampler.calls) == 5
     with sampler:
         pass
@@ -119,8 +154,14 @@ def test_tasks_implement_the_interface(tmp_path):
 
     folder = save_tiny_model(str(tmp_path / "model"))
     rows = [{"problem": "1 + 2 = ?", "answer": "3"}, {"problem": "2 + 2 = ?", "answer": "4"}]
-    task = MathTask(AutoTokenizer.from_pretrained(folder), rows, rows[:1], search="{problem}",
-                    aggregation="{problem} {candidates} =", candidate="candidate {index} : {solution}")
+    task = MathTask(
+        AutoTokenizer.from_pretrained(folder),
+        rows,
+        rows[:1],
+        search="{problem}",
+        aggregation="{problem} {candidates} =",
+        candidate="candidate {index} : {solution}",
+    )
     assert isinstance(task, Task) and task.eos_token_id == 1 and task.pad_token_id == 0
     x = task.prompt(rows[0])
     boxed = task.tokenizer("\\boxed{ 3 }", add_special_tokens=False)["input_ids"]
@@ -137,8 +178,18 @@ def test_tasks_implement_the_interface(tmp_path):
 
 
 def _settings(**kw):
-    return RolloutConfig(**{"problems_per_step": 2, "num_traces": 4, "num_sets": 2, "set_size": 2,
-                            "num_aggregations": 4, "max_new_tokens": 48, "agg_max_new_tokens": 48, **kw})
+    return RolloutConfig(
+        **{
+            "problems_per_step": 2,
+            "num_traces": 4,
+            "num_sets": 2,
+            "set_size": 2,
+            "num_aggregations": 4,
+            "max_new_tokens": 48,
+            "agg_max_new_tokens": 48,
+            **kw,
+        }
+    )
 
 
 def test_grpo_matches_the_sampled_token_budget_and_drops_the_trace_role():
@@ -160,13 +211,22 @@ def test_grpo_matches_the_sampled_token_budget_and_drops_the_trace_role():
         _settings(grpo_match="tokens")
     problems = TOY.sample_problems(2, torch.Generator().manual_seed(0))
     for match in ("count", "length"):
-        one = RolloutConfig(problems_per_step=2, num_traces=3, num_sets=2, set_size=2, num_aggregations=2,
-                            max_new_tokens=1, agg_max_new_tokens=1, grpo_match=match)
+        one = RolloutConfig(
+            problems_per_step=2,
+            num_traces=3,
+            num_sets=2,
+            set_size=2,
+            num_aggregations=2,
+            max_new_tokens=1,
+            agg_max_new_tokens=1,
+            grpo_match=match,
+        )
         spiral, metrics = spiral_rollout(ScriptedSampler(), TOY, problems, one, torch.Generator().manual_seed(0))
         sampler = ScriptedSampler()
         grpo, _ = grpo_rollout(sampler, TOY, problems, one, None)
         sampled = sum(y.numel() for y in spiral.problems[0].traces) + sum(
-            z.numel() for zs in spiral.problems[0].aggregations for z in zs)
+            z.numel() for zs in spiral.problems[0].aggregations for z in zs
+        )
         r, length = grpo_shape(one)
         assert len(grpo.problems[0].aggregations[0]) == r and sampler.calls[-1][2] == length
         # the fewest responses of up to `length` tokens that cover SPIRAL's budget (equal when it divides)

@@ -6,6 +6,7 @@ wrong kernel are injected; auto must warn once, naming the op and the reason, an
 Each op registers its own check with ``spiral_fast.ops.self_check`` beside its definition;
 ``self_check()`` (``spiral_fast.ops.checks``) imports every op module and runs every registered check.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -65,7 +66,7 @@ def test_wrong_kernel_falls_back_to_torch_with_one_warning(cuda_path, monkeypatc
 
     def wrong(*args, **kwargs):
         grad, partials = real(*args, **kwargs)
-        return grad * 1.01, partials   # a gradient 1% off: within no tolerance
+        return grad * 1.01, partials  # a gradient 1% off: within no tolerance
 
     monkeypatch.setattr(kernel, "policy_loss_fwd", wrong)
     inputs = _policy_inputs()
@@ -76,7 +77,7 @@ def test_wrong_kernel_falls_back_to_torch_with_one_warning(cuda_path, monkeypatc
     ref_loss, ref_grad = _loss_and_grad("torch", inputs)
     assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")   # once per process: the second call neither checks nor warns
+        warnings.simplefilter("error")  # once per process: the second call neither checks nor warns
         _loss_and_grad("auto", inputs)
 
 
@@ -135,6 +136,7 @@ def test_self_check_reports_errors_per_op(monkeypatch):
 @pytest.fixture
 def extra_op():
     """A made-up op whose registered check always finds a mismatch (unregistered afterwards)."""
+
     def check(device, dtype, gen):
         raise registry.Mismatch(f"{registry.dtype_name(dtype)} out: made up")
 
@@ -161,12 +163,13 @@ def test_self_check_all_ops_ok_under_the_interpreter():
     rng = torch.get_rng_state()
     result = self_check("cpu")
     assert result == {op: "ok" for op in OPS}
-    assert torch.equal(rng, torch.get_rng_state())   # the caller's random stream is untouched
+    assert torch.equal(rng, torch.get_rng_state())  # the caller's random stream is untouched
 
 
 def test_public_self_check_is_the_all_ops_one():
     assert sf.self_check is self_check
     from spiral_fast.packing.self_check import self_check as earlier_path
+
     assert earlier_path is self_check
 
 
@@ -176,8 +179,10 @@ def test_self_check_registers_every_op_by_itself():
     import subprocess
     import sys
 
-    code = ("import spiral_fast.ops.checks, spiral_fast.ops.self_check as r, sys; "
-            "print(sorted(r.registered())); print('spiral_fast.packing' in sys.modules)")
+    code = (
+        "import spiral_fast.ops.checks, spiral_fast.ops.self_check as r, sys; "
+        "print(sorted(r.registered())); print('spiral_fast.packing' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split("\n")[:2] == [str(sorted(OPS)), "False"]
 

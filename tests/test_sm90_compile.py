@@ -7,6 +7,7 @@ It runs in a subprocess because the kernels must be imported without TRITON_INTE
 test session sets). Cold, it compiles 43 kernels (2-4 minutes on a loaded 2-core machine, hence
 also ``slow``); Triton's own on-disk cache (outside the repository) makes reruns take ~20-40 s.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,7 @@ SPILL_ALLOWANCE_BYTES = 64
 def _ptxas_missing() -> str | None:
     try:
         from spiral_fast.kernels.compile_check import ptxas_path
-    except ImportError as exc:   # triton itself is missing
+    except ImportError as exc:  # triton itself is missing
         return f"triton is not installed ({exc})"
     return None if ptxas_path() else "the Triton wheel ships no ptxas for sm_90"
 
@@ -36,8 +37,13 @@ def sm90_rows():
     if reason:
         pytest.skip(reason)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "spiral_fast.kernels.compile_check", "--json"],
-                         capture_output=True, text=True, env=env, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-m", "spiral_fast.kernels.compile_check", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -48,9 +54,17 @@ def test_every_kernel_config_and_dtype_fits_sm90(sm90_rows):
     from spiral_fast.kernels.compile_check import SM90_REGISTER_LIMIT, SM90_SHARED_LIMIT
 
     kernels = {r["kernel"] for r in sm90_rows}
-    assert {"_token_logprobs_fwd_kernel", "_token_logprobs_bwd_kernel", "_logits_logprobs_fwd_kernel",
-            "_logits_logprobs_bwd_kernel", "_tree_attention_fwd_kernel", "_tree_attention_bwd_dq_kernel",
-            "_tree_attention_bwd_dkdv_kernel", "_tree_attention_delta_kernel", "_policy_loss_fwd_kernel"} <= kernels
+    assert {
+        "_token_logprobs_fwd_kernel",
+        "_token_logprobs_bwd_kernel",
+        "_logits_logprobs_fwd_kernel",
+        "_logits_logprobs_bwd_kernel",
+        "_tree_attention_fwd_kernel",
+        "_tree_attention_bwd_dq_kernel",
+        "_tree_attention_bwd_dkdv_kernel",
+        "_tree_attention_delta_kernel",
+        "_policy_loss_fwd_kernel",
+    } <= kernels
     dtypes = {r["dtype"].split()[0] for r in sm90_rows}
     assert {"bf16", "fp16", "fp32-tf32", "fp32-ieee"} <= dtypes
     bad = []

@@ -1,14 +1,15 @@
 """spiral_fast.step against its naive twin step_reference (loss, every parameter gradient) on tiny
 random Qwen2 / Llama models; micro-batch invariance, activation checkpointing, the optimizer path,
 gradient accumulation and metrics."""
+
 import math
 
 import pytest
 import torch
+from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 import spiral_fast
 from spiral_fast import SpiralConfig
-from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 OLD = dict(scale="std", agg_baseline="problem")  # the advantage defaults before issue 8
 CASES = [
@@ -18,14 +19,29 @@ CASES = [
     ("llama", False, dict(max_g=2, old=True), dict(temperature=0.7, agg_coef=0.5, trace_coef=2.0, **OLD)),
     ("llama", False, dict(max_g=3, ref=True), dict(kl_coef=0.1, **OLD)),
     ("qwen2", True, dict(max_g=2, old=True, ref=True), dict(kl_coef=0.05, normalizer="seq-mean-token-mean", **OLD)),
-    ("qwen2", False, dict(max_g=3), dict(estimator="rloo", scale="none", trace_credit="sum", normalizer="constant",
-                                         loss_constant=64.0, agg_baseline="problem")),
+    (
+        "qwen2",
+        False,
+        dict(max_g=3),
+        dict(
+            estimator="rloo",
+            scale="none",
+            trace_credit="sum",
+            normalizer="constant",
+            loss_constant=64.0,
+            agg_baseline="problem",
+        ),
+    ),
     # issue 8: the length gate, no clipping, and the unclipped token-sum loss of docs/paper.md
     ("qwen2", False, dict(max_g=3, old=True), dict(length_gate=3)),
     ("llama", True, dict(max_g=3, old=True, ref=True), dict(length_gate=(2, None), kl_coef=0.05, scale="std")),
     ("qwen2", False, dict(max_g=3, old=True), dict(clip=None)),
-    ("llama", False, dict(max_g=2, old=True), dict(clip=None, normalizer="constant", loss_constant=1,
-                                                   length_gate=(4, 2))),
+    (
+        "llama",
+        False,
+        dict(max_g=2, old=True),
+        dict(clip=None, normalizer="constant", loss_constant=1, length_gate=(4, 2)),
+    ),
 ]
 
 
@@ -35,11 +51,23 @@ def run(fn, model, batch, **kw):
     return out, grads(model)
 
 
-@pytest.mark.parametrize("kind,lm_bias,batch_kw,config_kw", [
-    pytest.param(*c, id="{}{}-G{}{}{}-{}".format(c[0], "-bias" if c[1] else "", c[2]["max_g"],
-                                                  "-old" if c[2].get("old") else "", "-ref" if c[2].get("ref") else "",
-                                                  "-".join(f"{k}={v}" for k, v in c[3].items()) or "default"))
-    for c in CASES])
+@pytest.mark.parametrize(
+    "kind,lm_bias,batch_kw,config_kw",
+    [
+        pytest.param(
+            *c,
+            id="{}{}-G{}{}{}-{}".format(
+                c[0],
+                "-bias" if c[1] else "",
+                c[2]["max_g"],
+                "-old" if c[2].get("old") else "",
+                "-ref" if c[2].get("ref") else "",
+                "-".join(f"{k}={v}" for k, v in c[3].items()) or "default",
+            ),
+        )
+        for c in CASES
+    ],
+)
 def test_step_matches_reference(kind, lm_bias, batch_kw, config_kw):
     model = tiny_model(kind, lm_bias=lm_bias)
     batch = random_batch(len(config_kw) + batch_kw["max_g"], problems=2, **batch_kw)
@@ -48,8 +76,18 @@ def test_step_matches_reference(kind, lm_bias, batch_kw, config_kw):
     ref, g_ref = run(spiral_fast.step_reference, model, batch, config=config)
     assert abs(out.loss.item() - ref.loss.item()) <= 1e-5 * max(1.0, abs(ref.loss.item()))
     assert_grads_close(g, g_ref)
-    for key in ("agg_loss", "trace_loss", "clip_frac_low", "clip_frac_high", "kl_mean", "entropy_mean",
-                "ratio_mean", "agg_reward_mean", "set_value_mean", "tokens_trained"):
+    for key in (
+        "agg_loss",
+        "trace_loss",
+        "clip_frac_low",
+        "clip_frac_high",
+        "kl_mean",
+        "entropy_mean",
+        "ratio_mean",
+        "agg_reward_mean",
+        "set_value_mean",
+        "tokens_trained",
+    ):
         assert math.isclose(out.metrics[key], ref.metrics[key], rel_tol=1e-4, abs_tol=1e-6), key
     if batch_kw.get("old") and config.clip is not None:
         assert out.metrics["clip_frac_low"] + out.metrics["clip_frac_high"] > 0  # the clipped branch is exercised
@@ -81,8 +119,12 @@ def test_activation_checkpointing_gives_the_same_grads_and_is_restored():
     plain, g_plain = run(spiral_fast.step, model, batch)
     ckpt, g_ckpt = run(spiral_fast.step, model, batch, config=SpiralConfig(gradient_checkpointing=True))
     # transformers 5 name, else the 4.x one (the oldest supported version has only that)
-    assert not getattr(model, "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing")
-                       else "is_gradient_checkpointing")
+    assert not getattr(
+        model,
+        "is_activation_checkpointing"
+        if hasattr(type(model), "is_activation_checkpointing")
+        else "is_gradient_checkpointing",
+    )
     assert abs(plain.loss.item() - ckpt.loss.item()) <= 1e-6
     assert_grads_close(g_ckpt, g_plain, rel=1e-5)
 
@@ -109,8 +151,9 @@ def test_optimizer_path_changes_parameters_and_zeroes_grads(fn):
         assert p.grad is None or not p.grad.any(), n
         torch.testing.assert_close(p.detach(), before[n] - 0.5 * g[n], rtol=0, atol=1e-6)
     assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())
-    assert math.isclose(out.metrics["grad_norm"], torch.cat([v.reshape(-1) for v in g.values()]).norm().item(),
-                        rel_tol=1e-4)
+    assert math.isclose(
+        out.metrics["grad_norm"], torch.cat([v.reshape(-1) for v in g.values()]).norm().item(), rel_tol=1e-4
+    )
 
 
 def test_grad_clipping_bounds_the_update():
@@ -127,9 +170,26 @@ def test_metrics_are_present_and_finite():
     model = tiny_model("qwen2")
     batch = random_batch(8, problems=3, max_g=3, old=True)
     out = spiral_fast.step(model, batch, config=SpiralConfig(max_tokens_per_micro_batch=80))
-    expected = {"loss", "agg_loss", "trace_loss", "agg_reward_mean", "set_value_mean", "clip_frac_low",
-                "clip_frac_high", "clip_frac", "ratio_mean", "kl_mean", "entropy_mean", "tokens_trained",
-                "trace_tokens", "agg_tokens", "unique_tokens", "dedup_ratio", "micro_batches", "gated_frac"}
+    expected = {
+        "loss",
+        "agg_loss",
+        "trace_loss",
+        "agg_reward_mean",
+        "set_value_mean",
+        "clip_frac_low",
+        "clip_frac_high",
+        "clip_frac",
+        "ratio_mean",
+        "kl_mean",
+        "entropy_mean",
+        "tokens_trained",
+        "trace_tokens",
+        "agg_tokens",
+        "unique_tokens",
+        "dedup_ratio",
+        "micro_batches",
+        "gated_frac",
+    }
     assert expected <= out.metrics.keys()
     assert all(isinstance(v, float) and math.isfinite(v) for v in out.metrics.values())
     rewards = [r for pr in batch.problems for rs in pr.rewards for r in rs]
@@ -184,10 +244,19 @@ def test_behaviour_logprob_mismatch_is_reported(impl):
     model = tiny_model("qwen2", seed=3)
     batch = random_batch(5, problems=2, old=True)
     new = spiral_fast.batch_logprobs(model, batch)
-    diffs = torch.cat([(pr.trace_old_logprobs[i] - nt[i]).abs() for pr, nt in zip(batch.problems, new.traces)
-                       for i in pr.trained_traces()] +
-                      [(o - n).abs() for pr, na in zip(batch.problems, new.aggregations)
-                       for os_, ns in zip(pr.agg_old_logprobs, na) for o, n in zip(os_, ns)])
+    diffs = torch.cat(
+        [
+            (pr.trace_old_logprobs[i] - nt[i]).abs()
+            for pr, nt in zip(batch.problems, new.traces)
+            for i in pr.trained_traces()
+        ]
+        + [
+            (o - n).abs()
+            for pr, na in zip(batch.problems, new.aggregations)
+            for os_, ns in zip(pr.agg_old_logprobs, na)
+            for o, n in zip(os_, ns)
+        ]
+    )
     out = getattr(spiral_fast, impl)(model, batch, config=SpiralConfig())
     assert math.isclose(out.metrics["logprob_mismatch_mean"], float(diffs.mean()), rel_tol=1e-4)
     assert math.isclose(out.metrics["logprob_mismatch_max"], float(diffs.max()), rel_tol=1e-4)

@@ -1,17 +1,18 @@
 """Data parallelism does not change the step: two gloo ranks on the CPU, each with a share of the
 problems, give the 1-process whole-batch loss, gradients (averaged over ranks, the DDP / FSDP2
 convention) and, with an optimizer, the same updated parameters."""
+
 import os
 import sys
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import end_rank, file_rendezvous
+from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 import spiral_fast
 from spiral_fast import SpiralBatch, SpiralConfig
-from helpers import end_rank, file_rendezvous
-from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 PROBLEMS = 5  # odd: the ranks get different numbers of problems and tokens
 CONFIG = SpiralConfig(max_tokens_per_micro_batch=70, max_grad_norm=1e6)
@@ -56,8 +57,16 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     for rank in range(2):
         loss, metrics, g, params = torch.load(tmp_path / f"rank{rank}.pt")
         assert abs(loss.item() - whole.loss.item()) <= 1e-6
-        for key in ("agg_loss", "trace_loss", "tokens_trained", "agg_reward_mean", "set_value_mean", "entropy_mean",
-                    "clip_frac_low", "clip_frac_high"):
+        for key in (
+            "agg_loss",
+            "trace_loss",
+            "tokens_trained",
+            "agg_reward_mean",
+            "set_value_mean",
+            "entropy_mean",
+            "clip_frac_low",
+            "clip_frac_high",
+        ):
             assert abs(metrics[key] - whole.metrics[key]) <= 1e-5 * max(1.0, abs(whole.metrics[key])), key
         assert_grads_close(g, g_whole, rel=1e-5)
         for n, p in model.named_parameters():

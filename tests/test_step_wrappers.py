@@ -2,6 +2,7 @@
 ranks (each with its own problems) against one process on all of them (same loss, gradients and SGD
 update, same log-probs), torch.compile'd models, and clear errors for the wrappers the step cannot
 drive."""
+
 import os
 import sys
 
@@ -9,11 +10,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import end_rank, file_rendezvous
+from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 import spiral_fast
 from spiral_fast import SpiralBatch, SpiralConfig
-from helpers import end_rank, file_rendezvous
-from training_cases import assert_grads_close, grads, random_batch, tiny_model
 
 PROBLEMS = 5  # odd: the ranks get different numbers of problems, tokens, sequences and micro-batches
 CONFIG = SpiralConfig(max_tokens_per_micro_batch=70, max_grad_norm=1e6)
@@ -62,9 +63,11 @@ def _rank_main(rank: int, world: int, out_dir: str, tests_dir: str):
     try:
         torch.set_num_threads(1)
         batch = share(random_batch(11, problems=PROBLEMS, max_g=3, old=True), rank, world)
-        results = {f"{name}-{fn.__name__}": _run(wrap, fn, batch)
-                   for name, wrap in (("fsdp2", _fsdp2), ("ddp", _ddp))
-                   for fn in (spiral_fast.step, spiral_fast.step_reference)}
+        results = {
+            f"{name}-{fn.__name__}": _run(wrap, fn, batch)
+            for name, wrap in (("fsdp2", _fsdp2), ("ddp", _ddp))
+            for fn in (spiral_fast.step, spiral_fast.step_reference)
+        }
         logprobs = spiral_fast.batch_logprobs(_fsdp2(tiny_model("qwen2")), batch, config=CONFIG)
         torch.save((results, (logprobs.traces, logprobs.aggregations)), os.path.join(out_dir, f"rank{rank}.pt"))
         end_rank()
@@ -81,10 +84,10 @@ def test_fsdp2_and_ddp_on_two_gloo_ranks_equal_one_process(tmp_path):
     for rank in range(2):
         results, (traces, aggregations) = torch.load(tmp_path / f"rank{rank}.pt")
         want = spiral_fast.batch_logprobs(tiny_model("qwen2"), share(batch, rank, 2), config=CONFIG)
-        for got_p, want_p in zip(traces + aggregations, want.traces + want.aggregations,
-                                 strict=True):
-            for got_t, want_t in zip(torch.utils._pytree.tree_leaves(got_p), torch.utils._pytree.tree_leaves(want_p),
-                                     strict=True):
+        for got_p, want_p in zip(traces + aggregations, want.traces + want.aggregations, strict=True):
+            for got_t, want_t in zip(
+                torch.utils._pytree.tree_leaves(got_p), torch.utils._pytree.tree_leaves(want_p), strict=True
+            ):
                 torch.testing.assert_close(got_t, want_t, rtol=0, atol=1e-5)
         assert len(results) == 4
         for key, (r_loss, r_metrics, r_g, r_params, r_norm) in results.items():

@@ -1,17 +1,23 @@
 """spiral-fast train on a tiny random Qwen2 (word-level tokenizer, chat template, 20 arithmetic
 problems): 3 steps with metrics, evaluation, checkpoints with a peft-loadable adapter, resume
 equal to an uninterrupted run, the command line."""
+
 import json
 import os
 
 import pytest
 import torch
-
 from train_fixtures import setup
 
 FAST = ["rollout.problems_per_step=2", "rollout.max_new_tokens=3", "rollout.agg_max_new_tokens=3"]
-EVAL = ["train.eval_every=3", "eval.rsa_population=2", "eval.rsa_set_size=2", "eval.rsa_steps=1", "eval.pass_k=[1, 2]",
-        "eval.num_problems=2"]
+EVAL = [
+    "train.eval_every=3",
+    "eval.rsa_population=2",
+    "eval.rsa_set_size=2",
+    "eval.rsa_steps=1",
+    "eval.pass_k=[1, 2]",
+    "eval.num_problems=2",
+]
 TIMING = ("seconds_rollout", "seconds_step", "seconds_sync")
 
 
@@ -41,8 +47,16 @@ def test_three_steps_metrics_checkpoints_and_resume_equal_to_uninterrupted(tmp_p
     run(config, overrides + EVAL + [f'train.output="{whole}"'])
     rows = read_metrics(whole)
     assert [r["step"] for r in rows] == [1, 2, 3]
-    for key in ("loss", "problems", "problems_sampled", "problems_dropped", "rounds", "trace_tokens_sampled",
-                "agg_tokens_sampled", "lr") + TIMING:
+    for key in (
+        "loss",
+        "problems",
+        "problems_sampled",
+        "problems_dropped",
+        "rounds",
+        "trace_tokens_sampled",
+        "agg_tokens_sampled",
+        "lr",
+    ) + TIMING:
         assert all(isinstance(r[key], float) for r in rows), key
     # a tiny random model answers few problems right: dynamic sampling may find nothing to train in a step
     trained = [r for r in rows if r["problems"] > 0]
@@ -65,8 +79,9 @@ def test_three_steps_metrics_checkpoints_and_resume_equal_to_uninterrupted(tmp_p
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tmp_path / "model")),
-                                        os.path.join(ckpt, "adapter"))
+    adapter = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(tmp_path / "model")), os.path.join(ckpt, "adapter")
+    )
     lora_b = [p for n, p in adapter.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().max() > 0 for p in lora_b)  # trained (LoRA B starts at 0)
 
@@ -77,9 +92,13 @@ def test_three_steps_metrics_checkpoints_and_resume_equal_to_uninterrupted(tmp_p
     resumed = read_metrics(part)
     assert [r["step"] for r in resumed] == [1, 2, 3]
     assert [without_timing(r) for r in resumed] == [without_timing(r) for r in rows[:2]] + [
-        without_timing({k: v for k, v in rows[2].items() if not k.startswith("eval/")})]
-    a = torch.load(os.path.join(ckpt, "adapter", "adapter_model.bin")) if os.path.isfile(
-        os.path.join(ckpt, "adapter", "adapter_model.bin")) else None
+        without_timing({k: v for k, v in rows[2].items() if not k.startswith("eval/")})
+    ]
+    a = (
+        torch.load(os.path.join(ckpt, "adapter", "adapter_model.bin"))
+        if os.path.isfile(os.path.join(ckpt, "adapter", "adapter_model.bin"))
+        else None
+    )
     if a is None:
         from safetensors.torch import load_file
 
@@ -92,8 +111,9 @@ def test_config_is_written_and_reloads(tmp_path):
     from spiral_fast.recipe.config import load_config, to_toml
 
     config, overrides = setup(str(tmp_path))
-    cfg = load_config(config, overrides + ["algorithm.clip=\"none\"", "algorithm.length_gate=[3, \"none\"]",
-                                           "algorithm.scale=\"none\""])
+    cfg = load_config(
+        config, overrides + ['algorithm.clip="none"', 'algorithm.length_gate=[3, "none"]', 'algorithm.scale="none"']
+    )
     assert cfg.algorithm.clip is None and cfg.algorithm.length_gate == (3, None) and cfg.algorithm.scale == "none"
     path = tmp_path / "again.toml"
     path.write_text(to_toml(cfg.raw))

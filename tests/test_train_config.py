@@ -1,6 +1,7 @@
 """Every configuration error of spiral-fast train is a ValueError naming the key, raised before any
 model is loaded; each section is its dataclass; the three settings that moved to one home still load
 under their old algorithm.* spellings, with a DeprecationWarning naming the new key."""
+
 import dataclasses
 import os
 import warnings
@@ -45,45 +46,62 @@ def test_defaults_are_the_papers(files):
     assert cfg.lora.rank == 32 and cfg.optim.lr == 2e-5 and cfg.algorithm == SpiralConfig()
 
 
-@pytest.mark.parametrize("overrides,match", [
-    pytest.param(["modle.path=1"], r"unknown config section \[modle\]", id="unknown-section"),
-    pytest.param(["rollout.num_trace=4"], r"unknown config key rollout.num_trace", id="unknown-key"),
-    pytest.param(["algorithm.clipp=1"], r"unknown config key algorithm.clipp", id="unknown-algorithm-key"),
-    pytest.param(["rollout.num_traces=\"8\""], r"rollout.num_traces must be int", id="str-for-int"),
-    pytest.param(["rollout.num_traces=8.0"], r"rollout.num_traces must be int", id="float-for-int"),
-    pytest.param(["rollout.dynamic_sampling=1"], r"rollout.dynamic_sampling must be bool", id="int-for-bool"),
-    pytest.param(["optim.lr=true"], r"optim.lr must be float", id="bool-for-float"),
-    pytest.param(["lora.target_modules=3"], r"lora.target_modules must be str or list", id="target-modules-type"),
-    pytest.param(["optim.max_grad_norm=\"off\""], r"optim.max_grad_norm", id="bad-none-word"),
-    pytest.param(["algorithm.kl_coef=-1.0"], r"config key algorithm.kl_coef must be", id="algorithm-value"),
-    pytest.param(["algorithm.estimator=\"ppo\""], r"config key algorithm.estimator must be one of", id="algorithm-choice"),
-    pytest.param(["rollout.engine=\"sglang\""], r"rollout.engine must be one of", id="engine-choice"),
-    pytest.param(["reward.kind=\"fuzzy\""], r"reward.kind must be one of", id="reward-choice"),
-    pytest.param(["model.dtype=\"int8\""], r"model.dtype must be one of", id="dtype-choice"),
-    pytest.param(["train.device=\"tpu\""], r"train.device must be one of", id="device-choice"),
-    pytest.param(["rollout.num_traces=0"], r"rollout.num_traces must be an int >= 1", id="zero-traces"),
-    pytest.param(["rollout.set_size=9"], r"rollout.set_size must be <= num_traces", id="set-too-big"),
-    pytest.param(["rollout.num_traces=4", "rollout.set_size=3", "rollout.num_sets=5"], r"rollout.num_sets",
-                 id="too-many-distinct-sets"),
-    pytest.param(["optim.betas=[0.9]"], r"optim.betas", id="betas"),
-    pytest.param(["rollout.gpu_memory_utilization=1.5"], r"rollout.gpu_memory_utilization", id="vllm-share"),
-    pytest.param(["optim.lr=0"], r"optim.lr must be a finite number > 0", id="lr"),
-    pytest.param(["eval.pass_k=[1, 16]"], r"eval.pass_k", id="pass-k-over-population"),
-    pytest.param(["prompts.search=\"solve it\""], r"prompts.search must contain \{problem\}", id="search-placeholder"),
-    pytest.param(["prompts.aggregation=\"{problem}\""], r"prompts.aggregation must contain \{candidates\}",
-                 id="aggregation-placeholder"),
-    pytest.param(["prompts.candidate=\"{solution}\""], r"prompts.candidate must contain \{index\}",
-                 id="candidate-placeholder"),
-    pytest.param(["rollout.temperature=0.7", "algorithm.temperature=1.0"],
-                 r"algorithm.temperature=1.0 and rollout.temperature=0.7 are one value, given twice by --set",
-                 id="alias-conflict"),
-    pytest.param(["model.path=\"/nonexistent/model\""], r"model.path", id="missing-model-dir"),
-    pytest.param(["data.train=\"/nonexistent.jsonl\""], r"data.train: file", id="missing-train-file"),
-    pytest.param(["data.eval=\"/nonexistent.jsonl\""], r"data.eval: file", id="missing-eval-file"),
-    pytest.param(["rollout"], r"--set must be section.key=value", id="malformed-set"),
-    pytest.param(["algorithm.aggregation=\"parallel\""], r"algorithm.aggregation must be \"text\"",
-                 id="parallel-not-in-train"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        pytest.param(["modle.path=1"], r"unknown config section \[modle\]", id="unknown-section"),
+        pytest.param(["rollout.num_trace=4"], r"unknown config key rollout.num_trace", id="unknown-key"),
+        pytest.param(["algorithm.clipp=1"], r"unknown config key algorithm.clipp", id="unknown-algorithm-key"),
+        pytest.param(['rollout.num_traces="8"'], r"rollout.num_traces must be int", id="str-for-int"),
+        pytest.param(["rollout.num_traces=8.0"], r"rollout.num_traces must be int", id="float-for-int"),
+        pytest.param(["rollout.dynamic_sampling=1"], r"rollout.dynamic_sampling must be bool", id="int-for-bool"),
+        pytest.param(["optim.lr=true"], r"optim.lr must be float", id="bool-for-float"),
+        pytest.param(["lora.target_modules=3"], r"lora.target_modules must be str or list", id="target-modules-type"),
+        pytest.param(['optim.max_grad_norm="off"'], r"optim.max_grad_norm", id="bad-none-word"),
+        pytest.param(["algorithm.kl_coef=-1.0"], r"config key algorithm.kl_coef must be", id="algorithm-value"),
+        pytest.param(
+            ['algorithm.estimator="ppo"'], r"config key algorithm.estimator must be one of", id="algorithm-choice"
+        ),
+        pytest.param(['rollout.engine="sglang"'], r"rollout.engine must be one of", id="engine-choice"),
+        pytest.param(['reward.kind="fuzzy"'], r"reward.kind must be one of", id="reward-choice"),
+        pytest.param(['model.dtype="int8"'], r"model.dtype must be one of", id="dtype-choice"),
+        pytest.param(['train.device="tpu"'], r"train.device must be one of", id="device-choice"),
+        pytest.param(["rollout.num_traces=0"], r"rollout.num_traces must be an int >= 1", id="zero-traces"),
+        pytest.param(["rollout.set_size=9"], r"rollout.set_size must be <= num_traces", id="set-too-big"),
+        pytest.param(
+            ["rollout.num_traces=4", "rollout.set_size=3", "rollout.num_sets=5"],
+            r"rollout.num_sets",
+            id="too-many-distinct-sets",
+        ),
+        pytest.param(["optim.betas=[0.9]"], r"optim.betas", id="betas"),
+        pytest.param(["rollout.gpu_memory_utilization=1.5"], r"rollout.gpu_memory_utilization", id="vllm-share"),
+        pytest.param(["optim.lr=0"], r"optim.lr must be a finite number > 0", id="lr"),
+        pytest.param(["eval.pass_k=[1, 16]"], r"eval.pass_k", id="pass-k-over-population"),
+        pytest.param(
+            ['prompts.search="solve it"'], r"prompts.search must contain \{problem\}", id="search-placeholder"
+        ),
+        pytest.param(
+            ['prompts.aggregation="{problem}"'],
+            r"prompts.aggregation must contain \{candidates\}",
+            id="aggregation-placeholder",
+        ),
+        pytest.param(
+            ['prompts.candidate="{solution}"'], r"prompts.candidate must contain \{index\}", id="candidate-placeholder"
+        ),
+        pytest.param(
+            ["rollout.temperature=0.7", "algorithm.temperature=1.0"],
+            r"algorithm.temperature=1.0 and rollout.temperature=0.7 are one value, given twice by --set",
+            id="alias-conflict",
+        ),
+        pytest.param(['model.path="/nonexistent/model"'], r"model.path", id="missing-model-dir"),
+        pytest.param(['data.train="/nonexistent.jsonl"'], r"data.train: file", id="missing-train-file"),
+        pytest.param(['data.eval="/nonexistent.jsonl"'], r"data.eval: file", id="missing-eval-file"),
+        pytest.param(["rollout"], r"--set must be section.key=value", id="malformed-set"),
+        pytest.param(
+            ['algorithm.aggregation="parallel"'], r"algorithm.aggregation must be \"text\"", id="parallel-not-in-train"
+        ),
+    ],
+)
 def test_config_errors_name_the_key(files, overrides, match):
     with pytest.raises(ValueError, match=match):
         load_config(files[0], overrides)
@@ -108,13 +126,17 @@ def test_set_values_parse_as_toml():
     assert parse_override("rollout.temperature=0.7") == ("rollout", "temperature", 0.7)
     assert parse_override("eval.pass_k=[1, 2]") == ("eval", "pass_k", [1, 2])
     assert parse_override("model.path=/data/qwen") == ("model", "path", "/data/qwen")
-    assert parse_override('lora.target_modules=["q_proj", "v_proj"]') == ("lora", "target_modules",
-                                                                          ["q_proj", "v_proj"])
+    assert parse_override('lora.target_modules=["q_proj", "v_proj"]') == (
+        "lora",
+        "target_modules",
+        ["q_proj", "v_proj"],
+    )
 
 
 def test_settings_come_from_their_homes(files):
-    cfg = load_config(files[0], ["rollout.temperature=0.7", "optim.max_grad_norm=\"none\"",
-                                 "model.gradient_checkpointing=true"])
+    cfg = load_config(
+        files[0], ["rollout.temperature=0.7", 'optim.max_grad_norm="none"', "model.gradient_checkpointing=true"]
+    )
     assert cfg.algorithm.temperature == 0.7 and cfg.algorithm.max_grad_norm is None
     assert cfg.algorithm.gradient_checkpointing and cfg.optim.max_grad_norm is None
     assert cfg.rollout.temperature == 0.7 and cfg.model.gradient_checkpointing
@@ -123,8 +145,10 @@ def test_settings_come_from_their_homes(files):
 def test_example_config_is_valid(files, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     model, data = tmp_path / "model", tmp_path / "train.jsonl"
-    cfg = load_config(os.path.join(root, "examples", "spiral_qwen3_4b.toml"),
-                      [f'model.path="{model}"', f'data.train="{data}"', f'data.eval="{data}"'])
+    cfg = load_config(
+        os.path.join(root, "examples", "spiral_qwen3_4b.toml"),
+        [f'model.path="{model}"', f'data.train="{data}"', f'data.eval="{data}"'],
+    )
     assert cfg.lora.rank == 32 and cfg.rollout.problems_per_step == 256
 
 
@@ -204,8 +228,16 @@ def test_two_spellings_with_two_values_in_one_source_is_an_error(files, key, hom
 
 
 def test_written_config_round_trips(files, tmp_path):
-    cfg = load_config(files[0], ["rollout.oversample=0.5", "rollout.kv_cache_gb=\"none\"", "rollout.grpo_match=count",
-                                 "optim.max_grad_norm=\"none\"", "algorithm.clip=[0.1, 0.3]"])
+    cfg = load_config(
+        files[0],
+        [
+            "rollout.oversample=0.5",
+            'rollout.kv_cache_gb="none"',
+            "rollout.grpo_match=count",
+            'optim.max_grad_norm="none"',
+            "algorithm.clip=[0.1, 0.3]",
+        ],
+    )
     path = tmp_path / "config.toml"
     path.write_text(to_toml(cfg.raw))
     again = load_config(str(path))
@@ -214,8 +246,14 @@ def test_written_config_round_trips(files, tmp_path):
         assert getattr(again, section) == getattr(cfg, section), section
 
 
-@pytest.mark.parametrize("example", sorted(f for f in os.listdir(os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "examples")) if f.endswith(".toml")))
+@pytest.mark.parametrize(
+    "example",
+    sorted(
+        f
+        for f in os.listdir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+        if f.endswith(".toml")
+    ),
+)
 def test_examples_use_the_new_spellings_and_take_overrides(files, tmp_path, example):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.path.join(root, "examples", example)
@@ -226,8 +264,9 @@ def test_examples_use_the_new_spellings_and_take_overrides(files, tmp_path, exam
     base = [f'model.path="{model}"', f'data.train="{data}"', f'data.eval="{data}"']
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # the examples use the new spellings only
-        cfg = load_config(path, base + ["model.gradient_checkpointing=false", "rollout.temperature=0.5",
-                                        "optim.max_grad_norm=3.0"])
+        cfg = load_config(
+            path, base + ["model.gradient_checkpointing=false", "rollout.temperature=0.5", "optim.max_grad_norm=3.0"]
+        )
     assert (cfg.algorithm.gradient_checkpointing, cfg.model.gradient_checkpointing) == (False, False)
     assert (cfg.algorithm.temperature, cfg.rollout.temperature) == (0.5, 0.5)
     assert (cfg.algorithm.max_grad_norm, cfg.optim.max_grad_norm) == (3.0, 3.0)
@@ -238,7 +277,9 @@ def test_engine_vllm_without_vllm_fails_at_load_with_the_install_line(files, mon
     from spiral_fast.recipe import engine
 
     monkeypatch.setattr(engine, "vllm_unavailable_reason", lambda config=None: "vLLM is not installed")
-    with pytest.raises(ValueError, match=r"rollout.engine = \"vllm\": vLLM is not installed\. Install vLLM.*pip install"):
+    with pytest.raises(
+        ValueError, match=r"rollout.engine = \"vllm\": vLLM is not installed\. Install vLLM.*pip install"
+    ):
         load_config(files[0], ['rollout.engine="vllm"'])
     assert load_config(files[0], ['rollout.engine="auto"']).rollout.engine == "auto"  # resolved when the model loads
 

@@ -1,18 +1,23 @@
 """spiral-fast train under FSDP2: 2 CPU processes (gloo, LoRA, fully_shard per decoder layer) against
 1 process on the same problems and seed: same loss and the same updated adapter within 1e-5; a
 world-size-2 checkpoint resumed at world size 1 continues like the 1-process run."""
+
 import json
 import os
 import sys
 
 import pytest
 import torch
-
 from helpers import spawn_with_free_port
 from train_fixtures import setup
 
-TWO = ["rollout.problems_per_step=4", "rollout.dynamic_sampling=false", "rollout.max_new_tokens=3",
-       "rollout.agg_max_new_tokens=3", "train.save_every=1"]
+TWO = [
+    "rollout.problems_per_step=4",
+    "rollout.dynamic_sampling=false",
+    "rollout.max_new_tokens=3",
+    "rollout.agg_max_new_tokens=3",
+    "train.save_every=1",
+]
 
 
 def _args(config, overrides, *extra):
@@ -24,8 +29,9 @@ def _args(config, overrides, *extra):
 
 def _rank_main(rank, world, port, config, overrides, tests_dir):
     sys.path.insert(0, tests_dir)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world)
+    )
     torch.set_num_threads(1)
     from spiral_fast.train import main
 
@@ -61,8 +67,17 @@ def test_fsdp2_two_ranks_equal_one_process_and_resume_at_world_size_one(tmp_path
     main(_args(config, overrides + TWO + [f'train.output="{one}"', "train.steps=2"]))
     rows_two, rows_one = metrics(two), metrics(one)
     assert [r["step"] for r in rows_two] == [1]
-    for key in ("loss", "agg_loss", "trace_loss", "tokens_trained", "agg_reward_mean", "grad_norm", "problems",
-                "trace_tokens_sampled", "agg_tokens_sampled"):
+    for key in (
+        "loss",
+        "agg_loss",
+        "trace_loss",
+        "tokens_trained",
+        "agg_reward_mean",
+        "grad_norm",
+        "problems",
+        "trace_tokens_sampled",
+        "agg_tokens_sampled",
+    ):
         assert abs(rows_two[0][key] - rows_one[0][key]) <= 1e-5 * max(1.0, abs(rows_one[0][key])), key
     with open(os.path.join(two, "checkpoint-1", "state.json")) as fh:
         assert json.load(fh)["world_size"] == 2

@@ -10,6 +10,7 @@
   and after ``train.max_nonfinite_steps`` in a row an error naming "non-finite", no checkpoint of them;
 - rewards that raise or hang: scored 0, counted in reward_errors, logged once, the run goes on.
 """
+
 import json
 import logging
 import os
@@ -21,7 +22,6 @@ import time
 
 import pytest
 import torch
-
 from helpers import assert_same_run
 from train_fixtures import setup
 
@@ -117,9 +117,13 @@ def test_sigterm_finishes_the_step_saves_and_resume_equals_the_uninterrupted_run
     overrides += FAST + ["train.steps=4", "train.save_every=0"]  # save_every=0: only the signal's save
     part, whole = str(tmp_path / "part"), str(tmp_path / "whole")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "spiral_fast.train"] +
-                            args_of(config, overrides + [f'train.output="{part}"']),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spiral_fast.train"] + args_of(config, overrides + [f'train.output="{part}"']),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     metrics = os.path.join(part, "metrics.jsonl")
     deadline = time.time() + 300
     while proc.poll() is None and time.time() < deadline:  # step 1 done: the loop is running
@@ -158,15 +162,17 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run_without_a_checkpoi
     assert checkpoint.latest(out) == os.path.join(out, f"checkpoint-{stepped[0]['step']}")
     # one per step up to the last finite one (steps before it may have found nothing to train), none after
     assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == sorted(
-        f"checkpoint-{r['step']}" for r in rows if r["step"] <= stepped[0]["step"])
+        f"checkpoint-{r['step']}" for r in rows if r["step"] <= stepped[0]["step"]
+    )
     assert len(rows) < 20
 
 
 @pytest.mark.parametrize("fn_name", ["step", "step_reference"])
 def test_a_nonfinite_step_leaves_weights_and_adamw_state_unchanged(fn_name):
+    from training_cases import random_batch, tiny_model
+
     import spiral_fast
     from spiral_fast import SpiralConfig
-    from training_cases import random_batch, tiny_model
 
     fn = getattr(spiral_fast, fn_name)
     model = tiny_model("qwen2")
@@ -183,8 +189,11 @@ def test_a_nonfinite_step_leaves_weights_and_adamw_state_unchanged(fn_name):
         out = fn(model, batch, config=SpiralConfig(max_grad_norm=max_grad_norm), optimizer=opt)
         assert out.metrics["nonfinite"] == 1.0
         for n, p in model.named_parameters():
-            assert torch.equal(p.detach(), before[n]) or torch.equal(p.detach().isnan(), before[n].isnan()) and \
-                torch.equal(p.detach().nan_to_num(), before[n].nan_to_num()), n
+            assert (
+                torch.equal(p.detach(), before[n])
+                or torch.equal(p.detach().isnan(), before[n].isnan())
+                and torch.equal(p.detach().nan_to_num(), before[n].nan_to_num())
+            ), n
             assert p.grad is None or not p.grad.nan_to_num(1.0).any(), n
         for k, st in opt.state.items():
             for s, v in st.items():
@@ -192,11 +201,11 @@ def test_a_nonfinite_step_leaves_weights_and_adamw_state_unchanged(fn_name):
 
 
 def test_reward_that_raises_or_hangs_scores_zero_is_counted_and_logged_once(monkeypatch, caplog, tmp_path):
+    from train_fixtures import save_tiny_model
     from transformers import AutoTokenizer
 
     from spiral_fast.tasks import rewards
     from spiral_fast.tasks.math import MathTask
-    from train_fixtures import save_tiny_model
 
     tok = AutoTokenizer.from_pretrained(save_tiny_model(str(tmp_path / "model")))
     task = MathTask(tok, [{"problem": "1 + 1 = ?", "answer": "2"}], reward_timeout_s=0.2)

@@ -1,16 +1,21 @@
 """spiral-fast train's options of issue 18 on the tiny model: samples.jsonl, the behaviour log-prob
 mismatch and rollout.behaviour_logprobs="trainer", GRPO through the same command, a .gguf-less
 model.path check, and `spiral-fast eval --config` before / after training."""
+
 import json
 import math
-import os
 
 import pytest
-
 from train_fixtures import setup
 
-SHORT = ["train.steps=1", "rollout.problems_per_step=2", "rollout.max_new_tokens=3", "rollout.agg_max_new_tokens=3",
-         "rollout.dynamic_sampling=false", "train.save_every=0"]
+SHORT = [
+    "train.steps=1",
+    "rollout.problems_per_step=2",
+    "rollout.max_new_tokens=3",
+    "rollout.agg_max_new_tokens=3",
+    "rollout.dynamic_sampling=false",
+    "train.save_every=0",
+]
 
 
 def _train(config, overrides):
@@ -43,8 +48,12 @@ def test_samples_and_the_sampler_trainer_mismatch(tmp_path):
         assert all(len(zs) == len(rs) == 2 for zs, rs in zip(s["aggregations"], s["rewards"]))
 
     trainer = tmp_path / "trainer"
-    _train(config, overrides + SHORT + [f'train.output="{trainer}"', 'rollout.behaviour_logprobs="trainer"',
-                                       "train.log_samples_every=0"])
+    _train(
+        config,
+        overrides
+        + SHORT
+        + [f'train.output="{trainer}"', 'rollout.behaviour_logprobs="trainer"', "train.log_samples_every=0"],
+    )
     (again,) = _read(trainer / "metrics.jsonl")
     assert not (trainer / "samples.jsonl").exists()
     # the same rollout (same seeds); the mismatch is measured before the recomputed log-probs replace it
@@ -62,14 +71,17 @@ def test_grpo_runs_through_the_same_command(tmp_path):
     assert row["agg_tokens_sampled"] == 0.0 and row["agg_tokens"] == row["trace_tokens_sampled"]  # the group
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (['model.path="/nonexistent.gguf"'], "model.path"),
-    (['rollout.method="ppo"'], "rollout.method"),
-    (['rollout.behaviour_logprobs="engine"'], "rollout.behaviour_logprobs"),
-    (['rollout.dtype="int8"'], "rollout.dtype"),
-    (["rollout.kv_cache_gb=0"], "rollout.kv_cache_gb"),
-    (["train.log_samples_every=-1"], "train.log_samples_every"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (['model.path="/nonexistent.gguf"'], "model.path"),
+        (['rollout.method="ppo"'], "rollout.method"),
+        (['rollout.behaviour_logprobs="engine"'], "rollout.behaviour_logprobs"),
+        (['rollout.dtype="int8"'], "rollout.dtype"),
+        (["rollout.kv_cache_gb=0"], "rollout.kv_cache_gb"),
+        (["train.log_samples_every=-1"], "train.log_samples_every"),
+    ],
+)
 def test_new_keys_are_checked(tmp_path, overrides, match):
     from spiral_fast.recipe.config import load_config
 
@@ -87,11 +99,34 @@ def test_eval_config_before_and_after(tmp_path, capsys):
     sets = []
     for o in overrides + ["rollout.max_new_tokens=3", "rollout.agg_max_new_tokens=3"]:
         sets += ["--set", o]
-    common = ["eval", "--config", config, *sets, "--problems", "3", "--samples", "2", "--population", "2",
-              "--set-size", "2", "--steps", "1"]
+    common = [
+        "eval",
+        "--config",
+        config,
+        *sets,
+        "--problems",
+        "3",
+        "--samples",
+        "2",
+        "--population",
+        "2",
+        "--set-size",
+        "2",
+        "--steps",
+        "1",
+    ]
     main(common + ["--json", str(tmp_path / "base.json"), "--out", str(tmp_path / "base.png")])
-    main(common + ["--checkpoint", str(out / "checkpoint-1"), "--json", str(tmp_path / "after.json"),
-                   "--out", str(tmp_path / "after.png")])
+    main(
+        common
+        + [
+            "--checkpoint",
+            str(out / "checkpoint-1"),
+            "--json",
+            str(tmp_path / "after.json"),
+            "--out",
+            str(tmp_path / "after.png"),
+        ]
+    )
     base = json.loads((tmp_path / "base.json").read_text())["base model"]
     after = json.loads((tmp_path / "after.json").read_text())["checkpoint-1"]
     for result in (base, after):

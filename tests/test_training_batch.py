@@ -1,27 +1,38 @@
 """ProblemRollout / SpiralBatch: normalisation, validation errors naming the index, flattening,
 SpiralConfig validation and the balanced micro-batch split."""
+
 import random
 
 import pytest
 import torch
+from training_cases import random_batch, random_problem_kwargs
 
 from spiral_fast import ProblemRollout, SpiralBatch, SpiralConfig
 from spiral_fast.policy_step.microbatch import micro_batches, split_problems
-from training_cases import random_batch, random_problem_kwargs
 
 
 def base_kwargs():
-    return dict(prompt=[1, 2, 3], traces=[[4, 5], [6], [7, 8, 9]], sets=[(0, 1), (1, 2)],
-                agg_prompts=[[9, 1, 2], [9, 3]], aggregations=[[[1], [2, 3]], [[4, 5]]], rewards=[[1.0, 0.0], [0.5]])
+    return dict(
+        prompt=[1, 2, 3],
+        traces=[[4, 5], [6], [7, 8, 9]],
+        sets=[(0, 1), (1, 2)],
+        agg_prompts=[[9, 1, 2], [9, 3]],
+        aggregations=[[[1], [2, 3]], [[4, 5]]],
+        rewards=[[1.0, 0.0], [0.5]],
+    )
 
 
 def test_lists_and_tensors_give_the_same_rollout():
     kw = base_kwargs()
     a = ProblemRollout(**kw)
-    b = ProblemRollout(prompt=torch.tensor(kw["prompt"]), traces=[torch.tensor(y) for y in kw["traces"]],
-                       sets=torch.tensor([[0, 1], [1, 2]]), agg_prompts=[torch.tensor(p) for p in kw["agg_prompts"]],
-                       aggregations=[[torch.tensor(z) for z in zs] for zs in kw["aggregations"]],
-                       rewards=[torch.tensor([1.0, 0.0]), torch.tensor([0.5])])
+    b = ProblemRollout(
+        prompt=torch.tensor(kw["prompt"]),
+        traces=[torch.tensor(y) for y in kw["traces"]],
+        sets=torch.tensor([[0, 1], [1, 2]]),
+        agg_prompts=[torch.tensor(p) for p in kw["agg_prompts"]],
+        aggregations=[[torch.tensor(z) for z in zs] for zs in kw["aggregations"]],
+        rewards=[torch.tensor([1.0, 0.0]), torch.tensor([0.5])],
+    )
     assert a.sets == b.sets == [(0, 1), (1, 2)]
     assert a.rewards == b.rewards == [[1.0, 0.0], [0.5]]
     for x, y in zip(a.traces + [a.prompt], b.traces + [b.prompt]):
@@ -41,25 +52,43 @@ BAD = [
     ("rewards-absent", dict(rewards=None), r"rewards is missing"),
     ("agg-prompts-count", dict(agg_prompts=[[9, 1]]), r"agg_prompts has 1 prompts but there are 2 sets"),
     ("aggregations-count", dict(aggregations=[[[1], [2]]]), r"aggregations has 1 entries but there are 2 sets"),
-    ("aggregations-empty-set", dict(aggregations=[[[1], [2, 3]], []], rewards=[[1.0, 0.0], []]),
-     r"aggregations\[1\] is empty"),
+    (
+        "aggregations-empty-set",
+        dict(aggregations=[[[1], [2, 3]], []], rewards=[[1.0, 0.0], []]),
+        r"aggregations\[1\] is empty",
+    ),
     ("empty-trace", dict(traces=[[4, 5], [], [7]]), r"traces\[1\] is empty"),
     ("empty-aggregation", dict(aggregations=[[[1], []], [[4, 5]]]), r"aggregations\[0\]\[1\] is empty"),
     ("empty-prompt", dict(prompt=[]), r"prompt is empty"),
     ("empty-agg-prompt", dict(agg_prompts=[[9], []]), r"agg_prompts\[1\] is empty"),
     ("negative-token", dict(traces=[[4, -5], [6], [7]]), r"traces\[0\] has a negative token id"),
     ("float-tokens", dict(prompt=torch.tensor([1.0, 2.0])), r"prompt must hold integer token ids"),
-    ("trace-old-length", dict(trace_old_logprobs=[[-1.0, -1.0], [-1.0, -2.0], [-1.0] * 3]),
-     r"trace_old_logprobs\[1\] has 2 values but its response has 1 tokens"),
+    (
+        "trace-old-length",
+        dict(trace_old_logprobs=[[-1.0, -1.0], [-1.0, -2.0], [-1.0] * 3]),
+        r"trace_old_logprobs\[1\] has 2 values but its response has 1 tokens",
+    ),
     ("trace-old-count", dict(trace_old_logprobs=[[-1.0, -1.0]]), r"trace_old_logprobs has 1 entries but there are 3"),
-    ("trace-old-nan", dict(trace_old_logprobs=[[-1.0, float("nan")], [-1.0], [-1.0] * 3]),
-     r"trace_old_logprobs\[0\] contains NaN"),
-    ("agg-old-length", dict(agg_old_logprobs=[[[-1.0], [-1.0]], [[-1.0, -1.0]]]),
-     r"agg_old_logprobs\[0\]\[1\] has 1 values but its response has 2 tokens"),
-    ("agg-old-g", dict(agg_old_logprobs=[[[-1.0]], [[-1.0, -1.0]]]),
-     r"agg_old_logprobs\[0\] has 1 entries but set 0 has 2"),
-    ("agg-ref-length", dict(agg_ref_logprobs=[[[-1.0], [-1.0, -1.0]], [[-1.0]]]),
-     r"agg_ref_logprobs\[1\]\[0\] has 1 values but its response has 2 tokens"),
+    (
+        "trace-old-nan",
+        dict(trace_old_logprobs=[[-1.0, float("nan")], [-1.0], [-1.0] * 3]),
+        r"trace_old_logprobs\[0\] contains NaN",
+    ),
+    (
+        "agg-old-length",
+        dict(agg_old_logprobs=[[[-1.0], [-1.0]], [[-1.0, -1.0]]]),
+        r"agg_old_logprobs\[0\]\[1\] has 1 values but its response has 2 tokens",
+    ),
+    (
+        "agg-old-g",
+        dict(agg_old_logprobs=[[[-1.0]], [[-1.0, -1.0]]]),
+        r"agg_old_logprobs\[0\] has 1 entries but set 0 has 2",
+    ),
+    (
+        "agg-ref-length",
+        dict(agg_ref_logprobs=[[[-1.0], [-1.0, -1.0]], [[-1.0]]]),
+        r"agg_ref_logprobs\[1\]\[0\] has 1 values but its response has 2 tokens",
+    ),
 ]
 
 
@@ -93,8 +122,13 @@ def test_trained_sequences_drop_traces_in_no_set_and_put_traces_first():
     kw["trace_old_logprobs"] = [[-1.0, -2.0], [-3.0], [-4.0, -5.0, -6.0]]
     batch = SpiralBatch([ProblemRollout(**kw)])
     seqs = batch.trained_sequences([0], torch.arange(3.0), torch.tensor([10.0, 11.0, 12.0]))
-    assert [t.tolist() for t in seqs.tokens] == [[1, 2, 3, 4, 5], [1, 2, 3, 7, 8, 9], [9, 1, 2, 1], [9, 1, 2, 2, 3],
-                                                 [9, 3, 4, 5]]
+    assert [t.tolist() for t in seqs.tokens] == [
+        [1, 2, 3, 4, 5],
+        [1, 2, 3, 7, 8, 9],
+        [9, 1, 2, 1],
+        [9, 1, 2, 2, 3],
+        [9, 3, 4, 5],
+    ]
     assert seqs.num_trace == 2 and seqs.prompt_lens.tolist() == [3, 3, 3, 3, 2]
     assert seqs.seq_adv.tolist() == [10.0, 12.0, 0.0, 1.0, 2.0]
     assert seqs.old_logp[:5].tolist() == [-1.0, -2.0, -4.0, -5.0, -6.0]
@@ -102,13 +136,29 @@ def test_trained_sequences_drop_traces_in_no_set_and_put_traces_first():
     assert seqs.ref_logp is None and seqs.role_tokens() == (5, 5)
 
 
-@pytest.mark.parametrize("field,value", [("temperature", 0.0), ("clip", (0.2,)), ("normalizer", "mean"),
-                                         ("max_tokens_per_micro_batch", 0), ("max_grad_norm", -1.0),
-                                         ("estimator", "ppo"), ("agg_coef", float("nan")),
-                                         ("gradient_checkpointing", "yes"), ("agg_baseline", "group"),
-                                         ("length_gate", -1), ("length_gate", 2.5), ("length_gate", (1, 2, 3)),
-                                         ("length_gate", (4, -1)), ("length_gate", True), ("clip", (0.2, None)),
-                                         ("clip", (1.0, 0.2)), ("clip", 0.2), ("clip", (0.2, float("inf")))])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("temperature", 0.0),
+        ("clip", (0.2,)),
+        ("normalizer", "mean"),
+        ("max_tokens_per_micro_batch", 0),
+        ("max_grad_norm", -1.0),
+        ("estimator", "ppo"),
+        ("agg_coef", float("nan")),
+        ("gradient_checkpointing", "yes"),
+        ("agg_baseline", "group"),
+        ("length_gate", -1),
+        ("length_gate", 2.5),
+        ("length_gate", (1, 2, 3)),
+        ("length_gate", (4, -1)),
+        ("length_gate", True),
+        ("clip", (0.2, None)),
+        ("clip", (1.0, 0.2)),
+        ("clip", 0.2),
+        ("clip", (0.2, float("inf"))),
+    ],
+)
 def test_bad_config_raises(field, value):
     with pytest.raises(ValueError, match=rf"^{field} must"):
         SpiralConfig(**{field: value})
@@ -119,7 +169,12 @@ def test_config_defaults_match_the_issue():
     assert (c.agg_coef, c.trace_coef, c.temperature, c.clip, c.kl_coef) == (1.0, 1.0, 1.0, (0.2, 0.28), 0.0)
     # issue 8: the paper's advantages by default
     assert (c.estimator, c.scale, c.trace_credit, c.agg_baseline, c.normalizer) == (
-        "grpo", "none", "mean", "set", "token-mean")
+        "grpo",
+        "none",
+        "mean",
+        "set",
+        "token-mean",
+    )
     assert c.length_gate is None
 
 
@@ -167,8 +222,11 @@ def test_micro_batches_cut_only_problems_over_budget():
         else:
             cut = [it[1] for it in items if isinstance(it, tuple) and it[0] == p]
             assert len(cut) == len(set(cut)) and set(cut) == set(pr.part_sizes())
-    part = lambda it: (batch.problems[it].unique_tokens_bound() if isinstance(it, int)  # noqa: E731
-                       else batch.problems[it[0]].part_sizes()[it[1]])
+    part = lambda it: (
+        batch.problems[it].unique_tokens_bound()
+        if isinstance(it, int)  # noqa: E731
+        else batch.problems[it[0]].part_sizes()[it[1]]
+    )
     assert all(sum(part(it) for it in b) <= budget for b in bins if len(b) > 1)
 
 

@@ -2,6 +2,7 @@
 attention, every backend that runs here against the reference (values and gradients under a random
 upstream gradient), and input validation. Triton kernels: test_tree_attention_triton.py (interpreter);
 CUDA backends: test_tree_attention_gpu.py."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,13 @@ FORESTS = {
     "one-token-seqs": (random_forest(5, num_seqs=6, vocab=4, max_len=1), "trie", 3, 1, 8),
     "several-roots-dups": (random_forest(6, num_seqs=10, vocab=4, max_len=6, share_prob=0.95), "trie", 4, 4, 8),
     # segments of 24, 20, 18 tokens: full 16-blocks, so the kernels' unmasked path runs too
-    "long-segments": ([list(range(100, 124)) + list(range(20)), list(range(100, 124)) + list(range(50, 68))],
-                      "trie", 4, 2, 16),
+    "long-segments": (
+        [list(range(100, 124)) + list(range(20)), list(range(100, 124)) + list(range(50, 68))],
+        "trie",
+        4,
+        2,
+        16,
+    ),
 }
 
 
@@ -107,8 +113,11 @@ def test_reference_equals_per_sequence_causal_attention(name):
     for i in range(packed.num_sequences):
         idx = packed.token_index(i)
         o = F.scaled_dot_product_attention(
-            qs[idx].transpose(0, 1), ks[idx].repeat_interleave(group, 1).transpose(0, 1),
-            vs[idx].repeat_interleave(group, 1).transpose(0, 1), is_causal=True, scale=scale,
+            qs[idx].transpose(0, 1),
+            ks[idx].repeat_interleave(group, 1).transpose(0, 1),
+            vs[idx].repeat_interleave(group, 1).transpose(0, 1),
+            is_causal=True,
+            scale=scale,
         ).transpose(0, 1)
         torch.testing.assert_close(out[idx], o.detach(), rtol=0, atol=1e-12)
         # a shared row counted once per sequence: weight it by 1 / (number of sequences holding it)
@@ -150,8 +159,9 @@ def test_flex_forward_on_cpu_matches_reference(name):
 def test_auto_is_torch_on_cpu_and_scale_is_used():
     packed, q, k, v, _ = make_inputs("shared-gqa", torch.float32)
     out = spiral_fast.tree_attention(q, k, v, packed, scale=0.5)
-    torch.testing.assert_close(out, spiral_fast.tree_attention(q, k, v, packed, scale=0.5, backend="torch"),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        out, spiral_fast.tree_attention(q, k, v, packed, scale=0.5, backend="torch"), rtol=0, atol=0
+    )
     torch.testing.assert_close(out, tree_attention_reference(q, k, v, packed, 0.5), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(out, spiral_fast.tree_attention(q, k, v, packed))
 
@@ -171,8 +181,11 @@ def _bad_inputs():
         ("q-tokens", dict(q=q[:-1]), r"^q has 24 tokens but packed\.num_tokens is 25"),
         ("k-tokens", dict(k=k[:-1], v=v[:-1]), r"^k must have q's 25 tokens"),
         ("k-head-dim", dict(k=k[..., :-1], v=v[..., :-1]), r"^k must have q's head dim"),
-        ("heads-not-multiple", dict(k=torch.randn(q.shape[0], 3, q.shape[2]), v=torch.randn(q.shape[0], 3, q.shape[2])),
-         r"q's 4 heads must be a multiple of k's 3 heads"),
+        (
+            "heads-not-multiple",
+            dict(k=torch.randn(q.shape[0], 3, q.shape[2]), v=torch.randn(q.shape[0], 3, q.shape[2])),
+            r"q's 4 heads must be a multiple of k's 3 heads",
+        ),
         ("v-shape", dict(v=v[:, :1]), r"^v must have shape \(25, 2, 8\)"),
         ("k-dtype", dict(k=k.double()), r"^k must have q's dtype"),
         ("q-int", dict(q=q.long()), r"^q must have dtype in"),
@@ -190,8 +203,14 @@ def test_bad_input_raises_value_error_naming_the_argument(case):
     _, change, word = cases[case]
     args = {**good, **change}
     with pytest.raises(ValueError, match=word):
-        spiral_fast.tree_attention(args["q"], args["k"], args["v"], args["packed"],
-                                   scale=args.get("scale"), backend=args.get("backend", "auto"))
+        spiral_fast.tree_attention(
+            args["q"],
+            args["k"],
+            args["v"],
+            args["packed"],
+            scale=args.get("scale"),
+            backend=args.get("backend", "auto"),
+        )
 
 
 def test_packed_on_another_device_than_q_raises():

@@ -1,6 +1,7 @@
 """CUDA backends of tree_attention (triton, flex, varlen) against the dense-mask reference, in bf16 and
 fp16 (and fp32 where the backend supports it), values and gradients under a random upstream gradient.
 Auto-skipped without CUDA."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,19 +12,27 @@ from test_tree_attention import FORESTS, check_backend_against_reference, make_i
 import spiral_fast
 
 # larger forests than the CPU ones: long shared prefixes, partial blocks, GQA, head dims 64 and 128
-FORESTS_GPU = {**FORESTS, **{
-    "gpu-shared-d64": (random_forest(11, num_seqs=24, vocab=3, max_len=300), "trie", 8, 2, 64),
-    "gpu-shared-d128": (random_forest(12, num_seqs=16, vocab=2, max_len=200, share_prob=0.9), "trie", 4, 1, 128),
-    "gpu-unshared-d96": (random_forest(13, num_seqs=8, vocab=100, max_len=150), "none", 4, 4, 96),
-}}
+FORESTS_GPU = {
+    **FORESTS,
+    **{
+        "gpu-shared-d64": (random_forest(11, num_seqs=24, vocab=3, max_len=300), "trie", 8, 2, 64),
+        "gpu-shared-d128": (random_forest(12, num_seqs=16, vocab=2, max_len=200, share_prob=0.9), "trie", 4, 1, 128),
+        "gpu-unshared-d96": (random_forest(13, num_seqs=8, vocab=100, max_len=150), "none", 4, 4, 96),
+    },
+}
 ALL = ["gpu-shared-d64", "gpu-shared-d128", "gpu-unshared-d96", "deep-chain-1tok", "shared-gqa"]
 TWO = ["gpu-shared-d128", "deep-chain-1tok"]
 BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
 # every (backend, dtype) pair, on fewer forests where each case costs a compile (flex: torch.compile per
 # shape; triton: per dtype and head dim), so the GPU run stays within its few minutes
-CASES = ([("triton", BF16, n) for n in ALL] + [("triton", FP16, n) for n in TWO] + [("triton", FP32, n) for n in TWO]
-         + [("flex", BF16, n) for n in TWO] + [("flex", FP16, "gpu-shared-d64")]
-         + [("varlen", d, n) for d in (BF16, FP16) for n in ALL])
+CASES = (
+    [("triton", BF16, n) for n in ALL]
+    + [("triton", FP16, n) for n in TWO]
+    + [("triton", FP32, n) for n in TWO]
+    + [("flex", BF16, n) for n in TWO]
+    + [("flex", FP16, "gpu-shared-d64")]
+    + [("varlen", d, n) for d in (BF16, FP16) for n in ALL]
+)
 
 
 @pytest.mark.gpu

@@ -1,5 +1,6 @@
 """Triton tree attention under the CPU interpreter (small shapes, fp32/fp16; bf16 only on a GPU), and
 the block tables it walks: every allowed (query, key) pair is visited exactly once, forward and reverse."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,9 @@ def visited_pairs(tables, mask: torch.Tensor, block_n: int, reverse: bool) -> to
     kernels walk must be those of the listed block."""
     count = torch.zeros_like(mask, dtype=torch.int64)
     q_start, q_end, k_start, k_end = (x.tolist() for x in (tables.q_start, tables.q_end, tables.k_start, tables.k_end))
-    ptr, mid, lst = (tables.k_ptr, tables.k_mid, tables.q_list) if reverse else (tables.q_ptr, tables.q_mid,
-                                                                                   tables.kv_list)
+    ptr, mid, lst = (
+        (tables.k_ptr, tables.k_mid, tables.q_list) if reverse else (tables.q_ptr, tables.q_mid, tables.kv_list)
+    )
     ptr, mid, lst = ptr.tolist(), mid.tolist(), lst.tolist()
     ranges = (tables.q_list_start, tables.q_list_end) if reverse else (tables.kv_list_start, tables.kv_list_end)
     entry_start, entry_end = (x.tolist() for x in ranges)
@@ -52,9 +54,15 @@ def test_block_tables_cover_the_tree_mask_exactly_once(name, blocks):
 
 
 TRITON_CASES = [
-    ("shared-gqa", torch.float32), ("shared-gqa", torch.float16), ("shared-mha", torch.float32),
-    ("unshared", torch.float32), ("deep-chain-1tok", torch.float32), ("one-token-seqs", torch.float16),
-    ("several-roots-dups", torch.float32), ("long-segments", torch.float32), ("long-segments", torch.float16),
+    ("shared-gqa", torch.float32),
+    ("shared-gqa", torch.float16),
+    ("shared-mha", torch.float32),
+    ("unshared", torch.float32),
+    ("deep-chain-1tok", torch.float32),
+    ("one-token-seqs", torch.float16),
+    ("several-roots-dups", torch.float32),
+    ("long-segments", torch.float32),
+    ("long-segments", torch.float16),
 ]
 
 

@@ -1,15 +1,16 @@
 """spiral_fast.VLLMSampler: vLLM's behaviour log-probs equal spiral_fast.batch_logprobs of the Hugging
 Face model on the sampled batch (traces and aggregations, T = 1.0 and 0.7, before and after a sync,
 LoRA), closing frees the engine, bad input is rejected. One engine for the whole session (conftest.vllm_sampler)."""
+
 import gc
 import json
 import weakref
 
 import pytest
 import torch
+from conftest import VLLM_MODEL
 
 import spiral_fast
-from conftest import VLLM_MODEL
 from spiral_fast.recipe.tiny_model import tiny_qwen2
 
 pytestmark = pytest.mark.vllm
@@ -33,9 +34,21 @@ def sample_batch(sampler, temperature, *, seed=0):
     gen = torch.Generator().manual_seed(seed)
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
     template = spiral_fast.rollout.AggregationTemplate(head=(1,), separator=(2,), tail=(4,))
-    return spiral_fast.rollout(sampler, prompts, reward_fn=lambda p, s, z: float(z[0] % 2), template=template,
-                               num_traces=4, num_sets=3, set_size=2, num_aggregations=2, max_new_tokens=6,
-                               temperature=temperature, eos_token_id=EOS, generator=gen, engine="vllm")
+    return spiral_fast.rollout(
+        sampler,
+        prompts,
+        reward_fn=lambda p, s, z: float(z[0] % 2),
+        template=template,
+        num_traces=4,
+        num_sets=3,
+        set_size=2,
+        num_aggregations=2,
+        max_new_tokens=6,
+        temperature=temperature,
+        eos_token_id=EOS,
+        generator=gen,
+        engine="vllm",
+    )
 
 
 def max_logprob_error(model, batch, temperature):
@@ -85,8 +98,9 @@ def test_sync_pushes_new_weights_and_only_then(vllm_sampler):
 
 def test_lora_sync(vllm_sampler):
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(model_like_engine(seed=3),
-                                peft.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model = peft.get_peft_model(
+        model_like_engine(seed=3), peft.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    )
     vllm_sampler.sync(model)
     batch = sample_batch(vllm_sampler, 0.7, seed=2)
     assert max_logprob_error(model, batch, 0.7) <= TOL
@@ -104,9 +118,18 @@ def test_recursive_aggregation_through_the_sampler(vllm_sampler):
 
     vllm_sampler.sync(model_like_engine(seed=4))
     template = spiral_fast.rollout.AggregationTemplate(separator=(2,), tail=(4,))
-    out = recursive_aggregation(vllm_sampler, [[5, 6], [7, 8, 9]], template=template, engine="vllm",
-                                score_fn=lambda p, r: float(r[-1] % 2), population=4, set_size=2, steps=2,
-                                max_new_tokens=3, generator=torch.Generator().manual_seed(0))
+    out = recursive_aggregation(
+        vllm_sampler,
+        [[5, 6], [7, 8, 9]],
+        template=template,
+        engine="vllm",
+        score_fn=lambda p, r: float(r[-1] % 2),
+        population=4,
+        set_size=2,
+        steps=2,
+        max_new_tokens=3,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(out.accuracy) == len(out.populations) == 3
     for population in out.populations:
         assert [len(rows) for rows in population] == [4, 4]
@@ -120,8 +143,16 @@ def test_sync_rejects_another_vocabulary_or_architecture(vllm_sampler):
         vllm_sampler.sync(model_like_engine(seed=0, vocab_size=VLLM_MODEL["vocab_size"] + 1))
     with pytest.raises(ValueError, match="architecture"):
         vllm_sampler.sync(model_like_engine(seed=0, num_layers=3))
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=VLLM_MODEL["vocab_size"], hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VLLM_MODEL["vocab_size"],
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     with pytest.raises(ValueError, match="architecture"):
         vllm_sampler.sync(llama)
     with pytest.raises(ValueError, match="PreTrainedModel"):
@@ -132,8 +163,9 @@ def test_sampling_rejects_bad_prompts_and_samplers(vllm_sampler):
     with pytest.raises(ValueError, match="vocab_size"):
         vllm_sampler.generate([[1, 2, VLLM_MODEL["vocab_size"]]], 1, max_new_tokens=2, temperature=1.0)
     with pytest.raises(ValueError, match="VLLMSampler"):
-        spiral_fast.rollout(model_like_engine(seed=0), [[1, 2]], reward_fn=lambda *a: 0.0,
-                            template=lambda x, ys: x, engine="vllm")
+        spiral_fast.rollout(
+            model_like_engine(seed=0), [[1, 2]], reward_fn=lambda *a: 0.0, template=lambda x, ys: x, engine="vllm"
+        )
 
 
 def test_constructor_rejects_models_vllm_cannot_load(tmp_path):

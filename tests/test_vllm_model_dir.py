@@ -1,6 +1,7 @@
 """The folder a VLLMSampler writes a model object into is the same path in every process for the
 same config (vLLM's compile cache key includes the model path), distinct for samplers alive at the
 same time, and reclaimed from a process that died. CPU only: no engine is built."""
+
 import os
 import shutil
 import subprocess
@@ -12,8 +13,14 @@ from spiral_fast.rollout.vllm import _OWNER, _claim_model_dir
 
 
 def config(**kw):
-    args = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                intermediate_size=64, vocab_size=50)
+    args = dict(
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        vocab_size=50,
+    )
     return Qwen2Config(**{**args, **kw})
 
 
@@ -35,8 +42,10 @@ def test_same_config_same_path_after_release_and_a_new_slot_while_held():
 
 
 def test_another_process_gets_the_same_path_and_a_dead_owner_is_reclaimed():
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_vllm_model_dir import "
-            "config; from spiral_fast.rollout.vllm import _claim_model_dir; print(_claim_model_dir(config()))")
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); from test_vllm_model_dir import "
+        "config; from spiral_fast.rollout.vllm import _claim_model_dir; print(_claim_model_dir(config()))"
+    )
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     # the child exited without releasing its folder: it is orphaned, and this process reclaims it
     try:

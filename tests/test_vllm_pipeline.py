@@ -1,6 +1,7 @@
 """Sampler.search_and_aggregate: the base class's two-phase default (CPU, a scripted sampler), the
 vLLM sampler's pipelined override (aggregations start as each problem's traces finish), and the
 critical-path model of spiral_fast.rollout.pipeline."""
+
 import random
 
 import pytest
@@ -22,11 +23,15 @@ class Scripted(Sampler):
     def __init__(self):
         self.calls = []
 
-    def generate(self, prompts, num_samples, *, max_new_tokens, temperature, eos_token_id=None, logprobs=True,
-                 seeds=None):
+    def generate(
+        self, prompts, num_samples, *, max_new_tokens, temperature, eos_token_id=None, logprobs=True, seeds=None
+    ):
         self.calls.append((prompts, num_samples, max_new_tokens, seeds))
-        out = [[len(q), q[-1], s, 0 if seeds is None else seeds[i] % 40 + 5]
-               for i, q in enumerate(prompts) for s in range(num_samples)]
+        out = [
+            [len(q), q[-1], s, 0 if seeds is None else seeds[i] % 40 + 5]
+            for i, q in enumerate(prompts)
+            for s in range(num_samples)
+        ]
         return out, ([[-0.5] * len(r) for r in out] if logprobs else None)
 
     def sync(self, model):
@@ -56,14 +61,22 @@ def test_default_runs_two_phases_in_the_generate_layout():
     agg_prompts_of, seen = sets_prompts(prompts, m=2)
     progress = []
     traces, tlp, aggs, alp = sampler.search_and_aggregate(
-        prompts, 3, agg_prompts_of, 2, max_new_tokens=7, agg_max_new_tokens=9, temperature=1.0,
-        seeds=[11, 12, 13], on_progress=lambda *a: progress.append(a))
+        prompts,
+        3,
+        agg_prompts_of,
+        2,
+        max_new_tokens=7,
+        agg_max_new_tokens=9,
+        temperature=1.0,
+        seeds=[11, 12, 13],
+        on_progress=lambda *a: progress.append(a),
+    )
     # traces: one generate call with the problems' own seeds, in generate's layout
     assert sampler.calls[0][1:] == (3, 7, [11, 12, 13])
     assert traces == [[len(q), q[-1], s, seed % 40 + 5] for q, seed in zip(prompts, [11, 12, 13]) for s in range(3)]
     # agg_prompts_of sees p in order with exactly its own traces
     assert [p for p, _ in seen] == [0, 1, 2]
-    assert all(own == traces[p * 3:(p + 1) * 3] for p, own in seen)
+    assert all(own == traces[p * 3 : (p + 1) * 3] for p, own in seen)
     # aggregations: one call, prompts p-major then j, seeds derived from (seed_p, "aggregation", j)
     agg_prompts, g, max_new, agg_seeds = sampler.calls[1]
     assert (g, max_new) == (2, 9)
@@ -81,19 +94,22 @@ def test_default_runs_two_phases_in_the_generate_layout():
 def test_default_without_seeds_or_logprobs():
     sampler = Scripted()
     agg_prompts_of, _ = sets_prompts(None, m=1)
-    _, tlp, aggs, alp = sampler.search_and_aggregate([[5, 6]], 2, agg_prompts_of, 3, max_new_tokens=4,
-                                                     agg_max_new_tokens=4, temperature=0.7, logprobs=False)
+    _, tlp, aggs, alp = sampler.search_and_aggregate(
+        [[5, 6]], 2, agg_prompts_of, 3, max_new_tokens=4, agg_max_new_tokens=4, temperature=0.7, logprobs=False
+    )
     assert tlp is None and alp is None and len(aggs) == 3
     assert [c[3] for c in sampler.calls] == [None, None]
 
 
 def test_default_rejects_uneven_numbers_of_sets():
     with pytest.raises(ValueError, match="same number of aggregation prompts"):
-        Scripted().search_and_aggregate([[5], [6]], 2, lambda p, own: [[5]] * (p + 1), 1, max_new_tokens=2,
-                                        agg_max_new_tokens=2, temperature=1.0)
+        Scripted().search_and_aggregate(
+            [[5], [6]], 2, lambda p, own: [[5]] * (p + 1), 1, max_new_tokens=2, agg_max_new_tokens=2, temperature=1.0
+        )
 
 
 # ---- the critical-path model ---------------------------------------------------------------------
+
 
 def test_critical_path_unlimited_has_the_closed_forms():
     rng = random.Random(0)
@@ -132,19 +148,31 @@ def test_critical_path_rejects_bad_input():
 
 # ---- the vLLM pipelined override -----------------------------------------------------------------
 
+
 def pipelined(sampler, prompts, seeds, m=2, n=3, g=2, max_new=8, logprobs=True):
     agg_prompts_of, seen = sets_prompts(prompts, m)
     progress = []
-    out = sampler.search_and_aggregate(prompts, n, agg_prompts_of, g, max_new_tokens=max_new,
-                                       agg_max_new_tokens=5, temperature=1.0, eos_token_id=EOS, seeds=seeds,
-                                       logprobs=logprobs, on_progress=lambda *a: progress.append(a))
+    out = sampler.search_and_aggregate(
+        prompts,
+        n,
+        agg_prompts_of,
+        g,
+        max_new_tokens=max_new,
+        agg_max_new_tokens=5,
+        temperature=1.0,
+        eos_token_id=EOS,
+        seeds=seeds,
+        logprobs=logprobs,
+        on_progress=lambda *a: progress.append(a),
+    )
     return out, seen, progress
 
 
 @pytest.fixture
 def synced(vllm_sampler):
-    vllm_sampler.sync(tiny_qwen2(VLLM_MODEL["vocab_size"], seed=7,
-                                 **{k: v for k, v in VLLM_MODEL.items() if k != "vocab_size"}))
+    vllm_sampler.sync(
+        tiny_qwen2(VLLM_MODEL["vocab_size"], seed=7, **{k: v for k, v in VLLM_MODEL.items() if k != "vocab_size"})
+    )
     return vllm_sampler
 
 
@@ -158,7 +186,7 @@ def test_pipelined_aggregations_come_from_their_own_problems_traces(synced):
     assert sorted(p for p, _ in seen) == [0, 1, 2, 3]
     # agg_prompts_of saw exactly the finished traces that are returned for its problem
     for p, own in seen:
-        assert own == traces[p * n:(p + 1) * n]
+        assert own == traces[p * n : (p + 1) * n]
         assert all(1 <= len(t) <= 8 and (len(t) == 8 or t[-1] == EOS) for t in own)
     # the layout is generate's: aggregations[(p*M + j)*G + g], each rendered from p's own traces
     assert len(traces) == len(tlp) == 4 * n and len(aggs) == len(alp) == 4 * m * g
@@ -183,9 +211,18 @@ def test_pipelined_is_reproducible_with_seeds_and_matches_the_default_layout(syn
     # the default (two generate calls) returns the same shapes in the same places; its tokens may
     # differ (another batch composition) so only the layout and the per-problem prompts are compared
     agg_prompts_of, seen = sets_prompts(PROMPTS, 2)
-    two = Sampler.search_and_aggregate(synced, PROMPTS, 3, agg_prompts_of, 2, max_new_tokens=8,
-                                       agg_max_new_tokens=5, temperature=1.0, eos_token_id=EOS,
-                                       seeds=[21, 22, 23, 24])
+    two = Sampler.search_and_aggregate(
+        synced,
+        PROMPTS,
+        3,
+        agg_prompts_of,
+        2,
+        max_new_tokens=8,
+        agg_max_new_tokens=5,
+        temperature=1.0,
+        eos_token_id=EOS,
+        seeds=[21, 22, 23, 24],
+    )
     assert [len(x) for x in two] == [len(x) for x in first]
     # the traces are sampled with the same per-request seeds: the same tokens up to batch rounding
     same = sum(a == b for a, b in zip(two[0], first[0]))
@@ -201,15 +238,15 @@ def test_pipelined_without_logprobs_and_a_raising_callback(synced):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        synced.search_and_aggregate(PROMPTS, 2, broken, 2, max_new_tokens=4, agg_max_new_tokens=4,
-                                    temperature=1.0)
+        synced.search_and_aggregate(PROMPTS, 2, broken, 2, max_new_tokens=4, agg_max_new_tokens=4, temperature=1.0)
     # the engine was left idle: the next call works
     assert not synced.llm.llm_engine.has_unfinished_requests()
     (traces, *_), _, _ = pipelined(synced, PROMPTS[:1], seeds=[5])
     assert len(traces) == 3
     with pytest.raises(ValueError, match="outside the model's vocab_size"):
-        synced.search_and_aggregate([[5, 6]], 2, lambda p, own: [[999]], 1, max_new_tokens=2,
-                                    agg_max_new_tokens=2, temperature=1.0)
+        synced.search_and_aggregate(
+            [[5, 6]], 2, lambda p, own: [[999]], 1, max_new_tokens=2, agg_max_new_tokens=2, temperature=1.0
+        )
     assert not synced.llm.llm_engine.has_unfinished_requests()
 
 

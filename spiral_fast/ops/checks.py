@@ -4,6 +4,7 @@ Each op registers its own check beside its definition (``spiral_fast.ops.self_ch
 the op modules here registers all of them, so ``self_check()`` always checks every op, whatever the
 caller imported before. Every op lives in this layer, so nothing above it is needed.
 """
+
 from __future__ import annotations
 
 from spiral_fast.ops import self_check as registry

@@ -9,6 +9,7 @@ against its torch path on small random inputs, by the check its module registere
 
 ``recording()`` collects which backend each op resolved to (the step reports it in its metrics).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,7 @@ import torch
 from spiral_fast._utils import resolve_backend, triton_available
 from spiral_fast.ops import self_check
 
-_STATUS: dict[str, str] = {}     # op -> self-check status ("ok" | "mismatch: ..." | "error: ..."), per process
+_STATUS: dict[str, str] = {}  # op -> self-check status ("ok" | "mismatch: ..." | "error: ..."), per process
 _RECORDERS: list[dict] = []
 
 
@@ -59,9 +60,13 @@ def _triton_trusted(op: str, device: torch.device) -> bool:
             status = f"error: no self-check registered for {op}"
         _STATUS[op] = status
         if status != "ok":
-            warnings.warn(f"spiral_fast: the Triton path of {op} failed its self-check on {device} ({status}); "
-                          f"backend='auto' runs {op} on torch from now on in this process "
-                          "(SPIRAL_FAST_SELF_CHECK=0 skips the check)", RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                f"spiral_fast: the Triton path of {op} failed its self-check on {device} ({status}); "
+                f"backend='auto' runs {op} on torch from now on in this process "
+                "(SPIRAL_FAST_SELF_CHECK=0 skips the check)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
     return _STATUS[op] == "ok"
 
 

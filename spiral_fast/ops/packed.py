@@ -8,6 +8,7 @@ The container lives in the ops layer, the lowest one that reads it (tree attenti
 argument and owns its self-check); the builders that fill it (`spiral_fast.pack_sequences`, the C++
 and Python layout builders) sit above, in `spiral_fast.packing`, which re-exports these names.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -121,8 +122,16 @@ class PackedBatch:
     def __eq__(self, other) -> bool:
         if not isinstance(other, PackedBatch):
             return NotImplemented
-        scalars = ("num_tokens", "num_segments", "num_sequences", "max_seqlen", "max_context", "dedup_ratio", "share",
-                   "segment_ancestors")
+        scalars = (
+            "num_tokens",
+            "num_segments",
+            "num_sequences",
+            "max_seqlen",
+            "max_context",
+            "dedup_ratio",
+            "share",
+            "segment_ancestors",
+        )
         if any(getattr(self, n) != getattr(other, n) for n in scalars):
             return False
         pairs = [(getattr(self, n), getattr(other, n)) for n in _TENSOR_FIELDS]

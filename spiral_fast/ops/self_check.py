@@ -16,13 +16,14 @@ This module imports no op: ``backend="auto"`` (``dispatch``) looks up the check 
 resolving, whose module has therefore registered it. ``self_check`` here checks the ops registered
 so far; ``spiral_fast.self_check()`` (``spiral_fast.ops.checks``) first imports every op module.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
 
-_FLOOR = 1e-4   # relative to the truth's largest magnitude: float32 kernels differ from it by ~1e-6
+_FLOOR = 1e-4  # relative to the truth's largest magnitude: float32 kernels differ from it by ~1e-6
 
 Check = Callable[[torch.device, torch.dtype, torch.Generator], None]
 
@@ -47,8 +48,9 @@ def float32_only(device: torch.device) -> tuple[torch.dtype, ...]:
 _REGISTRY: dict[str, tuple[Check, Callable[[torch.device], Sequence[torch.dtype]]]] = {}
 
 
-def register_self_check(op: str, check: Check, *,
-                        dtypes: Callable[[torch.device], Sequence[torch.dtype]] = every_dtype) -> None:
+def register_self_check(
+    op: str, check: Check, *, dtypes: Callable[[torch.device], Sequence[torch.dtype]] = every_dtype
+) -> None:
     """Register ``check`` as the self-check of ``op`` (run over ``dtypes(device)``); a module that is
     imported again replaces its own entry."""
     _REGISTRY[op] = (check, dtypes)
@@ -113,7 +115,7 @@ def compare(what: Sequence[str], dtype, fast, truth, lowp, *, mult: float = 2.0)
         err = float((f.double() - t).abs().max()) if f.numel() else 0.0
         tol = mult * (float((low.double() - t).abs().max()) if low.numel() else 0.0)
         tol += _FLOOR * (float(t.abs().max()) if t.numel() else 0.0) + 1e-7
-        if not err <= tol:   # also catches NaN
+        if not err <= tol:  # also catches NaN
             raise Mismatch(f"{dtype_name(dtype)} {name}: max error {err:.3g} > tolerance {tol:.3g}")
 
 
@@ -129,9 +131,12 @@ def _run(fn, leaves, upstream):
 def three_ways(fn, inputs, upstream, dtype):
     """Outputs and input gradients of ``fn(*leaves, backend=...)`` on (triton, dtype),
     (torch, float64) and (torch, dtype) leaves: the (fast, truth, lowp) arguments of ``compare``."""
+
     def leaves(dt):
         return [x.detach().to(dt).requires_grad_() for x in inputs]
 
-    return (_run(lambda *a: fn(*a, backend="triton"), leaves(dtype), upstream),
-            _run(lambda *a: fn(*a, backend="torch"), leaves(torch.float64), upstream),
-            _run(lambda *a: fn(*a, backend="torch"), leaves(dtype), upstream))
+    return (
+        _run(lambda *a: fn(*a, backend="triton"), leaves(dtype), upstream),
+        _run(lambda *a: fn(*a, backend="torch"), leaves(torch.float64), upstream),
+        _run(lambda *a: fn(*a, backend="torch"), leaves(dtype), upstream),
+    )

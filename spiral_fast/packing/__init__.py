@@ -5,6 +5,7 @@ warns once when the C++ builder is missing (`native.PackingFallbackWarning`).
 
 The `PackedBatch` container is defined in the ops layer (`spiral_fast.ops.packed`), which reads it;
 it is re-exported here beside its builders."""
+
 from spiral_fast.ops.packed import PackedBatch, PredictionRows
 from spiral_fast.packing.pack import pack_sequences
 

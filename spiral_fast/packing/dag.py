@@ -12,6 +12,7 @@ in C_k, then causally to its own tokens; its positions start at p_k = max over c
 (the SPIRAL head h_j after x + y_i, i in S_j: p_j = |x| + max |y_i|). The order of C_k does not
 matter: the layout is built from the set of segments it covers.
 """
+
 from __future__ import annotations
 
 import torch
@@ -46,16 +47,18 @@ def check_contexts(contexts, num_sequences: int) -> list[tuple[int, ...]]:
     for k, ctx in enumerate(out):
         for c in ctx:
             if out[c]:
-                raise ValueError(f"contexts[{k}] names sequence {c}, which has a context itself "
-                                 "(contexts are one level deep)")
+                raise ValueError(
+                    f"contexts[{k}] names sequence {c}, which has a context itself (contexts are one level deep)"
+                )
     return out
 
 
 def check_share_limits(share_limits, num_sequences: int) -> list[int | None]:
     """share_limits (one entry per sequence: None or an int >= 0) as a list; ValueError naming the entry."""
     if not isinstance(share_limits, (list, tuple)):
-        raise ValueError(f"share_limits must be a list (one entry per sequence) or None, "
-                         f"got {type(share_limits).__name__}")
+        raise ValueError(
+            f"share_limits must be a list (one entry per sequence) or None, got {type(share_limits).__name__}"
+        )
     if len(share_limits) != num_sequences:
         raise ValueError(f"share_limits has {len(share_limits)} entries but there are {num_sequences} sequences")
     for i, n in enumerate(share_limits):
@@ -114,8 +117,10 @@ def pack_dag(seqs: list[torch.Tensor], contexts: list[tuple[int, ...]], share: b
             groups.setdefault((tuple(sorted(segs)), offset), []).append(k)
 
     parts = [(tree, roots, 0, ())]
-    parts += [(native.pack_layout([seqs[k] for k in members], share, builder=builder), members, offset, segs)
-              for (segs, offset), members in groups.items()]
+    parts += [
+        (native.pack_layout([seqs[k] for k in members], share, builder=builder), members, offset, segs)
+        for (segs, offset), members in groups.items()
+    ]
     ids, pos_ids, cu, parent, seq_segment = [], [], [torch.zeros(1, dtype=torch.int64)], [], [0] * len(seqs)
     rows = ([], [], [], [])
     ancestors: list[tuple[int, ...]] = []
@@ -137,6 +142,12 @@ def pack_dag(seqs: list[torch.Tensor], contexts: list[tuple[int, ...]], share: b
         seg0 += f_parent.numel()
     seq = torch.cat(rows[2])
     order = torch.argsort(seq, stable=True)  # rows in (seq, pos) order: each part's rows are in pos order
-    fields = (torch.cat(ids), torch.cat(pos_ids), torch.cat(cu).to(torch.int32), torch.cat(parent),
-              torch.tensor(seq_segment, dtype=torch.int64), *(torch.cat(col)[order] for col in rows))
+    fields = (
+        torch.cat(ids),
+        torch.cat(pos_ids),
+        torch.cat(cu).to(torch.int32),
+        torch.cat(parent),
+        torch.tensor(seq_segment, dtype=torch.int64),
+        *(torch.cat(col)[order] for col in rows),
+    )
     return fields, tuple(ancestors)

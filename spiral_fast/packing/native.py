@@ -7,6 +7,7 @@ silence or an error: a pip build hides the compiler's message (`pip -q`), the fa
 layouts, just far slower, so the run should go on; but a user who never sees why packing is slow has
 no way to find out. The warning names the rebuild command; filter the category to silence it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -57,4 +58,6 @@ if not native_available():
     warnings.warn(
         "spiral_fast.packing._native (the C++ layout builder) is not built: pack_sequences falls back to "
         f"the pure-Python builder (same layouts, far slower). Rebuild it with: {REBUILD}",
-        PackingFallbackWarning, stacklevel=2)
+        PackingFallbackWarning,
+        stacklevel=2,
+    )

@@ -1,4 +1,5 @@
 """`pack_sequences`: validate token sequences and pack them as a prefix-shared forest (or plain varlen)."""
+
 from __future__ import annotations
 
 import torch
@@ -34,8 +35,15 @@ def _as_tokens(i: int, seq) -> torch.Tensor:
     return t
 
 
-def pack_sequences(sequences, *, share: str = "trie", max_positions: int | None = None,
-                   builder: str = "auto", contexts=None, share_limits=None) -> PackedBatch:
+def pack_sequences(
+    sequences,
+    *,
+    share: str = "trie",
+    max_positions: int | None = None,
+    builder: str = "auto",
+    contexts=None,
+    share_limits=None,
+) -> PackedBatch:
     """Pack S token sequences into one `PackedBatch` of T unique tokens.
 
     sequences: list of 1-D integer tensors or lists of token ids (each non-empty, ids >= 0).
@@ -63,8 +71,9 @@ def pack_sequences(sequences, *, share: str = "trie", max_positions: int | None 
         raise ValueError(f"sequences must be a list of token sequences, got {type(sequences).__name__}")
     if len(sequences) == 0:
         raise ValueError("sequences is empty: nothing to pack")
-    if max_positions is not None and (isinstance(max_positions, bool) or not isinstance(max_positions, int)
-                                      or max_positions < 1):
+    if max_positions is not None and (
+        isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < 1
+    ):
         raise ValueError(f"max_positions must be a positive int or None, got {max_positions!r}")
     seqs = [_as_tokens(i, s) for i, s in enumerate(sequences)]
     lengths = torch.tensor([s.numel() for s in seqs], dtype=torch.int64)

@@ -5,6 +5,7 @@ segments: a segment is a maximal chain of trie nodes that neither branches nor e
 before its last node. Segments are numbered in DFS pre-order, children in first-insertion order.
 Without sharing, every sequence is one root segment, in input order.
 """
+
 from __future__ import annotations
 
 import torch
@@ -78,5 +79,11 @@ def pack_layout(sequences: list[torch.Tensor], share: bool):
                 for col, value in zip(rows, (idx[p - 1], tok, i, p)):
                     col.append(value)
     as_tensor = lambda xs, dtype=torch.int64: torch.tensor(xs, dtype=dtype)  # noqa: E731
-    return (as_tensor(input_ids), as_tensor(position_ids), as_tensor(cu_seqlens, torch.int32),
-            as_tensor(segment_parent), as_tensor(seq_segment), *map(as_tensor, rows))
+    return (
+        as_tensor(input_ids),
+        as_tensor(position_ids),
+        as_tensor(cu_seqlens, torch.int32),
+        as_tensor(segment_parent),
+        as_tensor(seq_segment),
+        *map(as_tensor, rows),
+    )

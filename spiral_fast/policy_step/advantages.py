@@ -1,5 +1,6 @@
 """The advantages a step trains with: ``spiral_advantages`` of the local batch, then
 ``SpiralConfig.length_gate``. Used by ``step``, ``step_reference`` and ``SpiralBatch.informative``."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ class AdvantageSource(Protocol):
     ``batch.py`` imports this module (``SpiralBatch.informative`` calls ``advantages``): importing
     it back, even only for type checkers, would close an import circle."""
 
-    problems: Sequence[Any]   # each with .traces [N_p tensors] and .aggregations [M_p lists of tensors]
+    problems: Sequence[Any]  # each with .traces [N_p tensors] and .aggregations [M_p lists of tensors]
 
     def advantage_inputs(self) -> Any:
         """The batch's ``AdvantageInputs`` (CSR tensors of its structure)."""
@@ -28,6 +29,7 @@ class StepAdvantages:
     """The advantages a step trains with (float32, flat order of ``SpiralBatch.advantage_inputs``):
     agg [A], trace [N] after the length gate, set_value [S]; gated: the number of responses
     (traces and aggregation responses) whose positive advantage the gate set to 0."""
+
     agg: torch.Tensor
     trace: torch.Tensor
     set_value: torch.Tensor
@@ -40,9 +42,19 @@ def advantages(batch: AdvantageSource, config: SpiralConfig) -> StepAdvantages:
     ``config.length_gate``: a response of more than L response tokens with a positive advantage
     gets 0 (L = trace_L for traces, agg_L for aggregation responses; None: no gate)."""
     f = batch.advantage_inputs()
-    adv = spiral_advantages(f.rewards, f.agg_set, f.set_problem, f.set_members, f.set_offsets, f.trace_problem,
-                            estimator=config.estimator, scale=config.scale, trace_credit=config.trace_credit,
-                            agg_baseline=config.agg_baseline, eps=config.eps)
+    adv = spiral_advantages(
+        f.rewards,
+        f.agg_set,
+        f.set_problem,
+        f.set_members,
+        f.set_offsets,
+        f.trace_problem,
+        estimator=config.estimator,
+        scale=config.scale,
+        trace_credit=config.trace_credit,
+        agg_baseline=config.agg_baseline,
+        eps=config.eps,
+    )
     gate = config.length_gate
     trace_limit, agg_limit = gate if isinstance(gate, tuple) else (gate, gate)
     # response lengths in the flat order: traces by problem, aggregation responses by problem, set

@@ -7,6 +7,7 @@ a_j + z_jg (aggregator role); its trained tokens are the response tokens. In par
 (``SpiralConfig(aggregation="parallel")``) a_j is the head h_j alone, and h_j + z_jg attends to the
 trace sequences of its set (their keys and values) instead of a textual copy.
 """
+
 from __future__ import annotations
 
 import math
@@ -87,6 +88,7 @@ class ProblemRollout:
     tuples of ints, rewards lists of floats, log-probs float32 tensors or None.
     Raises ``ValueError`` naming the set / trace / aggregation index on bad input.
     """
+
     prompt: object
     traces: object
     sets: object
@@ -151,8 +153,9 @@ class ProblemRollout:
         for j, rs in enumerate(per_set):
             rs = _rows(f"rewards[{j}]", rs)
             if len(rs) != len(aggregations[j]):
-                raise ValueError(f"rewards[{j}] has {len(rs)} rewards but set {j} has {len(aggregations[j])} "
-                                 f"aggregation responses")
+                raise ValueError(
+                    f"rewards[{j}] has {len(rs)} rewards but set {j} has {len(aggregations[j])} aggregation responses"
+                )
             vals = []
             for g, r in enumerate(rs):
                 r = r.item() if isinstance(r, torch.Tensor) and r.numel() == 1 else r
@@ -180,10 +183,11 @@ class ProblemRollout:
         for j, lps in enumerate(per_set):
             lps = _rows(f"{name}[{j}]", lps)
             if len(lps) != len(self.aggregations[j]):
-                raise ValueError(f"{name}[{j}] has {len(lps)} entries but set {j} has "
-                                 f"{len(self.aggregations[j])} aggregation responses")
-            out.append([_floats(f"{name}[{j}][{g}]", lp, self.aggregations[j][g].numel())
-                        for g, lp in enumerate(lps)])
+                raise ValueError(
+                    f"{name}[{j}] has {len(lps)} entries but set {j} has "
+                    f"{len(self.aggregations[j])} aggregation responses"
+                )
+            out.append([_floats(f"{name}[{j}][{g}]", lp, self.aggregations[j][g].numel()) for g, lp in enumerate(lps)])
         return out
 
     def trained_traces(self) -> list[int]:
@@ -215,6 +219,7 @@ class AdvantageInputs:
     trace_problem [N] int64; per problem p its first trace / set / aggregation response in the
     global numbering: trace_start / set_start / agg_start [P+1] (Python ints).
     """
+
     rewards: torch.Tensor
     agg_set: torch.Tensor
     set_problem: torch.Tensor
@@ -240,6 +245,7 @@ class TrainedSequences:
     share_limits: None or, in parallel mode, |x| for a trace (each member trace is its own keys, see
     ``pack_sequences(share_limits=...)``) and None for an aggregation sequence.
     """
+
     tokens: list
     prompt_lens: torch.Tensor
     num_trace: int
@@ -257,11 +263,12 @@ class TrainedSequences:
     def role_tokens(self) -> tuple[int, int]:
         """(trace-role trained tokens, aggregator-role trained tokens)."""
         lens = self.response_lens
-        return int(lens[:self.num_trace].sum()), int(lens[self.num_trace:].sum())
+        return int(lens[: self.num_trace].sum()), int(lens[self.num_trace :].sum())
 
 
 class _Row(NamedTuple):
     """One trained sequence while ``SpiralBatch.trained_sequences`` collects them."""
+
     tokens: torch.Tensor  # prompt + response
     prompt_len: int
     adv: torch.Tensor  # 0-dim float32: the sequence's advantage
@@ -277,6 +284,7 @@ class SpiralBatch:
     ``advantage_inputs()`` and ``trained_sequences(problems, adv)`` give the flat forms that
     ``step`` and ``step_reference`` feed to the ops.
     """
+
     problems: list
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -309,13 +317,19 @@ class SpiralBatch:
                 agg_start.append(len(rewards))
             i64 = lambda v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
             self._cache["adv"] = AdvantageInputs(
-                rewards=torch.tensor(rewards, dtype=torch.float32), agg_set=i64(agg_set),
-                set_problem=i64(set_problem), set_members=i64(members), set_offsets=i64(offsets),
-                trace_problem=i64(trace_problem), trace_start=trace_start, set_start=set_start,
-                agg_start=agg_start)
+                rewards=torch.tensor(rewards, dtype=torch.float32),
+                agg_set=i64(agg_set),
+                set_problem=i64(set_problem),
+                set_members=i64(members),
+                set_offsets=i64(offsets),
+                trace_problem=i64(trace_problem),
+                trace_start=trace_start,
+                set_start=set_start,
+                agg_start=agg_start,
+            )
         return self._cache["adv"]
 
-    def informative(self, config=SpiralConfig()) -> tuple["SpiralBatch | None", int]:
+    def informative(self, config=SpiralConfig()) -> tuple[SpiralBatch | None, int]:
         """Dynamic sampling (the paper's): keep the problems that teach something.
 
         A problem is dropped when every advantage of it under ``config`` (its aggregation responses'
@@ -335,12 +349,15 @@ class SpiralBatch:
         if not isinstance(config, SpiralConfig):
             raise ValueError(f"config must be a spiral_fast.SpiralConfig, got {type(config).__name__}")
         adv, flat = advantages(self, config), self.advantage_inputs()
-        return [bool(adv.agg[flat.agg_start[p]:flat.agg_start[p + 1]].any())
-                or bool(adv.trace[flat.trace_start[p]:flat.trace_start[p + 1]].any())
-                for p in range(len(self.problems))]
+        return [
+            bool(adv.agg[flat.agg_start[p] : flat.agg_start[p + 1]].any())
+            or bool(adv.trace[flat.trace_start[p] : flat.trace_start[p + 1]].any())
+            for p in range(len(self.problems))
+        ]
 
-    def trained_sequences(self, items, agg_adv: torch.Tensor, trace_adv: torch.Tensor, *,
-                          aggregation: str = "text") -> TrainedSequences:
+    def trained_sequences(
+        self, items, agg_adv: torch.Tensor, trace_adv: torch.Tensor, *, aggregation: str = "text"
+    ) -> TrainedSequences:
         """The trained sequences of the given work items, in item order within each role.
 
         items: problem indices p (the whole problem) or pairs (p, part) with part "traces" (its
@@ -354,8 +371,9 @@ class SpiralBatch:
         parallel = aggregation == "parallel"
         if parallel and any(not isinstance(item, int) for item in items):
             bad = next(item for item in items if not isinstance(item, int))
-            raise ValueError(f"aggregation='parallel' needs whole problems as items (a set needs its traces), "
-                             f"got {bad!r}")
+            raise ValueError(
+                f"aggregation='parallel' needs whole problems as items (a set needs its traces), got {bad!r}"
+            )
         trace_row = {}  # (p, i) -> index of x + y_i among the trace-role sequences
         contexts = []  # per aggregation-role sequence: its set's trace rows (parallel mode)
         flat = self.advantage_inputs()
@@ -367,21 +385,31 @@ class SpiralBatch:
             if part in (None, "traces"):
                 for i in pr.trained_traces():
                     trace_row[p, i] = len(roles[TRACE])
-                    roles[TRACE].append(_Row(tokens=torch.cat([pr.prompt, pr.traces[i]]), prompt_len=pr.prompt.numel(),
-                                             adv=trace_adv[flat.trace_start[p] + i],
-                                             old_logp=pr.trace_old_logprobs[i] if pr.trace_old_logprobs else None,
-                                             ref_logp=pr.trace_ref_logprobs[i] if pr.trace_ref_logprobs else None,
-                                             response_len=pr.traces[i].numel()))
+                    roles[TRACE].append(
+                        _Row(
+                            tokens=torch.cat([pr.prompt, pr.traces[i]]),
+                            prompt_len=pr.prompt.numel(),
+                            adv=trace_adv[flat.trace_start[p] + i],
+                            old_logp=pr.trace_old_logprobs[i] if pr.trace_old_logprobs else None,
+                            ref_logp=pr.trace_ref_logprobs[i] if pr.trace_ref_logprobs else None,
+                            response_len=pr.traces[i].numel(),
+                        )
+                    )
             a = flat.agg_start[p]
             for j, zs in enumerate(pr.aggregations):
                 for g, z in enumerate(zs):
                     if part is None or part == j:
                         contexts.append([trace_row[p, i] for i in pr.sets[j]] if parallel else None)
-                        roles[AGG].append(_Row(
-                            tokens=torch.cat([pr.agg_prompts[j], z]), prompt_len=pr.agg_prompts[j].numel(),
-                            adv=agg_adv[a], old_logp=pr.agg_old_logprobs[j][g] if pr.agg_old_logprobs else None,
-                            ref_logp=pr.agg_ref_logprobs[j][g] if pr.agg_ref_logprobs else None,
-                            response_len=z.numel()))
+                        roles[AGG].append(
+                            _Row(
+                                tokens=torch.cat([pr.agg_prompts[j], z]),
+                                prompt_len=pr.agg_prompts[j].numel(),
+                                adv=agg_adv[a],
+                                old_logp=pr.agg_old_logprobs[j][g] if pr.agg_old_logprobs else None,
+                                ref_logp=pr.agg_ref_logprobs[j][g] if pr.agg_ref_logprobs else None,
+                                response_len=z.numel(),
+                            )
+                        )
                     a += 1
         rows = roles[TRACE] + roles[AGG]
         old = [r.old_logp if r.old_logp is not None else torch.zeros(r.response_len) for r in rows]
@@ -389,10 +417,13 @@ class SpiralBatch:
         has_ref = all(r.ref_logp is not None for r in rows)
         cat = lambda parts, dtype: torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)  # noqa: E731
         return TrainedSequences(
-            tokens=[r.tokens for r in rows], prompt_lens=torch.tensor([r.prompt_len for r in rows], dtype=torch.int64),
+            tokens=[r.tokens for r in rows],
+            prompt_lens=torch.tensor([r.prompt_len for r in rows], dtype=torch.int64),
             num_trace=len(roles[TRACE]),
             seq_adv=torch.stack([r.adv for r in rows]) if rows else torch.zeros(0),
-            old_logp=cat(old, torch.float32), old_given=cat(given, torch.bool),
+            old_logp=cat(old, torch.float32),
+            old_given=cat(given, torch.bool),
             ref_logp=cat([r.ref_logp for r in rows], torch.float32) if has_ref and rows else None,
             contexts=[None] * len(roles[TRACE]) + contexts if parallel else None,
-            share_limits=[r.prompt_len for r in roles[TRACE]] + [None] * len(roles[AGG]) if parallel else None)
+            share_limits=[r.prompt_len for r in roles[TRACE]] + [None] * len(roles[AGG]) if parallel else None,
+        )

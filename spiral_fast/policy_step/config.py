@@ -1,4 +1,5 @@
 """``SpiralConfig``: the hyper-parameters of one SPIRAL training step, in one frozen dataclass."""
+
 from __future__ import annotations
 
 import math
@@ -61,6 +62,7 @@ class SpiralConfig:
     members does not matter, as attention with fixed positions is invariant to it). In parallel
     mode a problem is never cut across micro-batches (its sets need its traces).
     """
+
     agg_coef: float = 1.0
     trace_coef: float = 1.0
     estimator: str = "grpo"
@@ -89,10 +91,15 @@ class SpiralConfig:
         _number("kl_coef", self.kl_coef)
         _number("loss_constant", self.loss_constant, strict=True, allow_none=True)
         _number("max_grad_norm", self.max_grad_norm, strict=True, allow_none=True)
-        for name, choices in (("estimator", ESTIMATORS), ("scale", SCALES), ("trace_credit", TRACE_CREDITS),
-                              ("agg_baseline", AGG_BASELINES),
-                              ("normalizer", NORMALIZERS), ("logprob_backend", ("auto", "torch", "triton")),
-                              ("aggregation", AGGREGATIONS)):
+        for name, choices in (
+            ("estimator", ESTIMATORS),
+            ("scale", SCALES),
+            ("trace_credit", TRACE_CREDITS),
+            ("agg_baseline", AGG_BASELINES),
+            ("normalizer", NORMALIZERS),
+            ("logprob_backend", ("auto", "torch", "triton")),
+            ("aggregation", AGGREGATIONS),
+        ):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
         check_clip(self.clip)
@@ -103,10 +110,15 @@ class SpiralConfig:
             gate = tuple(gate)
             object.__setattr__(self, "length_gate", gate)
         length = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
-        if not (gate is None or length(gate) or (isinstance(gate, tuple) and len(gate) == 2
-                                                 and all(v is None or length(v) for v in gate))):
-            raise ValueError(f"length_gate must be None, an int >= 0 or a pair (trace_L, agg_L) of ints >= 0 or None, "
-                             f"got {self.length_gate!r}")
+        if not (
+            gate is None
+            or length(gate)
+            or (isinstance(gate, tuple) and len(gate) == 2 and all(v is None or length(v) for v in gate))
+        ):
+            raise ValueError(
+                f"length_gate must be None, an int >= 0 or a pair (trace_L, agg_L) of ints >= 0 or None, "
+                f"got {self.length_gate!r}"
+            )
         budget = self.max_tokens_per_micro_batch
         if budget != "auto" and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
             raise ValueError(f'max_tokens_per_micro_batch must be a positive int or "auto", got {budget!r}')

@@ -1,5 +1,6 @@
 """The packed forward that ``step`` and ``batch_logprobs`` share: the model's LM head, and the
 log-probs of the response tokens of a list of sequences packed into one prefix tree."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,16 @@ def lm_head(model) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, getattr(head, "bias", None)
 
 
-def response_logprobs(model, tokens: list, prompt_lens: torch.Tensor, config, *, return_entropy: bool = False,
-                      contexts: list | None = None, share_limits: list | None = None):
+def response_logprobs(
+    model,
+    tokens: list,
+    prompt_lens: torch.Tensor,
+    config,
+    *,
+    return_entropy: bool = False,
+    contexts: list | None = None,
+    share_limits: list | None = None,
+):
     """Log-probs (and entropies) of the response tokens of Q sequences in one packed forward.
 
     tokens: Q int64 tensors (prompt + response); prompt_lens [Q] int64: the first response
@@ -31,13 +40,19 @@ def response_logprobs(model, tokens: list, prompt_lens: torch.Tensor, config, *,
     weight, bias = lm_head(model)
     device = weight.device
     max_pos = getattr(model.config, "max_position_embeddings", None)
-    packed = pack_sequences(tokens, share="trie", max_positions=max_pos, contexts=contexts,
-                            share_limits=share_limits)
+    packed = pack_sequences(tokens, share="trie", max_positions=max_pos, contexts=contexts, share_limits=share_limits)
     rows = packed.prediction_rows
     keep = rows.pos >= prompt_lens[rows.seq]  # response positions, in (seq, pos) order
     hidden_index, target = rows.hidden_index[keep].to(device), rows.target[keep].to(device)
     hidden = packed_hidden_states(model, packed)
-    out = token_logprobs(hidden[hidden_index], weight, target, temperature=config.temperature,
-                         return_entropy=return_entropy, bias=bias, backend=config.logprob_backend)
+    out = token_logprobs(
+        hidden[hidden_index],
+        weight,
+        target,
+        temperature=config.temperature,
+        return_entropy=return_entropy,
+        bias=bias,
+        backend=config.logprob_backend,
+    )
     logp, entropy = out if return_entropy else (out, None)
     return logp, entropy, packed

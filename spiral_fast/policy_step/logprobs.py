@@ -1,6 +1,7 @@
 """``batch_logprobs``: per-token log-probs of every response of a ``SpiralBatch`` under a model,
 through the packed, micro-batched path of ``step`` without grad (behaviour log-probs recomputed,
 ``*_ref_logprobs`` from a frozen reference model, evaluation)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class BatchLogprobs:
     """``traces[p][i]``: float32 CPU tensor [len(y_i)], log-probs of the tokens of trace i of problem p
     (every trace, also those in no set); ``aggregations[p][j][g]``: the same for response g of set j.
     The nesting matches ``ProblemRollout(trace_*_logprobs=..., agg_*_logprobs=...)``."""
+
     traces: list
     aggregations: list
 
@@ -76,9 +78,17 @@ def batch_logprobs(model, batch, *, config=SpiralConfig()) -> BatchLogprobs:
                             contexts.append([first_trace + i for i in pr.sets[j]] if parallel else None)
                             limits.append(None)
             prompt_lens = torch.tensor(prompt_lens, dtype=torch.int64)
-            logp, _, _ = within_forward(wrapped.fsdp_root, lambda: response_logprobs(
-                model, tokens, prompt_lens, config, contexts=contexts if parallel else None,
-                share_limits=limits if parallel else None))
+            logp, _, _ = within_forward(
+                wrapped.fsdp_root,
+                lambda: response_logprobs(
+                    model,
+                    tokens,
+                    prompt_lens,
+                    config,
+                    contexts=contexts if parallel else None,
+                    share_limits=limits if parallel else None,
+                ),
+            )
             if b >= len(bins):
                 continue
             lens = [t.numel() - n for t, n in zip(tokens, prompt_lens.tolist())]

@@ -13,6 +13,7 @@ The target: ``memory_budget_gb`` GiB, or (None) ``MEMORY_FRACTION`` of the memor
 free (CUDA: ``torch.cuda.mem_get_info``; CPU: MemAvailable of /proc/meminfo, else psutil).
 Measured against peaks in tests/test_memory_estimate.py and benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,13 +55,19 @@ def _dims(cfg) -> dict:
     heads = int(getattr(cfg, "num_attention_heads", 1))
     head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    return dict(layers=int(cfg.num_hidden_layers), hidden=hidden,
-                intermediate=int(getattr(cfg, "intermediate_size", None) or 4 * hidden),
-                q=heads * head_dim, kv=kv_heads * head_dim, heads=heads)
+    return dict(
+        layers=int(cfg.num_hidden_layers),
+        hidden=hidden,
+        intermediate=int(getattr(cfg, "intermediate_size", None) or 4 * hidden),
+        q=heads * head_dim,
+        kv=kv_heads * head_dim,
+        heads=heads,
+    )
 
 
-def activation_bytes_per_token(model_config, *, dtype=torch.float32, lora_rank: int | None = 16,
-                               checkpointing: bool = False) -> int:
+def activation_bytes_per_token(
+    model_config, *, dtype=torch.float32, lora_rank: int | None = 16, checkpointing: bool = False
+) -> int:
     """Estimated bytes of activation memory per unique token of a training forward + backward.
 
     model_config: a transformers config (layers, hidden / intermediate size, heads, kv heads, head
@@ -75,17 +82,21 @@ def activation_bytes_per_token(model_config, *, dtype=torch.float32, lora_rank: 
     d = _dims(model_config)
     b = torch.empty((), dtype=dtype).element_size()
     h, i, q, kv = d["hidden"], d["intermediate"], d["q"], d["kv"]
-    norm = 2 * h * b + (2 * h * (4 - b) if b < 4 else 0)      # input + normalised (fp32 upcast in bf16)
+    norm = 2 * h * b + (2 * h * (4 - b) if b < 4 else 0)  # input + normalised (fp32 upcast in bf16)
     if lora_rank is None:
-        norm += h * b                                            # the norm weight's gradient needs its input
-    attn = (q + 2 * kv                                           # q, k, v projections
-            + q + kv                                             # after RoPE
-            + 2 * kv * CONTEXT_COPIES                            # gathered segment contexts (k, v)
-            + 2 * q) * b + d["heads"] * 4                        # output, its [T, q] copy; fp32 log-sum-exp
-    mlp = 4 * i * b                                              # gate, up, act(gate), act * up
+        norm += h * b  # the norm weight's gradient needs its input
+    attn = (
+        q
+        + 2 * kv  # q, k, v projections
+        + q
+        + kv  # after RoPE
+        + 2 * kv * CONTEXT_COPIES  # gathered segment contexts (k, v)
+        + 2 * q
+    ) * b + d["heads"] * 4  # output, its [T, q] copy; fp32 log-sum-exp
+    mlp = 4 * i * b  # gate, up, act(gate), act * up
     lora = 0 if lora_rank is None else 7 * 2 * int(lora_rank) * b  # x A and its scaled copy, 7 linears
     layer = 2 * norm + attn + mlp + lora
-    kept = h * b if checkpointing else layer                     # per layer until its backward
+    kept = h * b if checkpointing else layer  # per layer until its backward
     # embeddings, final norm, the hidden states the LM head reads
     return int(SLACK * (d["layers"] * kept + BACKWARD_WORKING_LAYERS * layer + 4 * h * b))
 
@@ -108,6 +119,7 @@ def free_memory_bytes(device) -> int | None:
         pass
     try:
         import psutil
+
         return int(psutil.virtual_memory().available)
     except ImportError:
         pass
@@ -136,14 +148,18 @@ def auto_budget(model, *, memory_budget_gb: float | None = None, checkpointing: 
     """The largest budget (unique tokens per micro-batch) whose estimated activations fit the target,
     within [MIN_AUTO_TOKENS, MAX_AUTO_TOKENS]. ``model``: a Hugging Face causal LM (or its PEFT wrapper)."""
     param = next(model.parameters())
-    per_token = activation_bytes_per_token(model.config, dtype=param.dtype, lora_rank=_lora_rank(model),
-                                           checkpointing=checkpointing)
+    per_token = activation_bytes_per_token(
+        model.config, dtype=param.dtype, lora_rank=_lora_rank(model), checkpointing=checkpointing
+    )
     target = memory_target_bytes(param.device, memory_budget_gb)
     if target is None:
         if not _WARNED:
             _WARNED.append(True)
-            warnings.warn(f'max_tokens_per_micro_batch="auto": the free memory of {param.device} cannot be read; '
-                          f"using {FALLBACK_TOKENS} tokens (set memory_budget_gb or an integer budget)", stacklevel=2)
+            warnings.warn(
+                f'max_tokens_per_micro_batch="auto": the free memory of {param.device} cannot be read; '
+                f"using {FALLBACK_TOKENS} tokens (set memory_budget_gb or an integer budget)",
+                stacklevel=2,
+            )
         return FALLBACK_TOKENS
     tokens = target // max(1, per_token)
     return int(min(MAX_AUTO_TOKENS, max(MIN_AUTO_TOKENS, tokens)))

@@ -1,5 +1,6 @@
 """The metrics of a step: this rank's sums under their names (``MetricSums``), summed over ranks in
 one all-reduce with one host sync, then turned into the floats of ``StepOutput.metrics``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,6 @@ import torch
 
 from spiral_fast.distributed import all_reduce_max, all_reduce_sum
 from spiral_fast.policy_step.counts import GlobalCounts
-
 
 MAX_FIELDS = ("mismatch_max",)  # reduced with a max over micro-batches and ranks, not a sum
 
@@ -28,6 +28,7 @@ class MetricSums:
     behaviour log-probs, new = the step's forward, before any update (``mismatch_max`` is reduced
     with a max: the one field not summed, in a second collective on several ranks only).
     """
+
     trace_loss: torch.Tensor | float = 0.0
     agg_loss: torch.Tensor | float = 0.0
     clip_low: torch.Tensor | float = 0.0
@@ -53,15 +54,21 @@ class MetricSums:
     def mismatch_of(old: torch.Tensor, new: torch.Tensor, given: torch.Tensor) -> MetricSums:
         """The mismatch sums of rows with behaviour log-probs (``given``): |old - new| of each."""
         diff = (old - new.detach()).abs().float() * given
-        return MetricSums(mismatch=diff.sum(), mismatch_tokens=given.sum(),
-                          mismatch_max=diff.max() if diff.numel() else 0.0)
+        return MetricSums(
+            mismatch=diff.sum(), mismatch_tokens=given.sum(), mismatch_max=diff.max() if diff.numel() else 0.0
+        )
 
     def reduce(self, device) -> dict[str, float]:
         """Every field summed over ranks: one float64 all-reduce of the fields stacked in field
         order on ``device``, one host sync. Returns {field name: float}."""
+
         def stacked(names):
-            return torch.stack([torch.as_tensor(getattr(self, n), dtype=torch.float64, device=device).detach()
-                                .reshape(()) for n in names])
+            return torch.stack(
+                [
+                    torch.as_tensor(getattr(self, n), dtype=torch.float64, device=device).detach().reshape(())
+                    for n in names
+                ]
+            )
 
         names = [f.name for f in dataclasses.fields(self) if f.name not in MAX_FIELDS]
         out = dict(zip(names, all_reduce_sum(stacked(names)).tolist()))
@@ -75,15 +82,21 @@ def metrics(sums: MetricSums, counts: GlobalCounts, grad_norm, device) -> dict:
     tokens = counts.trace_tokens + counts.agg_tokens
     out = {
         "loss": values["trace_loss"] + values["agg_loss"],
-        "agg_loss": values["agg_loss"], "trace_loss": values["trace_loss"],
-        "agg_reward_mean": counts.reward_mean, "set_value_mean": counts.set_value_mean,
-        "clip_frac_low": values["clip_low"] / tokens, "clip_frac_high": values["clip_high"] / tokens,
+        "agg_loss": values["agg_loss"],
+        "trace_loss": values["trace_loss"],
+        "agg_reward_mean": counts.reward_mean,
+        "set_value_mean": counts.set_value_mean,
+        "clip_frac_low": values["clip_low"] / tokens,
+        "clip_frac_high": values["clip_high"] / tokens,
         "clip_frac": (values["clip_low"] + values["clip_high"]) / tokens,
-        "ratio_mean": values["ratio"] / tokens, "kl_mean": values["kl"] / tokens,
+        "ratio_mean": values["ratio"] / tokens,
+        "kl_mean": values["kl"] / tokens,
         "entropy_mean": values["entropy"] / tokens,
-        "tokens_trained": float(tokens), "trace_tokens": float(counts.trace_tokens),
+        "tokens_trained": float(tokens),
+        "trace_tokens": float(counts.trace_tokens),
         "agg_tokens": float(counts.agg_tokens),
-        "unique_tokens": values["unique_tokens"], "dedup_ratio": values["sequence_tokens"] / values["unique_tokens"],
+        "unique_tokens": values["unique_tokens"],
+        "dedup_ratio": values["sequence_tokens"] / values["unique_tokens"],
         "micro_batches": values["micro_batches"],
         "gated_frac": counts.gated / max(counts.trace_seqs + counts.agg_seqs, 1),
         # sampler vs trainer: |behaviour - current| log-prob at the step's forward (0 without behaviour log-probs)

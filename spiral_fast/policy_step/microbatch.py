@@ -1,4 +1,5 @@
 """Balanced split of a batch into micro-batches under a token budget."""
+
 from __future__ import annotations
 
 import heapq

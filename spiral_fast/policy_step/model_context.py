@@ -1,4 +1,5 @@
 """Context managers that set the model up for the step's forward and backward and restore it after."""
+
 from __future__ import annotations
 
 import contextlib

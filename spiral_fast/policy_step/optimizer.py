@@ -2,6 +2,7 @@
 ``step`` and ``step_reference``), then with an optimizer clip, step and zero_grad, unless the step
 is non-finite (its loss or gradient norm is inf or NaN on any rank): then the gradients are
 dropped and the weights and the optimizer's state stay as they were."""
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ the loss is ``policy_loss_reference`` (one autograd graph) with the same global 
 ``step``; one backward over the whole batch. No prefix sharing, no fused log-probs, no
 micro-batches: memory grows with the sum of all sequence lengths times the vocabulary.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,8 @@ def parallel_context(tokens: list, prompt_lens: list, context: list, k: int):
     h_j + z_jg; positions 0.. for x, |x|.. for each y_i, p_j = max_c len(tokens[c]) on for h_j + z_jg;
     x causal, each y_i sees x and itself causally, h_j + z_jg sees everything before it.
     """
-    x = tokens[context[0]][:prompt_lens[context[0]]]
-    parts = [x] + [tokens[c][prompt_lens[c]:] for c in context] + [tokens[k]]
+    x = tokens[context[0]][: prompt_lens[context[0]]]
+    parts = [x] + [tokens[c][prompt_lens[c] :] for c in context] + [tokens[k]]
     lx, p = x.numel(), max(tokens[c].numel() for c in context)
     pos = [torch.arange(lx)] + [torch.arange(lx, lx + y.numel()) for y in parts[1:-1]]
     pos.append(torch.arange(p, p + tokens[k].numel()))
@@ -68,14 +69,18 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
             ids = tokens.to(device)
             context = seqs.contexts[k] if seqs.contexts is not None else None
             if context is None:
-                logits = model(input_ids=ids[None], use_cache=False).logits[0, start - 1:-1].float()
+                logits = model(input_ids=ids[None], use_cache=False).logits[0, start - 1 : -1].float()
             else:
                 full, pos, allowed = parallel_context(seqs.tokens, seqs.prompt_lens.tolist(), context, k)
                 mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-                out = model(input_ids=full[None].to(device), position_ids=pos[None].to(device),
-                            attention_mask=mask[None, None].to(device), use_cache=False)
+                out = model(
+                    input_ids=full[None].to(device),
+                    position_ids=pos[None].to(device),
+                    attention_mask=mask[None, None].to(device),
+                    use_cache=False,
+                )
                 first = full.numel() - ids.numel()  # where h_j + z_jg starts in the concatenated context
-                logits = out.logits[0, first + start - 1:-1].float()
+                logits = out.logits[0, first + start - 1 : -1].float()
             lsm = torch.log_softmax(logits / config.temperature, dim=-1)
             logps.append(lsm.gather(1, ids[start:, None]).squeeze(1))
             entropies.append(-(lsm.exp() * lsm).sum(-1).detach())
@@ -90,8 +95,9 @@ def step_reference(model, batch, *, config=SpiralConfig(), optimizer=None) -> St
         (loss * world_size() + stand_in).backward()
     grad_norm, skipped = finish(model, optimizer, config, ddp=wrapped.average_grads, loss=loss.detach())
     seq_tokens = sum(t.numel() for t in seqs.tokens)  # nothing shared: every sequence token is encoded
-    sums = loss_sums + MetricSums(entropy=torch.cat(entropies).sum(), unique_tokens=seq_tokens,
-                                  sequence_tokens=seq_tokens, micro_batches=1)
+    sums = loss_sums + MetricSums(
+        entropy=torch.cat(entropies).sum(), unique_tokens=seq_tokens, sequence_tokens=seq_tokens, micro_batches=1
+    )
     sums = sums + MetricSums.mismatch_of(old, logp, seqs.old_given.to(device))
     out = metrics(sums, counts, grad_norm, device)
     if optimizer is not None:

@@ -1,5 +1,6 @@
 """``step``: one SPIRAL training step with prefix-shared packing, fused log-probs and the fused
 policy loss, micro-batched under a token budget with global normalisers."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,8 @@ import torch
 
 from spiral_fast.algorithm.policy_loss import policy_loss
 from spiral_fast.distributed import world_size
-from spiral_fast.models.hf import ATTN_NAME, register as register_attention
+from spiral_fast.models.hf import ATTN_NAME
+from spiral_fast.models.hf import register as register_attention
 from spiral_fast.models.lora import fused_lora_linears
 from spiral_fast.ops import dispatch
 from spiral_fast.policy_step.advantages import advantages
@@ -16,8 +18,8 @@ from spiral_fast.policy_step.config import SpiralConfig
 from spiral_fast.policy_step.counts import global_counts
 from spiral_fast.policy_step.forward import lm_head, response_logprobs
 from spiral_fast.policy_step.losses import role_losses
-from spiral_fast.policy_step.metrics import MetricSums, metrics
 from spiral_fast.policy_step.memory_estimate import micro_batch_budget
+from spiral_fast.policy_step.metrics import MetricSums, metrics
 from spiral_fast.policy_step.microbatch import micro_batches
 from spiral_fast.policy_step.model_context import activation_checkpointing, attention_implementation
 from spiral_fast.policy_step.optimizer import finish
@@ -29,6 +31,7 @@ from spiral_fast.policy_step.wrappers import forward_rounds, unwrap, within_forw
 class StepOutput:
     """loss: 0-dim float32 tensor (detached, CPU), the whole-batch loss (all ranks).
     metrics: dict of floats (see ``spiral_fast.step``)."""
+
     loss: torch.Tensor
     metrics: dict
 
@@ -92,8 +95,12 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
         register_attention()
     attn = ATTN_NAME if config.gradient_checkpointing else None
     # fused_lora_linears: PEFT's LoRA layers as one autograd node each (ops.lora_linear), forward and backward
-    with activation_checkpointing(model, config.gradient_checkpointing), attention_implementation(model, attn), \
-            fused_lora_linears(model), dispatch.recording() as backends:
+    with (
+        activation_checkpointing(model, config.gradient_checkpointing),
+        attention_implementation(model, attn),
+        fused_lora_linears(model),
+        dispatch.recording() as backends,
+    ):
         for i in range(forward_rounds(len(bins), wrapped.fsdp_root)):
             # i >= len(bins): a stand-in forward/backward (zero loss) joining the other ranks' FSDP2 collectives
             real = i < len(bins)
@@ -102,19 +109,41 @@ def step(model, batch, *, config=SpiralConfig(), optimizer=None) -> StepOutput:
             # trained rows in (seq, pos) order, the order of the old log-probs; the LM head is read
             # inside the forward: under FSDP2 that is where the root's parameters are unsharded.
             # Parallel mode: a DAG, each h_j + z_jg over the keys and values of its set's traces
-            logp, entropy, packed = within_forward(wrapped.fsdp_root, lambda: response_logprobs(
-                model, seqs.tokens, seqs.prompt_lens, config, return_entropy=True, contexts=seqs.contexts,
-                share_limits=seqs.share_limits))
+            logp, entropy, packed = within_forward(
+                wrapped.fsdp_root,
+                lambda: response_logprobs(
+                    model,
+                    seqs.tokens,
+                    seqs.prompt_lens,
+                    config,
+                    return_entropy=True,
+                    contexts=seqs.contexts,
+                    share_limits=seqs.share_limits,
+                ),
+            )
             old = torch.where(seqs.old_given.to(device), seqs.old_logp.to(device), logp.detach())
             ref = None if seqs.ref_logp is None else seqs.ref_logp.to(device)
             loss, loss_sums = role_losses(policy_loss, logp, seqs, old, ref, counts, config)
             (loss * (scale if real else 0.0)).backward()
             if real:
-                sums = sums + loss_sums + MetricSums(entropy=entropy.detach().sum(), unique_tokens=packed.num_tokens,
-                                                     sequence_tokens=int(packed.seq_lengths.sum()), micro_batches=1)
+                sums = (
+                    sums
+                    + loss_sums
+                    + MetricSums(
+                        entropy=entropy.detach().sum(),
+                        unique_tokens=packed.num_tokens,
+                        sequence_tokens=int(packed.seq_lengths.sum()),
+                        micro_batches=1,
+                    )
+                )
                 sums = sums + MetricSums.mismatch_of(old, logp, seqs.old_given.to(device))
-    grad_norm, skipped = finish(model, optimizer, config, ddp=wrapped.average_grads,
-                                 loss=torch.as_tensor(sums.trace_loss) + torch.as_tensor(sums.agg_loss))
+    grad_norm, skipped = finish(
+        model,
+        optimizer,
+        config,
+        ddp=wrapped.average_grads,
+        loss=torch.as_tensor(sums.trace_loss) + torch.as_tensor(sums.agg_loss),
+    )
     out = metrics(sums, counts, grad_norm, device)
     if optimizer is not None:
         out["nonfinite"] = float(skipped)

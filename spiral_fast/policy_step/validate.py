@@ -1,4 +1,5 @@
 """Argument checks of ``step``, ``step_reference`` and ``batch_logprobs``: ValueError naming what is wrong."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,10 @@ def check_args(model, batch, config, optimizer) -> None:
     if config.kl_coef > 0:
         for p, pr in enumerate(batch.problems):
             if pr.trace_ref_logprobs is None or pr.agg_ref_logprobs is None:
-                raise ValueError(f"config.kl_coef={config.kl_coef} needs reference log-probs, but problems[{p}] has "
-                                 "no trace_ref_logprobs / agg_ref_logprobs")
+                raise ValueError(
+                    f"config.kl_coef={config.kl_coef} needs reference log-probs, but problems[{p}] has "
+                    "no trace_ref_logprobs / agg_ref_logprobs"
+                )
 
 
 def check_inputs(model, batch, config) -> None:
@@ -28,5 +31,7 @@ def check_inputs(model, batch, config) -> None:
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "get_output_embeddings"):
         raise ValueError(f"model must be a Hugging Face causal LM, got {type(model).__name__}")
     if getattr(model.get_output_embeddings(), "weight", None) is None:
-        raise ValueError(f"model {type(model).__name__} has no LM head (get_output_embeddings() has no weight): "
-                         "pass the ...ForCausalLM model, not its base model")
+        raise ValueError(
+            f"model {type(model).__name__} has no LM head (get_output_embeddings() has no weight): "
+            "pass the ...ForCausalLM model, not its base model"
+        )

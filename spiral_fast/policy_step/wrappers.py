@@ -5,10 +5,11 @@ itself), so each wrapper is handled here: unwrapped where its forward adds nothi
 its hooks run around the step's forward where they hold the weights (FSDP2), rejected with what to
 pass instead where it cannot work.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -22,6 +23,7 @@ class Unwrapped:
     fsdp_root: the FSDP2 module whose forward hooks must run around each forward (None without FSDP2);
     average_grads: the step averages the plain gradients over ranks itself, once (a DDP model: its
     reducer only fires after its own forward, which the step never runs)."""
+
     model: torch.nn.Module
     fsdp_root: torch.nn.Module | None
     average_grads: bool
@@ -43,16 +45,20 @@ def unwrap(model) -> Unwrapped:
         elif type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
             model = model._orig_mod
         elif isinstance(model, DataParallel):
-            raise ValueError("model is a torch.nn.DataParallel, which spiral_fast.step cannot drive (it splits the "
-                             "forward's inputs, the step runs its own forward): pass model.module, or use "
-                             "DistributedDataParallel / fully_shard with one process per device")
+            raise ValueError(
+                "model is a torch.nn.DataParallel, which spiral_fast.step cannot drive (it splits the "
+                "forward's inputs, the step runs its own forward): pass model.module, or use "
+                "DistributedDataParallel / fully_shard with one process per device"
+            )
         else:
             break
     fsdp1 = _fsdp1_class()
     if fsdp1 is not None and isinstance(model, fsdp1):
-        raise ValueError("model is wrapped with FSDP1 (FullyShardedDataParallel), whose flat parameters the step "
-                         "cannot read: shard it with FSDP2 (torch.distributed.fsdp.fully_shard on each decoder "
-                         "layer and on the model) instead")
+        raise ValueError(
+            "model is wrapped with FSDP1 (FullyShardedDataParallel), whose flat parameters the step "
+            "cannot read: shard it with FSDP2 (torch.distributed.fsdp.fully_shard on each decoder "
+            "layer and on the model) instead"
+        )
     # a LoRA PeftModel runs as the model it wraps, adapters active (an FSDP2 root stays the outer module)
     return Unwrapped(unwrap_peft(model), _fsdp2_root(model), average)
 
@@ -76,9 +82,11 @@ def within_forward(root: torch.nn.Module | None, fn: Callable[[], tuple]):
 def _check_ddp_group(ddp) -> None:
     group = getattr(ddp, "process_group", None)
     if group is not None and world_size(group) != world_size():
-        raise ValueError(f"model is a DistributedDataParallel over a process group of {world_size(group)} "
-                         f"ranks, but spiral_fast.step sums its normalisers over the default group of "
-                         f"{world_size()}: wrap the model over the default group")
+        raise ValueError(
+            f"model is a DistributedDataParallel over a process group of {world_size(group)} "
+            f"ranks, but spiral_fast.step sums its normalisers over the default group of "
+            f"{world_size()}: wrap the model over the default group"
+        )
 
 
 def _fsdp2_root(model):

@@ -16,6 +16,7 @@ unpickler that admits only DCP's metadata classes, and DCP's non-tensor values (
 param groups) with ``weights_only=True``. A file holding anything else is refused with a
 ``ValueError`` naming it, before anything of it runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,11 @@ def latest(output: str) -> str | None:
     there is none)."""
     if not os.path.isdir(output):
         return None
-    found = [(int(m.group(1)), name) for name in os.listdir(output)
-             if (m := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isfile(os.path.join(output, name, STATE))]
+    found = [
+        (int(m.group(1)), name)
+        for name in os.listdir(output)
+        if (m := re.fullmatch(r"checkpoint-(\d+)", name)) and os.path.isfile(os.path.join(output, name, STATE))
+    ]
     return os.path.join(output, max(found)[1]) if found else None
 
 
@@ -99,16 +103,23 @@ def _load_tensors(path: str):
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
-        raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain containers "
-                         f"(loaded with weights_only=True; a checkpoint written by spiral-fast never does). "
-                         f"Was it written by someone else? Details: {err}") from None
+        raise ValueError(
+            f"refusing to load {path}: it holds objects other than tensors and plain containers "
+            f"(loaded with weights_only=True; a checkpoint written by spiral-fast never does). "
+            f"Was it written by someone else? Details: {err}"
+        ) from None
 
 
 # the classes DCP's .metadata pickle holds (torch.distributed.checkpoint.metadata / filesystem)
-_DCP_MODULES = {"torch.distributed.checkpoint.metadata": None, "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-                "torch.serialization": {"_get_layout"}, "pathlib": {"Path", "PosixPath", "PurePosixPath",
-                                                                    "WindowsPath", "PureWindowsPath"},
-                "torch": {"Size"}, "collections": {"OrderedDict"}, "builtins": {"set", "frozenset", "slice"}}
+_DCP_MODULES = {
+    "torch.distributed.checkpoint.metadata": None,
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"Path", "PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "torch": {"Size"},
+    "collections": {"OrderedDict"},
+    "builtins": {"set", "frozenset", "slice"},
+}
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -145,8 +156,9 @@ def _safe_dcp():
                 try:
                     metadata = _MetadataUnpickler(fh).load()
                 except pickle.UnpicklingError as err:
-                    raise ValueError(f"refusing to load {path}: {err} (only DCP's metadata classes are "
-                                     f"unpickled from a checkpoint)") from None
+                    raise ValueError(
+                        f"refusing to load {path}: {err} (only DCP's metadata classes are unpickled from a checkpoint)"
+                    ) from None
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -157,8 +169,10 @@ def _safe_dcp():
             try:
                 obj = torch.load(value, weights_only=True)
             except pickle.UnpicklingError as err:
-                raise ValueError(f"refusing to load {read_item.dest_index.fqn} of the checkpoint: it is not tensors "
-                                 f"and plain containers ({err})") from None
+                raise ValueError(
+                    f"refusing to load {read_item.dest_index.fqn} of the checkpoint: it is not tensors "
+                    f"and plain containers ({err})"
+                ) from None
             from torch.distributed.checkpoint._traverse import set_element  # as DefaultLoadPlanner.load_bytes
 
             if self.flatten_state_dict:
@@ -169,8 +183,19 @@ def _safe_dcp():
     return Reader, Planner
 
 
-def save(output: str, step: int, *, model, optimizer, scheduler, data_position: int, tokenizer, rank: int,
-         world: int, extra: dict | None = None) -> str:
+def save(
+    output: str,
+    step: int,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    data_position: int,
+    tokenizer,
+    rank: int,
+    world: int,
+    extra: dict | None = None,
+) -> str:
     """Write ``output/checkpoint-STEP`` (every rank calls this: the saves are collectives).
     ``extra``: more fields of state.json (JSON values). A folder of that name already there
     (an incomplete save, or a run restarted without --resume) is removed first, its state.json
@@ -208,9 +233,18 @@ def save(output: str, step: int, *, model, optimizer, scheduler, data_position: 
         torch.save(scheduler.state_dict(), os.path.join(path, "scheduler.pt"))
     barrier()
     if rank == 0:  # last, atomically: the checkpoint is complete once this file exists
-        _write_atomic(os.path.join(path, STATE), json.dumps(
-            {"step": step, "data_position": data_position, "world_size": world, "optimizer_fresh": fresh,
-             **(extra or {})}))
+        _write_atomic(
+            os.path.join(path, STATE),
+            json.dumps(
+                {
+                    "step": step,
+                    "data_position": data_position,
+                    "world_size": world,
+                    "optimizer_fresh": fresh,
+                    **(extra or {}),
+                }
+            ),
+        )
     barrier()
     return path
 
@@ -231,8 +265,13 @@ def load(path: str, *, model, optimizer, scheduler, rank: int) -> dict:
     # raises if a trainable key is missing
     dcp.load(state, storage_reader=reader(os.path.join(path, "dcp")), planner=planner())
     # strict=False: the frozen base weights are not in the checkpoint (they are model.path's)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optim"],
+        options=StateDictOptions(ignore_frozen_params=True, strict=False),
+    )
     if state_json.get("optimizer_fresh"):  # saved before any optimizer step: as fresh as it was (see save)
         optimizer.state.clear()
     scheduler.load_state_dict(_load_tensors(os.path.join(path, "scheduler.pt")))

@@ -1,6 +1,7 @@
 """``spiral-fast train``: a run of the one loop (``recipe.loop``) built from a TOML config
 (``recipe.config``): the model (a local HF folder or a ``.gguf`` file, with a LoRA), the
 ``MathTask``, the sampler, AdamW with a warm-up, metrics, samples, evaluation and checkpoints."""
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,13 @@ def build_sampler(cfg, model, task, world: int):
     if resolve_engine(cfg.rollout.engine, model) == "vllm":
         dtype = cfg.rollout.dtype or cfg.model.dtype
         source = HFSampler(model, copy=True).model if world > 1 else model
-        extra = {} if cfg.rollout.kv_cache_gb is None else {"kv_cache_memory_bytes": int(cfg.rollout.kv_cache_gb * 2**30)}
-        return VLLMSampler(source, seed=cfg.train.seed, dtype=dtype,
-                           gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, **extra)
-    return HFSampler(model, pad_token_id=task.pad_token_id, copy=world > 1,
-                     merged=world == 1 and is_peft_model(model))
+        extra = (
+            {} if cfg.rollout.kv_cache_gb is None else {"kv_cache_memory_bytes": int(cfg.rollout.kv_cache_gb * 2**30)}
+        )
+        return VLLMSampler(
+            source, seed=cfg.train.seed, dtype=dtype, gpu_memory_utilization=cfg.rollout.gpu_memory_utilization, **extra
+        )
+    return HFSampler(model, pad_token_id=task.pad_token_id, copy=world > 1, merged=world == 1 and is_peft_model(model))
 
 
 class MetricsLog:
@@ -96,11 +99,20 @@ def evaluate_run(sampler, task, problems: list, cfg, step: int) -> dict:
     e, r = cfg.eval, cfg.rollout
     torch.manual_seed(problem_seed(cfg.train.seed, "eval", step))
     res = recursive_aggregation(
-        sampler, [task.prompt(p) for p in problems], template=task.template,
-        score_fn=lambda p, resp: task.score(problems[p], resp), population=e.rsa_population,
-        set_size=e.rsa_set_size, steps=e.rsa_steps, temperature=r.temperature, max_new_tokens=r.max_new_tokens,
-        agg_max_new_tokens=r.agg_max_new_tokens, eos_token_id=task.eos_token_id, pad_token_id=task.pad_token_id,
-        generator=torch.Generator().manual_seed(cfg.train.seed))
+        sampler,
+        [task.prompt(p) for p in problems],
+        template=task.template,
+        score_fn=lambda p, resp: task.score(problems[p], resp),
+        population=e.rsa_population,
+        set_size=e.rsa_set_size,
+        steps=e.rsa_steps,
+        temperature=r.temperature,
+        max_new_tokens=r.max_new_tokens,
+        agg_max_new_tokens=r.agg_max_new_tokens,
+        eos_token_id=task.eos_token_id,
+        pad_token_id=task.pad_token_id,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
     out = {f"eval/rsa_acc_{t}": a for t, a in enumerate(res.accuracy)}
     first = res.populations[0]
     correct = [sum(task.score(problems[p], resp) == 1.0 for resp in rows) for p, rows in enumerate(first)]
@@ -110,8 +122,10 @@ def evaluate_run(sampler, task, problems: list, cfg, step: int) -> dict:
     for p, rows in enumerate(first):
         answers = [task.answer_of(resp) for resp in rows]
         winner = majority_vote(answers)
-        votes.append(winner is not None and any(a == winner and task.score(problems[p], resp) == 1.0
-                                                for a, resp in zip(answers, rows)))
+        votes.append(
+            winner is not None
+            and any(a == winner and task.score(problems[p], resp) == 1.0 for a, resp in zip(answers, rows))
+        )
     out["eval/majority"] = sum(votes) / len(votes)
     return out
 
@@ -123,11 +137,17 @@ def sample_lines(task, batch, problems: list, step: int) -> list[dict]:
     lines = []
     for pr, problem in zip(batch.problems, problems):
         text, answer = task.describe(problem) if problem is not None else (task.decode(pr.prompt.tolist()), "")
-        lines.append({"step": step, "problem": text, "answer": answer,
-                      "traces": [task.decode(y.tolist()) for y in pr.traces],
-                      "sets": [list(s) for s in pr.sets],
-                      "aggregations": [[task.decode(z.tolist()) for z in zs] for zs in pr.aggregations],
-                      "rewards": [list(rs) for rs in pr.rewards]})
+        lines.append(
+            {
+                "step": step,
+                "problem": text,
+                "answer": answer,
+                "traces": [task.decode(y.tolist()) for y in pr.traces],
+                "sets": [list(s) for s in pr.sets],
+                "aggregations": [[task.decode(z.tolist()) for z in zs] for zs in pr.aggregations],
+                "rewards": [list(rs) for rs in pr.rewards],
+            }
+        )
     return lines
 
 
@@ -135,17 +155,30 @@ def build_task(cfg, tokenizer) -> MathTask:
     """The run's task: a ``MathTask`` over data.train and the first eval.num_problems rows of data.eval
     (source "jsonl"), or a ``ReasoningGymTask`` (source "reasoning_gym"); the prompts and the reward."""
     d, p = cfg.data, cfg.prompts
-    prompts = dict(search=p.search, aggregation=p.aggregation, candidate=p.candidate,
-                   reward_timeout_s=cfg.reward.timeout_s)
+    prompts = dict(
+        search=p.search, aggregation=p.aggregation, candidate=p.candidate, reward_timeout_s=cfg.reward.timeout_s
+    )
     if d.source == "reasoning_gym":
         from spiral_fast.tasks.reasoning_gym import ReasoningGymTask  # reasoning_gym: an optional dependency
 
-        task = ReasoningGymTask(tokenizer, d.task, d.task_config, train_size=d.train_size, eval_size=d.eval_size,
-                                seed=cfg.train.seed, **prompts)
-        task.eval_rows = task.eval_rows[:cfg.eval.num_problems]
+        task = ReasoningGymTask(
+            tokenizer,
+            d.task,
+            d.task_config,
+            train_size=d.train_size,
+            eval_size=d.eval_size,
+            seed=cfg.train.seed,
+            **prompts,
+        )
+        task.eval_rows = task.eval_rows[: cfg.eval.num_problems]
         return task
-    return MathTask(tokenizer, load_jsonl(d.train), load_jsonl(d.eval)[:cfg.eval.num_problems] if d.eval else [],
-                    reward=cfg.reward.kind, **prompts)
+    return MathTask(
+        tokenizer,
+        load_jsonl(d.train),
+        load_jsonl(d.eval)[: cfg.eval.num_problems] if d.eval else [],
+        reward=cfg.reward.kind,
+        **prompts,
+    )
 
 
 def evaluate_config(cfg, config: EvalConfig, *, checkpoint_dir: str | None = None) -> EvalResult:
@@ -157,8 +190,9 @@ def evaluate_config(cfg, config: EvalConfig, *, checkpoint_dir: str | None = Non
     from dataclasses import replace
 
     rank, world, device = distributed.init(cfg.train.device)
-    model, tokenizer = load_model(cfg, device, adapter=None if checkpoint_dir is None else
-                                  os.path.join(checkpoint_dir, "adapter"))
+    model, tokenizer = load_model(
+        cfg, device, adapter=None if checkpoint_dir is None else os.path.join(checkpoint_dir, "adapter")
+    )
     model.eval()
     task = build_task(cfg, tokenizer)
     if not task.eval_rows:
@@ -166,8 +200,9 @@ def evaluate_config(cfg, config: EvalConfig, *, checkpoint_dir: str | None = Non
     if cfg.data.source == "jsonl":
         task.eval_rows = load_jsonl(cfg.data.eval)
     problems = task.eval_problems(config.problems)
-    config = replace(config, max_new_tokens=cfg.rollout.max_new_tokens,
-                     agg_max_new_tokens=cfg.rollout.agg_max_new_tokens)
+    config = replace(
+        config, max_new_tokens=cfg.rollout.max_new_tokens, agg_max_new_tokens=cfg.rollout.agg_max_new_tokens
+    )
     sampler = build_sampler(cfg, model, task, world)
     try:
         results = evaluate_task(sampler, task, problems, config, progress=True)
@@ -186,13 +221,24 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
     if world > 1:
         distributed.shard(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                  weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+    )
     warmup = cfg.optim.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    trainer = Trainer(model=model, sampler=sampler, task=task, settings=cfg.rollout, config=cfg.algorithm,
-                      optimizer=optimizer, scheduler=scheduler, rank=rank, world=world, device=device,
-                      seed=cfg.train.seed)
+    trainer = Trainer(
+        model=model,
+        sampler=sampler,
+        task=task,
+        settings=cfg.rollout,
+        config=cfg.algorithm,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        rank=rank,
+        world=world,
+        device=device,
+        seed=cfg.train.seed,
+    )
     out_dir, t = cfg.train.output, cfg.train
     start, position, state = 0, 0, {}
     ckpt = checkpoint.latest(out_dir) if resume else None  # the latest complete one (with state.json)
@@ -210,8 +256,10 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
             fh.write(f"# spiral_fast {__version__}, world size {world}\n" + to_toml(cfg.raw))
         logger.truncate(start)
         if cfg.reward.kind == "math" and not has_math_verify():
-            log.warning("reward 'math': math-verify is not installed, using the normalised exact match of the final "
-                        "answer (pip install math-verify)")
+            log.warning(
+                "reward 'math': math-verify is not installed, using the normalised exact match of the final "
+                "answer (pip install math-verify)"
+            )
         if ckpt is not None:
             tqdm.write(f"resumed from {ckpt} (step {start})")
         elif resume:
@@ -230,21 +278,34 @@ def train(cfg, *, resume: bool = False, progress: bool = True) -> list[dict]:
         nonfinite.check(row["step"], last_saved[0])  # NonFiniteError: no checkpoint of a bad state
         stop = preemption.agreed()  # every rank, every step: a signal to one rank stops all
         if not bad and (stop or (t.save_every and row["step"] % t.save_every == 0) or row["step"] == t.steps):
-            last_saved[0] = checkpoint.save(out_dir, row["step"], model=model, optimizer=optimizer,
-                                            scheduler=scheduler, data_position=source.position, tokenizer=tokenizer,
-                                            rank=rank, world=world, extra={"nonfinite_steps": nonfinite.total})
+            last_saved[0] = checkpoint.save(
+                out_dir,
+                row["step"],
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                data_position=source.position,
+                tokenizer=tokenizer,
+                rank=rank,
+                world=world,
+                extra={"nonfinite_steps": nonfinite.total},
+            )
         elif bad and (stop or row["step"] == t.steps) and rank == 0:
             log.warning("step %d: no finite step since the last non-finite one, no checkpoint written", row["step"])
         if stop and rank == 0:
             name = signal.Signals(stop).name
-            tqdm.write(f"spiral-fast train: stopped by {name} after step {row['step']}; the latest complete "
-                       f"checkpoint is {last_saved[0] or 'none'}; continue with --resume", file=sys.stderr)
+            tqdm.write(
+                f"spiral-fast train: stopped by {name} after step {row['step']}; the latest complete "
+                f"checkpoint is {last_saved[0] or 'none'}; continue with --resume",
+                file=sys.stderr,
+            )
         return bool(stop)
 
     try:
         with preemption:
-            rows = train_loop(trainer, source, steps=t.steps, start=start, progress=progress, desc="spiral train",
-                              on_step=after_step)
+            rows = train_loop(
+                trainer, source, steps=t.steps, start=start, progress=progress, desc="spiral train", on_step=after_step
+            )
     finally:
         sampler.close()
     distributed.close()  # after a run that ended well on every rank (a failed rank's peers are stopped by torchrun)

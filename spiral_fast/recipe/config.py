@@ -8,6 +8,7 @@ key whose value may be None takes the string "none". Each setting has one home: 
 ``optim.max_grad_norm``, ``model.gradient_checkpointing``; their older ``algorithm.*`` spellings still
 load, with a DeprecationWarning naming the new key (``MOVED``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,13 +33,24 @@ from spiral_fast.recipe.sections import (
 )
 from spiral_fast.rollout.config import RolloutConfig
 
-SECTIONS = {"model": ModelConfig, "lora": LoRAConfig, "data": DataConfig, "prompts": PromptsConfig,
-            "reward": RewardConfig, "rollout": RolloutConfig, "algorithm": SpiralConfig, "optim": OptimConfig,
-            "train": TrainConfig, "eval": EvaluationConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "lora": LoRAConfig,
+    "data": DataConfig,
+    "prompts": PromptsConfig,
+    "reward": RewardConfig,
+    "rollout": RolloutConfig,
+    "algorithm": SpiralConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "eval": EvaluationConfig,
+}
 # old spelling -> the setting's one home; the step's SpiralConfig takes these from their homes
-MOVED = {("algorithm", "temperature"): ("rollout", "temperature"),
-         ("algorithm", "max_grad_norm"): ("optim", "max_grad_norm"),
-         ("algorithm", "gradient_checkpointing"): ("model", "gradient_checkpointing")}
+MOVED = {
+    ("algorithm", "temperature"): ("rollout", "temperature"),
+    ("algorithm", "max_grad_norm"): ("optim", "max_grad_norm"),
+    ("algorithm", "gradient_checkpointing"): ("model", "gradient_checkpointing"),
+}
 
 
 def _schema_of(section: str, cls) -> dict:
@@ -93,12 +105,15 @@ def _move_old_spellings(source: dict, where: str) -> None:
         if key not in source.get(old_s, {}):
             continue
         value = source[old_s].pop(key)
-        warnings.warn(f"config key {old_s}.{key} is deprecated: use {new_s}.{new_key}", DeprecationWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"config key {old_s}.{key} is deprecated: use {new_s}.{new_key}", DeprecationWarning, stacklevel=3
+        )
         home = source.setdefault(new_s, {})
         if new_key in home and home[new_key] != value:
-            raise ValueError(f"config keys {old_s}.{key}={value!r} and {new_s}.{new_key}={home[new_key]!r} are one "
-                             f"value, given twice by {where}: give {new_s}.{new_key} only")
+            raise ValueError(
+                f"config keys {old_s}.{key}={value!r} and {new_s}.{new_key}={home[new_key]!r} are one "
+                f"value, given twice by {where}: give {new_s}.{new_key} only"
+            )
         home[new_key] = value
 
 
@@ -121,8 +136,9 @@ def _build(section: str, cls, values: dict):
             continue
         accepted = tuple(t for t in types if isinstance(t, type)) + ((int,) if float in types else ())
         if object not in types and not isinstance(v, accepted):
-            names = " or ".join('"none"' if t == "none" else "a number" if t is float else t.__name__
-                                for t in dict.fromkeys(types))
+            names = " or ".join(
+                '"none"' if t == "none" else "a number" if t is float else t.__name__ for t in dict.fromkeys(types)
+            )
             raise ValueError(f"config key {section}.{key} must be {names}, got {v!r}")
         if isinstance(v, bool) and bool not in types:
             raise ValueError(f"config key {section}.{key} must be {types[0].__name__}, got {v!r}")
@@ -178,9 +194,11 @@ def _check_run(cfg: dict) -> None:
     if cfg["algorithm"].aggregation != "text":
         # the command renders aggregation prompts as text (prompts.aggregation with the candidates):
         # training them in parallel mode would read a whole text prompt as the head
-        raise ValueError(f"config key algorithm.aggregation must be \"text\" for spiral-fast train "
-                         f"(parallel mode is available through spiral_fast.rollout / spiral_fast.step), "
-                         f"got {cfg['algorithm'].aggregation!r}")
+        raise ValueError(
+            f'config key algorithm.aggregation must be "text" for spiral-fast train '
+            f"(parallel mode is available through spiral_fast.rollout / spiral_fast.step), "
+            f"got {cfg['algorithm'].aggregation!r}"
+        )
     check_engine(cfg["rollout"].engine)
 
 

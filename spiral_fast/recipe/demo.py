@@ -5,6 +5,7 @@ single traces, each scored on its own answer, with GRPO's group advantage, on th
 sampled response tokens per problem. ``run_compare`` trains both from the
 same seed and evaluates them with pass@k, majority vote and recursive self-aggregation.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,7 @@ class DemoConfig:
     """
 
     iterations: int = setting(150, "training iterations (rollout + one optimizer step each)")
-    seed: int = setting(0, "seed of the model init, problems, sets and sampling", minimum=-2**63)
+    seed: int = setting(0, "seed of the model init, problems, sets and sampling", minimum=-(2**63))
     problems: int = setting(8, "problems per iteration P (RolloutConfig.problems_per_step)")
     traces: int = setting(8, "traces sampled per problem N (RolloutConfig.num_traces)")
     sets: int = setting(4, "sets drawn per problem M (RolloutConfig.num_sets)")
@@ -69,28 +70,43 @@ class DemoConfig:
     temperature: float = setting(1.0, "sampling and training temperature (RolloutConfig.temperature)")
     hidden_size: int = setting(64, "hidden size of the tiny Qwen2 model")
     layers: int = setting(2, "decoder layers of the tiny Qwen2 model")
-    step_impl: str = setting("step", "spiral_fast.step ('step') or the naive oracle spiral_fast.step_reference",
-                             choices=STEP_IMPLS)
+    step_impl: str = setting(
+        "step", "spiral_fast.step ('step') or the naive oracle spiral_fast.step_reference", choices=STEP_IMPLS
+    )
     threads: int = setting(1, "torch intra-op threads (1 is fastest for the tiny model on a shared CPU)")
-    method: str = setting("spiral", "spiral, or grpo: single traces scored on their own answers, N + M*G per "
-                          "problem (RolloutConfig.method with grpo_match 'count')", choices=METHODS)
-    dynamic_sampling: bool = setting(False, "drop problems whose advantages are all zero and sample more (paper; "
-                                     "RolloutConfig.dynamic_sampling)")
-    max_extra_rounds: int = setting(4, "dynamic sampling: extra rollouts per iteration at most "
-                                    "(RolloutConfig.max_extra_rounds)", minimum=0)
-    engine: str = setting("hf", "sampler: transformers generate ('hf') or an in-process vLLM engine synced after "
-                          "every step ('vllm'; needs vLLM, see README; the model then has attention heads of size "
-                          "32)", choices=ENGINES)
-    aggregation: str = setting("text", "'text' (traces rendered into the aggregation prompt) or 'parallel' (read as "
-                               "keys and values; HF engine)", choices=AGGREGATIONS)
+    method: str = setting(
+        "spiral",
+        "spiral, or grpo: single traces scored on their own answers, N + M*G per "
+        "problem (RolloutConfig.method with grpo_match 'count')",
+        choices=METHODS,
+    )
+    dynamic_sampling: bool = setting(
+        False, "drop problems whose advantages are all zero and sample more (paper; RolloutConfig.dynamic_sampling)"
+    )
+    max_extra_rounds: int = setting(
+        4, "dynamic sampling: extra rollouts per iteration at most (RolloutConfig.max_extra_rounds)", minimum=0
+    )
+    engine: str = setting(
+        "hf",
+        "sampler: transformers generate ('hf') or an in-process vLLM engine synced after "
+        "every step ('vllm'; needs vLLM, see README; the model then has attention heads of size "
+        "32)",
+        choices=ENGINES,
+    )
+    aggregation: str = setting(
+        "text",
+        "'text' (traces rendered into the aggregation prompt) or 'parallel' (read as keys and values; HF engine)",
+        choices=AGGREGATIONS,
+    )
 
     def __post_init__(self):
         check_settings(self)
         if self.set_size > self.traces:
             raise ValueError(f"set_size must be <= traces ({self.traces}), got {self.set_size}")
         if self.aggregation == "parallel" and self.engine != "hf":
-            raise ValueError(f"aggregation='parallel' needs engine='hf' (vLLM cannot merge KV caches), "
-                             f"got engine={self.engine!r}")
+            raise ValueError(
+                f"aggregation='parallel' needs engine='hf' (vLLM cannot merge KV caches), got engine={self.engine!r}"
+            )
         try:
             self.rollout  # noqa: B018 - the RolloutConfig it derives validates the rest (e.g. M <= C(N, K))
         except ValueError as err:
@@ -104,12 +120,23 @@ class DemoConfig:
         """The loop's ``RolloutConfig`` of this demo: one-token responses; GRPO matched by response
         count (its documented match: N + M*G one-token traces per problem); the members of a set in
         their drawn order; no oversampling."""
-        return RolloutConfig(engine=self.engine, method=self.method, grpo_match="count",
-                             problems_per_step=self.problems, num_traces=self.traces, num_sets=self.sets,
-                             set_size=self.set_size, num_aggregations=self.aggregations, max_new_tokens=1,
-                             agg_max_new_tokens=1, temperature=self.temperature, candidate_order="random",
-                             dynamic_sampling=self.dynamic_sampling, oversample=0.0,
-                             max_extra_rounds=self.max_extra_rounds)
+        return RolloutConfig(
+            engine=self.engine,
+            method=self.method,
+            grpo_match="count",
+            problems_per_step=self.problems,
+            num_traces=self.traces,
+            num_sets=self.sets,
+            set_size=self.set_size,
+            num_aggregations=self.aggregations,
+            max_new_tokens=1,
+            agg_max_new_tokens=1,
+            temperature=self.temperature,
+            candidate_order="random",
+            dynamic_sampling=self.dynamic_sampling,
+            oversample=0.0,
+            max_extra_rounds=self.max_extra_rounds,
+        )
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -118,8 +145,12 @@ class DemoConfig:
 
 
 # RolloutConfig's field -> the demo's name of the same quantity (its error messages name the demo's)
-_DEMO_NAMES = {"problems_per_step": "problems", "num_traces": "traces", "num_sets": "sets",
-               "num_aggregations": "aggregations"}
+_DEMO_NAMES = {
+    "problems_per_step": "problems",
+    "num_traces": "traces",
+    "num_sets": "sets",
+    "num_aggregations": "aggregations",
+}
 
 
 @dataclass(frozen=True)
@@ -131,15 +162,17 @@ class DemoRun:
     history: list
 
 
-def run_demo(config: DemoConfig, *, on_iteration: Callable[[dict], None] | None = None,
-             progress: bool = True) -> list[dict]:
+def run_demo(
+    config: DemoConfig, *, on_iteration: Callable[[dict], None] | None = None, progress: bool = True
+) -> list[dict]:
     """Train a tiny random Qwen2 on the toy task; returns one metrics dict per iteration
     (``train_demo(...).history``)."""
     return train_demo(config, on_iteration=on_iteration, progress=progress).history
 
 
-def train_demo(config: DemoConfig, *, on_iteration: Callable[[dict], None] | None = None,
-               progress: bool = True) -> DemoRun:
+def train_demo(
+    config: DemoConfig, *, on_iteration: Callable[[dict], None] | None = None, progress: bool = True
+) -> DemoRun:
     """Train a tiny random Qwen2 on the toy task with ``config.method``; returns a :class:`DemoRun`.
 
     Deterministic for a given config.seed (model init, problems, sets and sampling are all seeded).
@@ -170,11 +203,27 @@ def demo_row(row: dict, *, synced: bool = False) -> dict:
     trained_problems, loss, step/<metric> for the step's metrics, sync_seconds (``synced``: a vLLM
     sampler), seconds (whole iteration)."""
     rollout_keys = ("reward", "agg_reward", "set_value", "set_value_std", "trace_acc")
-    out = {"iteration": row["step"] - 1, **{k: row[k] for k in rollout_keys if k in row},
-           "dropped": int(row["problems_dropped"]), "trained_problems": int(row["problems"]), "loss": row["loss"]}
-    skip = set(rollout_keys) | {"step", "problems", "problems_dropped", "problems_sampled", "rounds", "lr", "loss",
-                                "trace_tokens_sampled", "agg_tokens_sampled", "seconds_rollout", "seconds_step",
-                                "seconds_sync"}
+    out = {
+        "iteration": row["step"] - 1,
+        **{k: row[k] for k in rollout_keys if k in row},
+        "dropped": int(row["problems_dropped"]),
+        "trained_problems": int(row["problems"]),
+        "loss": row["loss"],
+    }
+    skip = set(rollout_keys) | {
+        "step",
+        "problems",
+        "problems_dropped",
+        "problems_sampled",
+        "rounds",
+        "lr",
+        "loss",
+        "trace_tokens_sampled",
+        "agg_tokens_sampled",
+        "seconds_rollout",
+        "seconds_step",
+        "seconds_sync",
+    }
     out.update({f"step/{k}": float(v) for k, v in row.items() if k not in skip and isinstance(v, (int, float))})
     if synced and row["problems"] > 0:  # a vLLM engine took the new weights
         out["sync_seconds"] = row["seconds_sync"]
@@ -189,18 +238,25 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> DemoRun:
     if config.engine == "vllm":  # vLLM's CPU attention has no head size below 32: heads of 32
         h = max(1, config.hidden_size // 32)
         heads = dict(num_heads=h, num_kv_heads=h // 2 if h % 2 == 0 else h)
-    model = tiny_qwen2(len(task.tokenizer), seed=config.seed, hidden_size=config.hidden_size,
-                       num_layers=config.layers, **heads)
+    model = tiny_qwen2(
+        len(task.tokenizer), seed=config.seed, hidden_size=config.hidden_size, num_layers=config.layers, **heads
+    )
     model.train()
     if config.engine == "vllm":
         sampler = VLLMSampler(model, dtype="float32", seed=config.seed, kv_cache_memory_bytes=64 << 20)
     else:
         sampler = HFSampler(model, pad_token_id=task.pad_token_id)
-    trainer = Trainer(model=model, sampler=sampler, task=task, settings=demo_settings(config),
-                      config=SpiralConfig(temperature=config.temperature, aggregation=config.aggregation),
-                      optimizer=torch.optim.AdamW(model.parameters(), lr=config.lr),
-                      step_fn=STEP_FUNCTIONS[config.step_impl], aggregation=config.aggregation,
-                      agg_head=demo_agg_head(config))
+    trainer = Trainer(
+        model=model,
+        sampler=sampler,
+        task=task,
+        settings=demo_settings(config),
+        config=SpiralConfig(temperature=config.temperature, aggregation=config.aggregation),
+        optimizer=torch.optim.AdamW(model.parameters(), lr=config.lr),
+        step_fn=STEP_FUNCTIONS[config.step_impl],
+        aggregation=config.aggregation,
+        agg_head=demo_agg_head(config),
+    )
     trainer.generator.manual_seed(config.seed)
     history = []
 
@@ -210,8 +266,14 @@ def _train(config: DemoConfig, on_iteration, progress: bool) -> DemoRun:
             on_iteration(history[-1])
 
     try:
-        train_loop(trainer, task.train_problems(config.seed), steps=config.iterations, progress=progress,
-                   desc=f"{config.method} demo", on_step=on_step)
+        train_loop(
+            trainer,
+            task.train_problems(config.seed),
+            steps=config.iterations,
+            progress=progress,
+            desc=f"{config.method} demo",
+            on_step=on_step,
+        )
     finally:
         sampler.close()
     return DemoRun(model=model, task=task, history=history)
@@ -230,14 +292,21 @@ def load_demo(path):
     """(model, DemoConfig) from a folder written by :func:`save_demo` (``--save DIR``)."""
     path = Path(path)
     if not (path / CONFIG_FILE).is_file():
-        raise ValueError(f"model must be a folder written by `spiral-fast demo --save`, "
-                         f"but {path / CONFIG_FILE} does not exist")
+        raise ValueError(
+            f"model must be a folder written by `spiral-fast demo --save`, but {path / CONFIG_FILE} does not exist"
+        )
     config = DemoConfig(**json.loads((path / CONFIG_FILE).read_text()))
     return AutoModelForCausalLM.from_pretrained(path), config
 
 
-def run_compare(config: DemoConfig, eval_config=None, *, baseline: str = "grpo",
-                on_iteration: Callable[[str, dict], None] | None = None, progress: bool = True):
+def run_compare(
+    config: DemoConfig,
+    eval_config=None,
+    *,
+    baseline: str = "grpo",
+    on_iteration: Callable[[str, dict], None] | None = None,
+    progress: bool = True,
+):
     """Train the same tiny model from the same seed with SPIRAL and with `baseline` (same loop,
     ``replace(config, method=...)``), then evaluate both with
     :func:`spiral_fast.recipe.scaling.evaluate_demo`. Returns {method: (DemoRun, EvalResult)}."""
@@ -246,7 +315,10 @@ def run_compare(config: DemoConfig, eval_config=None, *, baseline: str = "grpo",
     eval_config = EvalConfig() if eval_config is None else eval_config
     out = {}
     for method in ("spiral", baseline):
-        run = train_demo(replace(config, method=method), progress=progress,
-                         on_iteration=None if on_iteration is None else (lambda row, m=method: on_iteration(m, row)))
+        run = train_demo(
+            replace(config, method=method),
+            progress=progress,
+            on_iteration=None if on_iteration is None else (lambda row, m=method: on_iteration(m, row)),
+        )
         out[method] = (run, evaluate_demo(run.model, config, eval_config))
     return out

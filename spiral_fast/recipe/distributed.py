@@ -8,6 +8,7 @@ model for sampling (``HFSampler(copy=True)``), refreshed after each step from th
 full weights are gathered once per step, not per generated token. With engine "vllm" each rank runs
 its own vLLM engine (``spiral_fast.VLLMSampler``), synced the same way.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,10 +59,11 @@ def shard(model, device: torch.device):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = getattr(getattr(base, base.base_model_prefix, None), "layers", None)
     if layers is None:
-        raise ValueError(f"cannot find the decoder layers of {type(base).__name__} (model.{base.base_model_prefix}"
-                         ".layers) to shard with FSDP2")
+        raise ValueError(
+            f"cannot find the decoder layers of {type(base).__name__} (model.{base.base_model_prefix}"
+            ".layers) to shard with FSDP2"
+        )
     for layer in layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(base, mesh=mesh)
     return model
-

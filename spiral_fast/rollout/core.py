@@ -5,6 +5,7 @@ The documented form is ``rollout(sampler, task, problems, config)``: a :class:`S
 to sample and a :class:`RolloutConfig`. The keyword form of earlier releases,
 ``rollout(model, prompts, reward_fn=..., template=..., num_traces=...)``, still works and warns.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,9 +32,20 @@ Progress = Callable[[str, int, int], None]
 _HERE = os.path.dirname(os.path.abspath(__file__))  # frames in this package are not the caller
 
 
-def rollout(sampler, task=None, problems=None, config: RolloutConfig | None = None, *, generator=None,
-            seed: int | Sequence[int] | None = None, aggregation: str = "text", agg_head=None,
-            behaviour_logprobs: bool = True, on_progress: Progress | None = None, **legacy):
+def rollout(
+    sampler,
+    task=None,
+    problems=None,
+    config: RolloutConfig | None = None,
+    *,
+    generator=None,
+    seed: int | Sequence[int] | None = None,
+    aggregation: str = "text",
+    agg_head=None,
+    behaviour_logprobs: bool = True,
+    on_progress: Progress | None = None,
+    **legacy,
+):
     """Sample one SPIRAL batch: ``rollout(sampler, task, problems, config)``.
 
     For each problem x (``task.prompt(problem)``, token ids): N = ``config.num_traces`` traces
@@ -63,12 +75,21 @@ def rollout(sampler, task=None, problems=None, config: RolloutConfig | None = No
             task = legacy.pop("prompts")
         if problems is not None or config is not None:
             _form_error(task)
-        return _keyword_form(sampler, task, generator=generator, seed=seed, aggregation=aggregation,
-                             agg_head=agg_head, behaviour_logprobs=behaviour_logprobs, on_progress=on_progress,
-                             **legacy)
+        return _keyword_form(
+            sampler,
+            task,
+            generator=generator,
+            seed=seed,
+            aggregation=aggregation,
+            agg_head=agg_head,
+            behaviour_logprobs=behaviour_logprobs,
+            on_progress=on_progress,
+            **legacy,
+        )
     if legacy:
-        raise ValueError(f"rollout(sampler, task, problems, config) takes its settings from config, got "
-                         f"{sorted(legacy)}")
+        raise ValueError(
+            f"rollout(sampler, task, problems, config) takes its settings from config, got {sorted(legacy)}"
+        )
     if config is None:
         config = RolloutConfig()
     if not isinstance(config, RolloutConfig):
@@ -76,29 +97,47 @@ def rollout(sampler, task=None, problems=None, config: RolloutConfig | None = No
     problems = list(problems or [])
     if not problems:
         raise ValueError("problems must be a non-empty list")
-    parallel = dict(aggregation="parallel", agg_head=agg_head) if aggregation == "parallel" else \
-        dict(aggregation=aggregation, template=task.template)
+    parallel = (
+        dict(aggregation="parallel", agg_head=agg_head)
+        if aggregation == "parallel"
+        else dict(aggregation=aggregation, template=task.template)
+    )
     return sample_rollout(
-        sampler, [task.prompt(p) for p in problems],
+        sampler,
+        [task.prompt(p) for p in problems],
         reward_fn=lambda i, set_traces, z: task.reward(problems[i], set_traces, z),
-        num_traces=config.num_traces, num_sets=config.num_sets, set_size=config.set_size,
-        num_aggregations=config.num_aggregations, temperature=config.temperature,
-        max_new_tokens=config.max_new_tokens, agg_max_new_tokens=config.agg_tokens,
-        eos_token_id=task.eos_token_id, pad_token_id=task.pad_token_id, generator=generator, seed=seed,
-        behaviour_logprobs=behaviour_logprobs, candidate_order=config.candidate_order, on_progress=on_progress,
-        **parallel)
+        num_traces=config.num_traces,
+        num_sets=config.num_sets,
+        set_size=config.set_size,
+        num_aggregations=config.num_aggregations,
+        temperature=config.temperature,
+        max_new_tokens=config.max_new_tokens,
+        agg_max_new_tokens=config.agg_tokens,
+        eos_token_id=task.eos_token_id,
+        pad_token_id=task.pad_token_id,
+        generator=generator,
+        seed=seed,
+        behaviour_logprobs=behaviour_logprobs,
+        candidate_order=config.candidate_order,
+        on_progress=on_progress,
+        **parallel,
+    )
 
 
 def _form_error(task):
-    raise ValueError(f"rollout(sampler, task, problems, config) needs a spiral_fast.Task as task, got "
-                     f"{type(task).__name__}")
+    raise ValueError(
+        f"rollout(sampler, task, problems, config) needs a spiral_fast.Task as task, got {type(task).__name__}"
+    )
 
 
 def _keyword_form(model, prompts, **kwargs):
     """The keyword form of earlier releases: ``rollout(model, prompts, reward_fn=..., ...)``."""
-    warnings.warn("rollout(model, prompts, reward_fn=..., template=..., num_traces=...) is deprecated: call "
-                  "rollout(sampler, task, problems, config) with a spiral_fast.Task and a spiral_fast.RolloutConfig",
-                  DeprecationWarning, stacklevel=_caller_level())
+    warnings.warn(
+        "rollout(model, prompts, reward_fn=..., template=..., num_traces=...) is deprecated: call "
+        "rollout(sampler, task, problems, config) with a spiral_fast.Task and a spiral_fast.RolloutConfig",
+        DeprecationWarning,
+        stacklevel=_caller_level(),
+    )
     if "reward_fn" not in kwargs:
         raise ValueError("the keyword form rollout(model, prompts, ...) needs reward_fn=")
     return sample_rollout(model, prompts, **kwargs)
@@ -113,14 +152,30 @@ def _caller_level() -> int:
     return level
 
 
-def sample_rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: RewardFn, template: Template | None = None,
-                   num_traces: int = 4, num_sets: int = 4, set_size: int = 2, num_aggregations: int = 2,
-                   temperature: float = 1.0, max_new_tokens: int = 64,
-                   agg_max_new_tokens: int | None = None, eos_token_id: int | None = None,
-                   pad_token_id: int = 0, generator: torch.Generator | None = None,
-                   behaviour_logprobs: bool = True, engine: str = "hf", aggregation: str = "text",
-                   agg_head: Sequence[int] | None = None, seed: int | Sequence[int] | None = None,
-                   candidate_order: str = "random", on_progress: Progress | None = None):
+def sample_rollout(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    reward_fn: RewardFn,
+    template: Template | None = None,
+    num_traces: int = 4,
+    num_sets: int = 4,
+    set_size: int = 2,
+    num_aggregations: int = 2,
+    temperature: float = 1.0,
+    max_new_tokens: int = 64,
+    agg_max_new_tokens: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int = 0,
+    generator: torch.Generator | None = None,
+    behaviour_logprobs: bool = True,
+    engine: str = "hf",
+    aggregation: str = "text",
+    agg_head: Sequence[int] | None = None,
+    seed: int | Sequence[int] | None = None,
+    candidate_order: str = "random",
+    on_progress: Progress | None = None,
+):
     """Sample one SPIRAL batch for P problems given as token ids (the engine of both forms of
     :func:`rollout`; the keyword form's arguments, whose defaults it keeps).
 
@@ -160,61 +215,99 @@ def sample_rollout(model, prompts: Sequence[Sequence[int]], *, reward_fn: Reward
     agg_max_new_tokens = max_new_tokens if agg_max_new_tokens is None else agg_max_new_tokens
     if aggregation == "parallel":  # before the sampler: its errors name the parallel mode
         kind = "vllm" if engine == "vllm" else getattr(model, "engine", "hf")
-        head = check_parallel_args(getattr(model, "model", model), prompts, template, agg_head, kind,
-                                   max_new_tokens, agg_max_new_tokens)
+        head = check_parallel_args(
+            getattr(model, "model", model), prompts, template, agg_head, kind, max_new_tokens, agg_max_new_tokens
+        )
     elif aggregation != "text":
         raise ValueError(f"aggregation must be 'text' or 'parallel', got {aggregation!r}")
     elif template is None or agg_head is not None:
-        raise ValueError("aggregation='text' renders a_j with template (required); agg_head is for "
-                         f"aggregation='parallel', got template={template!r}, agg_head={agg_head!r}")
+        raise ValueError(
+            "aggregation='text' renders a_j with template (required); agg_head is for "
+            f"aggregation='parallel', got template={template!r}, agg_head={agg_head!r}"
+        )
     seeds = problem_seeds(seed, len(prompts))
     sampler = as_sampler(model, engine, pad_token_id=pad_token_id)
     common = dict(temperature=temperature, eos_token_id=eos_token_id, logprobs=behaviour_logprobs)
 
     # every problem's sets before any sampling: the draws do not depend on the traces, nor on the
     # order in which a pipelined engine finishes the problems
-    all_sets = [draw_sets(num_traces, num_sets, set_size, distinct=True, generator=generator if
-                          generator is not None or seeds is None else
-                          torch.Generator().manual_seed(row_seed(seeds[p], "sets")))
-                for p in range(len(prompts))]
+    all_sets = [
+        draw_sets(
+            num_traces,
+            num_sets,
+            set_size,
+            distinct=True,
+            generator=generator
+            if generator is not None or seeds is None
+            else torch.Generator().manual_seed(row_seed(seeds[p], "sets")),
+        )
+        for p in range(len(prompts))
+    ]
     agg_prompts: list = [None] * len(prompts)
 
     def agg_prompts_of(p: int, own: list[list[int]]) -> list[list[int]]:
         all_sets[p] = order_sets(candidate_order, all_sets[p], own)
-        agg_prompts[p] = [list(head) if aggregation == "parallel" else template(prompts[p], [own[i] for i in s])
-                          for s in all_sets[p]]
+        agg_prompts[p] = [
+            list(head) if aggregation == "parallel" else template(prompts[p], [own[i] for i in s]) for s in all_sets[p]
+        ]
         return agg_prompts[p]
 
     if aggregation == "parallel":
-        traces, trace_lp = sampler.generate(prompts, num_traces, max_new_tokens=max_new_tokens,
-                                            **({} if seeds is None else {"seeds": seeds}), **common)
+        traces, trace_lp = sampler.generate(
+            prompts, num_traces, max_new_tokens=max_new_tokens, **({} if seeds is None else {"seeds": seeds}), **common
+        )
         if on_progress is not None:
             on_progress("traces", len(prompts), len(prompts))
         for p in range(len(prompts)):
-            agg_prompts_of(p, traces[p * num_traces:(p + 1) * num_traces])
-        aggs, agg_lp = sample_parallel_hf(sampler.model, prompts, traces, all_sets, head, num_aggregations,
-                                          max_new_tokens=agg_max_new_tokens, pad_token_id=pad_token_id, **common)
+            agg_prompts_of(p, traces[p * num_traces : (p + 1) * num_traces])
+        aggs, agg_lp = sample_parallel_hf(
+            sampler.model,
+            prompts,
+            traces,
+            all_sets,
+            head,
+            num_aggregations,
+            max_new_tokens=agg_max_new_tokens,
+            pad_token_id=pad_token_id,
+            **common,
+        )
         if on_progress is not None:
             on_progress("aggregations", len(prompts), len(prompts))
     else:
         traces, trace_lp, aggs, agg_lp = sampler.search_and_aggregate(
-            prompts, num_traces, agg_prompts_of, num_aggregations, max_new_tokens=max_new_tokens,
-            agg_max_new_tokens=agg_max_new_tokens, seeds=seeds, on_progress=on_progress, **common)
+            prompts,
+            num_traces,
+            agg_prompts_of,
+            num_aggregations,
+            max_new_tokens=max_new_tokens,
+            agg_max_new_tokens=agg_max_new_tokens,
+            seeds=seeds,
+            on_progress=on_progress,
+            **common,
+        )
 
     problems = []
     for p, x in enumerate(prompts):
-        own = traces[p * num_traces:(p + 1) * num_traces]
+        own = traces[p * num_traces : (p + 1) * num_traces]
         first = p * num_sets * num_aggregations  # this problem's first aggregation row
-        per_set = [aggs[first + j * num_aggregations:first + (j + 1) * num_aggregations]
-                   for j in range(num_sets)]
-        rewards = [[float(reward_fn(p, [own[i] for i in s], z)) for z in per_set[j]]
-                   for j, s in enumerate(all_sets[p])]
-        problems.append(ProblemRollout(
-            prompt=x, traces=own, sets=all_sets[p], agg_prompts=agg_prompts[p], aggregations=per_set,
-            rewards=rewards,
-            trace_old_logprobs=trace_lp[p * num_traces:(p + 1) * num_traces] if trace_lp else None,
-            agg_old_logprobs=[agg_lp[first + j * num_aggregations:first + (j + 1) * num_aggregations]
-                              for j in range(num_sets)] if agg_lp else None))
+        per_set = [aggs[first + j * num_aggregations : first + (j + 1) * num_aggregations] for j in range(num_sets)]
+        rewards = [[float(reward_fn(p, [own[i] for i in s], z)) for z in per_set[j]] for j, s in enumerate(all_sets[p])]
+        problems.append(
+            ProblemRollout(
+                prompt=x,
+                traces=own,
+                sets=all_sets[p],
+                agg_prompts=agg_prompts[p],
+                aggregations=per_set,
+                rewards=rewards,
+                trace_old_logprobs=trace_lp[p * num_traces : (p + 1) * num_traces] if trace_lp else None,
+                agg_old_logprobs=[
+                    agg_lp[first + j * num_aggregations : first + (j + 1) * num_aggregations] for j in range(num_sets)
+                ]
+                if agg_lp
+                else None,
+            )
+        )
     return SpiralBatch(problems)
 
 

@@ -1,6 +1,7 @@
 """Sampling with a Hugging Face causal LM: ``sample_hf`` through ``generate`` (the reference) and
 ``sample_decode``, its faster twin (one prefill per distinct prompt, a plain decode loop); both draw
 tokens by ``draw_tokens`` from the same uniforms, so they sample the same tokens."""
+
 from __future__ import annotations
 
 import hashlib
@@ -41,7 +42,7 @@ def draw_tokens(logits, temperature: float, uniforms):
     cdf = probs.double().cumsum(-1)
     target = uniforms.to(cdf.device, torch.float64)[:, None] * cdf[:, -1:]
     tokens = torch.searchsorted(cdf, target, right=True)[:, 0].clamp_max(z.shape[-1] - 1)
-    lp = (z.gather(-1, tokens[:, None])[:, 0] - z.logsumexp(-1))
+    lp = z.gather(-1, tokens[:, None])[:, 0] - z.logsumexp(-1)
     if not finite:
         lp = lp.nan_to_num(nan=float("-inf"), posinf=float("-inf"))
     return tokens, lp
@@ -66,8 +67,9 @@ def _uniforms(prompts, num_samples, seeds) -> Uniforms:
     rows = len(prompts) * num_samples
     if seeds is None:
         return Uniforms(rows, None)
-    return Uniforms(rows, [torch.Generator().manual_seed(row_seed(seed, s)) for seed in seeds
-                           for s in range(num_samples)])
+    return Uniforms(
+        rows, [torch.Generator().manual_seed(row_seed(seed, s)) for seed in seeds for s in range(num_samples)]
+    )
 
 
 class CDFSampler:
@@ -84,8 +86,18 @@ class CDFSampler:
         return torch.full_like(scores, float("-inf")).scatter_(-1, chosen[:, None], 0.0)
 
 
-def sample_hf(model, prompts: list[list[int]], num_samples: int, *, max_new_tokens: int,
-              temperature: float, eos_token_id, pad_token_id: int, logprobs: bool, seeds: list[int] | None = None):
+def sample_hf(
+    model,
+    prompts: list[list[int]],
+    num_samples: int,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id,
+    pad_token_id: int,
+    logprobs: bool,
+    seeds: list[int] | None = None,
+):
     """num_samples responses per prompt with HF generate, all prompts in one left-padded batch (the
     reference of ``sample_decode``, and the path for models it does not run).
 
@@ -104,16 +116,24 @@ def sample_hf(model, prompts: list[list[int]], num_samples: int, *, max_new_toke
     # its own. remove_invalid_values: inf/NaN logits (diverged weights) are made finite for the draw
     # instead of failing it; their log-probs stay non-finite, so the step that trains on them is
     # skipped (``policy_step.optimizer.finish``).
-    config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
-                              pad_token_id=pad_token_id, return_dict_in_generate=True,
-                              output_logits=logprobs, remove_invalid_values=True, do_sample=False, num_beams=1)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=logprobs,
+        remove_invalid_values=True,
+        do_sample=False,
+        num_beams=1,
+    )
     processors = LogitsProcessorList([CDFSampler(uniforms, temperature)])
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                 logits_processor=processors)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=config, logits_processor=processors
+            )
     finally:
         model.train(was_training)
     new = out.sequences[:, width:]
@@ -156,7 +176,8 @@ def decodable(model) -> bool:
         return False
     params = inspect.signature(net.forward).parameters
     return ("past_key_values" in params or "cache" in params) and all(
-        k in params for k in ("position_ids", "logits_to_keep", "attention_mask"))
+        k in params for k in ("position_ids", "logits_to_keep", "attention_mask")
+    )
 
 
 def _cache_of(out):
@@ -165,9 +186,18 @@ def _cache_of(out):
     return cache if cache is not None else out.past_key_values
 
 
-def sample_decode(model, prompts: list[list[int]], num_samples: int, *, max_new_tokens: int,
-                  temperature: float, eos_token_id, pad_token_id: int, logprobs: bool,
-                  seeds: list[int] | None = None):
+def sample_decode(
+    model,
+    prompts: list[list[int]],
+    num_samples: int,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id,
+    pad_token_id: int,
+    logprobs: bool,
+    seeds: list[int] | None = None,
+):
     """``sample_hf`` without ``generate``: the same draws (``Uniforms``, ``draw_tokens``) and the same
     returns, faster on a CPU (measured in scripts/profile_rollout.py):
 
@@ -215,8 +245,14 @@ def sample_decode(model, prompts: list[list[int]], num_samples: int, *, max_new_
                 if t == max_new_tokens - 1 or bool(done.all()):
                     break
                 mask = torch.cat([mask, one], 1)
-                out = net(input_ids=tok[:, None], attention_mask=mask, position_ids=position,
-                          use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+                out = net(
+                    input_ids=tok[:, None],
+                    attention_mask=mask,
+                    position_ids=position,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{cache_arg: cache},
+                )
                 cache, logits = _cache_of(out), out.logits[:, -1]
                 position = position + 1
     finally:

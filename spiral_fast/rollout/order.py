@@ -19,6 +19,7 @@ that (the content that the most sets hold goes next in all of them). Among order
 keeps each set's drawn order, so a candidate's position depends on the draws wherever sharing does
 not decide it: the aggregator sees no position bias beyond what sharing needs.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,8 +32,9 @@ ORDERS = ("shared", "random")
 EXACT_CHOICES = 4096
 
 
-def shared_order(sets: Sequence[Sequence[int]], traces: Sequence[Sequence[int]], *,
-                 separator_tokens: int = 1) -> list[tuple[int, ...]]:
+def shared_order(
+    sets: Sequence[Sequence[int]], traces: Sequence[Sequence[int]], *, separator_tokens: int = 1
+) -> list[tuple[int, ...]]:
     """Each set's members reordered so that the sets' rendered prompts share the most prefix tokens.
 
     sets: M sets of K trace indices (in drawn order); traces: the problem's N traces (token ids).

@@ -8,6 +8,7 @@ not matter: attention with fixed positions is invariant to it). The head h_j is 
 p_j = |x| + max_{i in S_j} |y_i| on, then z is sampled token by token at the following positions: the
 semantics that ``SpiralConfig(aggregation="parallel")`` trains (``batch_logprobs`` scores it).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,16 +25,21 @@ def _cache_of(out):
     return out["cache"] if "cache" in out else out["past_key_values"]
 
 
-def check_parallel_args(model, prompts, template, agg_head, engine: str, max_new_tokens: int,
-                        agg_max_new_tokens: int) -> list[int]:
+def check_parallel_args(
+    model, prompts, template, agg_head, engine: str, max_new_tokens: int, agg_max_new_tokens: int
+) -> list[int]:
     """The head as a list of ints, or ValueError: a template, an empty or non-integer head, the vLLM
     engine, or positions that could pass the model's max_position_embeddings."""
     if engine != "hf":
-        raise ValueError(f"aggregation='parallel' needs engine='hf', got engine={engine!r}: vLLM cannot merge "
-                         "the traces' KV caches into one aggregation context")
+        raise ValueError(
+            f"aggregation='parallel' needs engine='hf', got engine={engine!r}: vLLM cannot merge "
+            "the traces' KV caches into one aggregation context"
+        )
     if template is not None:
-        raise ValueError("aggregation='parallel' renders no aggregation prompt: pass template=None and the "
-                         f"head as agg_head, got template={template!r}")
+        raise ValueError(
+            "aggregation='parallel' renders no aggregation prompt: pass template=None and the "
+            f"head as agg_head, got template={template!r}"
+        )
     if agg_head is None or isinstance(agg_head, (str, bytes)) or not hasattr(agg_head, "__len__") or not agg_head:
         raise ValueError(f"agg_head must be a non-empty list of token ids for aggregation='parallel', got {agg_head!r}")
     head = list(agg_head.tolist() if isinstance(agg_head, torch.Tensor) else agg_head)
@@ -42,9 +48,11 @@ def check_parallel_args(model, prompts, template, agg_head, engine: str, max_new
     max_pos = getattr(model.config, "max_position_embeddings", None)
     longest = max(map(len, prompts)) + max_new_tokens + len(head) + agg_max_new_tokens
     if max_pos is not None and longest > max_pos:
-        raise ValueError(f"aggregation='parallel' may reach position {longest - 1} (|x| {max(map(len, prompts))} + "
-                         f"max_new_tokens {max_new_tokens} + agg_head {len(head)} + agg_max_new_tokens "
-                         f"{agg_max_new_tokens}), past the model's max_position_embeddings={max_pos}")
+        raise ValueError(
+            f"aggregation='parallel' may reach position {longest - 1} (|x| {max(map(len, prompts))} + "
+            f"max_new_tokens {max_new_tokens} + agg_head {len(head)} + agg_max_new_tokens "
+            f"{agg_max_new_tokens}), past the model's max_position_embeddings={max_pos}"
+        )
     return head
 
 
@@ -60,9 +68,20 @@ def _trace_caches(model, prompts: list[list[int]], traces: list[list[int]], num_
     return [(layer.keys, layer.values) for layer in _cache_of(out).layers]
 
 
-def sample_parallel_hf(model, prompts: list[list[int]], traces: list[list[int]], sets: list[list[tuple]],
-                       head: list[int], num_samples: int, *, max_new_tokens: int, temperature: float,
-                       eos_token_id, pad_token_id: int, logprobs: bool):
+def sample_parallel_hf(
+    model,
+    prompts: list[list[int]],
+    traces: list[list[int]],
+    sets: list[list[tuple]],
+    head: list[int],
+    num_samples: int,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id,
+    pad_token_id: int,
+    logprobs: bool,
+):
     """num_samples aggregation responses per set over merged trace caches, all sets in one batch.
 
     prompts [P] x; traces [P * N] y (row p * N + i); sets[p]: M tuples of trace indices; head: h.
@@ -95,7 +114,7 @@ def sample_parallel_hf(model, prompts: list[list[int]], traces: list[list[int]],
                 # [B, Hkv, width, D]: each row's spans concatenated, zero-padded at the end (masked)
                 out = t.new_zeros(len(rows), t.shape[1], width, t.shape[3])
                 for r, spans in enumerate(rows):
-                    out[r, :, :ctx_len[r]] = torch.cat([t[row, :, b:e] for row, b, e in spans], dim=1)
+                    out[r, :, : ctx_len[r]] = torch.cat([t[row, :, b:e] for row, b, e in spans], dim=1)
                 return out
 
             cache = DynamicCache(ddp_cache_data=[(merged(k), merged(v)) for k, v in caches])
@@ -108,8 +127,13 @@ def sample_parallel_hf(model, prompts: list[list[int]], traces: list[list[int]],
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             for _ in range(max_new_tokens):
                 mask = torch.cat([mask, mask.new_ones(len(rows), step_ids.shape[1])], dim=1)
-                out = model(input_ids=step_ids, position_ids=step_pos, attention_mask=mask, use_cache=True,
-                            **{cache_kwarg: cache})
+                out = model(
+                    input_ids=step_ids,
+                    position_ids=step_pos,
+                    attention_mask=mask,
+                    use_cache=True,
+                    **{cache_kwarg: cache},
+                )
                 cache = _cache_of(out)
                 lsm = torch.log_softmax(out.logits[:, -1].float() / temperature, dim=-1)
                 nxt = torch.multinomial(lsm.exp(), 1)  # plain sampling: the policy the step trains

@@ -7,6 +7,7 @@ runs at once). A problem's aggregation requests become ready when its own N trac
 (``pipelined=True``) or when every trace of the rollout is (``pipelined=False``, two calls).
 Prefill is not counted (one step per admission wave at most; decode dominates long responses).
 """
+
 from __future__ import annotations
 
 import heapq
@@ -25,8 +26,10 @@ def critical_path(trace_lengths, agg_lengths, *, pipelined: bool, max_running: i
     max(all traces) + max(all aggregations) phase by phase.
     """
     if len(trace_lengths) != len(agg_lengths):
-        raise ValueError(f"trace_lengths and agg_lengths must have one entry per problem, got "
-                         f"{len(trace_lengths)} and {len(agg_lengths)}")
+        raise ValueError(
+            f"trace_lengths and agg_lengths must have one entry per problem, got "
+            f"{len(trace_lengths)} and {len(agg_lengths)}"
+        )
     if max_running is not None and max_running < 1:
         raise ValueError(f"max_running must be None or >= 1, got {max_running}")
     for name, lengths in (("trace_lengths", trace_lengths), ("agg_lengths", agg_lengths)):

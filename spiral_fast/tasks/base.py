@@ -6,10 +6,11 @@ problems back to the task. Two implementations: ``ToyTask`` (the demo's digit ta
 tokenizer built in code) and ``MathTask`` (problems with final answers, a Hugging Face tokenizer's
 chat template, final-answer checking).
 """
+
 from __future__ import annotations
 
 import abc
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 
@@ -31,36 +32,29 @@ class Task(abc.ABC):
     pad_token_id: int = 0
 
     @abc.abstractmethod
-    def prompt(self, problem) -> list[int]:
-        ...
+    def prompt(self, problem) -> list[int]: ...
 
     @abc.abstractmethod
-    def template(self, prompt: Sequence[int], set_traces: Sequence[Sequence[int]]) -> list[int]:
-        ...
+    def template(self, prompt: Sequence[int], set_traces: Sequence[Sequence[int]]) -> list[int]: ...
 
     @abc.abstractmethod
-    def score(self, problem, response: Sequence[int]) -> float:
-        ...
+    def score(self, problem, response: Sequence[int]) -> float: ...
 
     def reward(self, problem, set_traces: Sequence[Sequence[int]], response: Sequence[int]) -> float:
         """The aggregation reward: by default the response's own score (final-answer checking)."""
         return self.score(problem, response)
 
     @abc.abstractmethod
-    def answer_of(self, response: Sequence[int]) -> Hashable | None:
-        ...
+    def answer_of(self, response: Sequence[int]) -> Hashable | None: ...
 
     @abc.abstractmethod
-    def decode(self, ids: Sequence[int]) -> str:
-        ...
+    def decode(self, ids: Sequence[int]) -> str: ...
 
     @abc.abstractmethod
-    def train_problems(self, seed: int, position: int = 0):
-        ...
+    def train_problems(self, seed: int, position: int = 0): ...
 
     @abc.abstractmethod
-    def eval_problems(self, count: int, seed: int = 0) -> list:
-        ...
+    def eval_problems(self, count: int, seed: int = 0) -> list: ...
 
     def describe(self, problem) -> tuple[str, str]:
         """(problem text, answer text) for logs."""

@@ -1,5 +1,6 @@
 """Problems of the training command: JSONL files (checked line by line) and a seeded, resumable stream
 over them."""
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,9 @@ def check_jsonl(path: str, key: str | None = None) -> list[dict]:
             rows.append({"problem": row["problem"], "answer": str(row["answer"])})
     if bad:
         more = f" (and {len(bad) - _SHOWN} more bad lines)" if len(bad) > _SHOWN else ""
-        raise ValueError(where + "; ".join(bad[:_SHOWN]) + more
-                         + '; expected one {"problem": str, "answer": str} object per line')
+        raise ValueError(
+            where + "; ".join(bad[:_SHOWN]) + more + '; expected one {"problem": str, "answer": str} object per line'
+        )
     if not rows:
         raise ValueError(f"{where}{path}: no problems (the file is empty)")
     return rows

@@ -6,10 +6,11 @@ final answer of a response (last ``\\boxed{}``, else last number) with math-veri
 else by normalised exact match (``tasks.rewards``). A reward that raises or runs past
 ``reward_timeout_s`` scores 0 and is counted in ``MathTask.reward_errors``.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from spiral_fast.tasks.base import Task
 from spiral_fast.tasks.data import ProblemStream
@@ -27,9 +28,18 @@ class MathTask(Task):
     limit); a reward that raises or takes longer scores 0, adds 1 to ``reward_errors`` and is logged
     (a warning with the response cut to 200 characters) the first time each of the two happens."""
 
-    def __init__(self, tokenizer, train: Sequence[dict], eval: Sequence[dict] = (), *, search: str = SEARCH,
-                 aggregation: str = AGGREGATION, candidate: str = CANDIDATE, reward: str = "math",
-                 reward_timeout_s: float | None = 10.0):
+    def __init__(
+        self,
+        tokenizer,
+        train: Sequence[dict],
+        eval: Sequence[dict] = (),
+        *,
+        search: str = SEARCH,
+        aggregation: str = AGGREGATION,
+        candidate: str = CANDIDATE,
+        reward: str = "math",
+        reward_timeout_s: float | None = 10.0,
+    ):
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {list(REWARDS)}, got {reward!r}")
         self.prompts = Prompts(tokenizer, search, aggregation, candidate)
@@ -64,9 +74,14 @@ class MathTask(Task):
         self.reward_errors += 1
         if kind not in self._logged:
             self._logged.add(kind)
-            log.warning("reward %r %s on the response %r (cut to %d characters); scored 0. Further reward "
-                        "errors are counted in the metric reward_errors, not logged", self.reward_name, what,
-                        text[:SHOWN_CHARS], SHOWN_CHARS)
+            log.warning(
+                "reward %r %s on the response %r (cut to %d characters); scored 0. Further reward "
+                "errors are counted in the metric reward_errors, not logged",
+                self.reward_name,
+                what,
+                text[:SHOWN_CHARS],
+                SHOWN_CHARS,
+            )
         return 0.0
 
     def answer_of(self, response):

@@ -6,16 +6,18 @@ asks the model to check them, keep what is right and write one self-consistent f
 Placeholders are replaced in one pass (``{problem}``, ``{candidates}``, ``{index}``, ``{solution}``),
 so braces in a problem's LaTeX or a placeholder-like text inside a candidate are left alone.
 """
+
 from __future__ import annotations
 
 import re
 
-SEARCH = ("Solve the following problem. Reason step by step, and put your final answer within \\boxed{}.\n\n"
-          "{problem}")
-AGGREGATION = ("Here is a problem and several candidate solutions, which may contain mistakes.\n\n"
-               "Problem:\n{problem}\n\nCandidate solutions:\n{candidates}\n"
-               "Check each candidate for errors, keep what is right, and write one self-consistent final "
-               "solution. Reason step by step, and put your final answer within \\boxed{}.")
+SEARCH = "Solve the following problem. Reason step by step, and put your final answer within \\boxed{}.\n\n{problem}"
+AGGREGATION = (
+    "Here is a problem and several candidate solutions, which may contain mistakes.\n\n"
+    "Problem:\n{problem}\n\nCandidate solutions:\n{candidates}\n"
+    "Check each candidate for errors, keep what is right, and write one self-consistent final "
+    "solution. Reason step by step, and put your final answer within \\boxed{}."
+)
 CANDIDATE = "Candidate {index}:\n{solution}\n"
 DEFAULTS = {"search": SEARCH, "aggregation": AGGREGATION, "candidate": CANDIDATE}
 PLACEHOLDERS = {"search": ("problem",), "aggregation": ("problem", "candidates"), "candidate": ("index", "solution")}
@@ -52,8 +54,9 @@ class Prompts:
         self._problem_of: dict[tuple, str] = {}
 
     def chat(self, text: str) -> list[int]:
-        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                      add_generation_prompt=True)
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
         return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
     def search(self, problem: str) -> list[int]:
@@ -66,6 +69,7 @@ class Prompts:
 
     def template(self, x_ids, traces) -> list[int]:
         problem = self._problem_of[tuple(x_ids)]
-        candidates = "".join(fill(self.texts["candidate"], index=i + 1, solution=self.decode(t))
-                             for i, t in enumerate(traces))
+        candidates = "".join(
+            fill(self.texts["candidate"], index=i + 1, solution=self.decode(t)) for i, t in enumerate(traces)
+        )
         return self.chat(fill(self.texts["aggregation"], problem=problem, candidates=candidates))

@@ -10,6 +10,7 @@ problems come from different seeds, and a question that appears in both is dropp
 
 reasoning-gym is optional: it is imported when a task is built (``pip install reasoning-gym``).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -45,8 +46,9 @@ def check_reasoning_gym(name: str, config: dict | None = None) -> None:
     params = set(inspect.signature(config_cls).parameters) - set(OWN_KEYS)
     own = sorted(set(config or {}) & set(OWN_KEYS))
     if own:  # create_dataset would get them twice: say which settings give them instead
-        raise ValueError(f"task_config must not set {own}: {OWN_KEYS} come from train.seed and data.train_size / "
-                         "data.eval_size")
+        raise ValueError(
+            f"task_config must not set {own}: {OWN_KEYS} come from train.seed and data.train_size / data.eval_size"
+        )
     unknown = sorted(set(config or {}) - params)
     if unknown:
         raise ValueError(f"task_config: {name!r} takes no {unknown}; its keys: {sorted(params)}")
@@ -80,9 +82,20 @@ class ReasoningGymTask(MathTask):
     questions that also appear in eval are dropped. Prompts and timeouts as ``MathTask``; the reward
     (both roles) is the dataset's ``score_answer`` on the extracted answer, partial credit kept."""
 
-    def __init__(self, tokenizer, name: str, config: dict | None = None, *, train_size: int = 10000,
-                 eval_size: int = 200, seed: int = 0, search: str = SEARCH, aggregation: str = AGGREGATION,
-                 candidate: str = CANDIDATE, reward_timeout_s: float | None = 10.0):
+    def __init__(
+        self,
+        tokenizer,
+        name: str,
+        config: dict | None = None,
+        *,
+        train_size: int = 10000,
+        eval_size: int = 200,
+        seed: int = 0,
+        search: str = SEARCH,
+        aggregation: str = AGGREGATION,
+        candidate: str = CANDIDATE,
+        reward_timeout_s: float | None = 10.0,
+    ):
         check_reasoning_gym(name, config)
         for key, value in (("train_size", train_size), ("eval_size", eval_size)):
             least = 1 if key == "train_size" else 0  # no eval set is allowed, no training set is not
@@ -96,8 +109,16 @@ class ReasoningGymTask(MathTask):
         if not train:
             raise ValueError(f"every training question of {name!r} also appears in eval: raise train_size")
         self.dropped_overlap = train_size - len(train)
-        super().__init__(tokenizer, train, eval_rows, search=search, aggregation=aggregation, candidate=candidate,
-                         reward="exact", reward_timeout_s=reward_timeout_s)
+        super().__init__(
+            tokenizer,
+            train,
+            eval_rows,
+            search=search,
+            aggregation=aggregation,
+            candidate=candidate,
+            reward="exact",
+            reward_timeout_s=reward_timeout_s,
+        )
 
     def check(self, text: str, problem: dict) -> float:
         answer = extract(text)

@@ -8,6 +8,7 @@ response with the answer. Rewards are 1.0 or 0.0.
 ``call_with_timeout`` bounds a reward's time (math-verify can hang on adversarial output); ``MathTask``
 scores a reward that raises or times out 0 and counts it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -142,6 +143,7 @@ def call_with_timeout(fn, args: tuple, timeout_s: float | None):
     if timeout_s is None:
         return fn(*args)
     if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+
         def alarm(signum, frame):
             raise RewardTimeout(f"took longer than {timeout_s:g} s")
 

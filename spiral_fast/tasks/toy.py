@@ -15,10 +15,11 @@ aggregation reward cannot rise, which is SPIRAL's premise in small. An aggregati
 same form as a trace, so it can itself be a candidate of a later aggregation (recursive
 self-aggregation, ``spiral_fast.evaluate.recursive_aggregation``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -108,8 +109,7 @@ class ToyTask(Task):
         """Whether a response's own answer is right (the single-trace score)."""
         return self.trace_answer(trace) == self.answer(problem)
 
-    def reward(self, problem: Sequence[int], set_traces: Sequence[Sequence[int]],
-               response: Sequence[int]) -> float:
+    def reward(self, problem: Sequence[int], set_traces: Sequence[Sequence[int]], response: Sequence[int]) -> float:
         """1.0 if the response's answer is right and one of the member traces proposed it."""
         picked = self.trace_answer(response)
         if picked is None or picked not in [self.trace_answer(y) for y in set_traces]:

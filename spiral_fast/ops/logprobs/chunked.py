@@ -11,6 +11,7 @@ one recompute, but every matmul is a large [Nc, H] x [H, Vc] product, so the CPU
 
 Shapes: N tokens, H hidden, V vocab; Nc/Vc the chunk sizes below.
 """
+
 from __future__ import annotations
 
 import torch
@@ -204,6 +205,7 @@ def logits_bwd(logits, targets, stats, dlogp, dent, temperature):
     out = torch.empty_like(logits)
     for n0, n1 in _chunks(n, max(1, CHUNK_ELEMENTS // max(1, v))):
         z = logits[n0:n1].to(dt) / temperature
-        out[n0:n1] = _grad_logits(z, _rows(stats, n0, n1), dlogp[n0:n1], None if dent is None else dent[n0:n1],
-                                  targets[n0:n1], temperature)
+        out[n0:n1] = _grad_logits(
+            z, _rows(stats, n0, n1), dlogp[n0:n1], None if dent is None else dent[n0:n1], targets[n0:n1], temperature
+        )
     return out

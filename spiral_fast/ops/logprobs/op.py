@@ -7,6 +7,7 @@ Both backends return, per token, (m, log_s, entropy, E_p[z] - m, z_t) with lse =
 the target's scaled logit (m kept apart so z - lse stays exact for large |z|); the Functions here
 turn those into outputs and zero ignored rows, so ignore handling lives in one place.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ _TRITON_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 @dataclass(frozen=True)
 class LogprobOptions:
     """Hyper-parameters that travel together through the autograd Functions."""
+
     temperature: float
     ignore_index: int
     return_entropy: bool
@@ -36,6 +38,7 @@ class LogprobOptions:
 
 def _kernels():
     from spiral_fast.kernels import logprobs as kernels  # Triton is imported only when asked for
+
     return kernels
 
 
@@ -149,8 +152,9 @@ def _finish(out, lead_shape):
 
 
 # --------------------------------------------------------------------------- public API
-def token_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-100,
-                   return_entropy=False, bias=None, backend="auto"):
+def token_logprobs(
+    hidden, weight, targets, *, temperature=1.0, ignore_index=-100, return_entropy=False, bias=None, backend="auto"
+):
     """Log-probability of each target token, without materialising [N, V] logits.
 
     Computes log_softmax((hidden @ weight.T + bias) / temperature)[targets] in float32.
@@ -187,8 +191,7 @@ def token_logprobs(hidden, weight, targets, *, temperature=1.0, ignore_index=-10
     return _finish(out, targets.shape)
 
 
-def logprobs_from_logits(logits, targets, *, temperature=1.0, ignore_index=-100,
-                         return_entropy=False, backend="auto"):
+def logprobs_from_logits(logits, targets, *, temperature=1.0, ignore_index=-100, return_entropy=False, backend="auto"):
     """Log-probability of each target token from logits that already exist.
 
     Computes log_softmax(logits / temperature)[targets] in float32, blockwise over V (no float32
@@ -213,24 +216,27 @@ def logprobs_from_logits(logits, targets, *, temperature=1.0, ignore_index=-100,
 
 # Self-checks of the Triton paths against the torch paths (``spiral_fast.ops.self_check``).
 
+
 def _check_token_logprobs(device, dtype, gen):
     # on a GPU over one 128-wide block of every kind; under the interpreter (16 x 64 x 32 blocks) small
     n, h, v = (150, 80, 300) if device.type == "cuda" else (20, 40, 130)
     targets = torch.randint(0, v, (n,), generator=gen).to(device)
     targets[3::7] = -100
-    inputs = [randn(gen, n, h, device=device), randn(gen, v, h, device=device, scale=3.0 / h ** 0.5),
-              randn(gen, v, device=device)]
+    inputs = [
+        randn(gen, n, h, device=device),
+        randn(gen, v, h, device=device, scale=3.0 / h**0.5),
+        randn(gen, v, device=device),
+    ]
     upstream = [randn(gen, n, device=device).double(), randn(gen, n, device=device).double()]
 
     def fn(hidden, weight, bias, backend):
-        return token_logprobs(hidden, weight, targets, bias=bias, temperature=0.7, return_entropy=True,
-                              backend=backend)
+        return token_logprobs(hidden, weight, targets, bias=bias, temperature=0.7, return_entropy=True, backend=backend)
 
     compare(("logp", "entropy", "d_hidden", "d_weight", "d_bias"), dtype, *three_ways(fn, inputs, upstream, dtype))
 
 
 def _check_logprobs_from_logits(device, dtype, gen):
-    n, v = (29, 1100) if device.type == "cuda" else (9, 130)   # over one row block (1024 on a GPU, 64 here)
+    n, v = (29, 1100) if device.type == "cuda" else (9, 130)  # over one row block (1024 on a GPU, 64 here)
     targets = torch.randint(0, v, (n,), generator=gen).to(device)
     targets[2::5] = -100
     inputs = [randn(gen, n, v, device=device, scale=3.0)]

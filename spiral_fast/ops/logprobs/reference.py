@@ -10,13 +10,15 @@ These functions materialise the full [N, V] logits, so they are for small shapes
 Positions whose target equals ``ignore_index`` give 0 for both (and, through ``torch.where``, no
 gradient). Outputs are float32 unless ``dtype=torch.float64`` is asked for (the test truth).
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def _from_scaled_logits(z: torch.Tensor, targets: torch.Tensor, ignore_index: int, return_entropy: bool,
-                        out_dtype: torch.dtype):
+def _from_scaled_logits(
+    z: torch.Tensor, targets: torch.Tensor, ignore_index: int, return_entropy: bool, out_dtype: torch.dtype
+):
     valid = targets != ignore_index
     safe = torch.where(valid, targets, torch.zeros_like(targets))
     logsm = torch.log_softmax(z, dim=-1)
@@ -33,8 +35,9 @@ def _from_scaled_logits(z: torch.Tensor, targets: torch.Tensor, ignore_index: in
     return logp, entropy
 
 
-def logprobs_from_logits_reference(logits, targets, *, temperature=1.0, ignore_index=-100,
-                                   return_entropy=False, dtype=None):
+def logprobs_from_logits_reference(
+    logits, targets, *, temperature=1.0, ignore_index=-100, return_entropy=False, dtype=None
+):
     """logits [..., V], targets [...] int64 -> logp [...] (and entropy [...]).
 
     Computed in ``dtype`` (default: the logits' dtype); returned in float32, or float64 when
@@ -46,8 +49,9 @@ def logprobs_from_logits_reference(logits, targets, *, temperature=1.0, ignore_i
     return _from_scaled_logits(z, targets, ignore_index, return_entropy, out_dtype)
 
 
-def token_logprobs_reference(hidden, weight, targets, *, temperature=1.0, ignore_index=-100,
-                             return_entropy=False, bias=None, dtype=None):
+def token_logprobs_reference(
+    hidden, weight, targets, *, temperature=1.0, ignore_index=-100, return_entropy=False, bias=None, dtype=None
+):
     """hidden [..., H], weight [V, H], bias [V] or None, targets [...] -> logp [...] (and entropy).
 
     The logits are computed (and soft-maxed) in ``dtype`` (default: the hidden states' dtype),
@@ -57,5 +61,6 @@ def token_logprobs_reference(hidden, weight, targets, *, temperature=1.0, ignore
     logits = hidden.to(dtype) @ weight.to(dtype).T
     if bias is not None:
         logits = logits + bias.to(dtype)
-    return logprobs_from_logits_reference(logits, targets, temperature=temperature, ignore_index=ignore_index,
-                                          return_entropy=return_entropy, dtype=dtype)
+    return logprobs_from_logits_reference(
+        logits, targets, temperature=temperature, ignore_index=ignore_index, return_entropy=return_entropy, dtype=dtype
+    )

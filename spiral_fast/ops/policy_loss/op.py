@@ -4,6 +4,7 @@ The forward computes the loss, its stats and d loss / d logp in one pass (Triton
 the same closed form in torch on the CPU); the autograd backward only scales the saved gradient
 by grad_output. The per-sequence advantage is read through ``token_seq`` inside the op.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ class PolicyLossStats:
     exp(logp - old_logp); kl_mean: mean k3 against ref_logp (0 without it). Clip fractions are 0
     with clip None.
     """
+
     clip_frac_low: torch.Tensor
     clip_frac_high: torch.Tensor
     ratio_mean: torch.Tensor
@@ -56,8 +58,15 @@ def _validate(logp, old_logp, token_seq, seq_adv, seq_weight, ref_logp, clip, kl
         check_tensor("ref_logp", ref_logp, dtypes=FLOAT_DTYPES, shape=(rows,))
     if seq_tokens is not None:
         check_tensor("seq_tokens", seq_tokens, dtypes=INDEX_DTYPES, shape=(num_seqs,))
-    check_same_device(logp=logp, old_logp=old_logp, token_seq=token_seq, seq_adv=seq_adv, seq_weight=seq_weight,
-                      ref_logp=ref_logp, seq_tokens=seq_tokens)
+    check_same_device(
+        logp=logp,
+        old_logp=old_logp,
+        token_seq=token_seq,
+        seq_adv=seq_adv,
+        seq_weight=seq_weight,
+        ref_logp=ref_logp,
+        seq_tokens=seq_tokens,
+    )
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer must be one of {list(NORMALIZERS)}, got {normalizer!r}")
     check_clip(clip)
@@ -69,18 +78,24 @@ def _validate(logp, old_logp, token_seq, seq_adv, seq_weight, ref_logp, clip, kl
         short = seq_tokens < torch.bincount(token_seq.long(), minlength=num_seqs)
         if bool(short.any()):
             q = int(short.nonzero()[0])
-            raise ValueError(f"seq_tokens[{q}] = {seq_tokens[q].item()} is smaller than the number of rows of "
-                             f"sequence {q} in token_seq")
+            raise ValueError(
+                f"seq_tokens[{q}] = {seq_tokens[q].item()} is smaller than the number of rows of "
+                f"sequence {q} in token_seq"
+            )
 
 
 def check_clip(clip) -> None:
     """``ValueError`` unless clip is None or a pair (eps_low in [0, 1), finite eps_high >= 0)."""
     if clip is not None and (
-            not isinstance(clip, (tuple, list)) or len(clip) != 2
-            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
-            or not (0 <= clip[0] < 1) or not (0 <= clip[1] < math.inf)):
-        raise ValueError(f"clip must be None (no clipping) or a pair (eps_low in [0, 1), finite eps_high >= 0), "
-                         f"got {clip!r}")
+        not isinstance(clip, (tuple, list))
+        or len(clip) != 2
+        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clip)
+        or not (0 <= clip[0] < 1)
+        or not (0 <= clip[1] < math.inf)
+    ):
+        raise ValueError(
+            f"clip must be None (no clipping) or a pair (eps_low in [0, 1), finite eps_high >= 0), got {clip!r}"
+        )
 
 
 # CPU rows per chunk (512 KiB per fp32 temporary): a chunk's temporaries stay in cache and reuse the
@@ -124,8 +139,9 @@ def _fused_torch(logp, old_logp, ref_logp, token_seq, seq_adv, coef, clip, kl_co
         row_coef = coef[seq]
         torch.mul(dterm, row_coef, out=grad[rows_])
         high = (clipped & (adv > 0)).sum()
-        partials.append(torch.stack([torch.dot(row_coef, term), (clipped.sum() - high).float(), high.float(),
-                                     ratio.sum(), kl_sum]))
+        partials.append(
+            torch.stack([torch.dot(row_coef, term), (clipped.sum() - high).float(), high.float(), ratio.sum(), kl_sum])
+        )
     sums = torch.stack(partials).sum(0) if partials else logp.new_zeros(5)
     return grad, sums
 
@@ -138,9 +154,17 @@ class _PolicyLoss(torch.autograd.Function):
         if backend == "triton":
             from spiral_fast.kernels.policy_loss import policy_loss_fwd
 
-            grad, partials = policy_loss_fwd(logp, old_logp, ref_logp, token_seq, seq_adv, coef,
-                                             clip_low=float(clip[0]), clip_high=float(clip[1]),
-                                             kl_coef=float(kl_coef))
+            grad, partials = policy_loss_fwd(
+                logp,
+                old_logp,
+                ref_logp,
+                token_seq,
+                seq_adv,
+                coef,
+                clip_low=float(clip[0]),
+                clip_high=float(clip[1]),
+                kl_coef=float(kl_coef),
+            )
             sums = partials.sum(0)
         else:
             grad, sums = _fused_torch(logp, old_logp, ref_logp, token_seq, seq_adv, coef, clip, kl_coef)
@@ -154,9 +178,23 @@ class _PolicyLoss(torch.autograd.Function):
         return grad * grad_loss, None, None, None, None, None, None, None, None
 
 
-def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None, clip=(0.2, 0.28), kl_coef=0.0,
-                normalizer="token-mean", total_tokens=None, total_sequences=None, seq_tokens=None, constant=None,
-                backend="auto"):
+def policy_loss(
+    logp,
+    old_logp,
+    token_seq,
+    seq_adv,
+    seq_weight,
+    *,
+    ref_logp=None,
+    clip=(0.2, 0.28),
+    kl_coef=0.0,
+    normalizer="token-mean",
+    total_tokens=None,
+    total_sequences=None,
+    seq_tokens=None,
+    constant=None,
+    backend="auto",
+):
     """Clipped policy loss with optional k3 KL, fused over packed token rows (R rows, Q sequences).
 
     logp [R] float32 (current policy, the only input that gets a gradient), old_logp [R] and
@@ -191,18 +229,27 @@ def policy_loss(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None
     constant = _positive("constant", constant)
     backend = dispatch.resolve("policy_loss", backend, logp.device, BACKENDS)
     token_seq = token_seq.long()
-    coef = seq_coefficients(seq_weight, token_seq, normalizer=normalizer, total_tokens=total_tokens,
-                            total_sequences=total_sequences, seq_tokens=seq_tokens, constant=constant)
+    coef = seq_coefficients(
+        seq_weight,
+        token_seq,
+        normalizer=normalizer,
+        total_tokens=total_tokens,
+        total_sequences=total_sequences,
+        seq_tokens=seq_tokens,
+        constant=constant,
+    )
     old_logp = old_logp.float()
     ref_logp = None if ref_logp is None else ref_logp.float()
     # no clipping as bounds that no ratio crosses: 1 - 1 = 0 <= exp(.) and 1 + inf; the clip-free
     # branch is then taken everywhere, in the torch twin and the kernel alike (no kernel variant)
     bounds = (1.0, math.inf) if clip is None else tuple(clip)
-    loss, sums = _PolicyLoss.apply(logp, old_logp, ref_logp, token_seq, seq_adv.float(), coef, bounds,
-                                   float(kl_coef), backend)
+    loss, sums = _PolicyLoss.apply(
+        logp, old_logp, ref_logp, token_seq, seq_adv.float(), coef, bounds, float(kl_coef), backend
+    )
     rows = max(logp.shape[0], 1)
-    stats = PolicyLossStats(clip_frac_low=sums[1] / rows, clip_frac_high=sums[2] / rows,
-                            ratio_mean=sums[3] / rows, kl_mean=sums[4] / rows)
+    stats = PolicyLossStats(
+        clip_frac_low=sums[1] / rows, clip_frac_high=sums[2] / rows, ratio_mean=sums[3] / rows, kl_mean=sums[4] / rows
+    )
     return loss, stats
 
 
@@ -220,11 +267,17 @@ def _check_policy_loss(device, dtype, gen):
         leaf = logp.detach().requires_grad_()
         loss, stats = policy_loss(leaf, old, token_seq, adv, weight, ref_logp=ref, kl_coef=0.05, backend=backend)
         (grad,) = torch.autograd.grad(loss * upstream, leaf)
-        results.append([loss.detach(), grad, stats.clip_frac_low, stats.clip_frac_high, stats.ratio_mean,
-                        stats.kl_mean])
+        results.append(
+            [loss.detach(), grad, stats.clip_frac_low, stats.clip_frac_high, stats.ratio_mean, stats.kl_mean]
+        )
     # the torch path is float32 too (no float64 twin): the kernel must agree with it to the floor
-    compare(("loss", "d_logp", "clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean"), dtype,
-            results[0], results[1], results[1])
+    compare(
+        ("loss", "d_logp", "clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean"),
+        dtype,
+        results[0],
+        results[1],
+        results[1],
+    )
 
 
 register_self_check("policy_loss", _check_policy_loss, dtypes=float32_only)

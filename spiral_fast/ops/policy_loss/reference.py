@@ -4,6 +4,7 @@ oracle of ``policy_loss`` (re-exported by ``spiral_fast.algorithm.reference`` wi
 Vocabulary: R trained token rows, Q trained sequences. Nothing here validates its input: the public
 op (``spiral_fast.ops.policy_loss.op``) does that first.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,9 +12,16 @@ import torch
 NORMALIZERS = ("token-mean", "seq-mean-token-mean", "constant")
 
 
-def seq_coefficients(seq_weight: torch.Tensor, token_seq: torch.Tensor, *, normalizer: str,
-                     total_tokens: float | None = None, total_sequences: float | None = None,
-                     seq_tokens: torch.Tensor | None = None, constant: float | None = None) -> torch.Tensor:
+def seq_coefficients(
+    seq_weight: torch.Tensor,
+    token_seq: torch.Tensor,
+    *,
+    normalizer: str,
+    total_tokens: float | None = None,
+    total_sequences: float | None = None,
+    seq_tokens: torch.Tensor | None = None,
+    constant: float | None = None,
+) -> torch.Tensor:
     """Per-sequence factor c [Q] such that loss = sum over tokens of c[seq] * term (float32; float64
     for float64 weights).
 
@@ -70,19 +78,44 @@ def token_loss_terms(logp, old_logp, token_seq, seq_adv, *, ref_logp=None, clip=
     return term, ratio, kl, clip_low, clip_high
 
 
-def policy_loss_reference(logp, old_logp, token_seq, seq_adv, seq_weight, *, ref_logp=None, clip=(0.2, 0.28),
-                          kl_coef=0.0, normalizer="token-mean", total_tokens=None, total_sequences=None,
-                          seq_tokens=None, constant=None):
+def policy_loss_reference(
+    logp,
+    old_logp,
+    token_seq,
+    seq_adv,
+    seq_weight,
+    *,
+    ref_logp=None,
+    clip=(0.2, 0.28),
+    kl_coef=0.0,
+    normalizer="token-mean",
+    total_tokens=None,
+    total_sequences=None,
+    seq_tokens=None,
+    constant=None,
+):
     """The policy loss as one autograd graph: loss = sum_t c[seq_t] * term_t (see ``seq_coefficients``).
 
     Returns (loss 0-dim, dict of token-mean stats: clip_frac_low, clip_frac_high, ratio_mean, kl_mean).
     """
-    coef = seq_coefficients(seq_weight, token_seq, normalizer=normalizer, total_tokens=total_tokens,
-                            total_sequences=total_sequences, seq_tokens=seq_tokens, constant=constant)
-    term, ratio, kl, low, high = token_loss_terms(logp, old_logp, token_seq, seq_adv, ref_logp=ref_logp,
-                                                  clip=clip, kl_coef=kl_coef)
+    coef = seq_coefficients(
+        seq_weight,
+        token_seq,
+        normalizer=normalizer,
+        total_tokens=total_tokens,
+        total_sequences=total_sequences,
+        seq_tokens=seq_tokens,
+        constant=constant,
+    )
+    term, ratio, kl, low, high = token_loss_terms(
+        logp, old_logp, token_seq, seq_adv, ref_logp=ref_logp, clip=clip, kl_coef=kl_coef
+    )
     loss = (coef[token_seq] * term).sum()
     rows = max(logp.shape[0], 1)
-    stats = dict(clip_frac_low=low.float().sum() / rows, clip_frac_high=high.float().sum() / rows,
-                 ratio_mean=ratio.detach().sum() / rows, kl_mean=kl.detach().sum() / rows)
+    stats = dict(
+        clip_frac_low=low.float().sum() / rows,
+        clip_frac_high=high.float().sum() / rows,
+        ratio_mean=ratio.detach().sum() / rows,
+        kl_mean=kl.detach().sum() / rows,
+    )
     return loss, stats

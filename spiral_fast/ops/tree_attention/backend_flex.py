@@ -6,6 +6,7 @@ subtree). A DAG batch (parallel-encoded aggregation) has no such intervals: ther
 [G, G] segment visibility at (segment of i, segment of j), with j <= i for causality. On CUDA the
 attention is compiled (the eager path materialises scores); on the CPU only the forward exists in
 PyTorch."""
+
 from __future__ import annotations
 
 import functools
@@ -50,6 +51,12 @@ def _flex_fn(compiled: bool):
 def tree_attention_flex(q, k, v, packed, scale: float) -> torch.Tensor:
     """q [T, Hq, D], k/v [T, Hkv, D] -> out [T, Hq, D]; differentiable on CUDA (forward-only on CPU)."""
     fn = _flex_fn(q.device.type == "cuda")
-    out = fn(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-             block_mask=tree_block_mask(packed), scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+    out = fn(
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        block_mask=tree_block_mask(packed),
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
     return out[0].transpose(0, 1)

@@ -1,4 +1,5 @@
 """`triton` backend: autograd Function over the block-table kernels in `spiral_fast/kernels/tree_attention.py`."""
+
 from __future__ import annotations
 
 import torch
@@ -21,6 +22,7 @@ def _table_args(tables, reverse: bool):
 
 def _kernels():
     from spiral_fast.kernels import tree_attention as kernels  # Triton is imported only when asked for
+
     return kernels
 
 
@@ -38,8 +40,9 @@ class _TreeAttention(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         tables = block_tables(ctx.packed, ctx.bwd["block_m"], ctx.bwd["block_n"])
-        dq, dk, dv = _kernels().tree_attention_bwd(do, q, k, v, o, lse, *_table_args(tables, True), ctx.scale,
-                                                   **ctx.bwd)
+        dq, dk, dv = _kernels().tree_attention_bwd(
+            do, q, k, v, o, lse, *_table_args(tables, True), ctx.scale, **ctx.bwd
+        )
         return dq, dk, dv, None, None
 
 

@@ -1,6 +1,7 @@
 """`varlen` backend: per segment, queries = its tokens, keys = its ancestors' tokens then its own
 (gathered once per call through the cached host-built index), causal attention aligned bottom-right,
 through FlashAttention varlen (`flash_attn` when installed, else PyTorch's `varlen_attn`). CUDA only."""
+
 from __future__ import annotations
 
 import functools
@@ -28,8 +29,10 @@ def _varlen_impl():
 def tree_attention_varlen(q, k, v, packed, scale: float) -> torch.Tensor:
     """q [T, Hq, D], k/v [T, Hkv, D] (float16/bfloat16, CUDA) -> out [T, Hq, D]; differentiable."""
     if q.device.type != "cuda":
-        raise ValueError(f"backend='varlen' needs CUDA tensors (FlashAttention varlen has no CPU kernel), "
-                         f"got q on {q.device}; use backend='torch' or 'auto' on the CPU")
+        raise ValueError(
+            f"backend='varlen' needs CUDA tensors (FlashAttention varlen has no CPU kernel), "
+            f"got q on {q.device}; use backend='torch' or 'auto' on the CPU"
+        )
     if q.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"backend='varlen' needs float16 or bfloat16 q (FlashAttention), got {q.dtype}")
     ctx = segment_contexts(packed)
@@ -39,8 +42,9 @@ def tree_attention_varlen(q, k, v, packed, scale: float) -> torch.Tensor:
     kind, fn, params = _varlen_impl()
     if kind == "flash_attn":
         # flash-attn >= 2.1 aligns the causal mask bottom-right when seqlen_q < seqlen_k: what we need
-        return fn(q, kc, vc, cu_q, ctx.cu_ctx, packed.max_seqlen, ctx.max_ctx,
-                  dropout_p=0.0, softmax_scale=scale, causal=True)
+        return fn(
+            q, kc, vc, cu_q, ctx.cu_ctx, packed.max_seqlen, ctx.max_ctx, dropout_p=0.0, softmax_scale=scale, causal=True
+        )
     kwargs = {}
     if "window_size" in params:
         kwargs["window_size"] = (-1, 0)  # causal, aligned bottom-right (FlashAttention's convention)

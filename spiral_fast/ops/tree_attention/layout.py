@@ -15,6 +15,7 @@ ancestors explicitly; they still precede it in token order, so "j <= i" still co
 and every per-segment layout (gathered contexts, block tables) is built from the same ancestor
 lists. Subtrees are then not intervals: FlexAttention reads a [G, G] segment visibility instead.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -114,8 +115,10 @@ def token_segments(packed) -> torch.Tensor:
 
 def _build_subtree_end(packed) -> torch.Tensor:
     if packed.is_dag:
-        raise ValueError("packed is a DAG (parallel-encoded aggregation): its subtrees are not token intervals; "
-                         "use segment_visibility")
+        raise ValueError(
+            "packed is a DAG (parallel-encoded aggregation): its subtrees are not token intervals; "
+            "use segment_visibility"
+        )
     cu, parent = _host_lists(packed)
     end = [g + 1 for g in range(len(parent))]
     size = [1] * len(parent)
@@ -238,15 +241,24 @@ def build_block_tables(packed, block_m: int, block_n: int) -> BlockTables:
 
     def i32(x):
         return torch.tensor(x, dtype=torch.int32)
+
     q_ranges = [flat_q[b] for b in q_order]  # token range of each (renumbered) block
     k_ranges = [flat_k[c] for c in k_order]
     return BlockTables(
-        q_start=i32([r[0] for r in q_ranges]), q_end=i32([r[1] for r in q_ranges]),
-        q_ptr=i32(q_ptr), q_mid=i32(q_mid), kv_list=i32(kv_list),
-        k_start=i32([r[0] for r in k_ranges]), k_end=i32([r[1] for r in k_ranges]),
-        k_ptr=i32(k_ptr), k_mid=i32(k_mid), q_list=i32(q_list),
-        kv_list_start=i32([k_ranges[c][0] for c in kv_list]), kv_list_end=i32([k_ranges[c][1] for c in kv_list]),
-        q_list_start=i32([q_ranges[b][0] for b in q_list]), q_list_end=i32([q_ranges[b][1] for b in q_list]),
+        q_start=i32([r[0] for r in q_ranges]),
+        q_end=i32([r[1] for r in q_ranges]),
+        q_ptr=i32(q_ptr),
+        q_mid=i32(q_mid),
+        kv_list=i32(kv_list),
+        k_start=i32([r[0] for r in k_ranges]),
+        k_end=i32([r[1] for r in k_ranges]),
+        k_ptr=i32(k_ptr),
+        k_mid=i32(k_mid),
+        q_list=i32(q_list),
+        kv_list_start=i32([k_ranges[c][0] for c in kv_list]),
+        kv_list_end=i32([k_ranges[c][1] for c in kv_list]),
+        q_list_start=i32([q_ranges[b][0] for b in q_list]),
+        q_list_end=i32([q_ranges[b][1] for b in q_list]),
         num_pairs=len(kv_list),
     )
 
@@ -256,8 +268,9 @@ def block_tables(packed, block_m: int, block_n: int) -> BlockTables:
 
     def build(batch):
         tables = build_block_tables(batch, block_m, block_n)
-        return BlockTables(**{k: (v.to(batch.device) if isinstance(v, torch.Tensor) else v)
-                              for k, v in tables.__dict__.items()})
+        return BlockTables(
+            **{k: (v.to(batch.device) if isinstance(v, torch.Tensor) else v) for k, v in tables.__dict__.items()}
+        )
 
     return packed.cached(("tree_attention", "blocks", block_m, block_n), build)
 

@@ -4,6 +4,7 @@ The packed batch is a `PackedBatch` (`spiral_fast.ops.packed`, the container; `s
 builds it, one layer up). The op's self-check is registered here, beside the op, on a layout written out
 segment by segment (`_check_layout`), so that checking it needs no packer.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,8 +52,9 @@ def _validate(q, k, v, packed, scale):
     return float(scale)
 
 
-def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed, *, scale: float | None = None,
-                   backend: str = "auto") -> torch.Tensor:
+def tree_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed, *, scale: float | None = None, backend: str = "auto"
+) -> torch.Tensor:
     """Attention over a prefix-shared packed batch: every token attends to all tokens of its ancestor
     segments and, causally, to its own segment's tokens up to itself (nothing else).
 
@@ -95,10 +97,14 @@ def _check_layout(segments: list[list[int]], parents: list[int], seq_segment: li
     tokens = [[tok for g in path for tok in segments[g]] for path in paths]
     rows = [(ix[p - 1], tok[p], i, p) for i, (ix, tok) in enumerate(zip(idx, tokens)) for p in range(1, len(tok))]
     as_tensor = lambda xs, dtype=torch.int64: torch.tensor(xs, dtype=dtype)  # noqa: E731
-    fields = (as_tensor([t for seg in segments for t in seg]),
-              as_tensor([s0 + j for s0, seg in zip(starts, segments) for j in range(len(seg))]),
-              as_tensor(cu, torch.int32), as_tensor(parents), as_tensor(seq_segment),
-              *(as_tensor(list(col)) for col in zip(*rows)))
+    fields = (
+        as_tensor([t for seg in segments for t in seg]),
+        as_tensor([s0 + j for s0, seg in zip(starts, segments) for j in range(len(seg))]),
+        as_tensor(cu, torch.int32),
+        as_tensor(parents),
+        as_tensor(seq_segment),
+        *(as_tensor(list(col)) for col in zip(*rows)),
+    )
     return assemble(fields, as_tensor([len(t) for t in tokens]), "trie")
 
 
@@ -113,8 +119,11 @@ def check_case(device: torch.device) -> PackedBatch:
 def _check_tree_attention(device, dtype, gen):
     packed = check_case(device).to(device)
     t, hq, hkv, d = packed.num_tokens, 4, 2, 64
-    inputs = [randn(gen, t, hq, d, device=device), randn(gen, t, hkv, d, device=device),
-              randn(gen, t, hkv, d, device=device)]
+    inputs = [
+        randn(gen, t, hq, d, device=device),
+        randn(gen, t, hkv, d, device=device),
+        randn(gen, t, hkv, d, device=device),
+    ]
     upstream = [randn(gen, t, hq, d, device=device).double()]
 
     def fn(q, k, v, backend):

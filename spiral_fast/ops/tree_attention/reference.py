@@ -6,6 +6,7 @@ A token of segment g attends to every token of every ancestor segment of g (its 
 DAG's explicit ancestors) and, causally, to the tokens of g up to and including itself:
     out[i, h] = sum_j softmax_j(scale * q[i, h] . k[j, h // (Hq/Hkv)] over allowed j) v[j, h // (Hq/Hkv)]
 """
+
 from __future__ import annotations
 
 import torch
@@ -41,8 +42,12 @@ def tree_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     """
     # 4-D inputs (batch of 1): PyTorch routes 3-D ones to its unfused math kernel on the CPU
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-        attn_mask=tree_mask(packed), scale=scale, enable_gqa=q.shape[1] != k.shape[1],
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=tree_mask(packed),
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
     )
     return out[0].transpose(0, 1)
 
@@ -65,8 +70,7 @@ def tree_attention_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     c_lens = [ce - cs for _, _, cs, ce in ctx.seg_slices]
     outs = [
         # causal aligned bottom-right: a root segment is plain causal attention, others need the mask
-        F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, is_causal=mask is None, scale=scale,
-                                       enable_gqa=gqa)
+        F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=gqa)
         for qg, kg, vg, mask in zip(qt.split(q_lens, 2), kc.split(c_lens, 2), vc.split(c_lens, 2), ctx.masks)
     ]
     return torch.cat(outs, dim=2)[0].transpose(0, 1)
