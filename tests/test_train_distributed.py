@@ -127,7 +127,14 @@ def test_sigterm_to_one_rank_stops_both_and_both_take_part_in_the_save(tmp_path)
     assert n <= 2  # stopped at step 1 or 2 of 4 (rank 1 learnt of the signal through the all-reduce)
     ckpt = os.path.join(out, f"checkpoint-{n}")
     with open(os.path.join(ckpt, "state.json")) as fh:
-        assert json.load(fh) == {"step": n, "data_position": 4 * n, "world_size": 2, "nonfinite_steps": 0}
+        # without dynamic sampling every step trains, so the optimizer has stepped (optimizer_fresh False)
+        assert json.load(fh) == {
+            "step": n,
+            "data_position": 4 * n,
+            "world_size": 2,
+            "nonfinite_steps": 0,
+            "optimizer_fresh": False,
+        }
     assert {"rank0.pt", "rank1.pt", "rank0.json", "rank1.json"} <= set(os.listdir(os.path.join(ckpt, "rng")))
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= set(os.listdir(os.path.join(ckpt, "dcp")))
     assert sorted(n for n in os.listdir(out) if n.startswith("checkpoint-")) == [f"checkpoint-{n}"]
